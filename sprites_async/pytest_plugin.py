@@ -1,0 +1,1 @@
+"""pytest plugin: fixtures that run tests against the local Sprites emulator."""

@@ -1,0 +1,418 @@
+"""Exceptions raised by sprites-async.
+
+The tree::
+
+    SpritesError
+    ├── ConfigurationError (also ValueError)      bad client configuration (missing token ...)
+    ├── ClientClosedError (also RuntimeError)     the client was used after aclose()
+    ├── APIError                                  the service answered with an error status
+    │   ├── BadRequestError                       400
+    │   ├── AuthenticationError                   401
+    │   ├── PermissionDeniedError                 403
+    │   ├── NotFoundError                         404
+    │   ├── ConflictError                         409
+    │   ├── GoneError                             410
+    │   ├── RateLimitError                        429 (retry_after, limit, ...)
+    │   └── ServerError                           5xx
+    ├── SpritesConnectionError (also ConnectionError)   the request did not complete
+    │   └── SpritesTimeoutError (also TimeoutError)     ... because a timeout expired
+    ├── ProtocolError                             the server sent something we cannot use
+    │   └── StreamError                           a stream reported failure or ended early
+    └── ExecError                                 a command's outcome is not a clean exit
+        ├── ExitStatusUnknownError                the connection ended before an exit status
+        ├── CommandFailedError                    check=True and the exit code was not 0
+        └── CommandTimeoutError (also TimeoutError)  the command's own timeout expired
+
+Every :class:`APIError` carries the HTTP status, the API's message and code,
+the raw body, the request ids (``x-request-id``, ``fly-request-id``), the
+operation and the sprite name, and prints them on one line. The token never
+appears in any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import msgspec
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "CommandFailedError",
+    "CommandTimeoutError",
+    "ConfigurationError",
+    "ConflictError",
+    "ExecError",
+    "ExitStatusUnknownError",
+    "GoneError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "RateLimitError",
+    "ServerError",
+    "SpritesConnectionError",
+    "SpritesError",
+    "SpritesTimeoutError",
+    "StreamError",
+]
+
+# Recorded 500 bodies that the service sent for sprites that did not exist
+# (January-February 2026), instead of the documented 404.
+_MAYBE_NOT_FOUND_500 = frozenset({"failed to retrieve sprite", "failed to delete sprite"})
+
+
+class SpritesError(Exception):
+    """Base class of every exception raised by sprites-async."""
+
+
+class ConfigurationError(SpritesError, ValueError):
+    """The client was configured wrongly (for example, no token could be found)."""
+
+
+class ClientClosedError(SpritesError, RuntimeError):
+    """The client (or a stream) was used after it was closed."""
+
+
+class _ErrorBody(msgspec.Struct):
+    """Every key any error body shape may carry (all optional)."""
+
+    error: str | None = None
+    errors: list[str] | None = None
+    message: str | None = None
+    code: str | None = None
+    path: str | None = None
+    limit: int | None = None
+    window_seconds: int | None = None
+    retry_after_seconds: float | None = None
+    current_count: int | None = None
+    upgrade_available: bool | None = None
+    upgrade_url: str | None = None
+
+
+_error_body_decoder = msgspec.json.Decoder(_ErrorBody)
+
+
+def _parse_error_body(status: int, body: bytes) -> tuple[str, str | None, _ErrorBody | None]:
+    """Return (message, code, parsed) following the rules every official SDK uses."""
+    parsed: _ErrorBody | None = None
+    stripped = body.strip()
+    if stripped.startswith(b"{"):
+        try:
+            parsed = _error_body_decoder.decode(stripped)
+        except msgspec.DecodeError:
+            parsed = None
+    if parsed is not None:
+        code: str | None = parsed.code
+        if parsed.message:
+            # Structured shape: ``error`` is a machine code, ``message`` is prose.
+            message = parsed.message
+            code = code or parsed.error
+        elif parsed.error:
+            message = parsed.error
+        elif parsed.errors:
+            message = "; ".join(parsed.errors)
+        else:
+            message = f"API error (status {status})"
+        return message, code, parsed
+    text = stripped.decode("utf-8", "replace")
+    return (text or f"API error (status {status})"), None, None
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    if headers is None:
+        return None
+    return headers.get(name)
+
+
+class APIError(SpritesError):
+    """The service answered with an error status.
+
+    Attributes:
+        status_code: The HTTP status.
+        message: The API's message (prose), or the text body.
+        code: A machine-readable code when the body had one (``ENOENT``,
+            ``sprite_creation_rate_limited`` ...).
+        body: The raw response body.
+        request_id: The ``x-request-id`` header, if any.
+        fly_request_id: The ``fly-request-id`` header, if any.
+        operation: What the SDK was doing (``"get sprite"``, ``"exec"`` ...).
+        sprite: The sprite's name, when the call was about one sprite.
+        headers: The response headers.
+    """
+
+    status_code: int
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str | None = None,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        operation: str | None = None,
+        sprite: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.body = body
+        self.headers: Mapping[str, str] = dict(headers or {})
+        self.request_id = _header(headers, "x-request-id")
+        self.fly_request_id = _header(headers, "fly-request-id")
+        self.operation = operation
+        self.sprite = sprite
+
+    @property
+    def is_not_found(self) -> bool:
+        """True for a 404, and for the 500 bodies the service sent for missing sprites."""
+        return self.status_code == 404
+
+    def __str__(self) -> str:
+        parts = [f"{self.status_code}: {self.message}"]
+        details = []
+        if self.operation:
+            details.append(f"operation={self.operation}")
+        if self.sprite:
+            details.append(f"sprite={self.sprite}")
+        if self.code:
+            details.append(f"code={self.code}")
+        if self.request_id:
+            details.append(f"request_id={self.request_id}")
+        if self.fly_request_id:
+            details.append(f"fly_request_id={self.fly_request_id}")
+        if details:
+            parts.append("(" + ", ".join(details) + ")")
+        return " ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors do not survive pickling by default; errors
+        # cross process boundaries in fleet tools, so keep them picklable.
+        return (_rebuild_error, (type(self), self.__dict__.copy()))
+
+
+def _rebuild_error(cls: type[APIError], state: dict[str, Any]) -> APIError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
+
+
+class BadRequestError(APIError):
+    """400: the request was invalid."""
+
+
+class AuthenticationError(APIError):
+    """401: the token is missing, malformed or revoked."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the token may not do this (or compute is unavailable)."""
+
+
+class NotFoundError(APIError):
+    """404: the sprite, session, checkpoint, service or file does not exist."""
+
+
+class ConflictError(APIError):
+    """409: the name is taken, or the resource is in the wrong state."""
+
+
+class GoneError(APIError):
+    """410: the resource existed but is gone (e.g. a session that already exited)."""
+
+
+class RateLimitError(APIError):
+    """429: a rate limit or quota was hit.
+
+    Attributes:
+        retry_after: Seconds to wait, from the body's ``retry_after_seconds``
+            or the ``Retry-After`` header (None when neither was sent).
+        limit: The limit, when the body says.
+        window_seconds: The window of the limit, when the body says.
+        current_count: The current count (concurrent-sprite quota).
+        upgrade_url: Where to raise the quota, when the body says.
+    """
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        details: _ErrorBody | None = kwargs.pop("details", None)
+        super().__init__(message, **kwargs)
+        self.retry_after: float | None = None
+        self.limit = details.limit if details else None
+        self.window_seconds = details.window_seconds if details else None
+        self.current_count = details.current_count if details else None
+        self.upgrade_url = details.upgrade_url if details else None
+        if details and details.retry_after_seconds is not None:
+            self.retry_after = float(details.retry_after_seconds)
+        else:
+            self.retry_after = parse_retry_after(self.headers.get("Retry-After"))
+
+
+class ServerError(APIError):
+    """5xx: the service failed.
+
+    ``possibly_not_found`` is True for the 500 bodies the service sent for
+    sprites that did not exist (``failed to retrieve sprite``, ``failed to
+    delete sprite``); :attr:`is_not_found` reports them as not found too.
+    """
+
+    @property
+    def possibly_not_found(self) -> bool:
+        """True when this 500 is the service's way of saying "no such sprite"."""
+        return self.status_code == 500 and self.message.strip() in _MAYBE_NOT_FOUND_500
+
+    @property
+    def is_not_found(self) -> bool:
+        return self.possibly_not_found
+
+
+_STATUS_CLASSES: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    410: GoneError,
+    429: RateLimitError,
+}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    import datetime as _dt
+
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
+
+
+def api_error_from_response(
+    status: int,
+    headers: Mapping[str, str] | None,
+    body: bytes,
+    *,
+    operation: str | None = None,
+    sprite: str | None = None,
+) -> APIError:
+    """Build the right :class:`APIError` subclass for an error response."""
+    message, code, parsed = _parse_error_body(status, body)
+    cls = _STATUS_CLASSES.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else APIError
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "code": code,
+        "body": body,
+        "headers": headers,
+        "operation": operation,
+        "sprite": sprite,
+    }
+    if cls is RateLimitError:
+        kwargs["details"] = parsed
+    return cls(message, **kwargs)
+
+
+class SpritesConnectionError(SpritesError, ConnectionError):
+    """The request could not be completed: refused, reset, DNS failure, dropped.
+
+    Attributes:
+        operation: What the SDK was doing.
+        sprite: The sprite's name, when there is one.
+    """
+
+    def __init__(
+        self, message: str, *, operation: str | None = None, sprite: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.operation = operation
+        self.sprite = sprite
+
+    def __str__(self) -> str:
+        details = [
+            f"{k}={v}" for k, v in (("operation", self.operation), ("sprite", self.sprite)) if v
+        ]
+        return self.message + (f" ({', '.join(details)})" if details else "")
+
+
+class SpritesTimeoutError(SpritesConnectionError, TimeoutError):
+    """A connect, read, idle or handshake timeout expired."""
+
+
+class ProtocolError(SpritesError):
+    """The server sent data that does not follow the protocol."""
+
+
+class StreamError(ProtocolError):
+    """A stream reported a failure in-band, or ended without its final event."""
+
+
+class ExecError(SpritesError):
+    """Base class for command outcomes that are not a clean exit status."""
+
+
+class ExitStatusUnknownError(ExecError, ConnectionError):
+    """The connection ended before the command's exit status arrived.
+
+    The command may still be running (or may have finished unseen): the SDK
+    never invents an exit code. ``session_id`` lets the caller re-attach or
+    inspect the session list.
+    """
+
+    def __init__(
+        self, message: str, *, session_id: str | None = None, sprite: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.sprite = sprite
+
+    def __str__(self) -> str:
+        details = [
+            f"{k}={v}" for k, v in (("sprite", self.sprite), ("session_id", self.session_id)) if v
+        ]
+        return str(self.args[0]) + (f" ({', '.join(details)})" if details else "")
+
+
+class _Result(Protocol):
+    @property
+    def exit_code(self) -> int: ...
+
+
+class CommandFailedError(ExecError):
+    """``check=True`` was given and the command exited with a non-zero code."""
+
+    def __init__(self, result: _Result, *, argv: tuple[str, ...] = ()) -> None:
+        self.result = result
+        self.argv = argv
+        self.exit_code = result.exit_code
+        cmd = " ".join(argv) if argv else "command"
+        super().__init__(f"{cmd!s} exited with status {result.exit_code}")
+
+
+class CommandTimeoutError(ExecError, TimeoutError):
+    """The command did not finish within its timeout; it was signalled and killed."""
+
+    def __init__(self, message: str, *, session_id: str | None = None, timeout: float) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.timeout = timeout

@@ -1,0 +1,679 @@
+"""The core session: configuration, lifecycle and the three I/O seams.
+
+All network I/O of the SDK goes through :meth:`SpritesClient._request` (plain
+HTTP calls, whole body as bytes), :meth:`SpritesClient._stream` (streamed
+bodies: NDJSON, file downloads) and :meth:`SpritesClient._ws_connect`
+(WebSocket upgrades). They add auth and client headers, apply timeouts and
+retries, and translate every aiohttp/OS error into the SDK's exceptions at
+one boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass, replace
+from functools import cached_property
+from types import SimpleNamespace, TracebackType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, cast
+from urllib.parse import quote
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ._errors import (
+    APIError,
+    ClientClosedError,
+    ConfigurationError,
+    SpritesConnectionError,
+    SpritesTimeoutError,
+    api_error_from_response,
+    parse_retry_after,
+)
+from ._retry import IDEMPOTENT_METHODS, RetryPolicy
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._models import SpriteInfo
+    from ._sprites import Sprite, SpritesResource
+
+    WebSocket: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[True]]
+
+__all__ = ["DEFAULT_BASE_URL", "SpritesClient", "Timeouts"]
+
+logger = logging.getLogger("sprites_async")
+
+DEFAULT_BASE_URL = "https://api.sprites.dev"
+TOKEN_ENV_VARS = ("SPRITES_TOKEN", "SPRITE_TOKEN")
+BASE_URL_ENV_VAR = "SPRITES_API_URL"
+
+TimeoutKind = Literal["api", "wake", "create", "stream"]
+Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Timeouts in seconds. None disables one.
+
+    None of them is a total limit on a request: a stream may run for hours as
+    long as bytes keep coming.
+
+    Attributes:
+        connect: Establishing a TCP/TLS connection.
+        read: Waiting for the response (and between reads) on ordinary API calls.
+        wake: Waiting for the response or WebSocket handshake of a call that may
+            wake a cold sprite (exec, files, checkpoints, services, policy).
+            Normally 1-2 s; occasionally far longer.
+        create: Waiting for ``POST /v1/sprites`` (it may wait for capacity).
+        stream_idle: The longest silence allowed between two chunks of a
+            streamed body (NDJSON progress, logs, downloads).
+    """
+
+    connect: float | None = 10.0
+    read: float | None = 30.0
+    wake: float | None = 120.0
+    create: float | None = 120.0
+    stream_idle: float | None = 300.0
+
+    def _client_timeout(self, kind: TimeoutKind) -> aiohttp.ClientTimeout:
+        read = {
+            "api": self.read,
+            "wake": self.wake,
+            "create": self.create,
+            "stream": self.stream_idle,
+        }[kind]
+        if kind == "stream" and self.wake is not None and read is not None:
+            # The first byte of a stream may also have to wait for a wake.
+            read = max(read, self.wake)
+        return aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=self.connect, sock_read=read
+        )
+
+
+class Response(NamedTuple):
+    """What the request seam returns: status, headers and the whole body."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"  # no aiohttp session yet; it is made inside the running loop
+    OPENED = "opened"
+    CLOSED = "closed"  # aclose() ran; nothing may be used any more
+
+
+class _Handshake:
+    """What the trace hook saw of a WebSocket upgrade response."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: CIMultiDictProxy[str] | None = None
+        self.body = b""
+
+
+# Set by _ws_connect around the upgrade so that the trace hook can keep the
+# headers of the upgrade response and the body of a refused one, which
+# aiohttp's public WebSocket API does not expose.
+_handshake: contextvars.ContextVar[_Handshake | None] = contextvars.ContextVar(
+    "sprites_async_handshake", default=None
+)
+
+
+async def _observe_handshake(
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestEndParams,
+) -> None:
+    seen = _handshake.get()
+    if seen is None:
+        return
+    seen.status = params.response.status
+    seen.headers = params.response.headers
+    if params.response.status >= 400:
+        try:
+            seen.body = await params.response.read()
+        except (aiohttp.ClientError, OSError):
+            pass
+
+
+def _resolve_token(token: str | None) -> str:
+    if token is None:
+        for var in TOKEN_ENV_VARS:
+            value = os.environ.get(var)
+            if value:
+                token = value
+                break
+    if token is None:
+        raise ConfigurationError(
+            "no Sprites token: pass token=... or set SPRITES_TOKEN (or SPRITE_TOKEN)"
+        )
+    if not isinstance(token, str):
+        raise ConfigurationError("the token must be a string")
+    token = token.strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    if not token or any(c.isspace() for c in token):
+        raise ConfigurationError("the Sprites token is empty or contains whitespace")
+    return token
+
+
+def _resolve_base_url(base_url: str | None) -> str:
+    url = base_url or os.environ.get(BASE_URL_ENV_VAR) or DEFAULT_BASE_URL
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"base_url must start with http:// or https://, got {url!r}")
+    return url
+
+
+def _user_agent() -> str:
+    return (
+        f"sprites-async/{__version__} (python/{platform.python_version()}; "
+        f"aiohttp/{aiohttp.__version__})"
+    )
+
+
+def quote_segment(value: str) -> str:
+    """Percent-encode one path segment (sprite names, ids, service names)."""
+    return quote(value, safe="")
+
+
+class SpritesClient:
+    """An asyncio client of the Sprites API.
+
+    ``token`` comes from the argument, else ``SPRITES_TOKEN``, else
+    ``SPRITE_TOKEN``; ``base_url`` from the argument, else ``SPRITES_API_URL``,
+    else ``https://api.sprites.dev``. The aiohttp session is created inside the
+    running loop on first use (or on ``async with``) and belongs to that loop.
+
+    Args:
+        token: The API token (an opaque string; never logged or shown).
+        base_url: Where the API lives (the emulator's URL, for example).
+        timeout: A :class:`Timeouts`, or a number of seconds for ``read``.
+        retry: The :class:`RetryPolicy` for plain calls and handshakes.
+        max_connections: The most HTTP requests in flight at once (0 = no
+            limit). WebSockets are not counted here: a fleet keeps hundreds
+            open for a long time, and they must not starve short calls.
+        keepalive_timeout: Seconds an idle pooled connection is kept.
+        trace_configs: aiohttp ``TraceConfig`` objects to observe requests.
+        user_agent: Replaces the default ``User-Agent``.
+
+    Use it as ``async with SpritesClient() as client:``, or call
+    :meth:`aclose` when done. A closed client cannot be reopened.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: Timeouts | float | None = None,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 100,
+        keepalive_timeout: float = 30.0,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        user_agent: str | None = None,
+    ) -> None:
+        self._token = _resolve_token(token)
+        self.base_url = _resolve_base_url(base_url)
+        if timeout is None:
+            self.timeouts = Timeouts()
+        elif isinstance(timeout, Timeouts):
+            self.timeouts = timeout
+        else:
+            self.timeouts = replace(Timeouts(), read=float(timeout))
+        self.retry = retry if retry is not None else RetryPolicy()
+        if max_connections < 0:
+            raise ValueError("max_connections must be >= 0")
+        self.max_connections = max_connections
+        self._keepalive_timeout = keepalive_timeout
+        self._trace_configs = list(trace_configs)
+        self._headers = {
+            "Authorization": f"Bearer {self._token}",
+            "User-Agent": user_agent or _user_agent(),
+        }
+        self._client_timeouts = {
+            kind: self.timeouts._client_timeout(kind)
+            for kind in ("api", "wake", "create", "stream")
+        }
+        self._state = _State.UNOPENED
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http_slots: asyncio.Semaphore | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    def __repr__(self) -> str:
+        return f"<SpritesClient base_url={self.base_url!r} state={self._state.value}>"
+
+    @property
+    def org(self) -> str | None:
+        """The organisation slug from the token's first segment, for display only."""
+        first = self._token.split("/", 1)[0]
+        return first if "/" in self._token and first else None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has run."""
+        return self._state is _State.CLOSED
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> SpritesClient:
+        if self._state is _State.CLOSED:
+            raise ClientClosedError("this SpritesClient is closed; create a new one")
+        self._ensure_session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every pooled connection and the HTTP session. Idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            try:
+                await close()
+            except Exception:  # one failing pool must not keep the others open
+                logger.exception("error while closing a pooled resource")
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _add_closer(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Register a coroutine function that :meth:`aclose` runs (pools, sessions)."""
+        self._check_open()
+        self._closers.append(close)
+
+    def __del__(self, _warn: Any = None) -> None:
+        session = getattr(self, "_session", None)
+        if session is not None and not session.closed:
+            import warnings
+
+            warnings.warn(
+                f"unclosed {self!r}: use 'async with SpritesClient()' or await client.aclose()",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise ClientClosedError("this SpritesClient is closed; create a new one")
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        self._check_open()
+        session = self._session
+        loop = asyncio.get_running_loop()
+        if session is not None:
+            if loop is not self._loop:
+                raise RuntimeError(
+                    "this SpritesClient was opened in another event loop; "
+                    "create one client per event loop"
+                )
+            return session
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(_observe_handshake)
+        connector = aiohttp.TCPConnector(
+            limit=0,  # requests are bounded by _http_slots; WebSockets must not be
+            keepalive_timeout=self._keepalive_timeout,
+            ttl_dns_cache=300,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers=self._headers,
+            timeout=self._client_timeouts["api"],
+            trace_configs=[trace, *self._trace_configs],
+            auto_decompress=True,
+        )
+        self._session = session
+        self._loop = loop
+        self._state = _State.OPENED
+        if self.max_connections:
+            self._http_slots = asyncio.Semaphore(self.max_connections)
+        return session
+
+    # ------------------------------------------------------------------ resources
+
+    @cached_property
+    def sprites(self) -> SpritesResource:
+        """Sprite management: ``list``, ``get``, ``create``, ``update``, ``delete`` ..."""
+        from ._sprites import SpritesResource
+
+        return SpritesResource(self)
+
+    def sprite(self, sprite: str | SpriteInfo) -> Sprite:
+        """A handle on one sprite, by name or from a :class:`SpriteInfo`. No I/O."""
+        from ._sprites import Sprite
+
+        return Sprite(self, sprite)
+
+    # ---------------------------------------------------------------------- seams
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        sprite: str | None = None,
+        params: Params = None,
+        json: bytes | None = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        timeout: TimeoutKind = "api",
+        idempotent: bool | None = None,
+        ok: Container[int] | None = None,
+    ) -> Response:
+        """Send one request and return its status, headers and whole body.
+
+        A status >= 400 (or outside ``ok`` when given) raises the matching
+        :class:`APIError`; connection failures raise
+        :class:`SpritesConnectionError`/:class:`SpritesTimeoutError`.
+        ``json`` is an already encoded JSON body.
+        """
+        session = self._ensure_session()
+        headers: dict[str, str] | None = None
+        if json is not None:
+            data = json
+            headers = {"Content-Type": "application/json"}
+        elif content_type is not None:
+            headers = {"Content-Type": content_type}
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        client_timeout = self._client_timeouts[timeout]
+        url = self.base_url + path
+        slots = self._http_slots
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            retry_after: float | None = None
+            try:
+                if slots is not None:
+                    await slots.acquire()
+                try:
+                    async with session.request(
+                        method,
+                        url,
+                        params=params,
+                        data=data,
+                        headers=headers,
+                        timeout=client_timeout,
+                    ) as resp:
+                        body = await resp.read()
+                        status = resp.status
+                        resp_headers = resp.headers
+                finally:
+                    if slots is not None:
+                        slots.release()
+            except _TRANSPORT_ERRORS as exc:
+                error = _translate(exc, method, path, operation, sprite)
+                may_retry = idempotent or isinstance(exc, aiohttp.ClientConnectorError)
+                delay = self.retry.backoff(attempt) if may_retry else None
+                self._log(method, path, None, started, attempt, None, error=error)
+                if delay is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+                continue
+            self._log(method, path, status, started, attempt, resp_headers)
+            if status < 400 and (ok is None or status in ok):
+                return Response(status, resp_headers, body)
+            error_obj = api_error_from_response(
+                status, resp_headers, body, operation=operation, sprite=sprite
+            )
+            if idempotent and status in self.retry.retry_statuses:
+                retry_after = getattr(error_obj, "retry_after", None)
+                if retry_after is None and status == 503:
+                    retry_after = parse_retry_after(resp_headers.get("Retry-After"))
+                delay = self.retry.backoff(attempt, retry_after)
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    continue
+            raise error_obj
+
+    @asynccontextmanager
+    async def _stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        sprite: str | None = None,
+        params: Params = None,
+        json: bytes | None = None,
+        data: Any = None,
+        content_type: str | None = None,
+        timeout: TimeoutKind = "stream",
+        idempotent: bool | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send a request and yield the response while its body streams in.
+
+        Errors (status >= 400) are raised before yielding. The body is read by
+        the caller under an idle timeout (``stream_idle``), never a total one;
+        the response is released when the block exits, normally or not.
+        Only connection failures before any response are retried (and only
+        for idempotent requests or failed connects).
+        """
+        session = self._ensure_session()
+        headers: dict[str, str] | None = None
+        if json is not None:
+            data = json
+            headers = {"Content-Type": "application/json"}
+        elif content_type is not None:
+            headers = {"Content-Type": content_type}
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        url = self.base_url + path
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                resp = await session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=self._client_timeouts[timeout],
+                )
+            except _TRANSPORT_ERRORS as exc:
+                error = _translate(exc, method, path, operation, sprite)
+                may_retry = idempotent or isinstance(exc, aiohttp.ClientConnectorError)
+                delay = self.retry.backoff(attempt) if may_retry else None
+                self._log(method, path, None, started, attempt, None, error=error)
+                if delay is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+                continue
+            break
+        try:
+            self._log(method, path, resp.status, started, attempt, resp.headers)
+            if resp.status >= 400:
+                try:
+                    body = await resp.read()
+                except _TRANSPORT_ERRORS as exc:
+                    raise _translate(exc, method, path, operation, sprite) from exc
+                raise api_error_from_response(
+                    resp.status, resp.headers, body, operation=operation, sprite=sprite
+                )
+            yield resp
+        finally:
+            resp.release()
+
+    async def _ws_connect(
+        self,
+        path: str,
+        *,
+        operation: str,
+        sprite: str | None = None,
+        params: Params = None,
+        headers: Mapping[str, str] | None = None,
+        autoping: bool = True,
+        heartbeat: float | None = None,
+        max_msg_size: int = 16 * 1024 * 1024,
+        retry_handshake: bool = True,
+    ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
+        """Upgrade to a WebSocket; return it with the upgrade response headers.
+
+        The handshake may wake a cold sprite, so it is bounded by the ``wake``
+        timeout. A refused upgrade raises the matching :class:`APIError` with
+        the server's body. Handshakes refused with 429/502/503/504 or whose
+        connection could not be made are retried by the policy (the command
+        cannot have started); a handshake that timed out is not.
+        """
+        session = self._ensure_session()
+        url = self.base_url + path
+        ws_timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            seen = _Handshake()
+            token = _handshake.set(seen)
+            try:
+                async with _timeout(self.timeouts.wake):
+                    ws = await session.ws_connect(
+                        url,
+                        params=params,
+                        headers=headers,
+                        autoping=autoping,
+                        heartbeat=heartbeat,
+                        max_msg_size=max_msg_size,
+                        timeout=ws_timeout,
+                        autoclose=False,
+                    )
+            except aiohttp.WSServerHandshakeError as exc:
+                self._log("GET", path, exc.status, started, attempt, exc.headers)
+                error_obj: APIError | SpritesConnectionError
+                if exc.status >= 400:
+                    error_obj = api_error_from_response(
+                        exc.status, exc.headers, seen.body, operation=operation, sprite=sprite
+                    )
+                else:
+                    error_obj = SpritesConnectionError(
+                        f"WebSocket handshake failed with status {exc.status}",
+                        operation=operation,
+                        sprite=sprite,
+                    )
+                retryable = retry_handshake and exc.status in (429, 502, 503, 504)
+                retry_after = getattr(error_obj, "retry_after", None)
+                delay = self.retry.backoff(attempt, retry_after) if retryable else None
+                if delay is None:
+                    raise error_obj from exc
+                await asyncio.sleep(delay)
+                continue
+            except _TRANSPORT_ERRORS as exc:
+                error = _translate(exc, "GET", path, operation, sprite)
+                self._log("GET", path, None, started, attempt, None, error=error)
+                may_retry = retry_handshake and isinstance(exc, aiohttp.ClientConnectorError)
+                delay = self.retry.backoff(attempt) if may_retry else None
+                if delay is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                _handshake.reset(token)
+            upgrade_headers = seen.headers if seen.headers is not None else _EMPTY_HEADERS
+            self._log("GET", path, 101, started, attempt, upgrade_headers)
+            return cast("WebSocket", ws), upgrade_headers
+
+    def _log(
+        self,
+        method: str,
+        path: str,
+        status: int | None,
+        started: float,
+        attempt: int,
+        headers: Mapping[str, str] | None,
+        *,
+        error: BaseException | None = None,
+    ) -> None:
+        if not logger.isEnabledFor(logging.DEBUG if error is None else logging.INFO):
+            return
+        extra = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            "attempt": attempt,
+            "request_id": headers.get("x-request-id") if headers else None,
+            "fly_request_id": headers.get("fly-request-id") if headers else None,
+        }
+        if error is not None:
+            logger.info(
+                "%s %s failed (attempt %d): %s",
+                method,
+                path,
+                attempt,
+                error,
+                extra={"sprites": extra},
+            )
+        else:
+            logger.debug(
+                "%s %s -> %s in %.1f ms (attempt %d, request_id=%s)",
+                method,
+                path,
+                status,
+                extra["duration_ms"],
+                attempt,
+                extra["request_id"],
+                extra={"sprites": extra},
+            )
+
+
+# On Python 3.10 asyncio.TimeoutError is not the builtin TimeoutError.
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, TimeoutError)
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    OSError,
+    *_TIMEOUT_ERRORS,
+)
+_EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:
+    """``asyncio.timeout`` where it exists (3.11+), else ``async_timeout`` (an aiohttp
+    dependency on 3.10)."""
+    if delay is None:
+        return nullcontext()
+    if sys.version_info >= (3, 11):
+        return asyncio.timeout(delay)
+    import async_timeout  # type: ignore[import-not-found]  # Python 3.10 only
+
+    return async_timeout.timeout(delay)  # type: ignore[no-any-return]
+
+
+def _translate(
+    exc: BaseException, method: str, path: str, operation: str, sprite: str | None
+) -> SpritesConnectionError:
+    """Map an aiohttp/OS error to the SDK's transport errors (one boundary)."""
+    if isinstance(exc, _TIMEOUT_ERRORS):
+        return SpritesTimeoutError(f"{method} {path} timed out", operation=operation, sprite=sprite)
+    detail = str(exc) or type(exc).__name__
+    return SpritesConnectionError(
+        f"{method} {path} failed: {detail}", operation=operation, sprite=sprite
+    )

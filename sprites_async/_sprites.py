@@ -1,0 +1,373 @@
+"""Sprite management (``client.sprites``) and the per-sprite handle (``client.sprite(name)``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ._errors import APIError, ConflictError, SpritesError
+from ._models import SpriteConfig, SpriteInfo, SpritePage, decode_page, decode_sprite
+from ._paging import AsyncPaginator
+from ._session import quote_segment
+from ._validation import (
+    check_labels,
+    check_max_results,
+    check_name,
+    check_prefix,
+    check_url_auth,
+)
+
+if TYPE_CHECKING:
+    from ._session import SpritesClient
+
+__all__ = ["DeleteReport", "Sprite", "SpritesResource"]
+
+logger = logging.getLogger("sprites_async")
+
+_encode = msgspec.json.encode
+
+
+def _sprite_path(name: str) -> str:
+    return "/v1/sprites/" + quote_segment(name)
+
+
+@dataclass
+class DeleteReport:
+    """What :meth:`SpritesResource.delete_many` did.
+
+    Attributes:
+        deleted: Names deleted by this call.
+        missing: Names that were already gone.
+        failed: Names that could not be deleted, with the error.
+    """
+
+    deleted: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return not self.failed
+
+
+class SpritesResource:
+    """Sprite management calls: ``client.sprites``."""
+
+    def __init__(self, client: SpritesClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        name: str,
+        *,
+        labels: Iterable[str] | None = None,
+        url_auth: str | None = None,
+        wait_for_capacity: bool = False,
+        config: SpriteConfig | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> SpriteInfo:
+        """Create a sprite (it starts ``cold``).
+
+        Args:
+            name: 1-63 lowercase letters, digits and hyphens.
+            labels: Labels to attach.
+            url_auth: ``"sprite"`` (org members only, the default) or ``"public"``.
+            wait_for_capacity: Block until capacity exists instead of failing.
+            config: Resource hints (the service may ignore them).
+            environment: Environment hints (the service may ignore them).
+
+        Raises:
+            ValueError: Invalid name, labels or url_auth (nothing was sent).
+            ConflictError: A sprite with this name exists.
+            RateLimitError: The creation rate limit or sprite quota was hit.
+        """
+        check_name(name)
+        body: dict[str, Any] = {"name": name}
+        if url_auth is not None:
+            body["url_settings"] = {"auth": check_url_auth(url_auth)}
+        if labels is not None:
+            body["labels"] = check_labels(labels)
+        if wait_for_capacity:
+            body["wait_for_capacity"] = True
+        if config is not None:
+            body["config"] = config
+        if environment is not None:
+            body["environment"] = dict(environment)
+        resp = await self._client._request(
+            "POST",
+            "/v1/sprites",
+            json=_encode(body),
+            operation="create sprite",
+            sprite=name,
+            timeout="create",
+        )
+        return decode_sprite(resp.body)
+
+    async def get(self, name: str) -> SpriteInfo:
+        """Fetch one sprite. Does not wake it.
+
+        Raises:
+            NotFoundError: No such sprite.
+            ServerError: Including the 500 the service sends for missing
+                sprites (``possibly_not_found`` / ``is_not_found`` is True).
+        """
+        check_name(name)
+        resp = await self._client._request(
+            "GET", _sprite_path(name), operation="get sprite", sprite=name
+        )
+        return decode_sprite(resp.body)
+
+    async def update(
+        self,
+        name: str,
+        *,
+        url_auth: str | None = None,
+        labels: Iterable[str] | None = None,
+    ) -> SpriteInfo:
+        """Change URL access and/or replace the labels; omitted fields stay as they are."""
+        check_name(name)
+        body: dict[str, Any] = {}
+        if url_auth is not None:
+            body["url_settings"] = {"auth": check_url_auth(url_auth)}
+        if labels is not None:
+            body["labels"] = check_labels(labels)
+        if not body:
+            raise ValueError("update() needs url_auth and/or labels")
+        resp = await self._client._request(
+            "PUT", _sprite_path(name), json=_encode(body), operation="update sprite", sprite=name
+        )
+        return decode_sprite(resp.body)
+
+    async def delete(self, name: str, *, missing_ok: bool = False) -> bool:
+        """Delete a sprite and all its checkpoints (permanent).
+
+        Returns True if it was deleted, False if it did not exist and
+        ``missing_ok`` is set (also for the 500 the service sends for missing
+        sprites).
+        """
+        check_name(name)
+        try:
+            await self._client._request(
+                "DELETE", _sprite_path(name), operation="delete sprite", sprite=name
+            )
+        except APIError as exc:
+            if missing_ok and exc.is_not_found:
+                return False
+            raise
+        return True
+
+    async def upgrade(self, name: str) -> None:
+        """Upgrade the sprite's in-VM software to the latest release."""
+        check_name(name)
+        await self._client._request(
+            "POST",
+            _sprite_path(name) + "/upgrade",
+            operation="upgrade sprite",
+            sprite=name,
+            timeout="wake",
+            idempotent=True,  # upgrading twice is harmless
+        )
+
+    def list(
+        self, *, prefix: str | None = None, max_results: int = 50
+    ) -> AsyncPaginator[SpriteInfo, SpritePage]:
+        """List sprites: ``await`` it for one :class:`SpritePage`, ``async for`` it for all.
+
+        Args:
+            prefix: Only names starting with this.
+            max_results: Page size, 1 to 50.
+        """
+        check_max_results(max_results)
+        base: list[tuple[str, str]] = [("max_results", str(max_results))]
+        if prefix:
+            base.append(("prefix", check_prefix(prefix)))
+        client = self._client
+
+        async def fetch(token: str | None) -> SpritePage:
+            params = base if token is None else [*base, ("continuation_token", token)]
+            resp = await client._request(
+                "GET", "/v1/sprites", params=params, operation="list sprites"
+            )
+            return decode_page(resp.body)
+
+        return AsyncPaginator(fetch)
+
+    async def get_or_create(
+        self,
+        name: str,
+        *,
+        labels: Iterable[str] | None = None,
+        url_auth: str | None = None,
+        wait_for_capacity: bool = False,
+    ) -> tuple[SpriteInfo, bool]:
+        """Return ``(sprite, created)``: the existing sprite, or a new one.
+
+        Safe against races: if another caller creates the sprite between our
+        lookup and our create, the 409 is absorbed and the sprite returned.
+        """
+        check_name(name)
+        try:
+            return await self.get(name), False
+        except APIError as exc:
+            if not exc.is_not_found:
+                raise
+        try:
+            info = await self.create(
+                name, labels=labels, url_auth=url_auth, wait_for_capacity=wait_for_capacity
+            )
+        except ConflictError:
+            return await self.get(name), False
+        return info, True
+
+    async def delete_many(
+        self,
+        *,
+        prefix: str | None = None,
+        labels: Collection[str] | None = None,
+        concurrency: int = 8,
+    ) -> DeleteReport:
+        """Delete every sprite matching ``prefix`` and carrying all ``labels``.
+
+        At least one of ``prefix`` and ``labels`` is required (deleting a
+        whole organisation by accident is not a one-liner). Deletions run
+        with at most ``concurrency`` at once; one failure does not stop the
+        others: see :class:`DeleteReport`.
+        """
+        if not prefix and not labels:
+            raise ValueError("delete_many() needs a prefix and/or labels")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        wanted = set(check_labels(labels)) if labels else set()
+        names = [
+            s.name async for s in self.list(prefix=prefix or None) if wanted.issubset(s.labels)
+        ]
+        report = DeleteReport()
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(name: str) -> None:
+            async with slots:
+                try:
+                    deleted = await self.delete(name, missing_ok=True)
+                except SpritesError as exc:
+                    report.failed[name] = exc
+                    return
+            (report.deleted if deleted else report.missing).append(name)
+
+        await asyncio.gather(*(one(n) for n in names))
+        return report
+
+
+class Sprite:
+    """A handle on one sprite: cheap, no I/O until you call a method.
+
+    Made by ``client.sprite(name)``. ``info`` holds the last
+    :class:`SpriteInfo` this handle saw (None until a call returned one);
+    reading it never makes a request — call :meth:`refresh` for fresh data.
+    """
+
+    __slots__ = ("_client", "info", "name")
+
+    def __init__(self, client: SpritesClient, sprite: str | SpriteInfo) -> None:
+        if isinstance(sprite, SpriteInfo):
+            self.name = sprite.name
+            self.info: SpriteInfo | None = sprite
+        else:
+            self.name = check_name(sprite)
+            self.info = None
+        self._client = client
+
+    def __repr__(self) -> str:
+        status = self.info.status if self.info else None
+        return f"<Sprite {self.name!r} status={status!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sprite):
+            return NotImplemented
+        return self.name == other.name and self._client is other._client
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    @property
+    def client(self) -> SpritesClient:
+        """The client this handle talks through."""
+        return self._client
+
+    @property
+    def path(self) -> str:
+        """The API path of this sprite (``/v1/sprites/<name>``)."""
+        return _sprite_path(self.name)
+
+    async def refresh(self) -> SpriteInfo:
+        """Fetch the sprite's current state (and remember it in :attr:`info`)."""
+        self.info = await self._client.sprites.get(self.name)
+        return self.info
+
+    async def update(
+        self, *, url_auth: str | None = None, labels: Iterable[str] | None = None
+    ) -> SpriteInfo:
+        """See :meth:`SpritesResource.update`."""
+        self.info = await self._client.sprites.update(self.name, url_auth=url_auth, labels=labels)
+        return self.info
+
+    async def delete(self, *, missing_ok: bool = False) -> bool:
+        """See :meth:`SpritesResource.delete`."""
+        return await self._client.sprites.delete(self.name, missing_ok=missing_ok)
+
+    async def upgrade(self) -> None:
+        """See :meth:`SpritesResource.upgrade`."""
+        await self._client.sprites.upgrade(self.name)
+
+    async def wait_until(
+        self,
+        status: str | Collection[str] = ("warm", "running"),
+        *,
+        timeout: float | None = 60.0,
+        poll_interval: float = 0.25,
+        max_poll_interval: float = 2.0,
+    ) -> SpriteInfo:
+        """Poll until the sprite's status is one of ``status``; return its info.
+
+        Polling backs off from ``poll_interval`` to ``max_poll_interval``.
+        Transient errors (connection problems, 5xx) are tolerated while the
+        deadline allows; a missing sprite raises at once.
+
+        Raises:
+            TimeoutError: The status was not reached in time (the message
+                names the last status seen).
+        """
+        wanted = {status} if isinstance(status, str) else set(status)
+        if not wanted:
+            raise ValueError("status must name at least one status")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll_interval
+        last: str | None = None
+        while True:
+            try:
+                info = await self.refresh()
+                last = info.status
+                if info.status in wanted:
+                    return info
+            except APIError as exc:
+                if exc.is_not_found or exc.status_code < 500:
+                    raise
+                logger.info("wait_until(%s): %s; retrying", self.name, exc)
+            except (ConnectionError, TimeoutError) as exc:
+                logger.info("wait_until(%s): %s; retrying", self.name, exc)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"sprite {self.name!r} did not reach {sorted(wanted)} within "
+                        f"{timeout} s (last status: {last!r})"
+                    )
+                delay = min(delay, remaining)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_poll_interval)

@@ -1,0 +1,60 @@
+"""Checks of user input made before anything is sent."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ._models import URL_AUTH_VALUES
+
+# Names become a hostname label in the sprite's URL; the service only documents
+# that "" is refused, so this is the safe, observed-compatible set (section 2.8).
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def check_name(name: object, what: str = "sprite name") -> str:
+    """Return ``name`` if it is a valid sprite name, else raise ValueError."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid {what} {name!r}: use 1-63 lowercase letters, digits and hyphens, "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_prefix(prefix: object) -> str:
+    """A list prefix: any string a valid name could start with."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+    if prefix and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", prefix):
+        raise ValueError(f"invalid prefix {prefix!r}: no sprite name can start with it")
+    return prefix
+
+
+def check_max_results(value: object) -> int:
+    """``max_results`` must be an int in 1..50 (the documented page size)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("max_results must be an int")
+    if not 1 <= value <= 50:
+        raise ValueError(f"max_results must be between 1 and 50, got {value}")
+    return value
+
+
+def check_url_auth(value: object) -> str:
+    """``url_auth`` must be ``"sprite"`` or ``"public"``."""
+    if value not in URL_AUTH_VALUES:
+        raise ValueError(f"url_auth must be 'sprite' or 'public', got {value!r}")
+    return str(value)
+
+
+def check_labels(labels: object) -> list[str]:
+    """Labels are a list of non-empty strings (a bare string is refused, not split)."""
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        raise TypeError("labels must be a list of strings, e.g. labels=['ci']")
+    out = list(labels)
+    for label in out:
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"every label must be a non-empty string, got {label!r}")
+    return out

@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -306,8 +307,6 @@ class SpritesClient:
     def __del__(self, _warn: Any = None) -> None:
         session = getattr(self, "_session", None)
         if session is not None and not session.closed:
-            import warnings
-
             warnings.warn(
                 f"unclosed {self!r}: use 'async with SpritesClient()' or await client.aclose()",
                 ResourceWarning,

@@ -1,0 +1,44 @@
+"""Developer tasks: ``nox -s lint``, ``typecheck``, ``tests``, ``bench``.
+
+Each session installs the project with its extras into its own virtualenv.
+Interpreters that are not installed are skipped, not failed.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.error_on_missing_interpreters = False
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[test]")
+    session.run("mypy", "--strict", "sprites_async")
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite (extra pytest arguments pass through: nox -s tests -- -k exec)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the official SDK and the raw transport (see benchmarks/)."""
+    session.install("-e", ".[test,conformance]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -80,3 +83,79 @@ def requests_to(m: aioresponses, method: str, path: str) -> list[Any]:
         if meth == method and str(u).split("?")[0] == BASE + path:
             out.extend(calls)
     return out
+
+
+# ------------------------------------------------------------------ leak checks
+#
+# Every test must leave no child process and (for async tests) no task behind.
+# These run around every test so that a leak fails the test that caused it.
+
+
+def _descendants(pid: int) -> set[int]:
+    """PIDs of all live descendants of ``pid`` (from /proc; zombies excluded)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The command name may contain spaces or parens: split after the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] == b"Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes() -> Iterator[None]:
+    before = _descendants(os.getpid())
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        leaked = _descendants(os.getpid()) - before
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if leaked:
+        names = {}
+        for pid in leaked:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    names[pid] = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                names[pid] = "?"
+        pytest.fail(f"test left child processes running: {names}")
+
+
+@pytest.fixture
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    yield
+    current = asyncio.current_task()
+    leftover: list[asyncio.Task[object]] = []
+    for _ in range(100):
+        leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not leftover:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"test left tasks running: {leftover}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        func = getattr(item, "function", None)
+        fixturenames = getattr(item, "fixturenames", None)
+        if func is not None and fixturenames is not None and inspect.iscoroutinefunction(func):
+            # First in the list: set up before, and torn down after, every other
+            # fixture, so the emulator and clients are closed when it checks.
+            fixturenames.insert(0, "_no_leaked_tasks")

@@ -138,17 +138,35 @@ def _no_leaked_processes() -> Iterator[None]:
         pytest.fail(f"test left child processes running: {names}")
 
 
+def _open_sockets() -> set[str]:
+    """Socket inodes this process holds open."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
 @pytest.fixture
 async def _no_leaked_tasks() -> AsyncIterator[None]:
+    sockets_before = _open_sockets()
     yield
     current = asyncio.current_task()
     leftover: list[asyncio.Task[object]] = []
+    leaked_sockets: set[str] = set()
     for _ in range(100):
         leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-        if not leftover:
+        leaked_sockets = _open_sockets() - sockets_before
+        if not leftover and not leaked_sockets:
             return
         await asyncio.sleep(0.01)
-    pytest.fail(f"test left tasks running: {leftover}")
+    if leftover:
+        pytest.fail(f"test left tasks running: {leftover}")
+    pytest.fail(f"test left {len(leaked_sockets)} socket(s) open")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

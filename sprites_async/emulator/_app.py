@@ -1,48 +1,163 @@
-"""Emulator: the aiohttp application, its middlewares and module wiring.
+"""The aiohttp application of one emulator: middlewares, headers and module wiring.
 
-Minimal version: the core helper owns this file and extends it (request ids,
-sprite-layer middleware with wake/activity, fault injection, admin routes).
+Middlewares, outermost first:
+
+1. ``_auth`` — ``Authorization: Bearer <token>`` on every route, WebSocket
+   upgrades included (401 ``{"error":"authentication failed"}`` before any
+   upgrade); only ``GET /_emulator/health`` is open.
+2. ``fault_middleware`` (``_faults``) — latency, dropped connections, injected
+   429s and errors.
+3. ``_sprite_layer`` — for ``/v1/sprites/{name}/<anything but upgrade>``: 404
+   JSON for an unknown sprite, otherwise wake it and hold an activity for as
+   long as the handler runs.
+
+Response headers are added in ``on_response_prepare`` so that streamed and
+WebSocket responses get them too: ``fly-request-id`` on everything,
+``x-request-id`` on API-layer responses, ``Sprite-Version`` on the sprite layer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import random
 import sqlite3
+import string
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from . import _checkpoints, _control, _exec, _fs, _policy, _sprites
+from . import _checkpoints, _control, _exec, _faults, _fs, _policy, _proxy, _sprites
+from ._sprites import sprite_layer_name
 from ._state import STATE_KEY, EmulatorConfig, EmulatorState, json_error
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+_INFLIGHT: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("sprites_emulator_inflight")
+"""Sprite-layer handler tasks still running, cancelled at shutdown (open sockets)."""
+
+_SHUTDOWN_GRACE = 2.0
+_ALNUM = string.ascii_letters + string.digits
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _request_id() -> str:
+    return "".join(random.choices(_ALNUM, k=20))
+
+
+def _fly_request_id() -> str:
+    # ULID: 48-bit millisecond time then 80 random bits, Crockford base32.
+    value = (int(time.time() * 1000) << 80) | random.getrandbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars)) + "-local"
+
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    header = request.headers.get("Authorization", "")
-    expected = "Bearer " + state.config.token
-    if not hmac.compare_digest(header.encode(), expected.encode()):
+    if request.path == _faults.HEALTH_PATH:
+        return await handler(request)
+    token = request.app[STATE_KEY].config.token
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest on both branches' inputs: no early exit on a wrong scheme.
+    valid = hmac.compare_digest(credentials.strip().encode(), token.encode())
+    if not valid or scheme.lower() != "bearer":
         return json_error(401, "authentication failed")
     return await handler(request)
 
 
+def _missing_sprite(request: web.Request, recorded_500: bool) -> web.Response:
+    if recorded_500 and request.app[STATE_KEY].faults.missing_sprite_500:
+        return json_error(500, "failed to retrieve sprite")
+    return json_error(404, "sprite not found")
+
+
+@web.middleware
+async def _sprite_layer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    name = sprite_layer_name(request.path)
+    if name is None:
+        return await handler(request)
+    state = request.app[STATE_KEY]
+    if name not in state.sprites:
+        # Recorded traffic: plain-HTTP exec and policy calls answered 500 for
+        # missing sprites while checkpoints and WebSocket handshakes gave 404.
+        rest = request.path[len(f"/v1/sprites/{name}/") :]
+        is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
+        return _missing_sprite(request, not is_ws and rest.startswith(("exec", "policy")))
+    if not await state.lifecycle.wake(name):
+        return json_error(404, "sprite not found")
+    inflight = request.app[_INFLIGHT]
+    task = asyncio.current_task()
+    if task is not None:
+        inflight.add(task)
+    try:
+        state.materialize(name)
+        return await handler(request)
+    finally:
+        if task is not None:
+            inflight.discard(task)
+        state.lifecycle.release(name)
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["fly-request-id"] = _fly_request_id()
+    state = request.app[STATE_KEY]
+    name = sprite_layer_name(request.path)
+    if name is not None and response.status != 401 and name in state.sprites:
+        response.headers.setdefault("Sprite-Version", state.sprite_version(name))
+    else:
+        response.headers["x-request-id"] = _request_id()
+
+
 def create_app(config: EmulatorConfig) -> web.Application:
-    """Build the application for one emulator instance."""
+    """Build the application for one emulator instance (stored sprites are loaded)."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(config.state_dir / "emulator.sqlite3", isolation_level=None)
+    # Without these every autocommit write waits for an fsync (milliseconds),
+    # and the lifecycle writes on the hot path of sprite-layer requests. WAL
+    # with synchronous=NORMAL still survives the emulator process crashing.
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
     state = EmulatorState(config, db)
-    app = web.Application(middlewares=[_auth], client_max_size=config.max_body)
+    app = web.Application(
+        middlewares=[_auth, _faults.fault_middleware, _sprite_layer],
+        client_max_size=config.max_body,
+    )
     app[STATE_KEY] = state
-    for module in (_sprites, _exec, _control, _checkpoints, _fs, _policy):
+    app[_INFLIGHT] = set()
+    _faults.setup(app)
+    for module in (_sprites, _exec, _control, _checkpoints, _fs, _policy, _proxy):
         module.setup(app, state)
-
-    async def _close(app: web.Application) -> None:
-        await state.sessions.aclose()
-        for task in list(state.background):
-            task.cancel()
-        db.close()
-
-    app.on_cleanup.append(_close)
+    app.on_response_prepare.append(_on_prepare)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
     return app
+
+
+async def _shutdown(app: web.Application) -> None:
+    # Runs before aiohttp waits for in-flight handlers: end sessions so their
+    # sockets close, then cut what is still open (long-lived WebSockets).
+    state = app[STATE_KEY]
+    await state.sessions.aclose()
+    inflight = app[_INFLIGHT]
+    if inflight:
+        _, pending = await asyncio.wait(list(inflight), timeout=0.05)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE)
+
+
+async def _cleanup(app: web.Application) -> None:
+    state = app[STATE_KEY]
+    tasks = list(state.background)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    state.lifecycle.flush()
+    state.db.close()

@@ -9,20 +9,34 @@ middleware (see ``_app``) that has already checked the token, checked that the
 sprite exists (404 JSON otherwise), applied the wake delay and marked the
 sprite ``running`` for as long as the handler runs (a WebSocket handler runs
 as long as its socket is open). Handlers therefore never repeat those checks.
+
+Work that keeps a sprite busy beyond one request holds
+``async with state.activity(name)``. Modules keeping per-sprite data register
+an async callback in ``state.sprite_deleted_hooks`` (or
+``sprite_created_hooks``). Sprite records are persisted by ``state.store``;
+after changing one in place call ``state.save_sprite(rec)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import dataclasses
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from ._lifecycle import Lifecycle
+    from ._store import SpriteStore
 
 SandboxMode = Literal["auto", "bwrap", "none"]
 
@@ -47,7 +61,7 @@ class FaultConfig:
     error_path: str | None = None
     """Regex; only requests whose path matches get injected errors/429s/resets."""
     error_methods: tuple[str, ...] | None = None
-    """Only these HTTP methods get injected errors (None = all)."""
+    """Only these HTTP methods get injected errors/429s/resets (None = all)."""
     rate_limit_rate: float = 0.0
     """Fraction of matching requests answered 429 with the structured body."""
     rate_limit_count: int | None = None
@@ -77,6 +91,21 @@ class FaultConfig:
                 value = tuple(str(v).upper() for v in value)
             setattr(self, key, value)
 
+    def reset(self) -> None:
+        """Switch every fault off again, in place (holders of this object see it)."""
+        for f in dataclasses.fields(self):
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
+            setattr(self, f.name, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The current knobs as JSON-ready values."""
+        out = dataclasses.asdict(self)
+        if out["error_methods"] is not None:
+            out["error_methods"] = list(out["error_methods"])
+        return out
+
 
 @dataclass
 class EmulatorConfig:
@@ -102,6 +131,10 @@ class EmulatorConfig:
     warm_limit: int = 20
     max_body: int = 1 << 30
     """Largest request body accepted (fs writes stream; JSON bodies are smaller)."""
+    creation_limit: int | None = None
+    """If set, at most this many sprite creations per ``creation_window`` (then 429)."""
+    creation_window: float = 60.0
+    """Seconds of the sliding window used by ``creation_limit`` (real: 10 per 60 s)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,19 +174,97 @@ class _NoSessions:
         return None
 
 
+class SpriteTable(dict[str, SpriteRecord]):
+    """``dict`` of sprites by name that also keeps the names sorted, for paging.
+
+    Plain ``dict`` semantics, so modules and tests may insert and delete
+    directly; the sorted view is maintained (or rebuilt lazily) behind them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sorted: list[str] | None = []
+
+    def sorted_names(self) -> list[str]:
+        """All names in ascending order (do not mutate the returned list)."""
+        if self._sorted is None:
+            self._sorted = sorted(self)
+        return self._sorted
+
+    def __setitem__(self, key: str, value: SpriteRecord) -> None:
+        if key not in self and self._sorted is not None:
+            bisect.insort(self._sorted, key)
+        super().__setitem__(key, value)
+
+    def _unsort(self, key: str) -> None:
+        names = self._sorted
+        if names is not None:
+            i = bisect.bisect_left(names, key)
+            if i < len(names) and names[i] == key:
+                del names[i]
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._unsort(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        """Remove ``key`` like ``dict.pop``."""
+        if key in self:
+            self._unsort(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, SpriteRecord]:
+        """Remove an item like ``dict.popitem``."""
+        self._sorted = None
+        return super().popitem()
+
+    def clear(self) -> None:
+        """Remove everything."""
+        self._sorted = []
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Insert many records at once (one re-sort instead of many inserts)."""
+        self._sorted = None
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """Like ``dict.setdefault``."""
+        self._sorted = None
+        return super().setdefault(key, default)
+
+
+SpriteHook = Callable[[str], Awaitable[None]]
+
+
 class EmulatorState:
     """Mutable state shared by all handlers of one emulator instance."""
 
     def __init__(self, config: EmulatorConfig, db: sqlite3.Connection) -> None:
+        # Imported here because both modules import this one.
+        from ._lifecycle import Lifecycle
+        from ._store import SpriteStore
+
         self.config = config
         self.faults = FaultConfig()
         self.db = db
         """SQLite connection (autocommit); each module creates its own tables."""
         self.sessions: SessionRegistry = _NoSessions()
-        self.sprites: dict[str, SpriteRecord] = {}
+        self.sprites: SpriteTable = SpriteTable()
         """Live sprite records by name, loaded from and saved to ``db`` by ``_sprites``."""
         self.background: set[asyncio.Task[Any]] = set()
         """Tasks owned by the emulator; cancelled at shutdown."""
+        self.store: SpriteStore = SpriteStore(db)
+        """Persistence of sprite records (the ``sprites`` table)."""
+        self.lifecycle: Lifecycle = Lifecycle(self)
+        """running/warm/cold clock: activities, idle timers, waking."""
+        self.sprite_created_hooks: list[SpriteHook] = []
+        """Awaited with the name after a sprite is created over the API."""
+        self.sprite_deleted_hooks: list[SpriteHook] = []
+        """Awaited with the name when a sprite is deleted, before its directory goes."""
+        self.creation_log: deque[float] = deque()
+        """Monotonic times of recent creations, for ``config.creation_limit``."""
+        self._lazy_dirs: set[str] = set()
 
     def sprite_dir(self, name: str) -> Path:
         """Host directory holding everything of one sprite."""
@@ -162,6 +273,50 @@ class EmulatorState:
     def sprite_root(self, name: str) -> Path:
         """Host directory that is the sprite's ``/`` (contains ``home/sprite``, ``tmp``)."""
         return self.sprite_dir(name) / "root"
+
+    def ensure_sprite_dirs(self, name: str, *, lazy: bool = False) -> None:
+        """Create the sprite's ``/home/sprite`` and ``/tmp``.
+
+        With ``lazy=True`` creation is deferred to the sprite's first
+        sprite-layer request: bulk-seeded sprites would otherwise cost a few
+        directory syscalls each, which is seconds for ten thousand of them.
+        """
+        if lazy:
+            self._lazy_dirs.add(name)
+            return
+        self._lazy_dirs.discard(name)
+        root = self.sprite_root(name)
+        (root / "home" / "sprite").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def materialize(self, name: str) -> None:
+        """Create the directories of a lazily seeded sprite, if still pending."""
+        if name in self._lazy_dirs:
+            self.ensure_sprite_dirs(name)
+
+    def sprite_version(self, name: str) -> str:
+        """The ``Sprite-Version`` a sprite's layer reports (its ``version`` or the default)."""
+        rec = self.sprites.get(name)
+        if rec is not None and rec.version:
+            return rec.version
+        return self.config.sprite_version
+
+    def save_sprite(self, rec: SpriteRecord) -> None:
+        """Persist one sprite record (after changing it in place)."""
+        self.store.save(rec)
+
+    @asynccontextmanager
+    async def activity(self, name: str) -> AsyncIterator[None]:
+        """Hold the sprite ``running`` while the ``async with`` block runs.
+
+        The sprite-layer middleware already holds one around every request;
+        modules use this for work that outlives a request.
+        """
+        self.lifecycle.acquire(name)
+        try:
+            yield
+        finally:
+            self.lifecycle.release(name)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background task that the emulator cancels on shutdown."""

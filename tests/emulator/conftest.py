@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sprites_async.emulator import EmulatorConfig, create_app
+from sprites_async.emulator._sprites import insert_sprite, new_record
 from sprites_async.emulator._state import STATE_KEY, EmulatorState, SpriteRecord
 
 
@@ -31,22 +34,21 @@ class RunningEmulator:
 
     def add_sprite(self, name: str) -> SpriteRecord:
         """Insert a sprite directly, bypassing the API (for modules' own tests)."""
-        now = datetime.now(timezone.utc)
-        rec = SpriteRecord(
-            id=f"sprite-{uuid.uuid4()}",
-            name=name,
-            organization=self.state.config.org,
-            status="cold",
-            url=f"https://{name}-local.sprites.app",
-            url_auth="sprite",
-            created_at=now,
-            updated_at=now,
-        )
-        self.state.sprites[name] = rec
-        root = self.state.sprite_root(name)
-        (root / "home" / "sprite").mkdir(parents=True, exist_ok=True)
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        rec = new_record(self.state, name)
+        insert_sprite(self.state, rec)
         return rec
+
+    async def api(
+        self, method: str, path: str, *, json: Any = None, **kwargs: Any
+    ) -> tuple[int, Any]:
+        """One authenticated request; returns the status and the decoded JSON (or text)."""
+        async with self.http.request(
+            method, self.url + path, json=json, headers=self.auth, **kwargs
+        ) as resp:
+            body = await resp.read()
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, body.decode()
 
 
 @pytest.fixture
@@ -62,14 +64,56 @@ def emulator_config(tmp_path: Path) -> EmulatorConfig:
 
 @pytest.fixture
 async def emu(emulator_config: EmulatorConfig) -> AsyncIterator[RunningEmulator]:
+    async with serve(emulator_config) as running:
+        yield running
+
+
+async def _probe(request: web.Request) -> web.StreamResponse:
+    """A sprite-layer route of the tests' own: optionally sleeps, reports the status."""
+    state = request.app[STATE_KEY]
+    await asyncio.sleep(float(request.query.get("sleep", "0")))
+    rec = state.sprites.get(request.match_info["name"])
+    return web.json_response({"status": rec.status if rec else None})
+
+
+async def _probe_ws(request: web.Request) -> web.StreamResponse:
+    """A sprite-layer WebSocket of the tests' own: echoes text frames."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+    return ws
+
+
+@pytest.fixture
+async def probe_emu(emulator_config: EmulatorConfig) -> AsyncIterator[RunningEmulator]:
+    """``emu`` plus test-only sprite-layer routes ``/_probe`` and ``/_probe/ws``.
+
+    They exercise the sprite-layer middleware without depending on the exec,
+    fs or checkpoint modules.
+    """
     app = create_app(emulator_config)
+    app.router.add_get("/v1/sprites/{name}/_probe", _probe)
+    app.router.add_get("/v1/sprites/{name}/_probe/ws", _probe_ws)
+    async with serve(emulator_config, app) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serve(
+    config: EmulatorConfig, app: web.Application | None = None
+) -> AsyncIterator[RunningEmulator]:
+    """Serve ``app`` (default: a fresh one for ``config``) on loopback for one block."""
+    if app is None:
+        app = create_app(config)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     http = aiohttp.ClientSession()
     try:
         yield RunningEmulator(
             url=str(server.make_url("")).rstrip("/"),
-            token=emulator_config.token,
+            token=config.token,
             state=app[STATE_KEY],
             http=http,
         )

@@ -10,6 +10,7 @@ Quick start::
             print(s.name, s.status)
 """
 
+from ._control import ControlOptions
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -32,6 +33,19 @@ from ._errors import (
     SpritesTimeoutError,
     StreamError,
 )
+from ._exec import (
+    ExecResult,
+    ExecSession,
+    ExecSessionInfo,
+    ExecSessions,
+    ExecSettings,
+    ExitEvent,
+    KillEvent,
+    OutputEvent,
+    OutputStream,
+    PortEvent,
+    SessionInfoEvent,
+)
 from ._models import OrgCounters, SpriteConfig, SpriteInfo, SpritePage, URLSettings
 from ._paging import AsyncPaginator
 from ._retry import RetryPolicy
@@ -50,17 +64,29 @@ __all__ = [
     "CommandTimeoutError",
     "ConfigurationError",
     "ConflictError",
+    "ControlOptions",
     "DeleteReport",
     "ExecError",
+    "ExecResult",
+    "ExecSession",
+    "ExecSessionInfo",
+    "ExecSessions",
+    "ExecSettings",
+    "ExitEvent",
     "ExitStatusUnknownError",
     "GoneError",
+    "KillEvent",
     "NotFoundError",
     "OrgCounters",
+    "OutputEvent",
+    "OutputStream",
     "PermissionDeniedError",
+    "PortEvent",
     "ProtocolError",
     "RateLimitError",
     "RetryPolicy",
     "ServerError",
+    "SessionInfoEvent",
     "Sprite",
     "SpriteConfig",
     "SpriteInfo",

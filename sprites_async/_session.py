@@ -43,6 +43,8 @@ from ._retry import IDEMPOTENT_METHODS, RetryPolicy
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._control import ControlOptions
+    from ._exec import ExecSettings
     from ._models import SpriteInfo
     from ._sprites import Sprite, SpritesResource
 
@@ -209,6 +211,11 @@ class SpritesClient:
         keepalive_timeout: Seconds an idle pooled connection is kept.
         trace_configs: aiohttp ``TraceConfig`` objects to observe requests.
         user_agent: Replaces the default ``User-Agent``.
+        control: Run short commands over pooled ``/control`` sockets when a
+            sprite supports them (``True``, the default), never (``False``),
+            or with explicit pool limits (:class:`ControlOptions`).
+        exec_settings: Exec timing and buffering (:class:`ExecSettings`):
+            exit grace period, ping interval and dead-peer timeout, kill grace.
 
     Use it as ``async with SpritesClient() as client:``, or call
     :meth:`aclose` when done. A closed client cannot be reopened.
@@ -225,6 +232,8 @@ class SpritesClient:
         keepalive_timeout: float = 30.0,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
         user_agent: str | None = None,
+        control: bool | ControlOptions = True,
+        exec_settings: ExecSettings | None = None,
     ) -> None:
         self._token = _resolve_token(token)
         self.base_url = _resolve_base_url(base_url)
@@ -240,6 +249,8 @@ class SpritesClient:
         self.max_connections = max_connections
         self._keepalive_timeout = keepalive_timeout
         self._trace_configs = list(trace_configs)
+        self.control: bool | ControlOptions = control
+        self.exec_settings: ExecSettings | None = exec_settings
         self._headers = {
             "Authorization": f"Bearer {self._token}",
             "User-Agent": user_agent or _user_agent(),

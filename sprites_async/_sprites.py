@@ -371,3 +371,163 @@ class Sprite:
                 delay = min(delay, remaining)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_poll_interval)
+
+    # ------------------------------------------------------------------ commands
+
+    if TYPE_CHECKING:
+        from ._exec import ExecResult, ExecSession, ExecSessions, PortCallback, Stdin
+
+    async def exec(
+        self,
+        *argv: str,
+        env: Mapping[str, str] | None = None,
+        env_replace: bool = False,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+        timeout: float | None = None,
+        check: bool = False,
+        max_output: int | None = None,
+        tty: bool = False,
+        on_port: PortCallback | None = None,
+    ) -> ExecResult:
+        """Run a command to completion and return its :class:`ExecResult`.
+
+        ``await sprite.exec("python3", "-c", "print(1)")``. argv is passed
+        as is (no shell); use ``"sh", "-c", "..."`` for shell syntax.
+
+        Environment: with ``env=None`` the command gets the sprite's default
+        environment. The service *replaces* the whole environment as soon as
+        any variable is sent, so by default ``env`` is merged over a sane
+        base — ``PATH`` (the usual system directories), ``HOME=/home/sprite``,
+        ``LANG=C.UTF-8`` and, with ``tty=True``, ``TERM=xterm-256color`` —
+        and your values win. Pass ``env_replace=True`` to send exactly
+        ``env`` and nothing else.
+
+        Args:
+            argv: The program and its arguments (str; no NUL bytes).
+            env: Environment variables (see above).
+            env_replace: Send ``env`` alone, without the base.
+            cwd: Absolute working directory (default ``/home/sprite``).
+            stdin: bytes, str (UTF-8) or an async iterable of bytes, sent then
+                closed; None means the command sees end-of-file at once.
+            timeout: Seconds the command may run, counted once it started (the
+                handshake has its own ``Timeouts.wake`` limit); then it is sent
+                TERM, then KILL, and :class:`CommandTimeoutError` is raised.
+            check: Raise :class:`CommandFailedError` for a non-zero exit code.
+            max_output: Bytes kept per stream; the rest is counted in
+                ``stdout_dropped``/``stderr_dropped`` (None: keep everything).
+            tty: Run in a terminal (stdout and stderr merged).
+            on_port: Called with each :class:`PortEvent`.
+
+        Commands without stdin and TTY run over a pooled ``/control`` socket
+        when the sprite supports it, else over their own ``/exec`` socket;
+        both behave the same. Cancelling the calling task terminates the
+        command (TERM, then KILL) before the cancellation propagates.
+
+        Raises:
+            ValueError, TypeError: Invalid arguments (nothing was sent).
+            ExitStatusUnknownError: The connection ended before the exit status.
+            CommandTimeoutError: ``timeout`` expired.
+            CommandFailedError: ``check=True`` and the exit code was not 0.
+        """
+        from ._exec import run
+
+        return await run(
+            self,
+            argv,
+            env=env,
+            env_replace=env_replace,
+            cwd=cwd,
+            stdin=stdin,
+            timeout=timeout,
+            check=check,
+            max_output=max_output,
+            tty=tty,
+            on_port=on_port,
+        )
+
+    def process(
+        self,
+        *argv: str,
+        tty: bool = False,
+        stdin: bool = True,
+        env: Mapping[str, str] | None = None,
+        env_replace: bool = False,
+        cwd: str | None = None,
+        cols: int | None = None,
+        rows: int | None = None,
+        max_run_after_disconnect: float | str | None = None,
+        on_port: PortCallback | None = None,
+        kill_on_exit: bool = True,
+    ) -> ExecSession:
+        """Start a live command: ``async with sprite.process("bash", tty=True) as proc:``.
+
+        The :class:`ExecSession` streams output (``proc.stdout``,
+        ``proc.stderr`` or ``async for event in proc``), takes stdin
+        (``write``, ``close_stdin``), resizes, signals and waits. ``env``
+        follows the same rules as :meth:`exec`. ``cols``/``rows`` set the
+        initial terminal size (default 80x24). ``max_run_after_disconnect``
+        (seconds or a Go duration such as ``"5m"``) is how long the command
+        may outlive the connection (server defaults: TTY forever, else 10 s).
+        Leaving the block terminates a still-running command unless
+        ``kill_on_exit=False`` or ``proc.detach()`` was called.
+        Arguments are validated here, before anything is sent.
+        """
+        from ._exec import ExecRequest, ExecSession
+
+        request = ExecRequest.build(
+            argv,
+            env=env,
+            env_replace=env_replace,
+            cwd=cwd,
+            tty=tty,
+            stdin=stdin,
+            cols=cols,
+            rows=rows,
+            max_run_after_disconnect=max_run_after_disconnect,
+        )
+        return ExecSession(self, request, on_port=on_port, kill_on_exit=kill_on_exit)
+
+    async def run_http(
+        self,
+        *argv: str,
+        stdin: Stdin = None,
+        env: Mapping[str, str] | None = None,
+        env_replace: bool = False,
+        cwd: str | None = None,
+        check: bool = False,
+        max_output: int | None = None,
+    ) -> ExecResult:
+        """Run a command with plain HTTP (``POST .../exec``) and return its result.
+
+        No TTY, no interaction. The exit code comes from the body's trailing
+        ``03 xx``; the split between stdout and stderr is approximate (the
+        body has no frame lengths; Section 3.12) — use :meth:`exec` when it
+        matters. ``env`` follows the same rules as :meth:`exec`. Cancelling
+        closes the request; the command then runs on for the server's
+        ``max_run_after_disconnect``. A command silent for longer than the
+        client's ``Timeouts.stream_idle`` fails (HTTP has no keepalive).
+
+        Raises:
+            ExitStatusUnknownError: The body did not end with an exit frame.
+            CommandFailedError: ``check=True`` and the exit code was not 0.
+        """
+        from ._exec import run_http
+
+        return await run_http(
+            self,
+            argv,
+            stdin=stdin,
+            env=env,
+            env_replace=env_replace,
+            cwd=cwd,
+            check=check,
+            max_output=max_output,
+        )
+
+    @property
+    def sessions(self) -> ExecSessions:
+        """Exec sessions: ``list()``, ``attach(id)``, ``kill(id)``. No I/O until called."""
+        from ._exec import ExecSessions
+
+        return ExecSessions(self)

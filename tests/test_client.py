@@ -438,3 +438,16 @@ async def test_event_loop_mismatch_is_a_clear_error() -> None:
 
     await asyncio.get_running_loop().run_in_executor(None, other_loop)
     await c.aclose()
+
+
+def test_control_and_exec_settings_options() -> None:
+    from sprites_async import ControlOptions, ExecSettings
+
+    c = SpritesClient(TOKEN, base_url=BASE, control=False)
+    assert c.control is False
+    opts = ControlOptions(max_per_sprite=4)
+    settings = ExecSettings(exit_grace=0.1)
+    c = SpritesClient(TOKEN, base_url=BASE, control=opts, exec_settings=settings)
+    assert c.control is opts
+    assert c.exec_settings is settings
+    assert SpritesClient(TOKEN, base_url=BASE).control is True

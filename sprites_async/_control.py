@@ -1,0 +1,452 @@
+"""A pool of ``/control`` sockets per client and sprite (Section 5).
+
+A control socket runs one operation at a time, so sequential commands can
+reuse one socket instead of paying a WebSocket handshake (and a wake-up
+round trip) each. Concurrency comes from several sockets per sprite.
+
+Rules this pool keeps:
+
+* One pool per :class:`SpritesClient` (so per event loop), closed by
+  ``client.aclose()``; inside it, sockets are grouped per sprite.
+* A socket is lent to one operation at a time and comes back only if that
+  operation ended cleanly (``op.complete`` received, nothing odd seen);
+  anything else closes it.
+* Dials run concurrently; a slot is reserved before dialling so that the
+  limits hold without a lock. At most ``max_per_sprite`` sockets per sprite
+  and ``max_total`` per client; callers beyond wait in FIFO order (at most
+  ``max_waiters``). A returned socket is handed straight to the first waiter
+  of its sprite; a waiter cancelled at the wrong moment hands it back.
+* While idle, each socket is watched: a close from the server, or
+  ``idle_timeout`` without use, removes it. Above ``max_idle`` idle sockets
+  per sprite the least recently used are closed down to ``drain_to``.
+* ``/control`` answering 404 (other than "sprite not found") marks the sprite
+  as not supporting it; callers then use direct ``/exec`` sockets. 401, 429
+  and 5xx are errors, not a reason to fall back.
+
+What goes over control: ``sprite.exec()`` without stdin and without a TTY.
+Commands with stdin, TTY sessions, ``process()`` and attach use direct
+sockets, where the stdin framing is documented and the ``signal``
+capability is known (Section 5.4).
+
+Turn the pool off for a client with ``client.control = False`` (or pass
+:class:`ControlOptions`); the default for every client is
+:data:`DEFAULT_CONTROL_OPTIONS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from ._errors import ClientClosedError, NotFoundError, SpritesConnectionError
+from ._frames import decode_envelope
+from ._session import quote_segment
+
+if TYPE_CHECKING:
+    from ._session import SpritesClient, WebSocket
+
+__all__ = [
+    "DEFAULT_CONTROL_OPTIONS",
+    "ControlLease",
+    "ControlOptions",
+    "ControlPool",
+    "control_enabled",
+    "pool_for",
+]
+
+logger = logging.getLogger("sprites_async")
+
+
+@dataclass(frozen=True)
+class ControlOptions:
+    """How a client pools ``/control`` sockets.
+
+    Attributes:
+        enabled: Use control sockets at all (False: always direct ``/exec``).
+        max_per_sprite: Most sockets (open or dialling) per sprite.
+        max_total: Most sockets per client, all sprites together.
+        max_waiters: Most callers waiting for a socket; one more raises.
+        max_idle: Idle sockets kept per sprite before draining ...
+        drain_to: ... down to this many (least recently used closed first).
+        idle_timeout: Seconds an idle socket is kept.
+        close_timeout: Seconds a close handshake may take.
+    """
+
+    enabled: bool = True
+    max_per_sprite: int = 100
+    max_total: int = 1000
+    max_waiters: int = 10_000
+    max_idle: int = 20
+    drain_to: int = 10
+    idle_timeout: float = 30.0
+    close_timeout: float = 1.0
+
+
+DEFAULT_CONTROL_OPTIONS = ControlOptions()
+
+
+def options_for(client: SpritesClient) -> ControlOptions:
+    """``client.control`` if it is :class:`ControlOptions` or a bool, else the default."""
+    value = getattr(client, "control", None)
+    if isinstance(value, ControlOptions):
+        return value
+    if isinstance(value, bool):
+        return ControlOptions(enabled=value)
+    return DEFAULT_CONTROL_OPTIONS
+
+
+def control_enabled(client: SpritesClient) -> bool:
+    """Whether ``client`` runs commands over pooled control sockets."""
+    return options_for(client).enabled
+
+
+class ControlLease:
+    """One pooled control socket, lent to one operation at a time."""
+
+    __slots__ = ("_idle_task", "_pool", "last_used", "sprite", "ws")
+
+    def __init__(self, pool: ControlPool, sprite: str, ws: WebSocket) -> None:
+        self._pool = pool
+        self.sprite = sprite
+        self.ws = ws
+        self.last_used = 0.0
+        self._idle_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ControlLease sprite={self.sprite!r} closed={self.ws.closed}>"
+
+    def release(self, *, reusable: bool) -> None:
+        """Give the socket back: pooled again if ``reusable``, else closed."""
+        self._pool._release(self, reusable)
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_DIAL = _Sentinel("dial")  # a slot was reserved for the waiter: go and dial
+_UNSUPPORTED = _Sentinel("unsupported")  # the sprite has no /control: go direct
+
+
+class _Waiter:
+    __slots__ = ("future", "sprite")
+
+    def __init__(self, sprite: str, future: asyncio.Future[Any]) -> None:
+        self.sprite = sprite
+        self.future = future
+
+
+class _SpriteState:
+    __slots__ = ("count", "idle", "supported")
+
+    def __init__(self) -> None:
+        self.count = 0  # open or dialling sockets (lent + idle + reserved)
+        self.idle: deque[ControlLease] = deque()  # least recently used on the left
+        self.supported: bool | None = None
+
+
+class ControlPool:
+    """The control sockets of one client. Made by :func:`pool_for`."""
+
+    def __init__(self, client: SpritesClient, options: ControlOptions) -> None:
+        self._client = client
+        self.options = options
+        self._sprites: dict[str, _SpriteState] = {}
+        self._total = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.dials = 0
+        """Sockets dialled so far (for tests and metrics)."""
+
+    def __repr__(self) -> str:
+        idle = sum(len(s.idle) for s in self._sprites.values())
+        return f"<ControlPool open={self._total} idle={idle} waiting={len(self._waiters)}>"
+
+    def stats(self, sprite: str | None = None) -> dict[str, int]:
+        """Counts of open (incl. dialling) and idle sockets and of waiters."""
+        if sprite is None:
+            idle = sum(len(s.idle) for s in self._sprites.values())
+            return {"open": self._total, "idle": idle, "waiting": len(self._waiters)}
+        state = self._sprites.get(sprite, _SpriteState())
+        waiting = sum(1 for w in self._waiters if w.sprite == sprite)
+        return {"open": state.count, "idle": len(state.idle), "waiting": waiting}
+
+    def supported(self, sprite: str) -> bool | None:
+        """True/False once known for ``sprite``, None before the first dial."""
+        state = self._sprites.get(sprite)
+        return None if state is None else state.supported
+
+    def forget(self, sprite: str) -> None:
+        """Forget what is known about ``sprite`` (e.g. after an upgrade): probe again."""
+        state = self._sprites.get(sprite)
+        if state is not None:
+            state.supported = None
+
+    def _state(self, sprite: str) -> _SpriteState:
+        state = self._sprites.get(sprite)
+        if state is None:
+            state = self._sprites[sprite] = _SpriteState()
+        return state
+
+    def _has_room(self, state: _SpriteState) -> bool:
+        return state.count < self.options.max_per_sprite and self._total < self.options.max_total
+
+    # ------------------------------------------------------------------ checkout
+
+    async def acquire(self, sprite: str) -> ControlLease | None:
+        """A control socket for ``sprite``, or None if it must use direct ``/exec``."""
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        state = self._state(sprite)
+        while True:
+            if state.supported is False:
+                return None
+            while state.idle:
+                lease = state.idle.pop()  # most recently used: least likely to be stale
+                if await self._take(lease):
+                    return lease
+            if not self._has_room(state) and state.count < self.options.max_per_sprite:
+                self._evict_idle(sprite)  # the client-wide limit is held by idle sockets
+            if self._has_room(state):
+                state.count += 1
+                self._total += 1
+                outcome: Any = _DIAL
+            else:
+                outcome = await self._wait(sprite)
+            if outcome is _UNSUPPORTED:
+                return None
+            if isinstance(outcome, ControlLease):
+                if await self._take(outcome, idle=False):
+                    return outcome
+                continue
+            # A slot is reserved for us.
+            dialled = await self._dial(sprite, state)
+            if dialled is not None or self.supported(sprite) is False:
+                return dialled
+
+    async def _take(self, lease: ControlLease, *, idle: bool = True) -> bool:
+        """Stop the idle watcher of ``lease``; False (and closed) if it is dead."""
+        task, lease._idle_task = lease._idle_task, None
+        try:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    if not task.cancelled():
+                        raise
+        except BaseException:
+            self._release(lease, False)
+            raise
+        if lease.ws.closed:
+            self._release(lease, False)
+            return False
+        return True
+
+    async def _wait(self, sprite: str) -> Any:
+        if len(self._waiters) >= self.options.max_waiters:
+            raise SpritesConnectionError(
+                f"more than {self.options.max_waiters} callers are waiting for a control socket",
+                operation="exec",
+                sprite=sprite,
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(sprite, future)
+        self._waiters.append(waiter)
+        try:
+            return await future
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # Handed something just as we were cancelled: pass it on.
+                got = future.result()
+                if isinstance(got, ControlLease):
+                    self._release(got, True)
+                elif got is _DIAL:
+                    self._free_slot(sprite)
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+
+    async def _dial(self, sprite: str, state: _SpriteState) -> ControlLease | None:
+        client = self._client
+        try:
+            ws, _ = await client._ws_connect(
+                "/v1/sprites/" + quote_segment(sprite) + "/control",
+                operation="control",
+                sprite=sprite,
+                autoping=False,
+            )
+        except NotFoundError as exc:
+            self._free_slot(sprite)
+            if "sprite not found" in exc.message.lower():
+                raise
+            logger.info("sprite %s has no /control endpoint; using direct exec sockets", sprite)
+            state.supported = False
+            self._wake_unsupported(sprite)
+            return None
+        except BaseException:
+            self._free_slot(sprite)
+            raise
+        self.dials += 1
+        state.supported = True
+        lease = ControlLease(self, sprite, ws)
+        if self._closed:
+            self._release(lease, False)
+            raise ClientClosedError("the client is closed")
+        return lease
+
+    # ------------------------------------------------------------------- checkin
+
+    def _release(self, lease: ControlLease, reusable: bool) -> None:
+        state = self._state(lease.sprite)
+        if reusable and not self._closed and not lease.ws.closed:
+            for waiter in self._waiters:
+                if waiter.sprite == lease.sprite and not waiter.future.done():
+                    self._waiters.remove(waiter)
+                    waiter.future.set_result(lease)
+                    return
+            if any(
+                not w.future.done() and self._state(w.sprite).count < self.options.max_per_sprite
+                for w in self._waiters
+            ):
+                # Someone else waits for room under the client-wide limit:
+                # closing this socket gives them a slot.
+                self._discard(lease)
+                return
+            loop = asyncio.get_running_loop()
+            lease.last_used = loop.time()
+            state.idle.append(lease)
+            lease._idle_task = asyncio.ensure_future(self._watch_idle(lease))
+            if len(state.idle) > self.options.max_idle:
+                while len(state.idle) > self.options.drain_to:
+                    self._discard(state.idle.popleft())
+            return
+        self._discard(lease)
+
+    def _discard(self, lease: ControlLease) -> None:
+        """Close ``lease`` and free its slot."""
+        task, lease._idle_task = lease._idle_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        state = self._state(lease.sprite)
+        try:
+            state.idle.remove(lease)
+        except ValueError:
+            pass
+        self._free_slot(lease.sprite)
+        closer = asyncio.ensure_future(self._close_ws(lease.ws))
+        self._closing.add(closer)
+        closer.add_done_callback(self._closing.discard)
+
+    def _free_slot(self, sprite: str) -> None:
+        state = self._state(sprite)
+        state.count -= 1
+        self._total -= 1
+        # Give the freed room to the first waiter that can use it.
+        for waiter in self._waiters:
+            if waiter.future.done():
+                continue
+            wstate = self._state(waiter.sprite)
+            if wstate.supported is False:
+                self._waiters.remove(waiter)
+                waiter.future.set_result(_UNSUPPORTED)
+                return
+            if self._has_room(wstate):
+                self._waiters.remove(waiter)
+                wstate.count += 1
+                self._total += 1
+                waiter.future.set_result(_DIAL)
+                return
+
+    def _evict_idle(self, sprite: str) -> None:
+        """Close the least recently used idle socket of another sprite, if any."""
+        oldest: ControlLease | None = None
+        for name, state in self._sprites.items():
+            if name != sprite and state.idle:
+                candidate = state.idle[0]
+                if oldest is None or candidate.last_used < oldest.last_used:
+                    oldest = candidate
+        if oldest is not None:
+            self._discard(oldest)
+
+    def _wake_unsupported(self, sprite: str) -> None:
+        for waiter in [w for w in self._waiters if w.sprite == sprite]:
+            self._waiters.remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_result(_UNSUPPORTED)
+
+    async def _watch_idle(self, lease: ControlLease) -> None:
+        """Answer pings, ignore chatter, and drop the socket if it closes or idles out."""
+        ws = lease.ws
+        loop = asyncio.get_running_loop()
+        deadline = lease.last_used + self.options.idle_timeout
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    msg = await ws.receive(timeout=left)
+                except asyncio.TimeoutError:
+                    break
+                if msg.type is WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type is WSMsgType.TEXT:
+                    env = decode_envelope(msg.data)
+                    # Stray op.error / keepalive / dial between ops: not ours.
+                    logger.debug("idle control socket got %s", env.type if env else "text")
+                elif msg.type in (WSMsgType.PONG, WSMsgType.BINARY):
+                    continue
+                else:
+                    break  # closed by the server or failed
+        except (aiohttp.ClientError, OSError, RuntimeError):
+            pass
+        if lease._idle_task is asyncio.current_task():
+            lease._idle_task = None
+            self._discard(lease)
+
+    async def _close_ws(self, ws: WebSocket) -> None:
+        try:
+            await asyncio.wait_for(ws.close(), self.options.close_timeout)
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
+            pass
+
+    async def aclose(self) -> None:
+        """Close every idle socket and fail every waiter. Idempotent."""
+        self._closed = True
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(ClientClosedError("the client is closed"))
+        for state in self._sprites.values():
+            while state.idle:
+                self._discard(state.idle.pop())
+        while self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+
+_pools: weakref.WeakKeyDictionary[SpritesClient, ControlPool] = weakref.WeakKeyDictionary()
+
+
+def pool_for(client: SpritesClient) -> ControlPool:
+    """The control pool of ``client`` (made on first use, closed by ``client.aclose()``)."""
+    pool = _pools.get(client)
+    if pool is None or pool._closed:
+        pool = ControlPool(client, options_for(client))
+        client._add_closer(pool.aclose)
+        _pools[client] = pool
+    return pool

@@ -1,0 +1,317 @@
+"""NDJSON streams (Section 6.7): a pure line decoder and a response-owning stream.
+
+:class:`NDJSONDecoder` turns bytes, in whatever pieces they arrive, into
+decoded objects: it buffers partial lines, strips ``\\r``, skips blank lines,
+skips (and logs) lines it cannot decode, parses a last line without a
+newline at the end, and has no line-length limit.
+
+:class:`NDJSONStream` sends a request through ``client._stream`` and decodes
+the body as it arrives into msgspec Structs (typically a tagged union on the
+``type`` field, decoded by one reused ``msgspec.json.Decoder``). It is:
+
+* an async iterator of events (``async for event in stream``);
+* an async context manager that releases the response on exit, whatever
+  happened;
+* awaitable for its final result (``await stream``), when the endpoint has
+  one — for example the exit code a kill stream ends with.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Generator
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import aiohttp
+import msgspec
+
+from ._errors import APIError, StreamError
+
+if TYPE_CHECKING:
+    from ._session import Params, SpritesClient, TimeoutKind
+
+__all__ = ["NOT_FINAL", "NDJSONDecoder", "NDJSONStream", "NotFinal"]
+
+logger = logging.getLogger("sprites_async")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class NotFinal(enum.Enum):
+    """Type of :data:`NOT_FINAL`."""
+
+    NOT_FINAL = "not final"
+
+
+NOT_FINAL = NotFinal.NOT_FINAL
+"""What a stream's ``final`` hook returns for an event that does not end it."""
+
+
+class NDJSONDecoder(Generic[T]):
+    """Incremental NDJSON decoding: feed bytes, get objects.
+
+    Args:
+        decode: Decodes one line (without its newline), e.g. the ``decode``
+            method of a reused ``msgspec.json.Decoder``.
+        what: Names the stream in log lines about skipped lines.
+
+    Attributes:
+        skipped: How many lines could not be decoded (and were skipped).
+    """
+
+    __slots__ = ("_buf", "_decode", "_scan", "skipped", "what")
+
+    def __init__(self, decode: Callable[[bytes], T], *, what: str = "NDJSON stream") -> None:
+        self._decode = decode
+        self._buf = bytearray()
+        # Where the newline search resumes: a long line arriving in many
+        # small pieces must not be rescanned from its start each time.
+        self._scan = 0
+        self.skipped = 0
+        self.what = what
+
+    def feed(self, data: bytes) -> list[T]:
+        """Add bytes; return the objects of every line they completed."""
+        out: list[T] = []
+        if not data:
+            return out
+        buf = self._buf
+        buf += data
+        pos = 0
+        scan = self._scan
+        while True:
+            nl = buf.find(b"\n", scan)
+            if nl < 0:
+                break
+            self._line(bytes(buf[pos:nl]), out)
+            pos = scan = nl + 1
+        if pos:
+            del buf[:pos]
+        self._scan = len(buf)
+        return out
+
+    def finish(self) -> list[T]:
+        """End of input: decode a last line that had no newline."""
+        out: list[T] = []
+        if self._buf:
+            line = bytes(self._buf)
+            self._buf.clear()
+            self._scan = 0
+            self._line(line, out)
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished line held in the buffer."""
+        return len(self._buf)
+
+    def _line(self, line: bytes, out: list[T]) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            return
+        try:
+            out.append(self._decode(line))
+        except msgspec.ValidationError as exc:
+            # Valid JSON of a shape or type we do not know: newer servers add
+            # event types, so this is expected and only worth a debug line.
+            self.skipped += 1
+            logger.debug("%s: skipping unrecognised line (%s): %.200r", self.what, exc, line)
+        except (msgspec.DecodeError, ValueError) as exc:
+            self.skipped += 1
+            logger.warning("%s: skipping malformed line (%s): %.200r", self.what, exc, line)
+
+
+class NDJSONStream(Generic[T, R]):
+    """A streamed NDJSON response, decoded line by line as bytes arrive.
+
+    Use it as ``async with stream: async for event in stream: ...``, or just
+    ``await stream`` for the final result. Iterating without ``async with``
+    works too: the response is released when the iteration ends or fails;
+    call :meth:`aclose` if you stop early.
+
+    Args:
+        client: The client whose ``_stream`` seam sends the request.
+        method, path: The request.
+        decoder: Decodes one line into an event (one reused msgspec decoder).
+        operation, sprite: For error messages.
+        params, json, data, content_type, timeout, idempotent: Passed to
+            ``client._stream``.
+        final: Called on every event; returns the stream's result for the
+            event that completes it, else :data:`NOT_FINAL`. It may raise
+            (for example :class:`StreamError` for an in-band ``error`` event).
+        require_final: If True, a body that ends without a final event raises
+            :class:`StreamError`.
+        on_api_error: Called when the request fails with an :class:`APIError`
+            before the stream starts; returns a result to use instead (the
+            stream then has no events), or re-raises.
+    """
+
+    def __init__(
+        self,
+        client: SpritesClient,
+        method: str,
+        path: str,
+        *,
+        decoder: msgspec.json.Decoder[T] | Callable[[bytes], T],
+        operation: str,
+        sprite: str | None = None,
+        params: Params = None,
+        json: bytes | None = None,
+        data: Any = None,
+        content_type: str | None = None,
+        timeout: TimeoutKind = "stream",
+        idempotent: bool | None = None,
+        final: Callable[[T], R | NotFinal] | None = None,
+        require_final: bool = False,
+        on_api_error: Callable[[APIError], R] | None = None,
+    ) -> None:
+        decode = decoder.decode if isinstance(decoder, msgspec.json.Decoder) else decoder
+        self._client = client
+        self._request: dict[str, Any] = {
+            "operation": operation,
+            "sprite": sprite,
+            "params": params,
+            "json": json,
+            "data": data,
+            "content_type": content_type,
+            "timeout": timeout,
+            "idempotent": idempotent,
+        }
+        self._method = method
+        self._path = path
+        self._operation = operation
+        self._sprite = sprite
+        self._lines = NDJSONDecoder(decode, what=operation)
+        self._final_hook = final
+        self._require_final = require_final
+        self._on_api_error = on_api_error
+        self._cm: AbstractAsyncContextManager[aiohttp.ClientResponse] | None = None
+        self._resp: aiohttp.ClientResponse | None = None
+        self._pending: deque[T] = deque()
+        self._started = False
+        self._eof = False
+        self._closed = False
+        self._result: R | NotFinal = NOT_FINAL
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._started else "new"
+        return f"<NDJSONStream {self._method} {self._path} {state}>"
+
+    @property
+    def done(self) -> bool:
+        """True once a final event (or a substitute result) was seen."""
+        return self._result is not NOT_FINAL
+
+    @property
+    def result(self) -> R:
+        """The final result. Raises :class:`StreamError` if there is none (yet)."""
+        if self._result is NOT_FINAL:
+            raise StreamError(f"{self._operation}: the stream has no final result (yet)")
+        return self._result
+
+    @property
+    def response(self) -> aiohttp.ClientResponse | None:
+        """The HTTP response while the stream is open (status, headers)."""
+        return self._resp
+
+    async def _open(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        cm = self._client._stream(self._method, self._path, **self._request)
+        try:
+            self._resp = await cm.__aenter__()
+        except APIError as exc:
+            if self._on_api_error is None:
+                self._closed = True
+                raise
+            try:
+                self._result = self._on_api_error(exc)
+            finally:
+                self._closed = True
+            self._eof = True
+            return
+        except BaseException:
+            self._closed = True
+            raise
+        self._cm = cm
+
+    async def aclose(self) -> None:
+        """Release the response. Idempotent; the server-side operation may go on."""
+        self._closed = True
+        self._eof = True
+        cm, self._cm = self._cm, None
+        self._resp = None
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> NDJSONStream[T, R]:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> NDJSONStream[T, R]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            while not self._pending:
+                if self._eof:
+                    await self.aclose()
+                    if self._require_final and self._result is NOT_FINAL:
+                        raise StreamError(
+                            f"{self._operation}: the stream ended without its final event"
+                        )
+                    raise StopAsyncIteration
+                await self._read_more()
+            event = self._pending.popleft()
+            if self._final_hook is not None:
+                outcome = self._final_hook(event)
+                if outcome is not NOT_FINAL:
+                    self._result = outcome
+            return event
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _read_more(self) -> None:
+        from ._session import _TRANSPORT_ERRORS, _translate
+
+        await self._open()
+        resp = self._resp
+        if resp is None:  # closed, or replaced by on_api_error
+            self._eof = True
+            return
+        try:
+            chunk = await resp.content.readany()
+        except _TRANSPORT_ERRORS as exc:
+            raise _translate(exc, self._method, self._path, self._operation, self._sprite) from exc
+        if chunk:
+            self._pending.extend(self._lines.feed(chunk))
+        else:
+            self._pending.extend(self._lines.finish())
+            self._eof = True
+
+    async def _run(self) -> R:
+        async with self:
+            async for _ in self:
+                pass
+        return self.result
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self._run().__await__()

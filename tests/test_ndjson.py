@@ -1,0 +1,214 @@
+"""NDJSON: the pure line decoder (any chunking) and the response-owning stream."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sprites_async import NotFoundError, SpritesClient, StreamError
+from sprites_async._streams import NOT_FINAL, NDJSONDecoder, NDJSONStream, NotFinal
+from tests.conftest import TOKEN
+
+
+class Progress(msgspec.Struct, tag="progress", tag_field="type"):
+    data: str = ""
+
+
+class Complete(msgspec.Struct, tag="complete", tag_field="type"):
+    data: str = ""
+
+
+class Failure(msgspec.Struct, tag="error", tag_field="type"):
+    error: str = ""
+
+
+Event = Progress | Complete | Failure
+decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+
+BODY = (
+    b'{"type":"progress","data":"one"}\n'
+    b"\n"
+    b'{"type":"progress","data":"tw\xc3\xa9"}\r\n'
+    b"   \n"
+    b"{not json}\n"
+    b'{"type":"unknown_kind"}\n'
+    b'{"type":"complete","data":"done"}'  # no newline at the end
+)
+EXPECTED = [Progress("one"), Progress("twé"), Complete("done")]
+
+
+def decode_all(pieces: list[bytes]) -> list[Event]:
+    lines = NDJSONDecoder(decoder.decode)
+    out: list[Event] = []
+    for piece in pieces:
+        out.extend(lines.feed(piece))
+    out.extend(lines.finish())
+    return out
+
+
+def test_whole_body() -> None:
+    assert decode_all([BODY]) == EXPECTED
+
+
+def test_byte_by_byte() -> None:
+    assert decode_all([BODY[i : i + 1] for i in range(len(BODY))]) == EXPECTED
+
+
+@given(st.lists(st.integers(0, len(BODY)), max_size=20))
+def test_any_chunking(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(BODY)]
+    assert decode_all([BODY[a:b] for a, b in itertools.pairwise(bounds)]) == EXPECTED
+
+
+def test_malformed_lines_are_skipped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    lines = NDJSONDecoder(decoder.decode, what="test stream")
+    with caplog.at_level(logging.DEBUG, logger="sprites_async"):
+        out = lines.feed(BODY) + lines.finish()
+    assert out == EXPECTED
+    assert lines.skipped == 2
+    assert any("malformed" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+    assert any("unrecognised" in r.message for r in caplog.records)
+
+
+def test_no_small_line_limit() -> None:
+    big = "x" * (3 << 20)
+    line = msgspec.json.encode(Progress(big)) + b"\n"
+    lines = NDJSONDecoder(decoder.decode)
+    out: list[Event] = []
+    for i in range(0, len(line), 1000):  # 3 MiB in 1000-byte pieces: linear, not quadratic
+        out.extend(lines.feed(line[i : i + 1000]))
+    assert out == [Progress(big)]
+    assert lines.pending == 0
+
+
+def test_finish_without_leftover() -> None:
+    lines = NDJSONDecoder(decoder.decode)
+    assert lines.feed(b'{"type":"complete"}\n') == [Complete()]
+    assert lines.finish() == []
+
+
+# --------------------------------------------------------------------------- stream
+
+
+def final(event: Event) -> str | NotFinal:
+    if isinstance(event, Failure):
+        raise StreamError(event.error)
+    if isinstance(event, Complete):
+        return event.data
+    return NOT_FINAL
+
+
+Handler = Callable[[web.Request], object]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], object]]:
+    servers: list[TestServer] = []
+
+    async def start(handler: Handler) -> SpritesClient:
+        app = web.Application()
+        app.router.add_route("*", "/stream", handler)  # type: ignore[arg-type]
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return SpritesClient(TOKEN, base_url=str(server.make_url("")))
+
+    yield start  # type: ignore[misc]
+    for server in servers:
+        await server.close()
+
+
+def chunked(*pieces: bytes, status: int = 200) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=status)
+        resp.content_type = "application/x-ndjson"
+        await resp.prepare(request)
+        for piece in pieces:
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def stream_of(client: SpritesClient, **kw: object) -> NDJSONStream[Event, str]:
+    return NDJSONStream(
+        client,
+        "POST",
+        "/stream",
+        decoder=decoder,
+        operation="test",
+        final=final,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_iterate_in_odd_chunks(serve: Callable[[Handler], object]) -> None:
+    pieces = [BODY[i : i + 7] for i in range(0, len(BODY), 7)]
+    async with await serve(chunked(*pieces)) as client:  # type: ignore[misc]
+        stream = stream_of(client)
+        async with stream:
+            events = [e async for e in stream]
+        assert events == EXPECTED
+        assert stream.result == "done"
+        assert stream.response is None  # released
+
+
+async def test_await_gives_final_result(serve: Callable[[Handler], object]) -> None:
+    async with await serve(chunked(BODY)) as client:  # type: ignore[misc]
+        assert await stream_of(client) == "done"
+
+
+async def test_in_band_error_raises(serve: Callable[[Handler], object]) -> None:
+    body = b'{"type":"progress"}\n{"type":"error","error":"boom"}\n'
+    async with await serve(chunked(body)) as client:  # type: ignore[misc]
+        stream = stream_of(client)
+        seen: list[Event] = []
+
+        async def collect() -> None:
+            async for event in stream:
+                seen.append(event)
+
+        with pytest.raises(StreamError, match="boom"):
+            await collect()
+        assert seen == [Progress()]
+        assert stream.response is None
+
+
+async def test_missing_final_event(serve: Callable[[Handler], object]) -> None:
+    async with await serve(chunked(b'{"type":"progress"}\n')) as client:  # type: ignore[misc]
+        with pytest.raises(StreamError, match="without its final event"):
+            await stream_of(client, require_final=True)
+        stream = stream_of(client)
+        assert [e async for e in stream] == [Progress()]
+        with pytest.raises(StreamError):
+            _ = stream.result
+
+
+async def test_http_errors_and_substitutes(serve: Callable[[Handler], object]) -> None:
+    handler = chunked(b'{"error":"session not found"}', status=404)
+    async with await serve(handler) as client:  # type: ignore[misc]
+        with pytest.raises(NotFoundError, match="session not found"):
+            await stream_of(client)
+        stream = stream_of(client, on_api_error=lambda exc: "substitute")
+        assert [e async for e in stream] == []
+        assert stream.result == "substitute"
+
+
+async def test_early_exit_releases_the_response(serve: Callable[[Handler], object]) -> None:
+    async with await serve(chunked(BODY)) as client:  # type: ignore[misc]
+        stream = stream_of(client)
+        async with stream:
+            async for _ in stream:
+                break
+            assert stream.response is not None
+        assert stream.response is None
+        await stream.aclose()  # idempotent

@@ -92,14 +92,17 @@ class ControlOptions:
 DEFAULT_CONTROL_OPTIONS = ControlOptions()
 
 
+_CONTROL_DISABLED = ControlOptions(enabled=False)
+
+
 def options_for(client: SpritesClient) -> ControlOptions:
-    """``client.control`` if it is :class:`ControlOptions` or a bool, else the default."""
-    value = getattr(client, "control", None)
-    if isinstance(value, ControlOptions):
-        return value
-    if isinstance(value, bool):
-        return ControlOptions(enabled=value)
-    return DEFAULT_CONTROL_OPTIONS
+    """The pool options of ``client`` (its ``control=`` argument)."""
+    value = client.control
+    if value is True:
+        return DEFAULT_CONTROL_OPTIONS
+    if value is False:
+        return _CONTROL_DISABLED
+    return value
 
 
 def control_enabled(client: SpritesClient) -> bool:

@@ -135,8 +135,7 @@ DEFAULT_EXEC_SETTINGS = ExecSettings()
 
 def settings_for(client: SpritesClient) -> ExecSettings:
     """The exec settings of ``client`` (``client.exec_settings`` or the default)."""
-    value = getattr(client, "exec_settings", None)
-    return value if isinstance(value, ExecSettings) else DEFAULT_EXEC_SETTINGS
+    return client.exec_settings or DEFAULT_EXEC_SETTINGS
 
 
 # ------------------------------------------------------------------------- events

@@ -27,8 +27,8 @@ __all__ = ["emu", "fake"]
 
 def make_client(emu: Any, **options: Any) -> SpritesClient:
     client = SpritesClient(emu.token, base_url=emu.url)
-    client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)  # type: ignore[attr-defined]
-    client.control = ControlOptions(**options)  # type: ignore[attr-defined]
+    client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)
+    client.control = ControlOptions(**options)
     return client
 
 
@@ -220,7 +220,7 @@ async def test_client_close_closes_the_pool(emu: Any) -> None:
 
 async def test_control_can_be_switched_off(emu: Any) -> None:
     client = SpritesClient(emu.token, base_url=emu.url)
-    client.control = False  # type: ignore[attr-defined]
+    client.control = False
     await client.sprite("box").exec("true")
     assert pool_for(client).dials == 0
     await no_leftovers(emu, client)

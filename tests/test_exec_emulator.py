@@ -27,8 +27,8 @@ SETTINGS = ExecSettings(kill_grace=1.0, kill_wait=2.0, exit_grace=1.0)
 @pytest.fixture(params=["control", "direct"])
 async def sprite(request: pytest.FixtureRequest, emu: Any) -> AsyncIterator[Any]:
     client = SpritesClient(emu.token, base_url=emu.url)
-    client.exec_settings = SETTINGS  # type: ignore[attr-defined]
-    client.control = request.param == "control"  # type: ignore[attr-defined]
+    client.exec_settings = SETTINGS
+    client.control = request.param == "control"
     yield client.sprite("box")
     await no_leftovers(emu, client)
 

@@ -208,8 +208,8 @@ class FakeSprites:
         """A client of this server: direct exec unless ``control=True``, fast settings."""
         control = settings.pop("control", False)
         client = SpritesClient(TOKEN, base_url=self.url)
-        client.exec_settings = ExecSettings(**{**FAST.__dict__, **settings})  # type: ignore[attr-defined]
-        client.control = control  # type: ignore[attr-defined]
+        client.exec_settings = ExecSettings(**{**FAST.__dict__, **settings})
+        client.control = control
         return client
 
 

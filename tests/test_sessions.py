@@ -18,7 +18,7 @@ __all__ = ["emu", "fake"]
 @pytest.fixture
 async def sprite(emu: Any) -> AsyncIterator[Any]:
     client = SpritesClient(emu.token, base_url=emu.url)
-    client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)  # type: ignore[attr-defined]
+    client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)
     yield client.sprite("box")
     await no_leftovers(emu, client)
 

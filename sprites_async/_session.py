@@ -476,11 +476,13 @@ class SpritesClient:
         json: bytes | None = None,
         data: Any = None,
         content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
         timeout: TimeoutKind = "stream",
         idempotent: bool | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request and yield the response while its body streams in.
 
+        ``headers`` are added to the request (``Range``, for example).
         Errors (status >= 400) are raised before yielding. The body is read by
         the caller under an idle timeout (``stream_idle``), never a total one;
         the response is released when the block exits, normally or not.
@@ -488,12 +490,12 @@ class SpritesClient:
         for idempotent requests or failed connects).
         """
         session = self._ensure_session()
-        headers: dict[str, str] | None = None
+        send_headers: dict[str, str] | None = dict(headers) if headers else None
         if json is not None:
             data = json
-            headers = {"Content-Type": "application/json"}
+            send_headers = {**(send_headers or {}), "Content-Type": "application/json"}
         elif content_type is not None:
-            headers = {"Content-Type": content_type}
+            send_headers = {**(send_headers or {}), "Content-Type": content_type}
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         url = self.base_url + path
@@ -507,7 +509,7 @@ class SpritesClient:
                     url,
                     params=params,
                     data=data,
-                    headers=headers,
+                    headers=send_headers,
                     timeout=self._client_timeouts[timeout],
                 )
             except _TRANSPORT_ERRORS as exc:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from ._validation import (
 
 if TYPE_CHECKING:
     from ._session import SpritesClient
+    from .fleet import CreationLimiter
 
 __all__ = ["DeleteReport", "Sprite", "SpritesResource"]
 
@@ -263,6 +265,30 @@ class SpritesResource:
         await asyncio.gather(*(one(n) for n in names))
         return report
 
+    def temporary(
+        self,
+        prefix: str = "tmp-",
+        *,
+        labels: Iterable[str] | None = None,
+        url_auth: str | None = None,
+        limiter: CreationLimiter | None = None,
+        ready: bool = False,
+    ) -> AbstractAsyncContextManager[Sprite]:
+        """A sprite that exists only for the ``async with`` block.
+
+        ``async with client.sprites.temporary(prefix="ci-") as sprite:`` creates
+        a uniquely named sprite and deletes it however the block ends, even
+        when the task is cancelled. ``limiter`` paces creation (see
+        :class:`sprites_async.fleet.CreationLimiter`); ``ready=True`` waits until
+        the sprite is awake before entering the block. See
+        :func:`sprites_async.fleet.temporary_sprite`.
+        """
+        from . import fleet  # fleet imports this module at load time
+
+        return fleet.temporary_sprite(
+            self._client, prefix, labels=labels, url_auth=url_auth, limiter=limiter, ready=ready
+        )
+
 
 class Sprite:
     """A handle on one sprite: cheap, no I/O until you call a method.
@@ -375,7 +401,12 @@ class Sprite:
     # ------------------------------------------------------------------ commands
 
     if TYPE_CHECKING:
+        from ._checkpoints import CheckpointsResource
         from ._exec import ExecResult, ExecSession, ExecSessions, PortCallback, Stdin
+        from ._fs import SpriteFS
+        from ._policy import PolicyResource
+        from ._proxy import PortForward, PortsResource
+        from ._services import ServicesResource
 
     async def exec(
         self,
@@ -531,3 +562,67 @@ class Sprite:
         from ._exec import ExecSessions
 
         return ExecSessions(self)
+
+    # ---------------------------------------------- checkpoints, files, services
+
+    @property
+    def checkpoints(self) -> CheckpointsResource:
+        """Checkpoints: ``create``, ``list``, ``get``, ``restore``, ``delete`` and ``guard``."""
+        from ._checkpoints import CheckpointsResource
+
+        return CheckpointsResource(self)
+
+    def fs(self, root: str = "/home/sprite") -> SpriteFS:
+        """The sprite's filesystem, pathlib-style: ``sprite.fs() / "data" / "x.json"``."""
+        from ._fs import SpriteFS
+
+        return SpriteFS(self, root)
+
+    @property
+    def services(self) -> ServicesResource:
+        """Services: ``list()``, ``create()``, ``start()``, ``stop()``, ``logs()`` ..."""
+        from ._services import ServicesResource
+
+        return ServicesResource(self)
+
+    @property
+    def policy(self) -> PolicyResource:
+        """The network (egress) policy: ``get()`` and ``set(rules)``."""
+        from ._policy import PolicyResource
+
+        return PolicyResource(self)
+
+    # ---------------------------------------------------------------- networking
+
+    @property
+    def ports(self) -> PortsResource:
+        """Ports opened and closed inside the sprite: ``async for e in sprite.ports.watch()``."""
+        from ._proxy import PortsResource
+
+        return PortsResource(self)
+
+    def forward(
+        self,
+        remote_port: int,
+        local_port: int = 0,
+        host: str = "localhost",
+        *,
+        bind: str = "127.0.0.1",
+    ) -> PortForward:
+        """Forward a local port into the sprite: ``async with sprite.forward(5432) as fwd:``.
+
+        Listens on ``bind:local_port`` (0 picks a free port, see
+        ``fwd.local_port``) and relays each connection through its own
+        ``/proxy`` WebSocket to ``host:remote_port`` as seen from the sprite.
+        """
+        from ._proxy import forward
+
+        return forward(self, remote_port, local_port, host, bind=bind)
+
+    async def open_connection(
+        self, port: int, *, host: str = "localhost", limit: int = 2**16
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """One TCP connection to ``host:port`` inside the sprite, as asyncio streams."""
+        from ._proxy import open_connection
+
+        return await open_connection(self, port, host=host, limit=limit)

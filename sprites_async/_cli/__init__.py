@@ -1,0 +1,361 @@
+"""``sprites-async`` / ``python -m sprites_async``: the command-line tool.
+
+Configuration comes from the environment: the token from ``SPRITES_TOKEN``
+(or ``SPRITE_TOKEN``), the API from ``SPRITES_API_URL``. The sprite a command
+acts on is its ``NAME`` argument, else ``--sprite``, else the ``.sprite``
+file (``{"organization": ..., "sprite": ...}``) in the current folder or the
+nearest parent. ``--emulator`` runs the command against a throw-away local
+emulator; ``sprites-async emulator`` serves one that lives on.
+
+Exit statuses: 0 success; ``exec`` and ``console`` exit with the command's
+own status; 1 the API answered with an error; 2 usage or configuration
+error; 3 the API could not be reached (connection, DNS, timeout); 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sprites_async._errors import (
+    APIError,
+    ConfigurationError,
+    ExitStatusUnknownError,
+    SpritesConnectionError,
+    SpritesError,
+)
+from sprites_async._session import BASE_URL_ENV_VAR, TOKEN_ENV_VARS
+from sprites_async._version import __version__
+
+from ._output import Output
+
+if TYPE_CHECKING:
+    from sprites_async._session import SpritesClient
+    from sprites_async.emulator import Emulator
+
+__all__ = ["EXIT_API", "EXIT_CONNECTION", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_API = 1
+EXIT_USAGE = 2
+EXIT_CONNECTION = 3
+EXIT_INTERRUPTED = 130
+
+SPRITE_FILE = ".sprite"
+PROG = "sprites-async"
+
+NO_TOKEN_HELP = (
+    "no Sprites token: set SPRITES_TOKEN (or SPRITE_TOKEN) to a token from "
+    "https://sprites.dev/account.\n"
+    "  To try things locally instead, add --emulator (a throw-away emulator for this one "
+    "command),\n"
+    "  or run `sprites-async emulator` in another terminal and export the two variables "
+    "it prints."
+)
+
+
+EPILOG = """\
+environment:
+  SPRITES_TOKEN (or SPRITE_TOKEN)  the API token (never printed)
+  SPRITES_API_URL                  the API (default https://api.sprites.dev)
+
+the sprite to act on: NAME, else --sprite, else a .sprite file
+  ({"organization": "...", "sprite": "..."}) here or in a parent folder
+
+exit status: 0 ok, 1 API error, 2 usage error, 3 cannot reach the API,
+  130 interrupted; exec and console exit with the command's own status
+
+try it locally:
+  sprites-async --emulator doctor     one command against a throw-away emulator
+  sprites-async emulator              a local emulator that keeps state; it prints
+                                      two `export` lines: run them in another shell,
+                                      then e.g. `sprites-async create demo` and
+                                      `sprites-async exec demo -- uname -a`
+"""
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in the local configuration (exit status 2)."""
+
+
+@dataclass
+class Context:
+    """What a command handler gets besides its arguments."""
+
+    out: Output
+    args: argparse.Namespace
+    client: SpritesClient | None = None
+    emulator: Emulator | None = None
+    sprite_file: Path | None = None
+    sprite_file_data: dict[str, Any] = field(default_factory=dict)
+    sprite_file_error: UsageError | None = None
+
+    def need_client(self) -> SpritesClient:
+        """The client, or the no-token usage error."""
+        if self.client is None:
+            raise UsageError(NO_TOKEN_HELP)
+        return self.client
+
+    def sprite_name(self, explicit: str | None = None) -> str:
+        """The sprite to act on: the argument, ``--sprite``, or the ``.sprite`` file."""
+        name = explicit or getattr(self.args, "sprite", None)
+        if name:
+            return str(name)
+        if self.sprite_file_error is not None:
+            raise self.sprite_file_error
+        found = self.sprite_file_data.get("sprite")
+        if isinstance(found, str) and found:
+            return found
+        raise UsageError(
+            "which sprite? pass its NAME, --sprite NAME, or write a .sprite file "
+            '({"organization": "...", "sprite": "..."}) in this folder or a parent'
+        )
+
+
+Handler = Callable[[Context], Awaitable[int]]
+
+
+# ---------------------------------------------------------------------- config
+
+
+def find_sprite_file(start: Path | None = None) -> Path | None:
+    """The nearest ``.sprite`` file in ``start`` (default: the cwd) or a parent."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / SPRITE_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_sprite_file(path: Path) -> dict[str, Any]:
+    """Parse a ``.sprite`` file; a usage error if it is not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object with 'organization' and 'sprite'")
+    return data
+
+
+def token_from_env() -> tuple[str | None, str | None]:
+    """``(token, variable name)`` from the environment, or ``(None, None)``."""
+    for var in TOKEN_ENV_VARS:
+        value = os.environ.get(var, "").strip()
+        if value:
+            return value, var
+    return None, None
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _add_sprite_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # On subcommands the default is SUPPRESS so that a value given before the
+    # subcommand is not overwritten by the subcommand's own default.
+    parser.add_argument(
+        "-s",
+        "--sprite",
+        metavar="NAME",
+        default=None if top else argparse.SUPPRESS,
+        help="the sprite to act on (default: the .sprite file)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    from . import _commands, _doctor, _terminal
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Manage Sprites (sprites.dev) from the shell.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_sprite_option(parser, top=True)
+    parser.add_argument(
+        "--emulator",
+        action="store_true",
+        help="run against a throw-away local emulator (nothing is kept)",
+    )
+    parser.add_argument(
+        "--api-url", metavar="URL", help=f"API base URL (default: ${BASE_URL_ENV_VAR})"
+    )
+    parser.add_argument("--debug", action="store_true", help="log HTTP requests to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_sprite_option(p)
+        p.set_defaults(handler=handler)
+        return p
+
+    _commands.add_commands(command)
+    _terminal.add_commands(command)
+    _doctor.add_commands(command)
+    emulator = sub.add_parser(
+        "emulator",
+        help="serve a local emulator (see `sprites-async emulator --help`)",
+        add_help=False,
+    )
+    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+# ------------------------------------------------------------------------ main
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Split ``... exec [NAME] -- CMD ...`` at the first ``--`` after ``exec``.
+
+    argparse cannot tell an optional NAME from the start of the command, so
+    everything after ``--`` is set aside before parsing (``fleet exec`` too).
+    """
+    if "exec" not in argv or "--" not in argv:
+        return argv, None
+    cut = argv.index("--")
+    if argv.index("exec") > cut:
+        return argv, None
+    return argv[:cut], argv[cut + 1 :]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the tool; return the exit status (``sys.exit(main())``)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["emulator"]:
+        # Everything after it belongs to the emulator's own parser.
+        from sprites_async.emulator.__main__ import main as emulator_main
+
+        return _exit_code(lambda: emulator_main(args_list[1:]))
+    out = Output()
+    head, tail = _split_command(args_list)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(head)
+    except SystemExit as exc:  # --help, --version, or a usage error
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "emulator":
+        from sprites_async.emulator.__main__ import main as emulator_main
+
+        return _exit_code(lambda: emulator_main(args.emulator_args))
+    if args.command == "fleet" and args.action == "exec" and tail is not None:
+        if args.argv:
+            out.error("fleet exec: put the command after --")
+            return EXIT_USAGE
+        args.argv = tail
+    if args.command == "exec":
+        words = list(args.argv or [])
+        if tail is None:
+            # ``exec NAME CMD ...`` without ``--``: the first word is the sprite.
+            args.name, args.argv = (words[0], words[1:]) if words else (None, [])
+        elif len(words) > 1:
+            out.error("exec: give at most one sprite NAME before --")
+            return EXIT_USAGE
+        else:
+            args.name, args.argv = (words[0] if words else None), tail
+        if not args.argv:
+            out.error("exec: no command given (usage: exec [NAME] -- CMD [ARG ...])")
+            return EXIT_USAGE
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    try:
+        return asyncio.run(_run(args, out))
+    except KeyboardInterrupt:
+        out.note("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _exit_code(run: Callable[[], int]) -> int:
+    try:
+        return run()
+    except SystemExit as exc:  # argparse's --help and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    ctx = Context(out=out, args=args)
+    try:
+        sprite_file = find_sprite_file()
+        if sprite_file is not None:
+            ctx.sprite_file = sprite_file
+            try:
+                ctx.sprite_file_data = read_sprite_file(sprite_file)
+            except UsageError as exc:
+                # Only an error for commands that need the file's sprite.
+                ctx.sprite_file_error = exc
+        async with AsyncExitStack() as stack:
+            await _connect(ctx, stack)
+            handler: Handler = args.handler
+            return await handler(ctx)
+    except UsageError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE
+    except ConfigurationError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE
+    except APIError as exc:
+        out.error(_describe_api_error(exc))
+        return EXIT_API
+    except (SpritesConnectionError, ExitStatusUnknownError) as exc:
+        out.error(f"cannot reach the Sprites API: {exc}")
+        return EXIT_CONNECTION
+    except SpritesError as exc:
+        out.error(str(exc))
+        return EXIT_API
+    except ValueError as exc:  # the SDK refused an argument before sending anything
+        out.error(str(exc))
+        return EXIT_USAGE
+
+
+async def _connect(ctx: Context, stack: AsyncExitStack) -> None:
+    """Make the client (or start the embedded emulator) for commands that need one."""
+    from sprites_async._session import SpritesClient
+
+    args = ctx.args
+    if args.emulator:
+        from sprites_async.emulator import Emulator
+
+        emulator = await stack.enter_async_context(Emulator())
+        ctx.emulator = emulator
+        ctx.out.note(
+            f"note: using a throw-away local emulator at {emulator.url}; nothing is kept "
+            "after this command (run `sprites-async emulator` for one that lives on)"
+        )
+        ctx.client = await stack.enter_async_context(emulator.client())
+        return
+    token, _ = token_from_env()
+    if token is None:
+        return  # doctor explains; every other command raises NO_TOKEN_HELP on use
+    client = SpritesClient(token, base_url=args.api_url)
+    ctx.client = await stack.enter_async_context(client)
+    wanted = ctx.sprite_file_data.get("organization")
+    if isinstance(wanted, str) and wanted and client.org and client.org != wanted:
+        ctx.out.note(
+            f"warning: {ctx.sprite_file} names organization {wanted!r} but the token is "
+            f"for {client.org!r}"
+        )
+
+
+def _describe_api_error(exc: APIError) -> str:
+    hint = {
+        401: "the token was refused: check SPRITES_TOKEN (`sprites-async doctor` can help)",
+        403: "the token may not do this",
+        404: "not found",
+        429: "rate limited",
+    }.get(exc.status_code)
+    if exc.status_code >= 500 and not exc.is_not_found:
+        hint = "the service failed; retry later, and quote the request id if it persists"
+    return f"{exc}" + (f"\n  hint: {hint}" if hint and exc.status_code != 404 else "")

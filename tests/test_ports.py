@@ -1,0 +1,106 @@
+"""``ports.watch()``: events from a scripted loopback server; 404 from the emulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sprites_async import NotFoundError, RetryPolicy, SpritesClient, SpritesConnectionError
+from sprites_async._checkpoints import OtherEvent
+from sprites_async._proxy import (
+    PortClosed,
+    PortInfo,
+    PortList,
+    PortOpened,
+    PortsResource,
+    PortsWatchNotSupportedError,
+)
+from sprites_async.emulator import EmulatorConfig
+from tests.emulator.conftest import RunningEmulator, serve
+
+MESSAGES = [
+    '{"type":"port_list","ports":[{"type":"port_opened","port":3000,'
+    '"address":"10.0.0.2","pid":1847}]}',
+    "not json",
+    '{"type":"port_opened","port":8080,"address":"10.0.0.2","pid":2001}',
+    '{"type":"debug","msg":"something new"}',
+    '{"type":"port_closed","port":3000,"address":"10.0.0.2","pid":1847}',
+]
+
+
+@pytest.fixture
+async def fake(request: pytest.FixtureRequest) -> AsyncIterator[SpritesClient]:
+    close_code: int = getattr(request, "param", 1000)
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for message in MESSAGES:
+            await ws.send_str(message)
+        await ws.close(code=close_code)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/sprites/box/ports/watch", watch)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base_url = str(server.make_url("")).rstrip("/")
+    try:
+        async with SpritesClient("t", base_url=base_url, retry=RetryPolicy(max_attempts=1)) as c:
+            yield c
+    finally:
+        await server.close()
+
+
+async def test_watch_yields_typed_events(fake: SpritesClient) -> None:
+    events = [e async for e in PortsResource(fake.sprite("box")).watch()]
+    assert events[0] == PortList(ports=[PortInfo(port=3000, address="10.0.0.2", pid=1847)])
+    assert events[1] == PortOpened(port=8080, address="10.0.0.2", pid=2001)
+    assert isinstance(events[2], OtherEvent) and events[2].type == "debug"
+    assert events[3] == PortClosed(port=3000, address="10.0.0.2", pid=1847)
+    assert len(events) == 4
+    assert [e.type for e in events] == ["port_list", "port_opened", "debug", "port_closed"]
+
+
+async def test_watch_as_a_context_manager_can_stop_early(fake: SpritesClient) -> None:
+    async with PortsResource(fake.sprite("box")).watch() as watch:
+        async for event in watch:
+            assert isinstance(event, PortList)
+            break
+
+
+@pytest.mark.parametrize("fake", [1011], indirect=True)
+async def test_abnormal_close_raises(fake: SpritesClient) -> None:
+    seen: list[object] = []
+
+    async def consume() -> None:
+        async for event in PortsResource(fake.sprite("box")).watch():
+            seen.append(event)
+
+    with pytest.raises(SpritesConnectionError, match="1011"):
+        await consume()
+    assert len(seen) == 4
+
+
+@pytest.fixture
+async def emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
+    config = EmulatorConfig(token="test-org/1/tok/secret", state_dir=tmp_path / "state")
+    async with serve(config) as running:
+        running.add_sprite("box")
+        yield running
+
+
+async def test_not_supported_is_a_clear_error(emu: RunningEmulator) -> None:
+    async with SpritesClient(emu.token, base_url=emu.url) as client:
+        with pytest.raises(PortsWatchNotSupportedError, match="does not support") as caught:
+            async for _ in PortsResource(client.sprite("box")).watch():
+                pass
+        assert caught.value.status_code == 404
+        with pytest.raises(NotFoundError) as missing:
+            async for _ in PortsResource(client.sprite("ghost")).watch():
+                pass
+        assert not isinstance(missing.value, PortsWatchNotSupportedError)

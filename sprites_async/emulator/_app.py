@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import _checkpoints, _control, _exec, _faults, _fs, _policy, _proxy, _sprites
+from . import _checkpoints, _control, _exec, _faults, _fs, _policy, _proxy, _services, _sprites
 from ._sprites import sprite_layer_name
 from ._state import STATE_KEY, EmulatorConfig, EmulatorState, json_error
 
@@ -130,7 +130,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app[STATE_KEY] = state
     app[_INFLIGHT] = set()
     _faults.setup(app)
-    for module in (_sprites, _exec, _control, _checkpoints, _fs, _policy, _proxy):
+    for module in (_sprites, _exec, _control, _checkpoints, _fs, _policy, _proxy, _services):
         module.setup(app, state)
     app.on_response_prepare.append(_on_prepare)
     app.on_shutdown.append(_shutdown)

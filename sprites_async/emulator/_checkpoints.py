@@ -38,6 +38,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from . import _services
 from ._state import STATE_KEY, EmulatorState, NDJSONWriter, text_error
 from ._wire import BodyTooLarge, go_json, read_capped, rfc3339_nano, rfc3339_seconds
 
@@ -318,13 +319,17 @@ class CheckpointStore:
             cp = self._get(name, cp_id)
             if cp is None:
                 raise CheckpointNotFound(cp_id)
+            # A restore ends every session and restarts the environment; the
+            # services come back from their (persisted) definitions.
             await self._state.sessions.terminate_all(name)
+            await _services.stop_all(self._state, name)
             await asyncio.to_thread(
                 _replace_root, self._state.sprite_root(name), self.snapshot_dir(name, cp_id)
             )
             self._db.execute(
                 "UPDATE emu_checkpoint_heads SET active = ? WHERE sprite = ?", (cp_id, name)
             )
+            await _services.start_all(self._state, name)
             return cp
 
 

@@ -160,6 +160,4 @@ async def test_network_policy_round_trip(official: tuple[Emulator, Any]) -> None
     assert [r.domain for r in again.rules] == ["api.github.com"]
 
 
-@pytest.mark.skip(reason="the emulator has no services endpoints yet (issue 3 is open)")
-async def test_services(official: tuple[Emulator, Any]) -> None:  # pragma: no cover
-    raise AssertionError
+# Services are covered in test_services_conformance.py.

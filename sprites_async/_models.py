@@ -139,13 +139,6 @@ _sprite_decoder = msgspec.json.Decoder(SpriteInfo)
 _page_decoder = msgspec.json.Decoder(SpritePage)
 
 
-class _RawPage(msgspec.Struct, kw_only=True):
-    sprites: list[msgspec.Raw] = msgspec.field(default_factory=list)
-
-
-_raw_page_decoder = msgspec.json.Decoder(_RawPage)
-
-
 def decode_sprite(data: bytes) -> SpriteInfo:
     """Decode one sprite object."""
     return _sprite_decoder.decode(data)
@@ -155,44 +148,24 @@ def decode_page(data: bytes) -> SpritePage:
     """Decode a list page in one msgspec call.
 
     If one entry is malformed (say, an unparseable timestamp), the page is
-    decoded again entry by entry so one odd record cannot hide the others;
-    each skipped entry is logged with its error.
+    converted again entry by entry so one odd record cannot hide the others;
+    each skipped entry is logged with its error. That slow path only runs on
+    bad data.
     """
     try:
         return _page_decoder.decode(data)
     except msgspec.ValidationError:
-        raw = _raw_page_decoder.decode(data)
+        raw = msgspec.json.decode(data)
+        if not isinstance(raw, dict) or not isinstance(raw.get("sprites"), list):
+            raise
         good: list[SpriteInfo] = []
-        for entry in raw.sprites:
+        for entry in raw["sprites"]:
             try:
-                good.append(_sprite_decoder.decode(entry))
+                good.append(msgspec.convert(entry, SpriteInfo))
             except msgspec.ValidationError as exc:
                 logger.warning("skipping malformed sprite in list page: %s", exc)
-        if len(good) == len(raw.sprites):
+        if len(good) == len(raw["sprites"]):
             # The entries were fine: the page envelope itself is malformed.
             raise
-        page = msgspec.json.decode(data, type=_PageWithoutSprites)
-        return SpritePage(
-            sprites=good,
-            has_more=page.has_more,
-            next_continuation_token=page.next_continuation_token,
-            org_name=page.org_name,
-            running=page.running,
-            warm=page.warm,
-            cold=page.cold,
-            running_limit=page.running_limit,
-            warm_limit=page.warm_limit,
-            org=page.org,
-        )
-
-
-class _PageWithoutSprites(msgspec.Struct, kw_only=True):
-    has_more: bool = False
-    next_continuation_token: str | None = None
-    org_name: str | None = msgspec.field(default=None, name="name")
-    running: int | None = None
-    warm: int | None = None
-    cold: int | None = None
-    running_limit: int | None = None
-    warm_limit: int | None = None
-    org: OrgCounters | None = None
+        envelope = msgspec.convert({**raw, "sprites": []}, SpritePage)
+        return msgspec.structs.replace(envelope, sprites=good)

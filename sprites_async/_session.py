@@ -405,12 +405,7 @@ class SpritesClient:
         ``json`` is an already encoded JSON body.
         """
         session = self._ensure_session()
-        headers: dict[str, str] | None = None
-        if json is not None:
-            data = json
-            headers = {"Content-Type": "application/json"}
-        elif content_type is not None:
-            headers = {"Content-Type": content_type}
+        data, headers = _body_and_headers(json, data, content_type, None)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         client_timeout = self._client_timeouts[timeout]
@@ -440,13 +435,12 @@ class SpritesClient:
                     if slots is not None:
                         slots.release()
             except _TRANSPORT_ERRORS as exc:
-                error = _translate(exc, method, path, operation, sprite)
                 may_retry = idempotent or isinstance(exc, aiohttp.ClientConnectorError)
-                delay = self.retry.backoff(attempt) if may_retry else None
-                self._log(method, path, None, started, attempt, None, error=error)
-                if delay is None:
-                    raise error from exc
-                await asyncio.sleep(delay)
+                await asyncio.sleep(
+                    self._delay_or_raise(
+                        exc, method, path, operation, sprite, attempt, started, may_retry
+                    )
+                )
                 continue
             self._log(method, path, status, started, attempt, resp_headers)
             if status < 400 and (ok is None or status in ok):
@@ -490,12 +484,7 @@ class SpritesClient:
         for idempotent requests or failed connects).
         """
         session = self._ensure_session()
-        send_headers: dict[str, str] | None = dict(headers) if headers else None
-        if json is not None:
-            data = json
-            send_headers = {**(send_headers or {}), "Content-Type": "application/json"}
-        elif content_type is not None:
-            send_headers = {**(send_headers or {}), "Content-Type": content_type}
+        data, send_headers = _body_and_headers(json, data, content_type, headers)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         url = self.base_url + path
@@ -513,13 +502,12 @@ class SpritesClient:
                     timeout=self._client_timeouts[timeout],
                 )
             except _TRANSPORT_ERRORS as exc:
-                error = _translate(exc, method, path, operation, sprite)
                 may_retry = idempotent or isinstance(exc, aiohttp.ClientConnectorError)
-                delay = self.retry.backoff(attempt) if may_retry else None
-                self._log(method, path, None, started, attempt, None, error=error)
-                if delay is None:
-                    raise error from exc
-                await asyncio.sleep(delay)
+                await asyncio.sleep(
+                    self._delay_or_raise(
+                        exc, method, path, operation, sprite, attempt, started, may_retry
+                    )
+                )
                 continue
             break
         try:
@@ -599,19 +587,40 @@ class SpritesClient:
                 await asyncio.sleep(delay)
                 continue
             except _TRANSPORT_ERRORS as exc:
-                error = _translate(exc, "GET", path, operation, sprite)
-                self._log("GET", path, None, started, attempt, None, error=error)
                 may_retry = retry_handshake and isinstance(exc, aiohttp.ClientConnectorError)
-                delay = self.retry.backoff(attempt) if may_retry else None
-                if delay is None:
-                    raise error from exc
-                await asyncio.sleep(delay)
+                await asyncio.sleep(
+                    self._delay_or_raise(
+                        exc, "GET", path, operation, sprite, attempt, started, may_retry
+                    )
+                )
                 continue
             finally:
                 _handshake.reset(token)
             upgrade_headers = seen.headers if seen.headers is not None else _EMPTY_HEADERS
             self._log("GET", path, 101, started, attempt, upgrade_headers)
             return cast("WebSocket", ws), upgrade_headers
+
+    def _delay_or_raise(
+        self,
+        exc: BaseException,
+        method: str,
+        path: str,
+        operation: str,
+        sprite: str | None,
+        attempt: int,
+        started: float,
+        may_retry: bool,
+    ) -> float:
+        """After a transport failure: the wait before the next attempt, or raise.
+
+        The raised error is the SDK's translation of ``exc``, chained to it.
+        """
+        error = _translate(exc, method, path, operation, sprite)
+        self._log(method, path, None, started, attempt, None, error=error)
+        delay = self.retry.backoff(attempt) if may_retry else None
+        if delay is None:
+            raise error from exc
+        return delay
 
     def _log(
         self,
@@ -677,6 +686,18 @@ def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:
     import async_timeout  # type: ignore[import-not-found]  # Python 3.10 only
 
     return async_timeout.timeout(delay)  # type: ignore[no-any-return]
+
+
+def _body_and_headers(
+    json: bytes | None, data: Any, content_type: str | None, headers: Mapping[str, str] | None
+) -> tuple[Any, dict[str, str] | None]:
+    """The request body and the headers it needs (a pre-encoded JSON body wins)."""
+    out = dict(headers) if headers else None
+    if json is not None:
+        return json, {**(out or {}), "Content-Type": "application/json"}
+    if content_type is not None:
+        return data, {**(out or {}), "Content-Type": content_type}
+    return data, out
 
 
 def _translate(

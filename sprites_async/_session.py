@@ -208,6 +208,9 @@ class SpritesClient:
         max_connections: The most HTTP requests in flight at once (0 = no
             limit). WebSockets are not counted here: a fleet keeps hundreds
             open for a long time, and they must not starve short calls.
+        max_connections_per_host: The most open connections to one host,
+            HTTP and WebSocket together (0 = no limit). Every API call goes to
+            one host, so this caps everything the client holds open.
         keepalive_timeout: Seconds an idle pooled connection is kept.
         trace_configs: aiohttp ``TraceConfig`` objects to observe requests.
         user_agent: Replaces the default ``User-Agent``.
@@ -229,6 +232,7 @@ class SpritesClient:
         timeout: Timeouts | float | None = None,
         retry: RetryPolicy | None = None,
         max_connections: int = 100,
+        max_connections_per_host: int = 0,
         keepalive_timeout: float = 30.0,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
         user_agent: str | None = None,
@@ -244,9 +248,10 @@ class SpritesClient:
         else:
             self.timeouts = replace(Timeouts(), read=float(timeout))
         self.retry = retry if retry is not None else RetryPolicy()
-        if max_connections < 0:
-            raise ValueError("max_connections must be >= 0")
+        if max_connections < 0 or max_connections_per_host < 0:
+            raise ValueError("connection limits must be >= 0")
         self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
         self._keepalive_timeout = keepalive_timeout
         self._trace_configs = list(trace_configs)
         self.control: bool | ControlOptions = control
@@ -344,6 +349,7 @@ class SpritesClient:
         trace.on_request_end.append(_observe_handshake)
         connector = aiohttp.TCPConnector(
             limit=0,  # requests are bounded by _http_slots; WebSockets must not be
+            limit_per_host=self.max_connections_per_host,
             keepalive_timeout=self._keepalive_timeout,
             ttl_dns_cache=300,
         )

@@ -451,3 +451,33 @@ def test_control_and_exec_settings_options() -> None:
     assert c.control is opts
     assert c.exec_settings is settings
     assert SpritesClient(TOKEN, base_url=BASE).control is True
+
+
+async def test_max_connections_per_host_bounds_open_connections() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    in_flight = 0
+    peak = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return web.json_response(sprite_json())
+
+    app = web.Application()
+    app.router.add_get("/v1/sprites/{name}", handler)
+    async with TestServer(app) as server:
+        async with SpritesClient(
+            TOKEN, base_url=str(server.make_url("")), max_connections=0, max_connections_per_host=2
+        ) as c:
+            await asyncio.gather(*(c.sprites.get("alpha") for _ in range(10)))
+    assert peak == 2
+
+
+def test_negative_limits_are_refused() -> None:
+    with pytest.raises(ValueError):
+        SpritesClient(TOKEN, base_url=BASE, max_connections_per_host=-1)

@@ -300,7 +300,7 @@ async def test_socket_without_op_complete_is_not_reused(fake: FakeSprites) -> No
         sprite = client.sprite("box")
         start = time.monotonic()
         assert (await sprite.exec("x")).exit_code == 2
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 6  # op_complete_timeout, not the server's 10 s
         assert (await sprite.exec("x")).exit_code == 2
         assert pool_for(client).dials == 2
 

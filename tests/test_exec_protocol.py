@@ -74,7 +74,7 @@ async def test_exit_frame_never_comes_falls_back_to_text_after_grace(fake: FakeS
     result = await run_script(fake, script)
     assert result.exit_code == 5
     assert result.stdout == b"x"
-    assert 0.25 <= time.monotonic() - start < 2
+    assert 0.25 <= time.monotonic() - start < 10  # the grace period, not the 30 s linger
 
 
 async def test_text_exit_then_close_without_frame(fake: FakeSprites) -> None:
@@ -94,7 +94,7 @@ async def test_exit_frame_alone_is_enough(fake: FakeSprites) -> None:
 
     start = time.monotonic()
     assert (await run_script(fake, script)).exit_code == 255
-    assert time.monotonic() - start < 2  # neither a grace wait nor the 30 s linger
+    assert time.monotonic() - start < 10  # neither a grace wait nor the 30 s linger
 
 
 async def test_four_byte_exit_frame(fake: FakeSprites) -> None:
@@ -423,7 +423,7 @@ async def test_dead_peer_is_detected(fake: FakeSprites) -> None:
     async with fake.client(ping_interval=0.05, dead_after=0.4) as client:
         with pytest.raises(ExitStatusUnknownError, match="dead"):
             await box(client).exec("sleep", "100")
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 15  # dead_after, not the 30 s silence
 
 
 async def test_silent_live_command_survives_the_watchdog(fake: FakeSprites) -> None:

@@ -221,16 +221,16 @@ async def test_tty_session_info_and_raw_frames(emu: RunningEmulator) -> None:
 
 
 async def test_exit_linger(emu: RunningEmulator) -> None:
-    emu.state.config.exit_linger = 0.4
+    emu.state.config.exit_linger = 3.0
     start = time.monotonic()
     run = await run_ws(emu, ["true"])
-    assert time.monotonic() - start >= 0.35
+    assert time.monotonic() - start >= 3.0
     assert run.close_code == 1000
     # The client may close earlier.
     start = time.monotonic()
     async with open_ws(emu, cmd=["true"]) as ws:
         await asyncio.wait_for(collect(ws, Run(), until_exit=True), 5)
-    assert time.monotonic() - start < 0.35
+    assert time.monotonic() - start < 2.0
 
 
 async def test_fault_drop_after_frames(emu: RunningEmulator) -> None:

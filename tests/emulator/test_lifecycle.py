@@ -197,18 +197,18 @@ async def test_state_activity_holds_the_sprite(probe_emu: RunningEmulator) -> No
 
 async def test_wake_delay_applies_only_when_not_running(probe_emu: RunningEmulator) -> None:
     probe_emu.add_sprite("sleepy")
-    probe_emu.state.faults.wake_delay = 0.3
+    probe_emu.state.faults.wake_delay = 2.0
     started = time.monotonic()
     async with probe_emu.state.activity("sleepy"):
         pass  # running now; the request below finds it running
     await probe(probe_emu, "sleepy")
-    assert time.monotonic() - started < 0.25
+    assert time.monotonic() - started < 1.5
 
     probe_emu.add_sprite("cold-one")
     started = time.monotonic()
     resp = await probe(probe_emu, "cold-one")
     assert resp.status == 200
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 2.0
 
 
 async def test_deleted_during_the_wake_delay_is_404(probe_emu: RunningEmulator) -> None:
@@ -278,7 +278,7 @@ async def test_shutdown_does_not_wait_for_open_websockets(
             await ws.send_str("x")
             assert await ws.receive_str() == "x"
             started = time.monotonic()
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 10  # not the minute an open socket could hold it
         msg = await ws.receive(timeout=5)
         assert msg.type in (
             aiohttp.WSMsgType.CLOSE,

@@ -153,25 +153,36 @@ class _TypeOnly(msgspec.Struct):
     type: str
 
 
-def event_decoder(union: Any, known: frozenset[str], what: str) -> Callable[[bytes], Any]:
-    """One-line decoder for a tagged union that turns unknown types into :class:`OtherEvent`.
+class _EventDecoder:
+    """Decodes NDJSON event lines of a tagged union; unknown types become :class:`OtherEvent`.
 
     Lines of a known type that do not fit its Struct still raise (and are
-    skipped and logged by the NDJSON reader).
+    skipped and logged by the NDJSON reader). ``decode_lines`` decodes a whole
+    chunk in one msgspec call; the reader redoes a refused chunk line by line.
     """
-    decoder = msgspec.json.Decoder(union)
 
-    def decode(line: bytes) -> Any:
+    __slots__ = ("_decoder", "_known", "_what", "decode_lines")
+
+    def __init__(self, union: Any, known: frozenset[str], what: str) -> None:
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
+        self._known = known
+        self._what = what
+        self.decode_lines = self._decoder.decode_lines
+
+    def __call__(self, line: bytes) -> Any:
         try:
-            return decoder.decode(line)
+            return self._decoder.decode(line)
         except msgspec.ValidationError:
             typed = msgspec.json.decode(line, type=_TypeOnly)
-            if typed.type in known:
+            if typed.type in self._known:
                 raise
-            logger.debug("%s: unknown event type %r", what, typed.type)
+            logger.debug("%s: unknown event type %r", self._what, typed.type)
             return OtherEvent(type=typed.type, fields=msgspec.json.decode(line))
 
-    return decode
+
+def event_decoder(union: Any, known: frozenset[str], what: str) -> Callable[[bytes], Any]:
+    """One-line decoder (with a chunk fast path) for a tagged union of events."""
+    return _EventDecoder(union, known, what)
 
 
 _decode_event = event_decoder(
@@ -536,7 +547,13 @@ class _Tracker:
         self.complete = False
 
     def on_event(self, event: CheckpointEvent) -> None:
-        if self.seen is not None:
+        # Only the lines that can name the new checkpoint are kept: a long
+        # progress stream must not pile up in memory.
+        if (
+            self.seen is not None
+            and isinstance(event, (CheckpointComplete, CheckpointInfo))
+            and (_CREATED_RE.search(event.data) or _ID_RE.search(event.data))
+        ):
             self.seen.append(event)
         if isinstance(event, CheckpointErrorEvent):
             raise CheckpointError(

@@ -59,15 +59,27 @@ class NDJSONDecoder(Generic[T]):
         decode: Decodes one line (without its newline), e.g. the ``decode``
             method of a reused ``msgspec.json.Decoder``.
         what: Names the stream in log lines about skipped lines.
+        decode_lines: Optionally decodes many complete lines at once (the
+            fast path for chunks that carry many events).
 
     Attributes:
         skipped: How many lines could not be decoded (and were skipped).
     """
 
-    __slots__ = ("_buf", "_decode", "_scan", "skipped", "what")
+    __slots__ = ("_buf", "_decode", "_decode_lines", "_scan", "skipped", "what")
 
-    def __init__(self, decode: Callable[[bytes], T], *, what: str = "NDJSON stream") -> None:
+    def __init__(
+        self,
+        decode: Callable[[bytes], T],
+        *,
+        what: str = "NDJSON stream",
+        decode_lines: Callable[[bytes], list[T]] | None = None,
+    ) -> None:
         self._decode = decode
+        # Decodes every complete line of a chunk in one call (msgspec's
+        # ``decode_lines``); a chunk it refuses is redone line by line, so a
+        # bad or unknown line is skipped alone and never hides its neighbours.
+        self._decode_lines = decode_lines
         self._buf = bytearray()
         # Where the newline search resumes: a long line arriving in many
         # small pieces must not be rescanned from its start each time.
@@ -82,6 +94,21 @@ class NDJSONDecoder(Generic[T]):
             return out
         buf = self._buf
         buf += data
+        if self._decode_lines is not None:
+            last = buf.rfind(b"\n", self._scan)
+            if last < 0:
+                self._scan = len(buf)
+                return out
+            block = bytes(buf[: last + 1])
+            del buf[: last + 1]
+            self._scan = len(buf)
+            try:
+                return self._decode_lines(block)
+            except (msgspec.DecodeError, ValueError):
+                pass
+            for line in block.split(b"\n")[:-1]:
+                self._line(line, out)
+            return out
         pos = 0
         scan = self._scan
         while True:
@@ -171,7 +198,12 @@ class NDJSONStream(Generic[T, R]):
         require_final: bool = False,
         on_api_error: Callable[[APIError], R] | None = None,
     ) -> None:
-        decode = decoder.decode if isinstance(decoder, msgspec.json.Decoder) else decoder
+        if isinstance(decoder, msgspec.json.Decoder):
+            decode: Callable[[bytes], T] = decoder.decode
+            decode_lines: Callable[[bytes], list[T]] | None = decoder.decode_lines
+        else:
+            decode = decoder
+            decode_lines = getattr(decoder, "decode_lines", None)
         self._client = client
         self._request: dict[str, Any] = {
             "operation": operation,
@@ -187,7 +219,7 @@ class NDJSONStream(Generic[T, R]):
         self._path = path
         self._operation = operation
         self._sprite = sprite
-        self._lines = NDJSONDecoder(decode, what=operation)
+        self._lines = NDJSONDecoder(decode, what=operation, decode_lines=decode_lines)
         self._final_hook = final
         self._require_final = require_final
         self._on_api_error = on_api_error

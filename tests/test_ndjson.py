@@ -212,3 +212,52 @@ async def test_early_exit_releases_the_response(serve: Callable[[Handler], objec
             assert stream.response is not None
         assert stream.response is None
         await stream.aclose()  # idempotent
+
+
+# ------------------------------------------------------------ the batch fast path
+
+
+def feed_all(lines: NDJSONDecoder[Event], pieces: list[bytes]) -> list[Event]:
+    out: list[Event] = []
+    for piece in pieces:
+        out.extend(lines.feed(piece))
+    out.extend(lines.finish())
+    return out
+
+
+MIXED = (
+    b'{"type":"progress","data":"a"}\n'
+    b'{"type":"progress","data":"b"}\r\n'
+    b"\n"
+    b"not json at all\n"
+    b'{"type":"unknown-kind","x":1}\n'
+    b'{"type":"progress","data":"c"}\n'
+    b'{"type":"complete","data":"done"}'
+)
+
+
+@given(st.lists(st.integers(0, len(MIXED)), max_size=8))
+def test_batch_path_equals_line_path_for_any_chunking(cuts: list[int]) -> None:
+    bounds = sorted({0, len(MIXED), *cuts})
+    pieces = [MIXED[a:b] for a, b in itertools.pairwise(bounds)]
+    slow = feed_all(NDJSONDecoder(decoder.decode), pieces)
+    fast_decoder = NDJSONDecoder(decoder.decode, decode_lines=decoder.decode_lines)
+    fast = feed_all(fast_decoder, pieces)
+    assert fast == slow
+    assert [e.data for e in fast if isinstance(e, Progress)] == ["a", "b", "c"]
+    assert fast_decoder.skipped == 2  # the malformed line and the unknown type, alone
+
+
+def test_batch_path_decodes_a_chunk_in_one_call() -> None:
+    calls: list[bytes] = []
+
+    def decode_lines(block: bytes) -> list[Event]:
+        calls.append(block)
+        return decoder.decode_lines(block)
+
+    lines = NDJSONDecoder(decoder.decode, decode_lines=decode_lines)
+    chunk = b"".join(b'{"type":"progress","data":"%d"}\n' % i for i in range(50))
+    events = lines.feed(chunk + b'{"type":"prog')
+    assert len(events) == 50
+    assert calls == [chunk]  # one call for the 50 complete lines; the partial one waits
+    assert lines.pending == len(b'{"type":"prog')

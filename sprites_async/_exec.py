@@ -52,7 +52,7 @@ from ._errors import (
     SpritesTimeoutError,
     StreamError,
 )
-from ._session import quote_segment
+from ._session import _timeout, quote_segment
 from ._streams import NOT_FINAL, NDJSONStream, NotFinal
 
 if TYPE_CHECKING:
@@ -600,6 +600,7 @@ class ExecSession:
         self._op_failed: str | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
         self._finished: asyncio.Future[None] | None = None
         self._info_seen: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
@@ -779,14 +780,21 @@ class ExecSession:
     def _begin(self, ws: WebSocket) -> None:
         self._ws = ws
         self._reader = asyncio.ensure_future(self._read_loop(ws))
-        if self._settings.ping_interval:
-            self._pinger = asyncio.ensure_future(self._ping_loop(ws, self._settings.ping_interval))
+        interval = self._settings.ping_interval
+        if interval:
+            # A timer, not a task: most commands end long before the first
+            # ping is due, and a task per command is measurable under load.
+            self._ping_timer = asyncio.get_running_loop().call_later(
+                interval, self._ping_due, ws, interval
+            )
 
     async def aclose(self) -> None:
         """Close the connection (the command is not signalled). Idempotent."""
         if self._shut:
             return
         self._shut = True
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
         reader, pinger = self._reader, self._pinger
         if reader is not None and not reader.done() and self.done:
             # The exit is known and the reader is closing the socket: let it.
@@ -839,13 +847,14 @@ class ExecSession:
 
     # ---------------------------------------------------------------------- reading
 
-    async def _ping_loop(self, ws: WebSocket, interval: float) -> None:
-        while not ws.closed:
-            await asyncio.sleep(interval)
-            try:
-                await ws.ping()
-            except (aiohttp.ClientError, OSError, RuntimeError):
-                return
+    def _ping_due(self, ws: WebSocket, interval: float) -> None:
+        if ws.closed or self._shut:
+            return
+        if self._pinger is None or self._pinger.done():
+            self._pinger = asyncio.ensure_future(_ping(ws))
+        self._ping_timer = asyncio.get_running_loop().call_later(
+            interval, self._ping_due, ws, interval
+        )
 
     async def _read_loop(self, ws: WebSocket) -> None:
         settings = self._settings
@@ -1376,10 +1385,19 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
+async def _ping(ws: WebSocket) -> None:
+    try:
+        await ws.ping()
+    except (aiohttp.ClientError, OSError, RuntimeError):
+        pass  # the reader sees the broken connection and reports it
+
+
 async def _close_ws(ws: WebSocket, timeout: float) -> None:
     try:
-        await asyncio.wait_for(ws.close(), timeout)
-    except (asyncio.TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
+        # A timeout context rather than wait_for(), which is a task per call on 3.11.
+        async with _timeout(timeout):
+            await ws.close()
+    except (asyncio.TimeoutError, TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
         pass
 
 

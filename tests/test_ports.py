@@ -1,9 +1,8 @@
-"""``ports.watch()``: events from a scripted loopback server; 404 from the emulator."""
+"""``ports.watch()``: events from a scripted loopback server; 404 from a server without it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -19,8 +18,6 @@ from sprites_async._proxy import (
     PortsResource,
     PortsWatchNotSupportedError,
 )
-from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
 
 MESSAGES = [
     '{"type":"port_list","ports":[{"type":"port_opened","port":3000,'
@@ -87,15 +84,25 @@ async def test_abnormal_close_raises(fake: SpritesClient) -> None:
 
 
 @pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
-    config = EmulatorConfig(token="test-org/1/tok/secret", state_dir=tmp_path / "state")
-    async with serve(config) as running:
-        running.add_sprite("box")
-        yield running
+async def old_server() -> AsyncIterator[str]:
+    """A sprite layer without ``/ports/watch``: a bare 404 for ``box``, 404 JSON for ``ghost``."""
+
+    async def missing_sprite(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": "sprite not found"}, status=404)
+
+    app = web.Application()
+    app.router.add_get("/v1/sprites/ghost/ports/watch", missing_sprite)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
 
 
-async def test_not_supported_is_a_clear_error(emu: RunningEmulator) -> None:
-    async with SpritesClient(emu.token, base_url=emu.url) as client:
+async def test_not_supported_is_a_clear_error(old_server: str) -> None:
+    policy = RetryPolicy(max_attempts=1)
+    async with SpritesClient("t", base_url=old_server, retry=policy) as client:
         with pytest.raises(PortsWatchNotSupportedError, match="does not support") as caught:
             async for _ in PortsResource(client.sprite("box")).watch():
                 pass

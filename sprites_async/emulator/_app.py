@@ -29,7 +29,18 @@ from typing import Any
 
 from aiohttp import web
 
-from . import _checkpoints, _control, _exec, _faults, _fs, _policy, _proxy, _services, _sprites
+from . import (
+    _checkpoints,
+    _control,
+    _exec,
+    _faults,
+    _fs,
+    _policy,
+    _ports,
+    _proxy,
+    _services,
+    _sprites,
+)
 from ._sprites import sprite_layer_name
 from ._state import STATE_KEY, EmulatorConfig, EmulatorState, json_error
 
@@ -130,7 +141,17 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app[STATE_KEY] = state
     app[_INFLIGHT] = set()
     _faults.setup(app)
-    for module in (_sprites, _exec, _control, _checkpoints, _fs, _policy, _proxy, _services):
+    for module in (
+        _sprites,
+        _exec,
+        _control,
+        _checkpoints,
+        _fs,
+        _policy,
+        _proxy,
+        _services,
+        _ports,
+    ):
         module.setup(app, state)
     app.on_response_prepare.append(_on_prepare)
     app.on_shutdown.append(_shutdown)

@@ -2,7 +2,27 @@
 
 The policy is validated as strictly as the real server does, stored in
 SQLite, and mirrored into the sprite at ``/.sprite/policy/network.json``
-where a real sprite exposes it. The emulator does not enforce it.
+where a real sprite exposes it.
+
+Enforcement is partial. Only a policy that denies everything
+(:func:`denies_everything`) has an effect, and only under bubblewrap: exec
+commands and services of that sprite started from then on run in a network
+namespace of their own (``bwrap --unshare-net``) where the only interface is
+a private loopback, so they cannot reach the host, its loopback, or anything
+beyond. What is not enforced:
+
+* domain allowlists and the ``defaults`` include: any policy with an allow
+  leaves the network fully open (there is no DNS filtering);
+* processes already running when the policy is set keep their network, and
+  a policy relaxed later reaches only processes started after it;
+* without bubblewrap (``sandbox="none"``, or ``auto`` without ``bwrap``)
+  nothing is isolated.
+
+A side effect of isolation: the emulator's TCP proxy and port forwarding
+connect from the host and cannot reach listeners inside an isolated sprite.
+Port notifications and ``/ports/watch`` still report those listeners (read
+from the sprite's own namespace), with addresses that only mean something
+inside it.
 """
 
 from __future__ import annotations
@@ -11,6 +31,7 @@ import asyncio
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,6 +119,34 @@ def current_rules(state: EmulatorState, name: str) -> list[dict[str, str]]:
         return []
     rules: list[dict[str, str]] = msgspec.json.decode(row[1])
     return rules
+
+
+def denies_everything(rules: list[dict[str, str]]) -> bool:
+    """Whether a rule set lets no outbound traffic through at all.
+
+    With rules, only names some rule allows resolve (section 9.1), so a
+    non-empty rule set is deny-all exactly when no rule allows anything: no
+    ``domain`` rule with ``"action": "allow"`` and no ``include`` (whose
+    action defaults to allow) unless it says ``"action": "deny"``. An empty
+    rule set is no policy: everything is allowed.
+    """
+    if not rules:
+        return False
+    for rule in rules:
+        if "include" in rule:
+            if rule.get("action", "allow") != "deny":
+                return False
+        elif rule.get("action") == "allow":
+            return False
+    return True
+
+
+def network_isolated(state: EmulatorState, name: str) -> bool:
+    """Whether new processes of sprite ``name`` must run without a network."""
+    try:
+        return denies_everything(current_rules(state, name))
+    except sqlite3.OperationalError:
+        return False  # the policy module is not set up in this app: no policy
 
 
 def _sprite_id(state: EmulatorState, name: str) -> str:

@@ -234,10 +234,14 @@ async def reap_sessions(
         delay = min(delay * 2, 0.05)
 
 
-def listening_sockets() -> dict[int, tuple[str, int]]:
-    """Socket inode → (address, port) for every TCP socket in LISTEN state."""
+def listening_sockets(net_dir: str = "/proc/net") -> dict[int, tuple[str, int]]:
+    """Socket inode → (address, port) for every TCP socket in LISTEN state.
+
+    ``net_dir`` is ``/proc/<pid>/net`` for the network namespace of another
+    process (the default is the emulator's own).
+    """
     out: dict[int, tuple[str, int]] = {}
-    for name, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+    for name, v6 in ((f"{net_dir}/tcp", False), (f"{net_dir}/tcp6", True)):
         try:
             with open(name) as f:
                 lines = f.readlines()[1:]
@@ -278,6 +282,62 @@ def socket_inodes(pids: Iterable[int]) -> dict[int, int]:
                 continue
             if target.startswith("socket:["):
                 out.setdefault(int(target[8:-1]), pid)
+    return out
+
+
+PortKey = tuple[int, str, int]
+"""``(port, address, pid)`` of one TCP listener."""
+
+
+def listening_ports(
+    roots: Iterable[int],
+    *,
+    table: dict[int, ProcInfo] | None = None,
+    listening: dict[int, tuple[str, int]] | None = None,
+) -> set[PortKey]:
+    """TCP listeners held by ``roots`` or any of their descendants.
+
+    ``table`` and ``listening`` let a caller scanning several process trees
+    read ``/proc`` once for all of them.
+    """
+    if table is None:
+        table = proc_table()
+    if listening is None:
+        listening = listening_sockets()
+    pids: list[int] = []
+    for root in roots:
+        pids.append(root)
+        pids.extend(descendants(table, root))
+    owners = socket_inodes(pids)
+    unknown = {pid for inode, pid in owners.items() if inode not in listening}
+    if unknown:
+        listening = {**listening, **_foreign_listeners(unknown)}
+    return {
+        (port, address, owners[inode])
+        for inode, (address, port) in listening.items()
+        if inode in owners
+    }
+
+
+def _foreign_listeners(pids: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """Listeners of the network namespaces of ``pids`` other than the emulator's.
+
+    A sprite isolated by its network policy listens in a namespace of its
+    own, absent from the emulator's ``/proc/net/tcp``.
+    """
+    try:
+        seen = {os.readlink("/proc/self/ns/net")}
+    except OSError:
+        return {}
+    out: dict[int, tuple[str, int]] = {}
+    for pid in pids:
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if namespace not in seen:
+            seen.add(namespace)
+            out.update(listening_sockets(f"/proc/{pid}/net"))
     return out
 
 
@@ -356,12 +416,17 @@ def resolve_executable(root: Path, path: str, env: dict[str, str], cwd: str) -> 
     raise StartError(f'exec: "{path}": executable file not found in $PATH')
 
 
-def bwrap_args(root: Path, cwd: str) -> list[str]:
-    """The bubblewrap command line prefix for one sprite."""
+def bwrap_args(root: Path, cwd: str, *, isolate_network: bool = False) -> list[str]:
+    """The bubblewrap command line prefix for one sprite.
+
+    ``isolate_network`` gives the command a network namespace of its own,
+    with nothing but a private loopback (a deny-all network policy).
+    """
     args = [
         shutil.which("bwrap") or "bwrap",
         "--die-with-parent",
         "--unshare-pid",
+        *(["--unshare-net"] if isolate_network else []),
         "--proc",
         "/proc",
         "--dev",
@@ -452,8 +517,16 @@ class SpriteProcess:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def start(cls, root: Path, spec: ProcSpec, *, sandbox: bool) -> SpriteProcess:
-        """Spawn ``spec`` for the sprite whose ``/`` is ``root``."""
+    async def start(
+        cls, root: Path, spec: ProcSpec, *, sandbox: bool, isolate_network: bool = False
+    ) -> SpriteProcess:
+        """Spawn ``spec`` for the sprite whose ``/`` is ``root``.
+
+        ``isolate_network`` (bubblewrap only) runs it without any network
+        but a private loopback; callers decide it from the sprite's policy.
+        """
+        if isolate_network and not sandbox:
+            raise ValueError("network isolation needs the bubblewrap sandbox")
         enable_subreaper()
         env = build_env(spec.env, tty=spec.tty, root=root, sandbox=sandbox)
         cwd = sprite_abspath(spec.dir or SPRITE_HOME)
@@ -473,7 +546,7 @@ class SpriteProcess:
             if spec.tty:
                 # The command must lead its own session with the pty as controlling terminal.
                 inner = ["/usr/bin/setsid", "-c", *inner]
-            prefix = bwrap_args(root, cwd)
+            prefix = bwrap_args(root, cwd, isolate_network=isolate_network)
             program, args, executable = prefix[0], [*prefix[1:], "--", *inner], None
             run_cwd: str | None = None
             new_session = True

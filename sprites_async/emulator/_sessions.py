@@ -37,16 +37,16 @@ from typing import Any
 
 from ._framing import DEFAULT_PATH, STREAM_STDOUT
 from ._inline import InlineProcess, match_inline
+from ._policy import network_isolated
 from ._procs import (
     ProcessLike,
     ProcSpec,
     SpriteProcess,
     build_env,
-    descendants,
+    listening_ports,
     listening_sockets,
     proc_table,
     resolve_executable,
-    socket_inodes,
     sprite_abspath,
     use_sandbox,
 )
@@ -347,7 +347,8 @@ class SessionManager:
             env = build_env(spec.env, tty=spec.tty, root=root, sandbox=sandbox)
             exe, _ = resolve_executable(root, spec.path, env, sprite_abspath(spec.dir))
             command = " ".join([exe, *spec.argv[1:]])
-            proc = await SpriteProcess.start(root, spec, sandbox=sandbox)
+            isolate = sandbox and network_isolated(self.state, sprite)
+            proc = await SpriteProcess.start(root, spec, sandbox=sandbox, isolate_network=isolate)
             self.sids.append(proc.pid)
         session = Session(
             self, sprite, proc, spec=spec, command=command, max_run_after_disconnect=max_run
@@ -454,17 +455,10 @@ def _scan_ports(sessions: list[Session]) -> list[tuple[Session, set[tuple[int, s
     """``(session, {(port, address, pid)})`` for the TCP listeners of each session's processes."""
     listening = listening_sockets()
     table = proc_table()
-    out = []
-    for session in sessions:
-        root = int(session.id)
-        owners = socket_inodes([root, *descendants(table, root)])
-        ports = {
-            (port, address, owners[inode])
-            for inode, (address, port) in listening.items()
-            if inode in owners
-        }
-        out.append((session, ports))
-    return out
+    return [
+        (session, listening_ports([int(session.id)], table=table, listening=listening))
+        for session in sessions
+    ]
 
 
 def _port_event(kind: str, port: int, address: str, pid: int) -> dict[str, Any]:

@@ -49,6 +49,7 @@ import msgspec
 
 from ._framing import SPRITE_HOME
 from ._paths import FsError, resolve
+from ._policy import network_isolated
 from ._procs import ProcSpec, SpriteProcess, StartError, build_env, use_sandbox
 from ._state import EmulatorState
 from ._wire import in_thread, rfc3339_nano
@@ -395,6 +396,15 @@ class Supervisor:
             runtimes[name] = rt
         return runtimes
 
+    def process_roots(self, sprite: str) -> list[int]:
+        """Host PIDs of the sprite's running service processes.
+
+        Only runtimes already loaded are looked at: a sprite whose services
+        were never touched since the emulator started has none running.
+        """
+        runtimes = self._sprites.get(sprite, {})
+        return [rt.proc.pid for rt in runtimes.values() if rt.proc is not None]
+
     def get(self, sprite: str, name: str) -> ServiceRuntime:
         """One runtime, or :class:`NotFound`."""
         rt = self.services(sprite).get(name)
@@ -528,7 +538,8 @@ class Supervisor:
         fd: int | None = None
         try:
             fd = await in_thread(_open_log, root, d.name, discard=_close_fd)
-            proc = await _start_process(root, spec, sandbox)
+            isolate = sandbox and network_isolated(state, sprite)
+            proc = await _start_process(root, spec, sandbox, isolate)
         except StartError as exc:
             _close_fd(fd)
             rt.status = "failed"
@@ -875,9 +886,13 @@ def _close_fd(fd: int | None) -> None:
         os.close(fd)
 
 
-async def _start_process(root: Path, spec: ProcSpec, sandbox: bool) -> SpriteProcess:
+async def _start_process(
+    root: Path, spec: ProcSpec, sandbox: bool, isolate_network: bool
+) -> SpriteProcess:
     """``SpriteProcess.start`` that never leaves a process behind when cancelled."""
-    task = asyncio.ensure_future(SpriteProcess.start(root, spec, sandbox=sandbox))
+    task = asyncio.ensure_future(
+        SpriteProcess.start(root, spec, sandbox=sandbox, isolate_network=isolate_network)
+    )
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:

@@ -132,15 +132,20 @@ async def test_ports_reach_events_and_callback(sprite: Any) -> None:
     )
     ports: list[PortEvent] = []
     async with sprite.process("python3", "-c", code, on_port=ports.append) as proc:
-        events = aiter_events(proc)
-        port = None
-        async for event in events:
+        # The printed port and the port_opened notification may come in either
+        # order (the server polls for listeners), and output may arrive split.
+        printed = b""
+        opened: PortEvent | None = None
+        async for event in aiter_events(proc):
             if isinstance(event, OutputEvent):
-                port = int(event.data)
-            if isinstance(event, PortEvent):
-                assert event.opened
-                assert event.port == port
+                printed += event.data
+            if isinstance(event, PortEvent) and event.opened:
+                opened = event
+            if opened is not None and printed.endswith(b"\n"):
                 break
+        port = int(printed)
+        assert opened is not None
+        assert opened.port == port
         await proc.close_stdin()
         assert await proc.wait() == 0
     assert ports

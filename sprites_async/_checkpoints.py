@@ -27,7 +27,7 @@ import msgspec
 
 from ._errors import APIError, NotFoundError, StreamError
 from ._session import quote_segment
-from ._streams import NDJSONStream
+from ._streams import NOT_FINAL, NDJSONStream
 
 if TYPE_CHECKING:
     from ._sprites import Sprite
@@ -229,10 +229,18 @@ class EventOperation(Generic[E, R]):
 
     async def __anext__(self) -> E:
         try:
-            event = await self._stream.__anext__()
-        except StopAsyncIteration:
-            self._on_end()
+            ready = self._stream.next_ready()
+        except BaseException:
+            await self._stream.aclose()
             raise
+        if ready is not NOT_FINAL:
+            event = ready
+        else:
+            try:
+                event = await self._stream.__anext__()
+            except StopAsyncIteration:
+                self._on_end()
+                raise
         try:
             self._on_event(event)
         except BaseException:
@@ -552,6 +560,8 @@ class _Tracker:
         if (
             self.seen is not None
             and isinstance(event, (CheckpointComplete, CheckpointInfo))
+            # A cheap substring test first: long streams carry many events.
+            and ("ID:" in event.data or "created" in event.data)
             and (_CREATED_RE.search(event.data) or _ID_RE.search(event.data))
         ):
             self.seen.append(event)

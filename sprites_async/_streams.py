@@ -298,6 +298,21 @@ class NDJSONStream(Generic[T, R]):
     def __aiter__(self) -> NDJSONStream[T, R]:
         return self
 
+    def next_ready(self) -> T | NotFinal:
+        """The next event if one is already decoded, else :data:`NOT_FINAL`.
+
+        Lets a wrapping iterator hand out buffered events without awaiting
+        another coroutine per event (many events arrive in one chunk).
+        """
+        if not self._pending:
+            return NOT_FINAL
+        event = self._pending.popleft()
+        if self._final_hook is not None:
+            outcome = self._final_hook(event)
+            if outcome is not NOT_FINAL:
+                self._result = outcome
+        return event
+
     async def __anext__(self) -> T:
         try:
             while not self._pending:

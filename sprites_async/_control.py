@@ -244,11 +244,11 @@ class ControlPool:
         try:
             if task is not None and not task.done():
                 task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    if not task.cancelled():
-                        raise
+                # wait(), not ``await task``: a cancellation of ours arriving
+                # meanwhile would also end the watcher and be taken for its own.
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    task.result()
         except BaseException:
             self._release(lease, False)
             raise

@@ -32,7 +32,7 @@ appears in any of them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -102,7 +102,7 @@ def _parse_error_body(status: int, body: bytes) -> tuple[str, str | None, _Error
     if stripped.startswith(b"{"):
         try:
             parsed = _error_body_decoder.decode(stripped)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
             parsed = None
     if parsed is not None:
         code: str | None = parsed.code
@@ -198,7 +198,10 @@ class APIError(SpritesError):
         return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
-def _rebuild_error(cls: type[APIError], state: dict[str, Any]) -> APIError:
+E = TypeVar("E", bound=SpritesError)
+
+
+def _rebuild_error(cls: type[E], state: dict[str, Any]) -> E:
     err = cls.__new__(cls)
     Exception.__init__(err, state.get("message", ""))
     err.__dict__.update(state)
@@ -360,7 +363,52 @@ class SpritesTimeoutError(SpritesConnectionError, TimeoutError):
 
 
 class ProtocolError(SpritesError):
-    """The server sent data that does not follow the protocol."""
+    """The server sent data that does not follow the protocol.
+
+    When the data was one HTTP response (an answer that does not decode,
+    for example), the error says which; otherwise these are None.
+
+    Attributes:
+        message: What was wrong.
+        status_code: The response's HTTP status.
+        request_id: The ``x-request-id`` response header.
+        fly_request_id: The ``fly-request-id`` response header.
+        operation: The SDK operation, e.g. ``"get sprite"``.
+        sprite: The sprite's name, when the call concerned one.
+        body: The start of the response body (at most 1 KiB).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        operation: str | None = None,
+        sprite: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.request_id = _header(headers, "x-request-id")
+        self.fly_request_id = _header(headers, "fly-request-id")
+        self.operation = operation
+        self.sprite = sprite
+        self.body = body[:1024]
+
+    def __str__(self) -> str:
+        if self.status_code is None:
+            return self.message
+        details = [f"status={self.status_code}"]
+        for key in ("operation", "sprite", "request_id", "fly_request_id"):
+            value = getattr(self, key)
+            if value:
+                details.append(f"{key}={value}")
+        return f"{self.message} ({', '.join(details)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
 class StreamError(ProtocolError):
@@ -385,6 +433,10 @@ class ExitStatusUnknownError(ExecError, ConnectionError):
         super().__init__(message)
         self.session_id = session_id
         self.sprite = sprite
+        self.stdout = b""
+        """What ``exec()`` received of stdout before the connection ended."""
+        self.stderr = b""
+        """What ``exec()`` received of stderr before the connection ended."""
 
     def __str__(self) -> str:
         details = [

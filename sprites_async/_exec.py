@@ -52,6 +52,7 @@ from ._errors import (
     SpritesTimeoutError,
     StreamError,
 )
+from ._models import JSONDecoder
 from ._session import _timeout, quote_segment
 from ._streams import NOT_FINAL, NDJSONStream, NotFinal
 
@@ -475,6 +476,54 @@ class _RetryDirect(Exception):
         self.direct = direct
 
 
+class _Flag:
+    """``asyncio.Event`` without its per-instance deque and loop binding.
+
+    A session needs three of these; with hundreds of sessions alive at once
+    the Event's up-front deque is most of their memory. Waiters are only
+    allocated while someone waits.
+    """
+
+    __slots__ = ("_on", "_waiters")
+
+    def __init__(self, on: bool = False) -> None:
+        self._on = on
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._on
+
+    def set(self) -> None:
+        if self._on:
+            return
+        self._on = True
+        waiters, self._waiters = self._waiters, None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+
+    def clear(self) -> None:
+        self._on = False
+
+    async def wait(self) -> None:
+        if self._on:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        waiters = self._waiters
+        waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
+
+
+_NO_QUEUES: dict[int, deque[tuple[int, bytes]]] = {1: deque(maxlen=0), 2: deque(maxlen=0)}
+"""Output queues of a session whose output goes to a sink: always empty."""
+
+
 class OutputStream:
     """One output stream of a live session: ``async for chunk in proc.stdout``.
 
@@ -563,6 +612,60 @@ class ExecSession:
         stderr: The stderr :class:`OutputStream` (empty with a TTY).
     """
 
+    # Slots: hundreds of sessions may be alive at once, and an instance
+    # dict of ~50 attributes would be the largest part of each.
+    __slots__ = (
+        "__weakref__",
+        "_acked",
+        "_attach_id",
+        "_attach_stdin",
+        "_buffered",
+        "_client",
+        "_complete_deadline",
+        "_control",
+        "_dead",
+        "_detached",
+        "_early",
+        "_error",
+        "_exit_given",
+        "_finished",
+        "_grace_deadline",
+        "_info_seen",
+        "_lease",
+        "_legacy",
+        "_misc",
+        "_on_port",
+        "_op_complete",
+        "_op_failed",
+        "_out",
+        "_paused",
+        "_pinger",
+        "_reader",
+        "_readers",
+        "_request",
+        "_room",
+        "_rx_at",
+        "_seq",
+        "_settings",
+        "_shut",
+        "_sink",
+        "_sprite",
+        "_started",
+        "_stdin_closed",
+        "_text_exit",
+        "_wake",
+        "_watchdog",
+        "_ws",
+        "capabilities",
+        "exit_code",
+        "info",
+        "kill_on_exit",
+        "session_id",
+        "stderr",
+        "stdout",
+        "tty",
+    )
+
     def __init__(
         self,
         sprite: Sprite,
@@ -600,16 +703,22 @@ class ExecSession:
         self._op_failed: str | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._rx_at = 0.0
+        self._paused = False
+        self._dead = False
         self._finished: asyncio.Future[None] | None = None
-        self._info_seen: asyncio.Event | None = None
-        self._wake: asyncio.Event | None = None
-        self._room: asyncio.Event | None = None
+        self._info_seen: _Flag | None = None
+        self._wake: _Flag | None = None
+        self._room: _Flag | None = None
         self._error: BaseException | None = None
         self._text_exit: int | None = None
         self._grace_deadline: float | None = None
         self._complete_deadline: float | None = None
-        self._out: dict[int, deque[tuple[int, bytes]]] = {1: deque(), 2: deque()}
+        # With a sink (``exec()``) output never queues here: share empty ones.
+        self._out: dict[int, deque[tuple[int, bytes]]] = (
+            {1: deque(), 2: deque()} if sink is None else _NO_QUEUES
+        )
         self._misc: deque[tuple[int, ExecEvent]] = deque(maxlen=self._settings.max_port_events)
         self._early: list[bytes] = []
         self._buffered = 0
@@ -668,7 +777,7 @@ class ExecSession:
                 self._discard_output()
                 await _shielded(self.terminate())
         finally:
-            await _shielded(self.aclose())
+            await self._release()
 
     async def start(self, *, prefer_control: bool = False) -> ExecSession:
         """Open the connection and start reading at once; return self.
@@ -681,10 +790,9 @@ class ExecSession:
         self._started = True
         loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
-        self._info_seen = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._info_seen = _Flag()
+        self._wake = _Flag()
+        self._room = _Flag(on=True)
         if self._attach_id is not None:
             await self._start_attach()
             return self
@@ -706,16 +814,47 @@ class ExecSession:
                 except (aiohttp.ClientError, OSError, RuntimeError) as exc:
                     self._finish(_RetryDirect(str(exc)))
                 return self
-        ws, headers = await self._client._ws_connect(
-            self._sprite.path + "/exec",
-            operation="exec",
-            sprite=self._sprite.name,
-            params=self._request.query(),
-            autoping=False,
+        connect = asyncio.ensure_future(
+            self._client._ws_connect(
+                self._sprite.path + "/exec",
+                operation="exec",
+                sprite=self._sprite.name,
+                params=self._request.query(),
+                autoping=False,
+            )
         )
+        try:
+            ws, headers = await asyncio.shield(connect)
+        except asyncio.CancelledError:
+            await self._cancelled_in_handshake(connect)
+            raise
         self._set_capabilities(headers)
         self._begin(ws)
         return self
+
+    async def _cancelled_in_handshake(self, connect: asyncio.Future[tuple[WebSocket, Any]]) -> None:
+        """Stop a command whose ``/exec`` handshake was cancelled midway.
+
+        The server starts the command when it accepts the upgrade, before the
+        101 reaches us: dropping the handshake would leave it running unseen
+        (for ``max_run_after_disconnect``). Give the handshake up to
+        ``kill_grace`` more seconds, then terminate what it started, as for
+        any cancellation; callers (``__aenter__`` too) re-raise afterwards.
+        """
+        try:
+            if not connect.done():
+                await asyncio.wait({connect}, timeout=self._settings.kill_grace)
+        finally:
+            if not connect.done():
+                connect.cancel()
+                connect.add_done_callback(_close_late_ws)
+        if connect.cancelled() or connect.exception() is not None:
+            return
+        ws, headers = connect.result()
+        self._set_capabilities(headers)
+        self._begin(ws)
+        await _shielded(self.terminate())
+        await _shielded(self.aclose())
 
     async def _start_attach(self) -> None:
         client = self._client
@@ -780,21 +919,13 @@ class ExecSession:
     def _begin(self, ws: WebSocket) -> None:
         self._ws = ws
         self._reader = asyncio.ensure_future(self._read_loop(ws))
-        interval = self._settings.ping_interval
-        if interval:
-            # A timer, not a task: most commands end long before the first
-            # ping is due, and a task per command is measurable under load.
-            self._ping_timer = asyncio.get_running_loop().call_later(
-                interval, self._ping_due, ws, interval
-            )
 
     async def aclose(self) -> None:
         """Close the connection (the command is not signalled). Idempotent."""
         if self._shut:
             return
         self._shut = True
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
+        self._stop_ticking()
         reader, pinger = self._reader, self._pinger
         if reader is not None and not reader.done() and self.done:
             # The exit is known and the reader is closing the socket: let it.
@@ -832,6 +963,22 @@ class ExecSession:
         elif self._ws is not None:
             await _close_ws(self._ws, self._settings.close_timeout)
 
+    def _close_is_instant(self) -> bool:
+        # aclose() cannot suspend when the reader and pinger are done and the
+        # socket is closed or pooled: then no cancellation can cut it short.
+        for task in (self._reader, self._pinger):
+            if task is not None and not task.done():
+                return False
+        return self._lease is not None or self._ws is None or self._ws.closed
+
+    async def _release(self) -> None:
+        # The shield costs a task (and loop turns) per command: skip it when
+        # there is nothing left that a cancellation could interrupt.
+        if self._close_is_instant():
+            await self.aclose()
+        else:
+            await _shielded(self.aclose())
+
     async def detach(self) -> str | None:
         """Close the connection and leave the command running; return its session id.
 
@@ -847,33 +994,64 @@ class ExecSession:
 
     # ---------------------------------------------------------------------- reading
 
-    def _ping_due(self, ws: WebSocket, interval: float) -> None:
-        if ws.closed or self._shut:
+    def _tick(self) -> None:
+        # Pings and the dead-peer check share one timer per session, re-armed
+        # from the last frame's time: most commands end before it ever fires,
+        # and a timeout around every receive (or a timer each) costs more.
+        self._watchdog = None
+        reader, ws = self._reader, self._ws
+        if reader is None or reader.done() or self._shut or ws is None or ws.closed:
             return
-        if self._pinger is None or self._pinger.done():
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        idle = 0.0 if self._paused else loop.time() - self._rx_at
+        dead_after = settings.dead_after
+        if dead_after is not None and idle >= dead_after:
+            self._dead = True
+            reader.cancel()
+            return
+        if settings.ping_interval and (self._pinger is None or self._pinger.done()):
             self._pinger = asyncio.ensure_future(_ping(ws))
-        self._ping_timer = asyncio.get_running_loop().call_later(
-            interval, self._ping_due, ws, interval
-        )
+        self._arm_tick(idle)
+
+    def _arm_tick(self, idle: float) -> None:
+        settings = self._settings
+        delay = settings.ping_interval or None
+        if settings.dead_after is not None:
+            left = settings.dead_after - idle
+            delay = left if delay is None else min(delay, left)
+        if delay is not None:
+            self._watchdog = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def _stop_ticking(self) -> None:
+        timer, self._watchdog = self._watchdog, None
+        if timer is not None:
+            timer.cancel()
 
     async def _read_loop(self, ws: WebSocket) -> None:
         settings = self._settings
         loop = asyncio.get_running_loop()
         assert self._room is not None
         closed_by_peer = False
+        self._rx_at = loop.time()
+        self._arm_tick(0.0)
         try:
             while not self._reading_done():
                 if self._buffered >= settings.buffer_size and self._sink is None:
+                    # Not reading on purpose: the watchdog must not call that dead.
+                    self._paused = True
                     self._room.clear()
                     await self._room.wait()
+                    self._paused = False
+                    self._rx_at = loop.time()
                     continue
-                timeout = settings.dead_after
                 deadline = _earliest(self._grace_deadline, self._complete_deadline)
+                timeout = None
                 if deadline is not None:
-                    left = max(deadline - loop.time(), 0.001)
-                    timeout = left if timeout is None else min(timeout, left)
+                    timeout = max(deadline - loop.time(), 0.001)
                 try:
                     msg = await ws.receive(timeout=timeout)
+                    self._rx_at = loop.time()
                 except asyncio.TimeoutError:
                     now = loop.time()
                     if self._grace_deadline is not None and now >= self._grace_deadline:
@@ -881,11 +1059,7 @@ class ExecSession:
                         continue
                     if self._complete_deadline is not None and now >= self._complete_deadline:
                         break  # exit known; op.complete never came (socket not reused)
-                    raise SpritesTimeoutError(
-                        f"no data and no pong for {settings.dead_after} s: connection is dead",
-                        operation="exec",
-                        sprite=self._sprite.name,
-                    ) from None
+                    continue  # woke up early: loop.time() rounding
                 kind = msg.type
                 if kind is WSMsgType.BINARY:
                     self._on_binary(msg.data)
@@ -899,10 +1073,25 @@ class ExecSession:
                     closed_by_peer = True
                     break
         except asyncio.CancelledError:
-            raise
+            if not self._dead:
+                raise
+            # Cancelled by our own watchdog: a dead connection, not a caller's cancel.
+            task = asyncio.current_task()
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            dead = SpritesTimeoutError(
+                f"no data and no pong for {settings.dead_after} s: connection is dead",
+                operation="exec",
+                sprite=self._sprite.name,
+            )
+            self._finish(self._unknown(f"the connection failed: {dead}", cause=dead))
+            return
         except Exception as exc:
             self._finish(self._unknown(f"the connection failed: {exc}", cause=exc))
             return
+        finally:
+            self._stop_ticking()
         if self._text_exit is not None and self.exit_code is None:
             self._settle_from_text()
         if self.exit_code is not None:
@@ -1377,6 +1566,14 @@ def _drop_output(stream: int, data: bytes) -> None:
     return None
 
 
+def _close_late_ws(task: asyncio.Future[tuple[WebSocket, Any]]) -> None:
+    """A handshake given up on that completed anyway: close its socket."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    ws, _ = task.result()
+    _background(_close_ws(ws, 1.0))
+
+
 def _earliest(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
@@ -1413,12 +1610,12 @@ async def _shielded(coro: Any) -> Any:
         try:
             result = await asyncio.shield(task)
         except asyncio.CancelledError:
+            cancelled = True  # ours, not the task's: shield() never cancels it
             if task.done():
                 if task.cancelled():
                     raise
                 result = task.result()
                 break
-            cancelled = True
             continue
         break
     if cancelled:
@@ -1474,6 +1671,11 @@ async def run(
             if exc.direct or attempt >= 1:
                 use_control = False
             continue
+        except ExitStatusUnknownError as exc:
+            # The output that did arrive belongs to the caller.
+            exc.stdout = bytes(collector.bufs[1])
+            exc.stderr = bytes(collector.bufs[2])
+            raise
         assert proc.exit_code is not None
         result = ExecResult(
             exit_code=proc.exit_code,
@@ -1501,10 +1703,14 @@ async def _run_one(
             feeder = asyncio.ensure_future(proc._feed(stdin))
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        waiting: set[asyncio.Future[Any]] = {proc._finished}
+        # Wait for the reader rather than for the exit alone: it ends once it
+        # has closed the socket (or seen op.complete), so the cleanup below
+        # finds nothing left to wait for and needs no task of its own.
+        until: asyncio.Future[Any] = proc._reader if proc._reader is not None else proc._finished
+        waiting: set[asyncio.Future[Any]] = {until}
         if feeder is not None:
             waiting.add(feeder)
-        while not proc._finished.done():
+        while not until.done():
             left = None if deadline is None else max(deadline - loop.time(), 0)
             done, _ = await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             if feeder is not None and feeder in done:
@@ -1514,6 +1720,8 @@ async def _run_one(
                     await _shielded(proc.terminate())
                     raise error
             if not done:
+                if proc._finished.done():
+                    break  # it exited in time; only the socket's close is slow
                 await _shielded(proc.terminate())
                 assert timeout is not None
                 raise CommandTimeoutError(
@@ -1531,7 +1739,7 @@ async def _run_one(
                 await feeder
             except BaseException:
                 pass
-        await _shielded(proc.aclose())
+        await proc._release()
     if proc._error is not None:
         raise proc._error
 
@@ -1630,7 +1838,7 @@ class _WireSessionList(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
-_session_list_decoder = msgspec.json.Decoder(_WireSessionList)
+_session_list_decoder = JSONDecoder(msgspec.json.Decoder(_WireSessionList))
 _session_decoder = msgspec.json.Decoder(_WireSession)
 
 
@@ -1707,10 +1915,7 @@ class ExecSessions:
         resp = await sprite.client._request(
             "GET", sprite.path + "/exec", operation="list sessions", sprite=sprite.name
         )
-        try:
-            page = _session_list_decoder.decode(resp.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ProtocolError(f"unreadable session list: {exc}") from exc
+        page = resp.parse(_session_list_decoder.decode)
         if page.error:
             raise APIError(
                 page.error,
@@ -1724,7 +1929,7 @@ class ExecSessions:
         for raw in page.sessions or []:
             try:
                 wire = _session_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 logger.warning("skipping an unreadable session entry (%s): %.200r", exc, raw)
                 continue
             sid = wire.id if wire.id is not None else wire.session_id

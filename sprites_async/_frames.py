@@ -160,7 +160,8 @@ def decode_message(data: str | bytes) -> Message | None:
     """Decode one server text frame; None for unknown types and non-JSON text."""
     try:
         return _message_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        # RecursionError: msgspec's answer to JSON nested too deeply.
         return None
 
 
@@ -204,7 +205,7 @@ def decode_envelope(text: str) -> Envelope | None:
         return None
     try:
         env = _envelope_decoder.decode(text[len(CONTROL_PREFIX) :])
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         # A "control:" frame we cannot read is still an envelope: never op data.
         return Envelope(type="")
     return env

@@ -48,8 +48,10 @@ from ._errors import (
     SpritesTimeoutError,
     _rebuild_error,
 )
+from ._models import JSONDecoder
 
 if TYPE_CHECKING:
+    from ._session import Response
     from ._sprites import Sprite
 
 __all__ = [
@@ -99,7 +101,7 @@ def _rebuild_fs_error(
     cls: type[SpriteFSError], state: dict[str, Any], os_state: tuple[Any, ...]
 ) -> APIError:
     err = _rebuild_error(cls, state)
-    err.errno, err.strerror, err.filename, err.filename2 = os_state  # type: ignore[attr-defined]
+    err.errno, err.strerror, err.filename, err.filename2 = os_state
     return err
 
 
@@ -219,7 +221,7 @@ class _Listing(msgspec.Struct, kw_only=True):
     entries: list[_Entry] | None = None
 
 
-_listing_decoder = msgspec.json.Decoder(_Listing)
+_listing_decoder = JSONDecoder(msgspec.json.Decoder(_Listing))
 
 _KINDS = frozenset({"file", "directory", "symlink"})
 
@@ -326,6 +328,9 @@ class _WireCopy(msgspec.Struct, kw_only=True):
     copied: list[_Copied] = msgspec.field(default_factory=list)
     count: int | None = None
     total_bytes: int = msgspec.field(default=0, name="totalBytes")
+
+
+_copy_decoder = JSONDecoder(msgspec.json.Decoder(_WireCopy))
 
 
 # ---------------------------------------------------------------------- paths
@@ -564,7 +569,7 @@ class SpritePath:
         json: Any = None,
         idempotent: bool | None = None,
         other: str | None = None,
-    ) -> bytes:
+    ) -> Response:
         sprite = self._sprite
         try:
             resp = await sprite.client._request(
@@ -579,15 +584,16 @@ class SpritePath:
             )
         except APIError as exc:
             raise fs_error(exc, self.path, other) from exc
-        return resp.body
+        return resp
 
     async def _listing(self) -> _Listing:
-        body = await self._call("GET", "list", operation="fs list", params=self._params())
-        return _listing_decoder.decode(body)
+        resp = await self._call("GET", "list", operation="fs list", params=self._params())
+        return resp.parse(_listing_decoder.decode)
 
     async def read_bytes(self) -> bytes:
         """The whole file's contents (use :meth:`open_read` for big files)."""
-        return await self._call("GET", "read", operation="fs read", params=self._params())
+        resp = await self._call("GET", "read", operation="fs read", params=self._params())
+        return resp.body
 
     async def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The whole file, decoded."""
@@ -991,10 +997,10 @@ class SpritePath:
             "recursive": recursive,
             "preserveAttrs": preserve_attrs,
         }
-        raw = await self._call(
+        resp = await self._call(
             "POST", "copy", operation="fs copy", json=body, idempotent=True, other=dest.path
         )
-        wire = msgspec.json.decode(raw, type=_WireCopy)
+        wire = resp.parse(_copy_decoder.decode)
         copied = [(c.source, c.dest) for c in wire.copied]
         count = wire.count if wire.count is not None else len(copied)
         return CopyResult(copied=copied, count=count, total_bytes=wire.total_bytes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 
@@ -135,12 +135,37 @@ class SpritePage(msgspec.Struct, kw_only=True):
         return self.sprites
 
 
-_sprite_decoder = msgspec.json.Decoder(SpriteInfo)
-_page_decoder = msgspec.json.Decoder(SpritePage)
+T = TypeVar("T")
+
+
+class JSONDecoder(Generic[T]):
+    """A ``msgspec.json.Decoder`` whose only error is ``msgspec.DecodeError``.
+
+    msgspec raises ``RecursionError`` for JSON nested more deeply than it
+    supports (about 1000 levels), whatever the target type; a server must not
+    be able to make a model decoder fail in an undocumented way.
+    """
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, decoder: msgspec.json.Decoder[T]) -> None:
+        self._decoder = decoder
+
+    def decode(self, data: bytes) -> T:
+        """Decode one document; raises ``msgspec.DecodeError`` (or ``ValidationError``)."""
+        try:
+            return self._decoder.decode(data)
+        except RecursionError as exc:
+            raise msgspec.DecodeError("JSON is nested too deeply") from exc
+
+
+_sprite_decoder = JSONDecoder(msgspec.json.Decoder(SpriteInfo))
+_page_decoder = JSONDecoder(msgspec.json.Decoder(SpritePage))
+_any_decoder: JSONDecoder[object] = JSONDecoder(msgspec.json.Decoder())
 
 
 def decode_sprite(data: bytes) -> SpriteInfo:
-    """Decode one sprite object."""
+    """Decode one sprite object (``msgspec.DecodeError`` if it is not one)."""
     return _sprite_decoder.decode(data)
 
 
@@ -155,7 +180,7 @@ def decode_page(data: bytes) -> SpritePage:
     try:
         return _page_decoder.decode(data)
     except msgspec.ValidationError:
-        raw = msgspec.json.decode(data)
+        raw = _any_decoder.decode(data)
         if not isinstance(raw, dict) or not isinstance(raw.get("sprites"), list):
             raise
         good: list[SpriteInfo] = []

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from ._models import JSONDecoder
+
 if TYPE_CHECKING:
     from ._sprites import Sprite
 
@@ -86,7 +88,7 @@ class _WirePolicy(msgspec.Struct, kw_only=True):
     rules: list[_WireRule] | None = None
 
 
-_policy_decoder = msgspec.json.Decoder(_WirePolicy)
+_policy_decoder = JSONDecoder(msgspec.json.Decoder(_WirePolicy))
 
 
 def _from_wire(rule: _WireRule) -> Rule | None:
@@ -189,7 +191,7 @@ class PolicyResource:
             sprite=sprite.name,
             timeout="wake",
         )
-        wire = _policy_decoder.decode(resp.body)
+        wire = resp.parse(_policy_decoder.decode)
         rules = [r for r in map(_from_wire, wire.rules or []) if r is not None]
         return NetworkPolicy(rules=rules)
 

@@ -28,6 +28,7 @@ import msgspec
 
 from ._checkpoints import EventOperation, OtherEvent, event_decoder
 from ._errors import APIError, NotFoundError, StreamError
+from ._models import JSONDecoder
 from ._session import quote_segment
 from ._streams import NDJSONStream
 
@@ -149,14 +150,14 @@ class Service(msgspec.Struct, kw_only=True):
         return self.state.status if self.state else None
 
 
-_service_decoder = msgspec.json.Decoder(Service)
+_service_decoder = JSONDecoder(msgspec.json.Decoder(Service))
 
 
 class _Wrapped(msgspec.Struct):
     services: list[Service] = msgspec.field(default_factory=list)
 
 
-_list_decoder = msgspec.json.Decoder(list[Service] | _Wrapped)
+_list_decoder = JSONDecoder(msgspec.json.Decoder(list[Service] | _Wrapped))
 
 
 class _Stamped(msgspec.Struct, kw_only=True):
@@ -400,7 +401,7 @@ class ServicesResource:
         resp = await sprite.client._request(
             "GET", self._path(), operation="list services", sprite=sprite.name, timeout="wake"
         )
-        found = _list_decoder.decode(resp.body)
+        found = resp.parse(_list_decoder.decode)
         return found.services if isinstance(found, _Wrapped) else found
 
     async def get(self, name: str) -> Service:
@@ -417,7 +418,7 @@ class ServicesResource:
             )
         except APIError as exc:
             raise _not_found(exc) from exc
-        return _service_decoder.decode(resp.body)
+        return resp.parse(_service_decoder.decode)
 
     def create(
         self,

@@ -23,17 +23,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mappi
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import cached_property
-from types import SimpleNamespace, TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, cast
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypeVar, cast
 from urllib.parse import quote
 
 import aiohttp
+import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._errors import (
     APIError,
     ClientClosedError,
     ConfigurationError,
+    ProtocolError,
     SpritesConnectionError,
     SpritesTimeoutError,
     api_error_from_response,
@@ -43,6 +45,8 @@ from ._retry import IDEMPOTENT_METHODS, RetryPolicy
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from aiohttp.connector import Connection
+
     from ._control import ControlOptions
     from ._exec import ExecSettings
     from ._models import SpriteInfo
@@ -53,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "SpritesClient", "Timeouts"]
 
 logger = logging.getLogger("sprites_async")
+
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.sprites.dev"
 TOKEN_ENV_VARS = ("SPRITES_TOKEN", "SPRITE_TOKEN")
@@ -107,6 +113,28 @@ class Response(NamedTuple):
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+    operation: str = ""
+    sprite: str | None = None
+
+    def parse(self, decode: Callable[[bytes], T]) -> T:
+        """The body decoded by ``decode`` (a msgspec decoder's ``decode``).
+
+        Raises:
+            ProtocolError: The answer is not what the protocol says (not
+                JSON, or not the expected shape), with the status, request
+                ids, operation and sprite of this response.
+        """
+        try:
+            return decode(self.body)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+            raise ProtocolError(
+                f"{self.operation or 'request'}: the answer could not be read: {exc}",
+                status_code=self.status,
+                headers=self.headers,
+                body=self.body,
+                operation=self.operation or None,
+                sprite=self.sprite,
+            ) from exc
 
 
 class _State(enum.Enum):
@@ -116,7 +144,7 @@ class _State(enum.Enum):
 
 
 class _Handshake:
-    """What the trace hook saw of a WebSocket upgrade response."""
+    """What :class:`_ObservedResponse` saw of a WebSocket upgrade response."""
 
     __slots__ = ("body", "headers", "status")
 
@@ -126,7 +154,7 @@ class _Handshake:
         self.body = b""
 
 
-# Set by _ws_connect around the upgrade so that the trace hook can keep the
+# Set by _ws_connect around the upgrade so that _ObservedResponse can keep the
 # headers of the upgrade response and the body of a refused one, which
 # aiohttp's public WebSocket API does not expose.
 _handshake: contextvars.ContextVar[_Handshake | None] = contextvars.ContextVar(
@@ -134,21 +162,26 @@ _handshake: contextvars.ContextVar[_Handshake | None] = contextvars.ContextVar(
 )
 
 
-async def _observe_handshake(
-    session: aiohttp.ClientSession,
-    ctx: SimpleNamespace,
-    params: aiohttp.TraceRequestEndParams,
-) -> None:
-    seen = _handshake.get()
-    if seen is None:
-        return
-    seen.status = params.response.status
-    seen.headers = params.response.headers
-    if params.response.status >= 400:
-        try:
-            seen.body = await params.response.read()
-        except (aiohttp.ClientError, OSError):
-            pass
+class _ObservedResponse(aiohttp.ClientResponse):
+    """Keeps the headers of a WebSocket upgrade response and the body of a refused one.
+
+    aiohttp's public WebSocket API exposes neither. A response class costs
+    one context-variable read per response; a ``TraceConfig`` would add a
+    round of signal coroutines to every request of the session.
+    """
+
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        resp = await super().start(connection)
+        seen = _handshake.get()
+        if seen is not None:
+            seen.status = self.status
+            seen.headers = self.headers
+            if self.status >= 400:
+                try:
+                    seen.body = await self.read()
+                except (aiohttp.ClientError, OSError):
+                    pass
+        return resp
 
 
 def _resolve_token(token: str | None) -> str:
@@ -345,8 +378,6 @@ class SpritesClient:
                     "create one client per event loop"
                 )
             return session
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(_observe_handshake)
         connector = aiohttp.TCPConnector(
             limit=0,  # requests are bounded by _http_slots; WebSockets must not be
             limit_per_host=self.max_connections_per_host,
@@ -358,9 +389,16 @@ class SpritesClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             headers=self._headers,
             timeout=self._client_timeouts["api"],
-            trace_configs=[trace, *self._trace_configs],
+            trace_configs=self._trace_configs or None,
+            response_class=_ObservedResponse,
             auto_decompress=True,
         )
+        # aiohttp (3.10+) silently re-sends a GET/PUT/DELETE once when the
+        # connection drops, whatever the SDK decided: a PUT that starts a
+        # service or a WebSocket upgrade that starts a command must not go
+        # twice. The retry loops above decide every repetition instead.
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
         self._session = session
         self._loop = loop
         self._state = _State.OPENED
@@ -421,7 +459,6 @@ class SpritesClient:
         while True:
             attempt += 1
             started = time.monotonic()
-            retry_after: float | None = None
             try:
                 if slots is not None:
                     await slots.acquire()
@@ -450,15 +487,12 @@ class SpritesClient:
                 continue
             self._log(method, path, status, started, attempt, resp_headers)
             if status < 400 and (ok is None or status in ok):
-                return Response(status, resp_headers, body)
+                return Response(status, resp_headers, body, operation, sprite)
             error_obj = api_error_from_response(
                 status, resp_headers, body, operation=operation, sprite=sprite
             )
             if idempotent and status in self.retry.retry_statuses:
-                retry_after = getattr(error_obj, "retry_after", None)
-                if retry_after is None and status == 503:
-                    retry_after = parse_retry_after(resp_headers.get("Retry-After"))
-                delay = self.retry.backoff(attempt, retry_after)
+                delay = self._status_backoff(error_obj, resp_headers, attempt)
                 if delay is not None:
                     await asyncio.sleep(delay)
                     continue
@@ -486,8 +520,9 @@ class SpritesClient:
         Errors (status >= 400) are raised before yielding. The body is read by
         the caller under an idle timeout (``stream_idle``), never a total one;
         the response is released when the block exits, normally or not.
-        Only connection failures before any response are retried (and only
-        for idempotent requests or failed connects).
+        Nothing is retried once the body is yielded. Before that, idempotent
+        requests are retried on connection failures and on the policy's
+        ``retry_statuses`` (429/5xx); others only on failed connects.
         """
         session = self._ensure_session()
         data, send_headers = _body_and_headers(json, data, content_type, headers)
@@ -515,6 +550,13 @@ class SpritesClient:
                     )
                 )
                 continue
+            if idempotent and resp.status in self.retry.retry_statuses:
+                # Nothing was yielded yet: a 429/5xx is retried like in _request.
+                delay = await self._stream_retry_delay(
+                    resp, method, path, operation, sprite, attempt, started
+                )
+                await asyncio.sleep(delay)
+                continue
             break
         try:
             self._log(method, path, resp.status, started, attempt, resp.headers)
@@ -529,6 +571,44 @@ class SpritesClient:
             yield resp
         finally:
             resp.release()
+
+    async def _stream_retry_delay(
+        self,
+        resp: aiohttp.ClientResponse,
+        method: str,
+        path: str,
+        operation: str,
+        sprite: str | None,
+        attempt: int,
+        started: float,
+    ) -> float:
+        """For a retryable status on a stream: the wait before the next attempt, or raise."""
+        self._log(method, path, resp.status, started, attempt, resp.headers)
+        try:
+            body = await resp.read()
+        except _TRANSPORT_ERRORS:
+            body = b""
+        finally:
+            resp.release()
+        error_obj = api_error_from_response(
+            resp.status, resp.headers, body, operation=operation, sprite=sprite
+        )
+        delay = self._status_backoff(error_obj, resp.headers, attempt)
+        if delay is None:
+            raise error_obj
+        return delay
+
+    def _status_backoff(
+        self, error: APIError, headers: Mapping[str, str], attempt: int
+    ) -> float | None:
+        """The wait before retrying a request the server refused, or None to give up.
+
+        Honours ``Retry-After`` (the body's ``retry_after_seconds`` for 429s).
+        """
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is None and error.status_code == 503:
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+        return self.retry.backoff(attempt, retry_after)
 
     async def _ws_connect(
         self,
@@ -573,6 +653,7 @@ class SpritesClient:
                         autoclose=False,
                     )
             except aiohttp.WSServerHandshakeError as exc:
+                _redact_request_info(exc)  # kept as the __cause__ of what is raised
                 self._log("GET", path, exc.status, started, attempt, exc.headers)
                 error_obj: APIError | SpritesConnectionError
                 if exc.status >= 400:
@@ -593,6 +674,18 @@ class SpritesClient:
                 await asyncio.sleep(delay)
                 continue
             except _TRANSPORT_ERRORS as exc:
+                if isinstance(exc, _TIMEOUT_ERRORS) and not isinstance(exc, aiohttp.ClientError):
+                    # Our wake timer, not aiohttp's connect timeout: say so. Never
+                    # retried (the command may have started).
+                    where = f"sprite {sprite}" if sprite else path
+                    error = SpritesTimeoutError(
+                        f"WebSocket handshake with {where} timed out after "
+                        f"{self.timeouts.wake} s (Timeouts.wake): the sprite may still be waking",
+                        operation=operation,
+                        sprite=sprite,
+                    )
+                    self._log("GET", path, None, started, attempt, None, error=error)
+                    raise error from exc
                 may_retry = retry_handshake and isinstance(exc, aiohttp.ClientConnectorError)
                 await asyncio.sleep(
                     self._delay_or_raise(
@@ -706,10 +799,29 @@ def _body_and_headers(
     return data, out
 
 
+def _redact_request_info(exc: aiohttp.ClientResponseError) -> None:
+    """Hide the token in the request an aiohttp error keeps (its ``repr`` prints the headers).
+
+    Such errors (``WSServerHandshakeError``, ``TooManyRedirects``) stay reachable
+    as the ``__cause__`` of the SDK's error, so they must not carry the token.
+    """
+    info = exc.request_info
+    if "Authorization" not in info.headers:
+        return
+    headers = CIMultiDict(info.headers)
+    headers["Authorization"] = "<redacted>"
+    exc.request_info = aiohttp.RequestInfo(
+        info.url, info.method, CIMultiDictProxy(headers), info.real_url
+    )
+    exc.args = (exc.request_info, *exc.args[1:])
+
+
 def _translate(
     exc: BaseException, method: str, path: str, operation: str, sprite: str | None
 ) -> SpritesConnectionError:
     """Map an aiohttp/OS error to the SDK's transport errors (one boundary)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        _redact_request_info(exc)  # it stays reachable as the new error's __cause__
     if isinstance(exc, _TIMEOUT_ERRORS):
         return SpritesTimeoutError(f"{method} {path} timed out", operation=operation, sprite=sprite)
     detail = str(exc) or type(exc).__name__

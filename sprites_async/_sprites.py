@@ -110,7 +110,7 @@ class SpritesResource:
             sprite=name,
             timeout="create",
         )
-        return decode_sprite(resp.body)
+        return resp.parse(decode_sprite)
 
     async def get(self, name: str) -> SpriteInfo:
         """Fetch one sprite. Does not wake it.
@@ -124,7 +124,7 @@ class SpritesResource:
         resp = await self._client._request(
             "GET", _sprite_path(name), operation="get sprite", sprite=name
         )
-        return decode_sprite(resp.body)
+        return resp.parse(decode_sprite)
 
     async def update(
         self,
@@ -145,7 +145,7 @@ class SpritesResource:
         resp = await self._client._request(
             "PUT", _sprite_path(name), json=_encode(body), operation="update sprite", sprite=name
         )
-        return decode_sprite(resp.body)
+        return resp.parse(decode_sprite)
 
     async def delete(self, name: str, *, missing_ok: bool = False) -> bool:
         """Delete a sprite and all its checkpoints (permanent).
@@ -197,7 +197,7 @@ class SpritesResource:
             resp = await client._request(
                 "GET", "/v1/sprites", params=params, operation="list sprites"
             )
-            return decode_page(resp.body)
+            return resp.parse(decode_page)
 
         return AsyncPaginator(fetch)
 

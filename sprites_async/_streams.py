@@ -104,7 +104,7 @@ class NDJSONDecoder(Generic[T]):
             self._scan = len(buf)
             try:
                 return self._decode_lines(block)
-            except (msgspec.DecodeError, ValueError):
+            except (msgspec.DecodeError, ValueError, RecursionError):
                 pass
             for line in block.split(b"\n")[:-1]:
                 self._line(line, out)
@@ -149,7 +149,8 @@ class NDJSONDecoder(Generic[T]):
             # event types, so this is expected and only worth a debug line.
             self.skipped += 1
             logger.debug("%s: skipping unrecognised line (%s): %.200r", self.what, exc, line)
-        except (msgspec.DecodeError, ValueError) as exc:
+        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+            # RecursionError: msgspec's answer to JSON nested too deeply.
             self.skipped += 1
             logger.warning("%s: skipping malformed line (%s): %.200r", self.what, exc, line)
 
@@ -298,32 +299,42 @@ class NDJSONStream(Generic[T, R]):
     def __aiter__(self) -> NDJSONStream[T, R]:
         return self
 
-    def next_ready(self) -> T | NotFinal:
-        """The next event if one is already decoded, else :data:`NOT_FINAL`.
+    async def next_batch(self) -> list[T]:
+        """The events decoded from the next piece of the body; ``[]`` at its end.
 
-        Lets a wrapping iterator hand out buffered events without awaiting
-        another coroutine per event (many events arrive in one chunk).
+        A chunk of many lines comes back as one list, so a wrapper can hand
+        its events out without a coroutine per event. Errors and the end are
+        handled as in ``async for``.
         """
-        if not self._pending:
-            return NOT_FINAL
-        event = self._pending.popleft()
-        if self._final_hook is not None:
-            outcome = self._final_hook(event)
-            if outcome is not NOT_FINAL:
-                self._result = outcome
-        return event
+        try:
+            if self._pending:
+                batch = list(self._pending)
+                self._pending.clear()
+            else:
+                batch = []
+                while not batch:
+                    if self._eof:
+                        await self._finish()
+                        return batch
+                    batch = await self._read_more()
+            hook = self._final_hook
+            if hook is not None:
+                for event in batch:
+                    outcome = hook(event)
+                    if outcome is not NOT_FINAL:
+                        self._result = outcome
+            return batch
+        except BaseException:
+            await self.aclose()
+            raise
 
     async def __anext__(self) -> T:
         try:
             while not self._pending:
                 if self._eof:
-                    await self.aclose()
-                    if self._require_final and self._result is NOT_FINAL:
-                        raise StreamError(
-                            f"{self._operation}: the stream ended without its final event"
-                        )
+                    await self._finish()
                     raise StopAsyncIteration
-                await self._read_more()
+                self._pending.extend(await self._read_more())
             event = self._pending.popleft()
             if self._final_hook is not None:
                 outcome = self._final_hook(event)
@@ -336,23 +347,27 @@ class NDJSONStream(Generic[T, R]):
             await self.aclose()
             raise
 
-    async def _read_more(self) -> None:
+    async def _finish(self) -> None:
+        await self.aclose()
+        if self._require_final and self._result is NOT_FINAL:
+            raise StreamError(f"{self._operation}: the stream ended without its final event")
+
+    async def _read_more(self) -> list[T]:
         from ._session import _TRANSPORT_ERRORS, _translate
 
         await self._open()
         resp = self._resp
         if resp is None:  # closed, or replaced by on_api_error
             self._eof = True
-            return
+            return []
         try:
             chunk = await resp.content.readany()
         except _TRANSPORT_ERRORS as exc:
             raise _translate(exc, self._method, self._path, self._operation, self._sprite) from exc
         if chunk:
-            self._pending.extend(self._lines.feed(chunk))
-        else:
-            self._pending.extend(self._lines.finish())
-            self._eof = True
+            return self._lines.feed(chunk)
+        self._eof = True
+        return self._lines.finish()
 
     async def _run(self) -> R:
         async with self:

@@ -318,3 +318,79 @@ async def test_cancelling_a_create_releases_everything(
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(checkpoints.create(), 0.3)
     script.gate.set()  # let the server handler finish; the leak check runs after the test
+
+
+def test_event_type_is_the_wire_tag() -> None:
+    for cls in (CheckpointInfo, CheckpointErrorEvent, CheckpointComplete):
+        assert cls.type == cls.__struct_config__.tag
+        event = _decode_event(line(type=cls.type, time="2026-01-31T12:24:41Z"))
+        assert type(event) is cls and event.type == cls.type
+        assert b'"type":"%s"' % cls.type.encode() in msgspec.json.encode(event)
+
+
+async def test_error_in_the_middle_of_one_chunk(
+    checkpoints: CheckpointsResource, script: Script
+) -> None:
+    many = [line(type="info", data=f"step {i}") for i in range(300)]
+    script.restore_lines = [
+        b"".join([*many, line(type="error", error="bad layer"), *many, line(type="complete")])
+    ]
+    events: list[Any] = []
+
+    async def collect() -> None:
+        async for event in checkpoints.restore("v1"):
+            events.append(event)
+
+    with pytest.raises(CheckpointError, match="bad layer"):
+        await collect()
+    # Every event before the error reached the caller; the error is raised, nothing follows.
+    assert [e.data for e in events] == [f"step {i}" for i in range(300)]
+
+
+async def test_the_id_is_found_near_the_end_of_a_long_stream(
+    checkpoints: CheckpointsResource, script: Script
+) -> None:
+    progress = [line(type="info", data=f"Copying layer {i}") for i in range(5000)]
+    script.create_lines = [
+        b"".join(progress),
+        line(type="info", data="  ID: v7"),
+        line(type="info", data="  Path: checkpoints/v7"),
+        line(type="complete", data="done"),
+    ]
+    script.get_body = b'{"id":"v7","create_time":"2026-01-31T15:39:02Z","is_auto":false}'
+    cp = await checkpoints.create()
+    assert cp.id == "v7"
+    assert script.requests[-1][1] == "/v1/sprites/box/checkpoints/v7"
+
+
+async def test_an_id_line_far_from_the_end_falls_back_to_the_list(
+    checkpoints: CheckpointsResource, script: Script
+) -> None:
+    # Only the stream's last lines are kept (memory stays bounded); the
+    # documented last resort, the newest checkpoint in the list, then applies.
+    script.create_lines = [
+        line(type="info", data="  ID: v7"),
+        b"".join(line(type="info", data=f"Copying layer {i}") for i in range(5000)),
+        line(type="complete", data="done"),
+    ]
+    script.list_body = [{"id": "v8", "create_time": "2026-01-31T15:39:04Z"}]
+    cp = await checkpoints.create()
+    assert cp.id == "v8"
+    assert script.requests[-1][1] == "/v1/sprites/box/checkpoints"
+
+
+async def test_stopping_early_and_closing_ends_the_iteration(
+    checkpoints: CheckpointsResource, script: Script
+) -> None:
+    script.restore_lines = [
+        b"".join(line(type="info", data=f"step {i}") for i in range(100)),
+        line(type="complete"),
+    ]
+    op = checkpoints.restore("v1")
+    async for _ in op:
+        break
+    await op.aclose()
+    assert [e async for e in op] == []
+    await op.aclose()  # idempotent
+    with pytest.raises(CheckpointError, match="without a 'complete'"):
+        await op

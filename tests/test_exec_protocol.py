@@ -440,6 +440,28 @@ async def test_silent_live_command_survives_the_watchdog(fake: FakeSprites) -> N
     assert result.stdout == b"finally"
 
 
+async def test_a_reader_paused_by_backpressure_is_not_called_dead(fake: FakeSprites) -> None:
+    frame = 64 * 1024
+
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        for _ in range(64):  # 4 MiB: far more than the client buffers
+            await conn.out(b"x" * frame)
+        await conn.exit_frame(0)
+        await conn.client_closed(timeout=20)
+
+    fake.exec_script = script
+    async with fake.client(buffer_size=128 * 1024, ping_interval=0.05, dead_after=0.3) as client:
+        async with box(client).process("yes") as proc:
+            await asyncio.sleep(1.2)  # four times dead_after without reading a byte
+            assert not proc.done
+            total = 0
+            async for chunk in proc.stdout:
+                total += len(chunk)
+            assert total == 64 * frame
+            assert await proc.wait() == 0
+
+
 # ---------------------------------------------------------------- backpressure
 
 

@@ -261,3 +261,41 @@ def test_batch_path_decodes_a_chunk_in_one_call() -> None:
     assert len(events) == 50
     assert calls == [chunk]  # one call for the 50 complete lines; the partial one waits
     assert lines.pending == len(b'{"type":"prog')
+
+
+async def test_next_batch_hands_out_whole_chunks(serve: Callable[[Handler], object]) -> None:
+    half = BODY.index(b"\n", len(BODY) // 2) + 1
+    async with await serve(chunked(BODY[:half], BODY[half:])) as client:  # type: ignore[misc]
+        stream = stream_of(client)
+        batches: list[list[Event]] = []
+        async with stream:
+            while batch := await stream.next_batch():
+                batches.append(batch)
+            assert await stream.next_batch() == []  # the end stays the end
+        assert [e for b in batches for e in b] == EXPECTED
+        assert stream.result == "done"  # the final hook saw every event
+        assert stream.response is None
+
+
+async def test_next_batch_after_next_event_loses_nothing(
+    serve: Callable[[Handler], object],
+) -> None:
+    async with await serve(chunked(BODY)) as client:  # type: ignore[misc]
+        async with stream_of(client) as stream:
+            first = await stream.__anext__()
+            rest: list[Event] = []
+            while batch := await stream.next_batch():
+                rest += batch
+        assert [first, *rest] == EXPECTED
+
+
+async def test_next_batch_reports_a_missing_final_event(
+    serve: Callable[[Handler], object],
+) -> None:
+    body = b'{"type":"progress"}\n'
+    async with await serve(chunked(body)) as client:  # type: ignore[misc]
+        stream = stream_of(client, require_final=True)
+        assert len(await stream.next_batch()) == 1
+        with pytest.raises(StreamError, match="without its final event"):
+            await stream.next_batch()
+        assert stream.response is None

@@ -495,7 +495,7 @@ async def _create(request: web.Request) -> web.StreamResponse:
     try:
         raw = await read_capped(request, 1 << 20)
         body: Any = msgspec.json.decode(raw) if raw.strip() else {}
-    except (BodyTooLarge, msgspec.DecodeError):
+    except (BodyTooLarge, msgspec.DecodeError, RecursionError):
         return text_error(400, "invalid request body")
     comment = body.get("comment") if isinstance(body, dict) else None
     if not isinstance(body, dict) or not isinstance(comment, (str, type(None))):

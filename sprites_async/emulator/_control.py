@@ -343,7 +343,7 @@ async def control(request: web.Request) -> web.StreamResponse:
 async def _envelope(conn: ControlConnection, payload: str) -> None:
     try:
         message = msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
         return
     if not isinstance(message, dict) or message.get("type") != "op.start":
         return  # unknown control types are ignored
@@ -363,7 +363,7 @@ def _bare_message(text: str) -> dict[str, Any]:
         return {}
     try:
         obj = msgspec.json.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return {}
     return obj if isinstance(obj, dict) else {}
 

@@ -197,7 +197,7 @@ async def exec_kill(request: web.Request) -> web.StreamResponse:
 
     body: dict[str, Any] = {}
     if request.can_read_body:
-        with contextlib.suppress(msgspec.DecodeError, ValueError):
+        with contextlib.suppress(msgspec.DecodeError, ValueError, RecursionError):
             decoded = msgspec.json.decode(await request.read())
             if isinstance(decoded, dict):
                 body = decoded

@@ -159,7 +159,7 @@ def _validate(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 async def _read_object(request: web.Request) -> dict[str, Any] | web.Response:
     try:
         body = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return json_response({"errors": ["body must be a JSON object"]}, 400, api_layer=True)
     if not isinstance(body, dict):
         return json_response({"errors": ["body must be a JSON object"]}, 400, api_layer=True)

@@ -78,7 +78,7 @@ class _Params:
             if raw.strip():
                 try:
                     doc = msgspec.json.decode(raw)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):
                     raise FsError("EINVAL", "", "invalid request: malformed JSON") from None
                 if not isinstance(doc, dict):
                     raise FsError("EINVAL", "", "invalid request: body must be a JSON object")

@@ -167,7 +167,7 @@ async def _set(request: web.Request) -> web.StreamResponse:
     try:
         raw = await read_capped(request, BODY_LIMIT)
         rules = validate(msgspec.json.decode(raw))
-    except (BodyTooLarge, msgspec.DecodeError, InvalidPolicy) as exc:
+    except (BodyTooLarge, msgspec.DecodeError, RecursionError, InvalidPolicy) as exc:
         log.debug("rejected network policy for %s: %s", name, exc)
         return text_error(400, "invalid policy config")
     state.db.execute(

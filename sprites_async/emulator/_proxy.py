@@ -68,7 +68,7 @@ def parse_init(data: str) -> tuple[str, int]:
     """
     try:
         doc: Any = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         doc = None
     if not isinstance(doc, dict):
         raise ProxyInitError(WSCloseCode.UNSUPPORTED_DATA, "Invalid JSON in initialization message")

@@ -395,7 +395,7 @@ async def _put(request: web.Request) -> web.StreamResponse:
     try:
         raw = await read_capped(request, BODY_LIMIT)
         definition = _parse_definition(name, msgspec.json.decode(raw) if raw else None)
-    except (BodyTooLarge, msgspec.DecodeError):
+    except (BodyTooLarge, msgspec.DecodeError, RecursionError):
         return text_error(400, "invalid request body")
     except ValueError as exc:
         return text_error(400, str(exc))
@@ -474,7 +474,7 @@ async def _signal(request: web.Request) -> web.StreamResponse:
     try:
         raw = await read_capped(request, BODY_LIMIT)
         doc = msgspec.json.decode(raw)
-    except (BodyTooLarge, msgspec.DecodeError):
+    except (BodyTooLarge, msgspec.DecodeError, RecursionError):
         return text_error(400, "invalid request body")
     if not isinstance(doc, dict):
         return text_error(400, "invalid request body")

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from ._lifecycle import utcnow
 from ._state import STATE_KEY, EmulatorState, SpriteRecord, json_error, json_response
+from ._wire import BodyTooLarge, read_capped
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 """Sprite names become hostname labels, hence this (unconfirmed but safe) rule."""
@@ -34,6 +35,8 @@ _SPRITE_LAYER_RE = re.compile(r"^/v1/sprites/([^/]+)/(.+)$")
 
 AUTH_TYPES = ("sprite", "public")
 MAX_PAGE = 50
+JSON_BODY_LIMIT = 1 << 20
+"""Largest create/update body (``client_max_size`` is sized for file writes)."""
 
 ERR_NAME = "invalid sprite name format"
 ERR_AUTH = "invalid auth type, must be one of: sprite, public"
@@ -165,10 +168,10 @@ class _Invalid(Exception):
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
     try:
+        raw = await read_capped(request, JSON_BODY_LIMIT)
         body = _decoder.decode(raw) if raw.strip() else {}
-    except msgspec.DecodeError:
+    except (BodyTooLarge, msgspec.DecodeError, RecursionError):
         raise _Invalid([ERR_BODY]) from None
     if not isinstance(body, dict):
         raise _Invalid([ERR_BODY])

@@ -256,7 +256,7 @@ async def handle_client_frame(
         return
     try:
         obj = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
         return
     if not isinstance(obj, dict):
         return

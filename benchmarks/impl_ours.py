@@ -142,9 +142,9 @@ async def progress_stream(ctx: Ctx) -> Metrics:
                 if first is None:
                     first = time.perf_counter() - started
                 events += 1
-                last_type = type(event).__name__
+                last_type = event.type
         wall = time.perf_counter() - started
-    expect(events == ctx.p("events") and last_type == "CheckpointComplete", f"{events} events")
+    expect(events == ctx.p("events") and last_type == "complete", f"{events} events")
     return {
         "wall": wall,
         "eps": events / wall,

@@ -1,10 +1,12 @@
-"""Developer tasks: ``nox -s lint``, ``typecheck``, ``tests``, ``bench``.
+"""Developer tasks: ``nox -s lint``, ``typecheck``, ``tests``, ``bench``, ``soak``.
 
 Each session installs the project with its extras into its own virtualenv.
 Interpreters that are not installed are skipped, not failed.
 """
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -42,3 +44,21 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against the official SDK and the raw transport (see benchmarks/)."""
     session.install("-e", ".[test,conformance]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The load/soak tests at full size: 10,000 commands under injected drops, 1,000
+    cancellations, 1 GiB through a slow reader (minutes; the default run is small).
+
+    Figures go to stdout and, as JSON, to ``soak-report.json`` (override with
+    ``SPRITES_SOAK_REPORT``); ``SPRITES_SOAK_SCALE`` may be set to another size.
+    """
+    session.install("-e", ".[test]")
+    env = {
+        "SPRITES_SOAK_SCALE": os.environ.get("SPRITES_SOAK_SCALE", "full"),
+        "SPRITES_SOAK_REPORT": os.environ.get("SPRITES_SOAK_REPORT", "soak-report.json"),
+    }
+    session.run(
+        "pytest", "tests/reliability/test_soak.py", "-m", "soak", "-s", *session.posargs, env=env
+    )

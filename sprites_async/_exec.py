@@ -24,6 +24,7 @@ then KILL after a grace period) before the error is re-raised.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import signal as _signal
@@ -814,25 +815,43 @@ class ExecSession:
                 except (aiohttp.ClientError, OSError, RuntimeError) as exc:
                     self._finish(_RetryDirect(str(exc)))
                 return self
-        connect = asyncio.ensure_future(
-            self._client._ws_connect(
+        # The handshake runs in the reader task, not in the caller: the server
+        # starts the command when it accepts the upgrade, before the 101
+        # reaches us, so a caller cancelled meanwhile must still get hold of
+        # the socket to stop what it started (see _cancelled_in_handshake).
+        opened: asyncio.Future[None] = loop.create_future()
+        self._reader = asyncio.ensure_future(self._connect_and_read(opened))
+        try:
+            await asyncio.shield(opened)
+        except asyncio.CancelledError:
+            await self._cancelled_in_handshake(opened)
+            raise
+        return self
+
+    async def _connect_and_read(self, opened: asyncio.Future[None]) -> None:
+        assert self._request is not None
+        try:
+            ws, headers = await self._client._ws_connect(
                 self._sprite.path + "/exec",
                 operation="exec",
                 sprite=self._sprite.name,
                 params=self._request.query(),
                 autoping=False,
             )
-        )
-        try:
-            ws, headers = await asyncio.shield(connect)
-        except asyncio.CancelledError:
-            await self._cancelled_in_handshake(connect)
-            raise
+        except BaseException as exc:
+            if not opened.done():
+                opened.set_exception(exc)
+                opened.exception()  # start() re-raises it; never "not retrieved"
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
         self._set_capabilities(headers)
-        self._begin(ws)
-        return self
+        self._ws = ws
+        if not opened.done():
+            opened.set_result(None)
+        await self._read_loop(ws)
 
-    async def _cancelled_in_handshake(self, connect: asyncio.Future[tuple[WebSocket, Any]]) -> None:
+    async def _cancelled_in_handshake(self, opened: asyncio.Future[None]) -> None:
         """Stop a command whose ``/exec`` handshake was cancelled midway.
 
         The server starts the command when it accepts the upgrade, before the
@@ -841,18 +860,16 @@ class ExecSession:
         ``kill_grace`` more seconds, then terminate what it started, as for
         any cancellation; callers (``__aenter__`` too) re-raise afterwards.
         """
-        try:
-            if not connect.done():
-                await asyncio.wait({connect}, timeout=self._settings.kill_grace)
-        finally:
-            if not connect.done():
-                connect.cancel()
-                connect.add_done_callback(_close_late_ws)
-        if connect.cancelled() or connect.exception() is not None:
+        reader = self._reader
+        assert reader is not None
+        if not opened.done():
+            await asyncio.wait({opened}, timeout=self._settings.kill_grace)
+        if not opened.done() or opened.cancelled() or opened.exception() is not None:
+            # Never opened, or not in time: give up on it; a socket that
+            # still opens after this is closed by _close_late_ws.
+            reader.cancel()
+            reader.add_done_callback(functools.partial(_close_late_ws, self))
             return
-        ws, headers = connect.result()
-        self._set_capabilities(headers)
-        self._begin(ws)
         await _shielded(self.terminate())
         await _shielded(self.aclose())
 
@@ -1566,12 +1583,11 @@ def _drop_output(stream: int, data: bytes) -> None:
     return None
 
 
-def _close_late_ws(task: asyncio.Future[tuple[WebSocket, Any]]) -> None:
+def _close_late_ws(session: ExecSession, reader: asyncio.Future[None]) -> None:
     """A handshake given up on that completed anyway: close its socket."""
-    if task.cancelled() or task.exception() is not None:
-        return
-    ws, _ = task.result()
-    _background(_close_ws(ws, 1.0))
+    ws = session._ws
+    if ws is not None and not ws.closed:
+        _background(_close_ws(ws, 1.0))
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

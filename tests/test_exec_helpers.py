@@ -119,6 +119,10 @@ class FakeSprites:
         self.control_script: Script | None = None
         self.capabilities: str | None = "signal"
         self.read_client = True
+        # Seconds the /exec upgrade is held after the request arrived (the
+        # "command" counts as started then, as on the real server).
+        self.handshake_delay = 0.0
+        self.upgrades_received = asyncio.Event()
         self.path_attach_status: int | None = None
         self.control_status: int | None = None
         self.control_body = b"404 page not found\n"
@@ -173,6 +177,9 @@ class FakeSprites:
             return web.json_response(self.sessions_body)
         if "id" in request.query:
             return await self._serve(request, self.attach_script)
+        self.upgrades_received.set()
+        if self.handshake_delay:
+            await asyncio.sleep(self.handshake_delay)
         return await self._serve(request, self.exec_script)
 
     async def _attach_path(self, request: web.Request) -> web.StreamResponse:

@@ -543,6 +543,37 @@ async def test_cancellation_terminates_then_propagates(fake: FakeSprites) -> Non
         assert our_tasks() == []
 
 
+@pytest.mark.parametrize("delay", [0.1, 5.0])
+async def test_cancelled_during_the_handshake(fake: FakeSprites, delay: float) -> None:
+    # The server starts the command when the upgrade arrives, before the 101
+    # reaches the client: a cancellation in between must still stop it.
+    signals: list[str] = []
+
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        msg = await conn.recv_json()
+        signals.append(msg["signal"])
+        await conn.exit_text(143)
+        await conn.exit_frame(143)
+        await conn.client_closed()
+
+    fake.exec_script = script
+    fake.handshake_delay = delay
+    async with fake.client(kill_grace=1.0) as client:
+        task = asyncio.ensure_future(box(client).exec("sleep", "100"))
+        await fake.upgrades_received.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        if delay < 1.0:
+            # The handshake finished within kill_grace: TERM went through it.
+            assert signals == ["TERM"]
+        else:
+            # Given up after kill_grace: nothing opened, nothing to signal.
+            assert signals == []
+        assert our_tasks() == []
+
+
 async def test_without_capability_the_kill_endpoint_is_used(fake: FakeSprites) -> None:
     fake.capabilities = None
     conns: list[Conn] = []

@@ -172,37 +172,27 @@ def _read_stat(pid: int) -> ProcInfo | None:
         return None
 
 
-def _own_children() -> list[ProcInfo]:
-    """Our direct children (orphans land here once we are a subreaper); cheap."""
-    out: list[ProcInfo] = []
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids = f.read().split()
-        except OSError:
-            continue
-        for pid in pids:
-            info = _read_stat(int(pid))
-            if info is not None:
-                out.append(info)
-    return out
-
-
-def reap_members(sids: Iterable[int], *, scan_all: bool = True) -> int:
+def reap_members(sids: Iterable[int], *, gone: set[int] | None = None) -> int:
     """SIGKILL the processes of the given sessions and reap our zombies among them.
 
     Returns how many are still there. Only zombies that are our own children
-    are reaped; callers pass sessions whose root asyncio has already waited
-    for. ``scan_all=False`` looks at our children only, which is enough under
-    bubblewrap: the PID namespace takes everything else with it.
+    are reaped. The whole process table is looked at, not only our children:
+    under bubblewrap, a sandbox's inner processes are reparented to us (the
+    subreaper) only once the outer one is gone, and count until then.
+
+    ``gone`` holds the session ids whose leader was already waited for
+    (asyncio's own child, or reaped here); it is updated in place. Linux hands
+    a session id out again only once every member of the old session is gone,
+    so a process whose pid is such an id leads a new session, someone else's:
+    it is never touched.
     """
     wanted = set(sids)
+    gone = set() if gone is None else gone
     me = os.getpid()
-    candidates = proc_table().values() if scan_all else _own_children()
+    candidates = list(proc_table().values())
+    present = {info.pid for info in candidates}
+    wanted -= {info.sid for info in candidates if info.pid == info.sid and info.sid in gone}
+    gone.update(sid for sid in wanted if sid not in present)
     remaining = 0
     for info in candidates:
         if info.sid not in wanted:
@@ -214,19 +204,22 @@ def reap_members(sids: Iterable[int], *, scan_all: bool = True) -> int:
         elif info.ppid == me:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(info.pid, os.WNOHANG)
+                if info.pid == info.sid:
+                    gone.add(info.pid)
         else:
             remaining += 1  # someone else's zombie: its parent (or init) reaps it
     return remaining
 
 
 async def reap_sessions(
-    sids: Sequence[int], *, scan_all: bool = True, deadline: float = 3.0
+    sids: Sequence[int], *, gone: set[int] | None = None, deadline: float = 3.0
 ) -> bool:
     """Kill and reap session members until none remain; False on timeout."""
+    gone = set() if gone is None else gone
     end = time.monotonic() + deadline
     delay = 0.002
     while True:
-        if reap_members(sids, scan_all=scan_all) == 0:
+        if reap_members(sids, gone=gone) == 0:
             return True
         if time.monotonic() >= end:
             return False
@@ -469,6 +462,12 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=_READ_SIZE, loop=loop)
         self.exited: asyncio.Future[None] = loop.create_future()
+        self.pid: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if isinstance(transport, asyncio.SubprocessTransport):
+            self.pid = transport.get_pid()
 
     def process_exited(self) -> None:
         super().process_exited()
@@ -482,8 +481,28 @@ async def _spawn(
     """``create_subprocess_exec`` plus a future for the exit itself."""
     loop = asyncio.get_running_loop()
     protocol = _Protocol(loop)
-    transport, _ = await loop.subprocess_exec(lambda: protocol, program, *args, **kwargs)
+    try:
+        transport, _ = await loop.subprocess_exec(lambda: protocol, program, *args, **kwargs)
+    except BaseException:
+        # Cancelled (or failed) after the child started: asyncio kills and
+        # waits for it, but what it started (bubblewrap's inner processes)
+        # is reparented to us; reap that session once asyncio is done.
+        if protocol.pid is not None:
+            task = asyncio.ensure_future(_reap_after(protocol.pid, protocol.exited))
+            _reapers.add(task)
+            task.add_done_callback(_reapers.discard)
+        raise
     return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
+
+
+_reapers: set[asyncio.Task[None]] = set()
+
+
+async def _reap_after(pid: int, exited: asyncio.Future[None]) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(exited), 10.0)
+    if exited.done():  # asyncio waited for the leader: its session is ours to reap
+        await reap_sessions([pid], gone={pid})
 
 
 class SpriteProcess:
@@ -514,6 +533,10 @@ class SpriteProcess:
         self._terminated = False
         self._readers: list[asyncio.Task[None]] = []
         self._finisher: asyncio.Task[None] | None = None
+        # Sessions inside the sandbox (bubblewrap's PID-1 child starts its
+        # own): their processes are reparented to us when the outer bwrap
+        # dies, and must be reaped by their session id, not ours.
+        self._inner_sids: set[int] = set()
         self._write_lock = asyncio.Lock()
 
     @classmethod
@@ -598,6 +621,11 @@ class SpriteProcess:
                 os.close(slave)
         self = cls(proc, exited, sandbox=sandbox, master=master, stdin=spec.stdin or spec.tty)
         self._start_readers()
+        if sandbox:
+            # The inner sessions exist a moment after the spawn; note them
+            # then, so that they are known even if the outer bwrap is gone by
+            # the time the session is torn down.
+            asyncio.get_running_loop().call_later(0.05, self._note_inner_sessions)
         return self
 
     # -- output
@@ -651,17 +679,42 @@ class SpriteProcess:
     async def _finish(self) -> None:
         """After the command exits: drain output, kill leftovers, then signal end of output."""
         await self.wait()
+        rc = self._proc.returncode
+        if rc is not None and rc < 0:
+            # Killed by a signal (SIGKILL to the group: a kill, an expiry). The
+            # processes under it died too, and any whose parent went first were
+            # reparented to us (the subreaper): reap them, or they stay zombies.
+            await reap_sessions(self._sids(), gone={self.pid})
         readers = asyncio.gather(*self._readers)
         try:
             await asyncio.wait_for(asyncio.shield(readers), _LEFTOVER_GRACE)
         except asyncio.TimeoutError:
             # Background children still hold the pipes/pty: the session ends with its command.
-            reap_members(self._sids())
+            reap_members(self._sids(), gone={self.pid})
             await readers
         await self.output.put(None)
 
     def _sids(self) -> list[int]:
-        return [self.pid]
+        return [self.pid, *self._inner_sids]
+
+    def _note_inner_sessions(self) -> None:
+        """Remember the session ids of the sandbox's first two generations."""
+        if not self._sandbox or self._proc.returncode is not None:
+            return
+        level = [self.pid]
+        for _ in range(2):
+            children: list[int] = []
+            for pid in level:
+                try:
+                    with open(f"/proc/{pid}/task/{pid}/children") as f:
+                        children += [int(c) for c in f.read().split()]
+                except (OSError, ValueError):
+                    continue
+            for child in children:
+                info = _read_stat(child)
+                if info is not None and info.sid != self.pid:
+                    self._inner_sids.add(info.sid)
+            level = children
 
     # -- input
 
@@ -772,9 +825,11 @@ class SpriteProcess:
         if self._terminated:
             return
         self._terminated = True
+        self._note_inner_sessions()
         self.kill()
         await self.wait()
-        reaped = asyncio.ensure_future(reap_sessions(self._sids(), scan_all=not self._sandbox))
+        # Our own session's leader was just waited for by asyncio.
+        reaped = asyncio.ensure_future(reap_sessions(self._sids(), gone={self.pid}))
         if self._finisher is not None:
             # Nobody may be consuming output any more: drain it so the finisher can end.
             while not self._finisher.done():

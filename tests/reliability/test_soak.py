@@ -194,13 +194,11 @@ async def soak_emu(
     300 s, so that a command the SDK failed to kill stays visible to the checks
     instead of quietly expiring.
 
-    The drop soak uses plain processes unless ``SPRITES_SOAK_SANDBOX`` says
-    otherwise: after thousands of bubblewrap sessions cut off by drops, later
-    tests of the same pytest process found unreaped zombies of their own
-    sessions (an emulator process-hygiene problem, not yet understood).
+    ``SPRITES_SOAK_SANDBOX`` picks the sandbox (default ``auto``: bubblewrap
+    when it is installed).
     """
     monkeypatch.setattr(_wsio, "NON_TTY_MAX_RUN", 300.0)
-    default = "none" if request.node.name == "test_commands_under_injected_drops" else "auto"
+    default = "auto"
     emulator = Emulator(
         "soak-org/1/tok/secret",
         state_dir=tmp_path / "state",

@@ -301,7 +301,12 @@ async def test_tty_signal(emu: RunningEmulator) -> None:
 
 
 async def test_tty_ctrl_c(emu: RunningEmulator) -> None:
-    async with open_ws(emu, cmd=["sh", "-c", "echo ready; sleep 30"], tty=True) as ws:
+    # `read` is a builtin: the shell that printed "ready" is the process that
+    # waits. With `sleep` after the echo, a Ctrl-C landing while the shell was
+    # forking reached only the shell, which then waited for a sleep that never
+    # saw it (dash defers SIGINT around fork): a race of the script, not of the
+    # emulator, that showed under CPU load.
+    async with open_ws(emu, cmd=["sh", "-c", "echo ready; read line"], tty=True) as ws:
         await read_until(ws, b"ready")
         await ws.send_bytes(b"\x03")  # the terminal turns it into SIGINT for the foreground group
         run = await asyncio.wait_for(collect(ws, Run()), 10)

@@ -11,6 +11,11 @@ enough. Fixtures:
 ``sprites_emulator_options``
     Keyword arguments for the ``Emulator`` constructor; override it in a
     ``conftest.py`` to change them (same scope as ``sprites_emulator``).
+``sprites_emulator`` quirks
+    The ini option ``sprites_emulator_quirks`` (quirk or profile names,
+    whitespace- or comma-separated, e.g. ``real-world``) turns quirks on for
+    every emulator; a ``@pytest.mark.sprites_quirks("null-arrays", ...)``
+    marker adds some for one test (function-scoped emulators only).
 ``sprites_client``
     A ``SpritesClient`` for that emulator, closed after the test (needs
     pytest-asyncio or an ``async``-aware runner for the async fixture).
@@ -28,6 +33,8 @@ if TYPE_CHECKING:
     from sprites_async.emulator import Emulator
 
 SCOPE_INI = "sprites_emulator_scope"
+QUIRKS_INI = "sprites_emulator_quirks"
+QUIRKS_MARKER = "sprites_quirks"
 _SCOPES = ("function", "class", "module", "package", "session")
 
 
@@ -38,6 +45,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "scope of the sprites_emulator fixture: function (default), class, module, "
         "package or session",
         default="function",
+    )
+    parser.addini(
+        QUIRKS_INI,
+        "emulator quirks (or profiles such as real-world) every sprites_emulator runs with",
+        type="args",
+        default=[],
     )
 
 
@@ -50,6 +63,20 @@ def pytest_configure(config: pytest.Config) -> None:
     scope = _configured_scope(config)
     if scope not in _SCOPES:
         raise pytest.UsageError(f"{SCOPE_INI} must be one of {', '.join(_SCOPES)}, not {scope!r}")
+    config.addinivalue_line(
+        "markers",
+        f"{QUIRKS_MARKER}(*names): run this test's sprites_emulator with these quirks on",
+    )
+    from sprites_async.emulator import resolve_quirks
+
+    try:
+        resolve_quirks(_ini_quirks(config))
+    except ValueError as exc:
+        raise pytest.UsageError(f"{QUIRKS_INI}: {exc}") from None
+
+
+def _ini_quirks(config: pytest.Config) -> list[str]:
+    return [str(q) for q in config.getini(QUIRKS_INI) or []]
 
 
 def _emulator_scope(fixture_name: str, config: pytest.Config) -> Any:
@@ -64,11 +91,20 @@ def sprites_emulator_options() -> dict[str, Any]:
 
 
 @pytest.fixture(scope=_emulator_scope)
-def sprites_emulator(sprites_emulator_options: dict[str, Any]) -> Iterator[Emulator]:
-    """A running local Sprites emulator (``.url``, ``.token``, ``.faults``, ``.client()``)."""
+def sprites_emulator(
+    request: pytest.FixtureRequest, sprites_emulator_options: dict[str, Any]
+) -> Iterator[Emulator]:
+    """A running local Sprites emulator (``.url``, ``.token``, ``.faults``, ``.quirks``...)."""
     from sprites_async.emulator import Emulator
 
-    with Emulator(**sprites_emulator_options) as emulator:
+    options = dict(sprites_emulator_options)
+    quirks = [*_ini_quirks(request.config), *options.pop("quirks", ())]
+    if request.scope == "function":
+        for marker in request.node.iter_markers(QUIRKS_MARKER):
+            quirks.extend(str(name) for name in marker.args)
+    if quirks:
+        options["quirks"] = quirks
+    with Emulator(**options) as emulator:
         yield emulator
 
 

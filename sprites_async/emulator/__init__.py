@@ -32,13 +32,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from ._app import create_app
+from ._quirks import PROFILES, QUIRKS, QuirkSet, resolve_quirks
 from ._sprites import seed_sprites
 from ._state import STATE_KEY, EmulatorConfig, EmulatorState, FaultConfig
 
 if TYPE_CHECKING:
     from sprites_async import SpritesClient
 
-__all__ = ["Emulator", "EmulatorConfig", "FaultConfig", "create_app", "default_token"]
+__all__ = [
+    "PROFILES",
+    "QUIRKS",
+    "Emulator",
+    "EmulatorConfig",
+    "FaultConfig",
+    "QuirkSet",
+    "create_app",
+    "default_token",
+    "resolve_quirks",
+]
 
 _T = TypeVar("_T")
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EmulatorConfig)) - {
@@ -90,6 +101,9 @@ class Emulator:
         unknown = set(config_overrides) - _CONFIG_FIELDS
         if unknown:
             raise TypeError(f"unknown emulator option(s): {', '.join(sorted(unknown))}")
+        if "quirks" in config_overrides:
+            # Refused here, before anything starts: a typo must not test nothing.
+            config_overrides["quirks"] = tuple(sorted(resolve_quirks(config_overrides["quirks"])))
         self.token: str = token or default_token()
         """The bearer token clients must send."""
         self.host = host
@@ -119,6 +133,11 @@ class Emulator:
     def faults(self) -> FaultConfig:
         """Fault knobs; set attributes directly, e.g. ``emu.faults.latency = 0.1``."""
         return self.state.faults
+
+    @property
+    def quirks(self) -> QuirkSet:
+        """Quirks in force; ``emu.quirks.add("null-arrays")``, ``.discard(...)``, ``.set(...)``."""
+        return self.state.quirks
 
     @property
     def config(self) -> EmulatorConfig:

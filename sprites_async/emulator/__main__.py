@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import Emulator
+from . import PROFILES, QUIRKS, Emulator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warm-after", type=float, default=None, metavar="S")
     parser.add_argument("--cold-after", type=float, default=None, metavar="S")
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=None)
+    parser.add_argument(
+        "--quirk",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer the way the real service has been seen to (repeatable; a quirk or a "
+        "profile such as real-world; --list-quirks lists them)",
+    )
+    parser.add_argument(
+        "--list-quirks", action="store_true", help="list the quirks and profiles, then exit"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line instead")
     return parser
 
@@ -64,6 +75,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.inline_exec:
         options["inline_exec"] = True
+    if args.quirk:
+        options["quirks"] = args.quirk
     for name in ("exit_linger", "warm_after", "cold_after", "sandbox"):
         value = getattr(args, name)
         if value is not None:
@@ -99,6 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_quirks:
+        for name, text in QUIRKS.items():
+            print(f"{name}: {text}")
+        for name, members in PROFILES.items():
+            print(f"profile {name}: {', '.join(sorted(members))}")
+        return 0
     if args.seed < 0:
         parser.error("--seed must be >= 0")
     try:

@@ -11,6 +11,10 @@ Middlewares, outermost first:
    JSON for an unknown sprite, otherwise wake it and hold an activity for as
    long as the handler runs.
 
+4. ``_null_arrays`` — with the ``null-arrays`` quirk, every empty JSON array
+   in a non-admin JSON answer becomes ``null``, as Go's encoder writes a nil
+   slice.
+
 Response headers are added in ``on_response_prepare`` so that streamed and
 WebSocket responses get them too: ``fly-request-id`` on everything,
 ``x-request-id`` on API-layer responses, ``Sprite-Version`` on the sprite layer.
@@ -27,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from . import (
@@ -114,6 +119,36 @@ async def _sprite_layer(request: web.Request, handler: Handler) -> web.StreamRes
         state.lifecycle.release(name)
 
 
+def _nulled(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_nulled(v) for v in value] if value else None
+    if isinstance(value, dict):
+        return {k: _nulled(v) for k, v in value.items()}
+    return value
+
+
+@web.middleware
+async def _null_arrays(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if (
+        not request.app[STATE_KEY].quirks.on("null-arrays")
+        or request.path.startswith(_faults.ADMIN_PREFIX)
+        or not isinstance(response, web.Response)
+        or response.content_type != "application/json"
+        or not isinstance(response.body, bytes)
+    ):
+        return response
+    try:
+        data = msgspec.json.decode(response.body)
+    except (msgspec.DecodeError, RecursionError):
+        return response
+    data = _nulled(data)
+    # A top-level empty list stays a list: Go writes ``[]`` for a made slice,
+    # and the quirk is about fields, which is where the SDKs disagree.
+    response.body = msgspec.json.encode([] if data is None else data)
+    return response
+
+
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["fly-request-id"] = _fly_request_id()
     state = request.app[STATE_KEY]
@@ -135,7 +170,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     db.execute("PRAGMA synchronous=NORMAL")
     state = EmulatorState(config, db)
     app = web.Application(
-        middlewares=[_auth, _faults.fault_middleware, _sprite_layer],
+        middlewares=[_auth, _faults.fault_middleware, _sprite_layer, _null_arrays],
         client_max_size=config.max_body,
     )
     app[STATE_KEY] = state

@@ -9,7 +9,8 @@ sprite-layer middleware, ``incident_page``/``missing_sprite_500`` by
 Admin routes (token required, never subject to faults):
 ``GET /_emulator/faults``, ``POST /_emulator/faults`` (a JSON object of field
 names to values), ``POST /_emulator/faults/reset``, ``POST /_emulator/seed``
-(``{"count": N, "prefix": "..."}``), and the unauthenticated
+(``{"count": N, "prefix": "..."}``), ``GET``/``POST /_emulator/quirks`` (see
+``_quirks``), and the unauthenticated
 ``GET /_emulator/health``.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ._quirks import PROFILES, QUIRKS
 from ._sprites import rate_limit_response, seed_sprites, sprite_layer_name
 from ._state import STATE_KEY, FaultConfig, json_error, json_response, text_error
 
@@ -212,6 +214,38 @@ async def seed(request: web.Request) -> web.StreamResponse:
     return json_response({"created": len(names)}, api_layer=True)
 
 
+async def get_quirks(request: web.Request) -> web.StreamResponse:
+    """``GET /_emulator/quirks``: the quirks in force, every known one and the profiles."""
+    return json_response(_quirks_body(request), api_layer=True)
+
+
+async def set_quirks(request: web.Request) -> web.StreamResponse:
+    """``POST /_emulator/quirks``: ``{"quirks": [...]}`` replaces the set;
+    ``add`` and ``remove`` (lists of names) edit it."""
+    quirks = request.app[STATE_KEY].quirks
+    body = await _read_object(request)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        if "quirks" in body:
+            quirks.set(body["quirks"])
+        if "add" in body:
+            quirks.add(*body["add"])
+        if "remove" in body:
+            quirks.discard(*body["remove"])
+    except (TypeError, ValueError) as exc:
+        return json_response({"errors": [str(exc)]}, 400, api_layer=True)
+    return json_response(_quirks_body(request), api_layer=True)
+
+
+def _quirks_body(request: web.Request) -> dict[str, Any]:
+    return {
+        "quirks": list(request.app[STATE_KEY].quirks),
+        "known": QUIRKS,
+        "profiles": {name: sorted(names) for name, names in PROFILES.items()},
+    }
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     """``GET /_emulator/health``: liveness, no token needed."""
     state = request.app[STATE_KEY]
@@ -227,4 +261,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/_emulator/faults", set_faults)
     app.router.add_post("/_emulator/faults/reset", reset_faults)
     app.router.add_post("/_emulator/seed", seed)
+    app.router.add_get("/_emulator/quirks", get_quirks, allow_head=False)
+    app.router.add_post("/_emulator/quirks", set_quirks)
     app.router.add_get(HEALTH_PATH, health)

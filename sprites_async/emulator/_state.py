@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 from aiohttp import web
 
+from ._quirks import QuirkSet
+
 if TYPE_CHECKING:
     from ._lifecycle import Lifecycle
     from ._store import SpriteStore
@@ -135,6 +137,8 @@ class EmulatorConfig:
     """If set, at most this many sprite creations per ``creation_window`` (then 429)."""
     creation_window: float = 60.0
     """Seconds of the sliding window used by ``creation_limit`` (real: 10 per 60 s)."""
+    quirks: tuple[str, ...] = ()
+    """Quirk and profile names in force at start (see ``_quirks``); ``state.quirks`` at run time."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -247,6 +251,8 @@ class EmulatorState:
 
         self.config = config
         self.faults = FaultConfig()
+        self.quirks = QuirkSet(config.quirks)
+        """Quirks in force (``state.quirks.on("null-arrays")``); mutable at run time."""
         self.db = db
         """SQLite connection (autocommit); each module creates its own tables."""
         self.sessions: SessionRegistry = _NoSessions()

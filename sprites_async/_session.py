@@ -11,11 +11,13 @@ one boundary.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import enum
 import logging
 import os
 import platform
+import ssl as ssl_module
 import sys
 import time
 import warnings
@@ -25,11 +27,16 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+from urllib.request import (  # type: ignore[attr-defined]  # not in typeshed, but public
+    getproxies_environment,
+    proxy_bypass_environment,
+)
 
 import aiohttp
 import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ._errors import (
     APIError,
@@ -66,6 +73,8 @@ BASE_URL_ENV_VAR = "SPRITES_API_URL"
 
 TimeoutKind = Literal["api", "wake", "create", "stream"]
 Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
+ProxySetting: TypeAlias = "str | Literal[False] | None"
+SSLSetting: TypeAlias = "ssl_module.SSLContext | str | os.PathLike[str] | bool | None"
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,98 @@ def _resolve_base_url(base_url: str | None) -> str:
     return url
 
 
+class _Secret(str):
+    """A header value that does not show itself in ``repr`` (of a dict of headers, say).
+
+    The header dicts the seams build live in their frames' locals, which
+    tracebacks with locals and error trackers print.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<redacted>'"
+
+
+class _Proxy(NamedTuple):
+    """A resolved proxy: its URL without credentials, and the header carrying them."""
+
+    url: URL
+    headers: Mapping[str, str] | None
+
+
+def _resolve_proxy(proxy: ProxySetting, base_url: str) -> _Proxy | None:
+    """The proxy every call to ``base_url`` goes through, or None.
+
+    ``None`` reads the environment the way httpx, requests and Go's
+    ``http.ProxyFromEnvironment`` do: ``HTTPS_PROXY`` (or ``HTTP_PROXY`` for an
+    ``http://`` API, then ``ALL_PROXY``), lowercase names first, unless
+    ``NO_PROXY`` names the API host. Every call goes to one host, so this is
+    decided once, not per request.
+    """
+    if proxy is False:
+        return None
+    parts = urlsplit(base_url)
+    if proxy is None:
+        env = getproxies_environment()
+        host = parts.hostname or ""
+        if not host or proxy_bypass_environment(host, env):
+            return None
+        scheme = parts.scheme
+        value = env.get(scheme) or env.get("all")
+        if not value:
+            return None
+        source = f"{scheme.upper()}_PROXY" if env.get(scheme) else "ALL_PROXY"
+    elif isinstance(proxy, str):
+        value, source = proxy, "proxy="
+    else:
+        raise TypeError(f"proxy must be a URL string, False or None, not {type(proxy).__name__}")
+    value = value.strip()
+    if "://" not in value:
+        value = "http://" + value  # what requests and curl assume for "host:port"
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{source}: not a proxy URL") from exc
+    if url.scheme != "http" or not url.host:
+        shown = url.with_user(None).with_password(None) if url.host else url.scheme + "://..."
+        raise ConfigurationError(
+            f"{source}: unsupported proxy {str(shown)!r}: only http:// proxies are supported "
+            "(https:// APIs are reached through a CONNECT tunnel in them)"
+        )
+    headers = None
+    if url.user is not None or url.password is not None:
+        userinfo = f"{url.user or ''}:{url.password or ''}".encode()
+        headers = {"Proxy-Authorization": "Basic " + base64.b64encode(userinfo).decode("ascii")}
+        url = url.with_user(None)  # the credentials travel in the header only
+    return _Proxy(url.with_path("").with_query(None).with_fragment(None), headers)
+
+
+def _resolve_ssl(value: SSLSetting) -> ssl_module.SSLContext | bool:
+    """What the connector verifies TLS with: a context, True (system CAs) or False."""
+    if value is False:
+        return False
+    if isinstance(value, ssl_module.SSLContext):
+        return value
+    if value is None or value is True:
+        cafile = os.environ.get("SSL_CERT_FILE") or None
+        capath = os.environ.get("SSL_CERT_DIR") or None
+        if cafile is None and capath is None:
+            return True
+        source = "SSL_CERT_FILE/SSL_CERT_DIR"
+    elif isinstance(value, (str, os.PathLike)):
+        cafile, capath, source = os.fspath(value), None, "ssl="
+    else:
+        raise TypeError(
+            "ssl must be an ssl.SSLContext, a CA bundle path, True, False or None, "
+            f"not {type(value).__name__}"
+        )
+    try:
+        return ssl_module.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl_module.SSLError) as exc:
+        raise ConfigurationError(f"{source}: cannot load CA certificates: {exc}") from exc
+
+
 def _user_agent() -> str:
     return (
         f"sprites-async/{__version__} (python/{platform.python_version()}; "
@@ -252,6 +353,20 @@ class SpritesClient:
             or with explicit pool limits (:class:`ControlOptions`).
         exec_settings: Exec timing and buffering (:class:`ExecSettings`):
             exit grace period, ping interval and dead-peer timeout, kill grace.
+        proxy: An ``http://[user:password@]host:port`` proxy for every call,
+            HTTP and WebSocket alike (https:// APIs go through a CONNECT
+            tunnel: the proxy never sees the token); ``False`` ignores the
+            environment. ``None`` (the default) reads ``HTTPS_PROXY``
+            (``HTTP_PROXY`` for an ``http://`` API, then ``ALL_PROXY``; lowercase
+            names win), unless ``NO_PROXY`` names the API host. Read once,
+            when the client is created.
+        ssl: How the server's certificate is verified: an ``ssl.SSLContext``,
+            or the path of a CA bundle (PEM) that replaces the system's CAs.
+            ``None`` uses the system's CAs, or ``SSL_CERT_FILE`` /
+            ``SSL_CERT_DIR`` when set (``REQUESTS_CA_BUNDLE`` is not read).
+            ``False`` **disables verification**: anyone on the path can then
+            impersonate the API and read the token. Use it only against a
+            local test server, never in production.
 
     Use it as ``async with SpritesClient() as client:``, or call
     :meth:`aclose` when done. A closed client cannot be reopened.
@@ -271,9 +386,20 @@ class SpritesClient:
         user_agent: str | None = None,
         control: bool | ControlOptions = True,
         exec_settings: ExecSettings | None = None,
+        proxy: ProxySetting = None,
+        ssl: SSLSetting = None,
     ) -> None:
         self._token = _resolve_token(token)
         self.base_url = _resolve_base_url(base_url)
+        self._proxy = _resolve_proxy(proxy, self.base_url)
+        self._ssl = _resolve_ssl(ssl)
+        # Per request, not per session: aiohttp's session-level proxy_auth is
+        # deprecated and it has no session-level proxy headers.
+        self._proxy_kwargs: dict[str, Any] = (
+            {"proxy": self._proxy.url, "proxy_headers": self._proxy.headers}
+            if self._proxy is not None
+            else {}
+        )
         if timeout is None:
             self.timeouts = Timeouts()
         elif isinstance(timeout, Timeouts):
@@ -289,10 +415,12 @@ class SpritesClient:
         self._trace_configs = list(trace_configs)
         self.control: bool | ControlOptions = control
         self.exec_settings: ExecSettings | None = exec_settings
-        self._headers = {
-            "Authorization": f"Bearer {self._token}",
-            "User-Agent": user_agent or _user_agent(),
-        }
+        self._headers = {"User-Agent": user_agent or _user_agent()}
+        # Sent with each request, never as a session default header: aiohttp
+        # copies the session's default headers into the CONNECT request to a
+        # proxy, where an Authorization header becomes Proxy-Authorization and
+        # the proxy would read the token.
+        self._auth = {"Authorization": _Secret(f"Bearer {self._token}")}
         self._client_timeouts = {
             kind: self.timeouts._client_timeout(kind)
             for kind in ("api", "wake", "create", "stream")
@@ -304,7 +432,13 @@ class SpritesClient:
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
-        return f"<SpritesClient base_url={self.base_url!r} state={self._state.value}>"
+        proxy = f" proxy={self.proxy!r}" if self.proxy else ""
+        return f"<SpritesClient base_url={self.base_url!r}{proxy} state={self._state.value}>"
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy in use, without its credentials, or None."""
+        return str(self._proxy.url) if self._proxy is not None else None
 
     @property
     def org(self) -> str | None:
@@ -383,6 +517,7 @@ class SpritesClient:
             limit_per_host=self.max_connections_per_host,
             keepalive_timeout=self._keepalive_timeout,
             ttl_dns_cache=300,
+            ssl=self._ssl,
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -449,7 +584,7 @@ class SpritesClient:
         ``json`` is an already encoded JSON body.
         """
         session = self._ensure_session()
-        data, headers = _body_and_headers(json, data, content_type, None)
+        data, headers = _body_and_headers(self._auth, json, data, content_type, None)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         client_timeout = self._client_timeouts[timeout]
@@ -470,6 +605,7 @@ class SpritesClient:
                         data=data,
                         headers=headers,
                         timeout=client_timeout,
+                        **self._proxy_kwargs,
                     ) as resp:
                         body = await resp.read()
                         status = resp.status
@@ -478,7 +614,7 @@ class SpritesClient:
                     if slots is not None:
                         slots.release()
             except _TRANSPORT_ERRORS as exc:
-                may_retry = idempotent or isinstance(exc, aiohttp.ClientConnectorError)
+                may_retry = idempotent or _never_sent(exc)
                 await asyncio.sleep(
                     self._delay_or_raise(
                         exc, method, path, operation, sprite, attempt, started, may_retry
@@ -525,7 +661,7 @@ class SpritesClient:
         ``retry_statuses`` (429/5xx); others only on failed connects.
         """
         session = self._ensure_session()
-        data, send_headers = _body_and_headers(json, data, content_type, headers)
+        data, send_headers = _body_and_headers(self._auth, json, data, content_type, headers)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         url = self.base_url + path
@@ -541,9 +677,10 @@ class SpritesClient:
                     data=data,
                     headers=send_headers,
                     timeout=self._client_timeouts[timeout],
+                    **self._proxy_kwargs,
                 )
             except _TRANSPORT_ERRORS as exc:
-                may_retry = idempotent or isinstance(exc, aiohttp.ClientConnectorError)
+                may_retry = idempotent or _never_sent(exc)
                 await asyncio.sleep(
                     self._delay_or_raise(
                         exc, method, path, operation, sprite, attempt, started, may_retry
@@ -645,12 +782,13 @@ class SpritesClient:
                     ws = await session.ws_connect(
                         url,
                         params=params,
-                        headers=headers,
+                        headers={**headers, **self._auth} if headers else self._auth,
                         autoping=autoping,
                         heartbeat=heartbeat,
                         max_msg_size=max_msg_size,
                         timeout=ws_timeout,
                         autoclose=False,
+                        **self._proxy_kwargs,
                     )
             except aiohttp.WSServerHandshakeError as exc:
                 _redact_request_info(exc)  # kept as the __cause__ of what is raised
@@ -686,7 +824,7 @@ class SpritesClient:
                     )
                     self._log("GET", path, None, started, attempt, None, error=error)
                     raise error from exc
-                may_retry = retry_handshake and isinstance(exc, aiohttp.ClientConnectorError)
+                may_retry = retry_handshake and _never_sent(exc)
                 await asyncio.sleep(
                     self._delay_or_raise(
                         exc, "GET", path, operation, sprite, attempt, started, may_retry
@@ -716,7 +854,7 @@ class SpritesClient:
         """
         error = _translate(exc, method, path, operation, sprite)
         self._log(method, path, None, started, attempt, None, error=error)
-        delay = self.retry.backoff(attempt) if may_retry else None
+        delay = self.retry.backoff(attempt) if may_retry and not _permanent(exc) else None
         if delay is None:
             raise error from exc
         return delay
@@ -775,6 +913,18 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the request certainly never reached the server (safe to send again)."""
+    return isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError))
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Whether another attempt would fail the same way (bad certificate, proxy refusal)."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return True
+    return isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status not in (502, 503, 504)
+
+
 def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:
     """``asyncio.timeout`` where it exists (3.11+), else ``async_timeout`` (an aiohttp
     dependency on 3.10)."""
@@ -788,14 +938,19 @@ def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:
 
 
 def _body_and_headers(
-    json: bytes | None, data: Any, content_type: str | None, headers: Mapping[str, str] | None
-) -> tuple[Any, dict[str, str] | None]:
-    """The request body and the headers it needs (a pre-encoded JSON body wins)."""
-    out = dict(headers) if headers else None
+    auth: Mapping[str, str],
+    json: bytes | None,
+    data: Any,
+    content_type: str | None,
+    headers: Mapping[str, str] | None,
+) -> tuple[Any, dict[str, str]]:
+    """The request body and every header it is sent with (a pre-encoded JSON body wins)."""
+    out = dict(headers) if headers else {}
     if json is not None:
-        return json, {**(out or {}), "Content-Type": "application/json"}
+        data, content_type = json, "application/json"
     if content_type is not None:
-        return data, {**(out or {}), "Content-Type": content_type}
+        out["Content-Type"] = content_type
+    out.update(auth)
     return data, out
 
 
@@ -806,10 +961,12 @@ def _redact_request_info(exc: aiohttp.ClientResponseError) -> None:
     as the ``__cause__`` of the SDK's error, so they must not carry the token.
     """
     info = exc.request_info
-    if "Authorization" not in info.headers:
+    secret = [name for name in ("Authorization", "Proxy-Authorization") if name in info.headers]
+    if not secret:
         return
     headers = CIMultiDict(info.headers)
-    headers["Authorization"] = "<redacted>"
+    for name in secret:
+        headers[name] = "<redacted>"
     exc.request_info = aiohttp.RequestInfo(
         info.url, info.method, CIMultiDictProxy(headers), info.real_url
     )
@@ -824,7 +981,21 @@ def _translate(
         _redact_request_info(exc)  # it stays reachable as the new error's __cause__
     if isinstance(exc, _TIMEOUT_ERRORS):
         return SpritesTimeoutError(f"{method} {path} timed out", operation=operation, sprite=sprite)
-    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        detail = (
+            f"TLS certificate verification failed for {exc.host}: {exc.certificate_error} "
+            "(a private CA? pass ssl= a CA bundle path or an ssl.SSLContext, or set SSL_CERT_FILE)"
+        )
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        detail = f"TLS handshake with {exc.host} failed: {exc.os_error}"
+    elif isinstance(exc, aiohttp.ClientHttpProxyError):
+        detail = f"the proxy refused the tunnel: {exc.status} {exc.message}"
+        if exc.status == 407:
+            detail += " (check the credentials in the proxy URL, or HTTPS_PROXY)"
+    elif isinstance(exc, aiohttp.ClientProxyConnectionError):
+        detail = f"cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
+    else:
+        detail = str(exc) or type(exc).__name__
     return SpritesConnectionError(
         f"{method} {path} failed: {detail}", operation=operation, sprite=sprite
     )

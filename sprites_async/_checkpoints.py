@@ -646,6 +646,8 @@ def _not_found(exc: APIError) -> APIError:
     """Checkpoint-missing answers as :class:`CheckpointNotFoundError`; others unchanged."""
     if exc.status_code not in (404, 500) or exc.message.strip() == "sprite not found":
         return exc
+    if exc.code == "route_not_found":  # an older server without the endpoint
+        return exc
     if exc.status_code == 500 and "not found" not in exc.message.lower():
         return exc
     return CheckpointNotFoundError(

@@ -644,6 +644,8 @@ def _not_found(exc: APIError) -> APIError:
     """A missing service as :class:`ServiceNotFoundError`; a missing sprite stays as it is."""
     if exc.status_code != 404 or exc.message.strip() == "sprite not found":
         return exc
+    if exc.code == "route_not_found":  # an older server without the endpoint
+        return exc
     return ServiceNotFoundError(
         exc.message,
         status_code=exc.status_code,

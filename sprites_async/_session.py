@@ -624,9 +624,7 @@ class SpritesClient:
             self._log(method, path, status, started, attempt, resp_headers)
             if status < 400 and (ok is None or status in ok):
                 return Response(status, resp_headers, body, operation, sprite)
-            error_obj = api_error_from_response(
-                status, resp_headers, body, operation=operation, sprite=sprite
-            )
+            error_obj = _api_error(method, path, status, resp_headers, body, operation, sprite)
             if idempotent and status in self.retry.retry_statuses:
                 delay = self._status_backoff(error_obj, resp_headers, attempt)
                 if delay is not None:
@@ -702,9 +700,7 @@ class SpritesClient:
                     body = await resp.read()
                 except _TRANSPORT_ERRORS as exc:
                     raise _translate(exc, method, path, operation, sprite) from exc
-                raise api_error_from_response(
-                    resp.status, resp.headers, body, operation=operation, sprite=sprite
-                )
+                raise _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
             yield resp
         finally:
             resp.release()
@@ -727,9 +723,7 @@ class SpritesClient:
             body = b""
         finally:
             resp.release()
-        error_obj = api_error_from_response(
-            resp.status, resp.headers, body, operation=operation, sprite=sprite
-        )
+        error_obj = _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
         delay = self._status_backoff(error_obj, resp.headers, attempt)
         if delay is None:
             raise error_obj
@@ -795,8 +789,8 @@ class SpritesClient:
                 self._log("GET", path, exc.status, started, attempt, exc.headers)
                 error_obj: APIError | SpritesConnectionError
                 if exc.status >= 400:
-                    error_obj = api_error_from_response(
-                        exc.status, exc.headers, seen.body, operation=operation, sprite=sprite
+                    error_obj = _api_error(
+                        "GET", path, exc.status, exc.headers, seen.body, operation, sprite
                     )
                 else:
                     error_obj = SpritesConnectionError(
@@ -911,6 +905,36 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     *_TIMEOUT_ERRORS,
 )
 _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+ROUTE_NOT_FOUND_CODE = "route_not_found"
+
+
+def _api_error(
+    method: str,
+    path: str,
+    status: int,
+    headers: Mapping[str, str] | None,
+    body: bytes,
+    operation: str,
+    sprite: str | None,
+) -> APIError:
+    """The :class:`APIError` for an error answer; a missing route says so.
+
+    A sprite server without a route (older than this SDK) answers like Go's
+    ``http.ServeMux``: 404 ``404 page not found``. Left as is, the message
+    would read like a missing file, service or checkpoint; the error gets
+    ``code="route_not_found"`` and a message naming the endpoint.
+    """
+    error = api_error_from_response(status, headers, body, operation=operation, sprite=sprite)
+    if status == 404 and body.strip() == b"404 page not found":
+        error.code = ROUTE_NOT_FOUND_CODE
+        error.message = (
+            f"the server has no {method} {path} endpoint (404 page not found): "
+            "the sprite runs an older version without it"
+        )
+        error.args = (error.message,)
+    return error
 
 
 def _never_sent(exc: BaseException) -> bool:

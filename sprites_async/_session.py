@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
     WebSocket: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[True]]
 
-__all__ = ["DEFAULT_BASE_URL", "SpritesClient", "Timeouts"]
+__all__ = ["DEFAULT_BASE_URL", "RequestOptions", "SpritesClient", "Timeouts", "request_options"]
 
 logger = logging.getLogger("sprites_async")
 
@@ -73,8 +73,8 @@ BASE_URL_ENV_VAR = "SPRITES_API_URL"
 
 TimeoutKind = Literal["api", "wake", "create", "stream"]
 Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
-ProxySetting: TypeAlias = "str | Literal[False] | None"
-SSLSetting: TypeAlias = "ssl_module.SSLContext | str | os.PathLike[str] | bool | None"
+ProxySetting: TypeAlias = str | Literal[False] | None
+SSLSetting: TypeAlias = ssl_module.SSLContext | str | os.PathLike[str] | bool | None
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,104 @@ class _Secret(str):
 
     def __repr__(self) -> str:
         return "'<redacted>'"
+
+
+class RequestOptions(NamedTuple):
+    """What a caller adds to one API call: ``extra_headers``, ``extra_query``, ``extra_body``.
+
+    Made by :func:`request_options` from the keyword arguments every public
+    call accepts, and applied by the seams, so that a field the service
+    added (or one only some official SDKs send) can be used before the SDK
+    models it.
+    """
+
+    headers: Mapping[str, str] | None = None
+    query: Sequence[tuple[str, str]] = ()
+    body: Mapping[str, object] | None = None
+
+    @property
+    def wire(self) -> bool:
+        """Whether they change the request line or headers (a pooled socket cannot)."""
+        return bool(self.headers) or bool(self.query)
+
+
+ExtraHeaders: TypeAlias = Mapping[str, str] | None
+ExtraQuery: TypeAlias = Mapping[str, object] | None
+ExtraBody: TypeAlias = Mapping[str, object] | None
+
+
+def request_options(
+    extra_headers: ExtraHeaders = None,
+    extra_query: ExtraQuery = None,
+    extra_body: ExtraBody = None,
+) -> RequestOptions | None:
+    """Check the three ``extra_*`` arguments of a call; None when there are none.
+
+    * ``extra_headers`` are sent with the request and win over the SDK's own
+      headers (``User-Agent``, ``Content-Type``, ``Range``...), except
+      ``Authorization``: the token is the client's (make another client for
+      another token), so setting it here is a ``ValueError``.
+    * ``extra_query`` parameters are appended to the SDK's (``True``/``False``
+      become ``true``/``false``; a list repeats the key).
+    * ``extra_body`` keys are merged over the JSON object the call sends.
+      A call without a JSON body (GET, streamed uploads, WebSockets) raises
+      ``TypeError`` before anything is sent.
+    """
+    if extra_headers is None and extra_query is None and extra_body is None:
+        return None
+    headers: dict[str, str] | None = None
+    if extra_headers is not None:
+        if not isinstance(extra_headers, Mapping):
+            raise TypeError("extra_headers must be a mapping of header names to strings")
+        headers = {}
+        for name, value in cast("Mapping[object, object]", extra_headers).items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError("extra_headers names and values must be strings")
+            if name.strip().lower() == "authorization":
+                raise ValueError(
+                    "extra_headers cannot set Authorization: the token belongs to the "
+                    "client (create a SpritesClient with that token)"
+                )
+            headers[name] = value
+    query: list[tuple[str, str]] = []
+    if extra_query is not None:
+        if not isinstance(extra_query, Mapping):
+            raise TypeError("extra_query must be a mapping of parameter names to values")
+        for key, given in extra_query.items():
+            for item in given if isinstance(given, (list, tuple)) else (given,):
+                query.append((str(key), _query_value(key, item)))
+    if extra_body is not None and not isinstance(extra_body, Mapping):
+        raise TypeError("extra_body must be a mapping of JSON keys to values")
+    return RequestOptions(headers or None, tuple(query), extra_body)
+
+
+def _query_value(key: object, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise TypeError(f"extra_query[{key!r}]: expected str, int, float or bool, not {value!r}")
+
+
+def _with_query(params: Params, options: RequestOptions | None) -> Params:
+    if options is None or not options.query:
+        return params
+    if params is None:
+        return list(options.query)
+    base = list(params.items()) if isinstance(params, Mapping) else list(params)
+    return [*base, *options.query]
+
+
+def _with_body(json: bytes | None, options: RequestOptions | None, operation: str) -> bytes | None:
+    if options is None or options.body is None:
+        return json
+    if json is None:
+        raise TypeError(f"{operation}: extra_body needs a call that sends a JSON body")
+    merged = msgspec.json.decode(json)
+    if not isinstance(merged, dict):
+        raise TypeError(f"{operation}: extra_body needs a call whose JSON body is an object")
+    merged.update(options.body)
+    return msgspec.json.encode(merged)
 
 
 class _Proxy(NamedTuple):
@@ -575,16 +673,20 @@ class SpritesClient:
         timeout: TimeoutKind = "api",
         idempotent: bool | None = None,
         ok: Container[int] | None = None,
+        options: RequestOptions | None = None,
     ) -> Response:
         """Send one request and return its status, headers and whole body.
 
         A status >= 400 (or outside ``ok`` when given) raises the matching
         :class:`APIError`; connection failures raise
         :class:`SpritesConnectionError`/:class:`SpritesTimeoutError`.
-        ``json`` is an already encoded JSON body.
+        ``json`` is an already encoded JSON body. ``options`` (the caller's
+        ``extra_*`` arguments) are applied here.
         """
         session = self._ensure_session()
-        data, headers = _body_and_headers(self._auth, json, data, content_type, None)
+        json = _with_body(json, options, operation)
+        params = _with_query(params, options)
+        data, headers = _body_and_headers(self._auth, json, data, content_type, None, options)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         client_timeout = self._client_timeouts[timeout]
@@ -647,6 +749,7 @@ class SpritesClient:
         headers: Mapping[str, str] | None = None,
         timeout: TimeoutKind = "stream",
         idempotent: bool | None = None,
+        options: RequestOptions | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request and yield the response while its body streams in.
 
@@ -659,7 +762,11 @@ class SpritesClient:
         ``retry_statuses`` (429/5xx); others only on failed connects.
         """
         session = self._ensure_session()
-        data, send_headers = _body_and_headers(self._auth, json, data, content_type, headers)
+        json = _with_body(json, options, operation)
+        params = _with_query(params, options)
+        data, send_headers = _body_and_headers(
+            self._auth, json, data, content_type, headers, options
+        )
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         url = self.base_url + path
@@ -753,6 +860,7 @@ class SpritesClient:
         heartbeat: float | None = None,
         max_msg_size: int = 16 * 1024 * 1024,
         retry_handshake: bool = True,
+        options: RequestOptions | None = None,
     ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
         """Upgrade to a WebSocket; return it with the upgrade response headers.
 
@@ -763,6 +871,9 @@ class SpritesClient:
         cannot have started); a handshake that timed out is not.
         """
         session = self._ensure_session()
+        _with_body(None, options, operation)  # a WebSocket upgrade has no body
+        params = _with_query(params, options)
+        _, send_headers = _body_and_headers(self._auth, None, None, None, headers, options)
         url = self.base_url + path
         ws_timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
         attempt = 0
@@ -776,7 +887,7 @@ class SpritesClient:
                     ws = await session.ws_connect(
                         url,
                         params=params,
-                        headers={**headers, **self._auth} if headers else self._auth,
+                        headers=send_headers,
                         autoping=autoping,
                         heartbeat=heartbeat,
                         max_msg_size=max_msg_size,
@@ -967,13 +1078,19 @@ def _body_and_headers(
     data: Any,
     content_type: str | None,
     headers: Mapping[str, str] | None,
+    options: RequestOptions | None = None,
 ) -> tuple[Any, dict[str, str]]:
-    """The request body and every header it is sent with (a pre-encoded JSON body wins)."""
+    """The request body and every header it is sent with (a pre-encoded JSON body wins).
+
+    The caller's ``extra_headers`` win over the SDK's; the token wins over all.
+    """
     out = dict(headers) if headers else {}
     if json is not None:
         data, content_type = json, "application/json"
     if content_type is not None:
         out["Content-Type"] = content_type
+    if options is not None and options.headers:
+        out.update(options.headers)
     out.update(auth)
     return data, out
 

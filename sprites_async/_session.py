@@ -1042,7 +1042,7 @@ def _api_error(
         error.code = ROUTE_NOT_FOUND_CODE
         error.message = (
             f"the server has no {method} {path} endpoint (404 page not found): "
-            "the sprite runs an older version without it"
+            "the sprite (or the API) runs an older version without it"
         )
         error.args = (error.message,)
     return error

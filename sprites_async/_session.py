@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextvars
 import enum
+import ipaddress
 import logging
 import os
 import platform
@@ -346,8 +347,9 @@ def _resolve_proxy(proxy: ProxySetting, base_url: str) -> _Proxy | None:
     ``None`` reads the environment the way httpx, requests and Go's
     ``http.ProxyFromEnvironment`` do: ``HTTPS_PROXY`` (or ``HTTP_PROXY`` for an
     ``http://`` API, then ``ALL_PROXY``), lowercase names first, unless
-    ``NO_PROXY`` names the API host. Every call goes to one host, so this is
-    decided once, not per request.
+    ``NO_PROXY`` names the API host. As in Go (sprites-go), a loopback API
+    (a local emulator) never goes through an environment proxy. Every call
+    goes to one host, so this is decided once, not per request.
     """
     if proxy is False:
         return None
@@ -355,7 +357,7 @@ def _resolve_proxy(proxy: ProxySetting, base_url: str) -> _Proxy | None:
     if proxy is None:
         env = getproxies_environment()
         host = parts.hostname or ""
-        if not host or proxy_bypass_environment(host, env):
+        if not host or _is_loopback(host) or proxy_bypass_environment(host, env):
             return None
         scheme = parts.scheme
         value = env.get(scheme) or env.get("all")
@@ -385,6 +387,15 @@ def _resolve_proxy(proxy: ProxySetting, base_url: str) -> _Proxy | None:
         headers = {"Proxy-Authorization": "Basic " + base64.b64encode(userinfo).decode("ascii")}
         url = url.with_user(None)  # the credentials travel in the header only
     return _Proxy(url.with_path("").with_query(None).with_fragment(None), headers)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _resolve_ssl(value: SSLSetting) -> ssl_module.SSLContext | bool:
@@ -456,8 +467,8 @@ class SpritesClient:
             tunnel: the proxy never sees the token); ``False`` ignores the
             environment. ``None`` (the default) reads ``HTTPS_PROXY``
             (``HTTP_PROXY`` for an ``http://`` API, then ``ALL_PROXY``; lowercase
-            names win), unless ``NO_PROXY`` names the API host. Read once,
-            when the client is created.
+            names win), unless ``NO_PROXY`` names the API host or the API is
+            on loopback (as in Go). Read once, when the client is created.
         ssl: How the server's certificate is verified: an ``ssl.SSLContext``,
             or the path of a CA bundle (PEM) that replaces the system's CAs.
             ``None`` uses the system's CAs, or ``SSL_CERT_FILE`` /

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp.connector
+import aiohttp.resolver
 import pytest
 import trustme
 from aiohttp import web
@@ -29,6 +32,9 @@ from sprites_async.emulator._sprites import insert_sprite, new_record
 from sprites_async.emulator._state import STATE_KEY, EmulatorState
 
 TOKEN = "test-org/1/tok/secret-token-value"
+HOST = "api.sprites.test"
+"""The API's name in these tests: not loopback (environment proxies never apply to
+loopback, as in Go), resolved to 127.0.0.1 by the ``_fake_dns`` fixture."""
 PROXY_VARS = (
     "HTTPS_PROXY",
     "https_proxy",
@@ -49,6 +55,18 @@ SETTINGS = ExecSettings(kill_grace=1.0, kill_wait=2.0, exit_grace=1.0)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _fake_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == HOST else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    # aiodns, when installed, would not ask getaddrinfo.
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", aiohttp.resolver.ThreadedResolver)
 
 
 # ------------------------------------------------------------------- the proxy
@@ -182,7 +200,7 @@ async def tls_emu(tmp_path: Path, ca: trustme.CA) -> AsyncIterator[TLSEmulator]:
     )
     app = create_app(config)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
+    ca.issue_cert(HOST, "localhost", "127.0.0.1").configure_cert(server_ctx)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
@@ -193,7 +211,7 @@ async def tls_emu(tmp_path: Path, ca: trustme.CA) -> AsyncIterator[TLSEmulator]:
         insert_sprite(state, new_record(state, "box"))
         ca_file = tmp_path / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
-        yield TLSEmulator(f"https://localhost:{port}", port, state, ca_file, ca)
+        yield TLSEmulator(f"https://{HOST}:{port}", port, state, ca_file, ca)
     finally:
         await runner.cleanup()
 
@@ -206,9 +224,24 @@ def _client(emu: TLSEmulator, **kwargs: Any) -> SpritesClient:
     return client
 
 
+async def _exercise(client: SpritesClient) -> None:
+    """A plain call, exec over the pool and over a direct socket, a streamed download."""
+    assert [s.name async for s in client.sprites.list()] == ["box"]
+    assert (await client.sprites.get("box")).name == "box"
+    sprite = client.sprite("box")
+    for control in (True, False):
+        client.control = control
+        result = await sprite.exec("sh", "-c", "echo through")
+        assert (result.stdout, result.exit_code) == (b"through\n", 0)
+    payload = bytes(range(256)) * 2048  # 512 KiB: many chunks
+    target = sprite.fs() / "big.bin"
+    await target.write_bytes(payload)
+    assert b"".join([c async for c in target.open_read(chunk_size=16384)]) == payload
+
+
 def _assert_tunnelled(proxy: ConnectProxy, emu: TLSEmulator) -> None:
     assert proxy.tunnels >= 1
-    assert set(proxy.targets) == {f"localhost:{emu.port}"}
+    assert set(proxy.targets) == {f"{HOST}:{emu.port}"}
     # Inside a CONNECT tunnel: the proxy never sees the token.
     assert not any(b"secret-token-value" in head for head in proxy.heads)
     assert not any(b"authorization: bearer" in head.lower() for head in proxy.heads)
@@ -217,16 +250,16 @@ def _assert_tunnelled(proxy: ConnectProxy, emu: TLSEmulator) -> None:
 # -------------------------------------------------------- through the proxy
 
 
-async def test_plain_calls_go_through_https_proxy_from_the_environment(
+async def test_everything_goes_through_https_proxy_from_the_environment(
     tls_emu: TLSEmulator, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     async with _client(tls_emu) as client:
         assert client.proxy == proxy.url
-        names = [s.name async for s in client.sprites.list()]
-        assert names == ["box"]
-        assert (await client.sprites.get("box")).name == "box"
+        await _exercise(client)
     _assert_tunnelled(proxy, tls_emu)
+    # The pool's socket, the direct exec socket and plain calls: several tunnels.
+    assert proxy.tunnels >= 2
 
 
 async def test_lowercase_variable_and_all_proxy_are_honoured(
@@ -244,41 +277,14 @@ async def test_lowercase_variable_and_all_proxy_are_honoured(
     assert proxy.tunnels > first
 
 
-@pytest.mark.parametrize("mode", ["control", "direct"])
-async def test_exec_goes_through_the_proxy(
-    tls_emu: TLSEmulator, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch, mode: str
-) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-    async with _client(tls_emu, control=mode == "control") as client:
-        result = await client.sprite("box").exec("sh", "-c", "echo via-proxy")
-        assert result.stdout == b"via-proxy\n"
-        assert result.exit_code == 0
-    _assert_tunnelled(proxy, tls_emu)
-
-
-async def test_streamed_download_goes_through_the_proxy(
-    tls_emu: TLSEmulator, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-    payload = bytes(range(256)) * 2048  # 512 KiB: several chunks
-    async with _client(tls_emu) as client:
-        target = client.sprite("box").fs() / "big.bin"
-        await target.write_bytes(payload)
-        got = b"".join([chunk async for chunk in target.open_read(chunk_size=16384)])
-        assert got == payload
-    _assert_tunnelled(proxy, tls_emu)
-
-
 async def test_no_proxy_bypasses_the_proxy(
     tls_emu: TLSEmulator, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-    monkeypatch.setenv("NO_PROXY", "example.com,localhost")
+    monkeypatch.setenv("NO_PROXY", "example.com,.sprites.test")
     async with _client(tls_emu) as client:
         assert client.proxy is None
-        await client.sprites.get("box")
-        assert (await client.sprite("box").exec("true")).exit_code == 0
-    assert proxy.tunnels == 0
+        await _exercise(client)
     assert proxy.heads == []
 
 
@@ -286,10 +292,26 @@ async def test_proxy_false_ignores_the_environment(
     tls_emu: TLSEmulator, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-    async with _client(tls_emu, proxy=False, control=False) as client:
-        await client.sprites.get("box")
-        assert (await client.sprite("box").exec("true")).exit_code == 0
+    async with _client(tls_emu, proxy=False) as client:
+        await _exercise(client)
     assert proxy.heads == []
+
+
+async def test_a_loopback_api_never_uses_the_environment_proxy(
+    tls_emu: TLSEmulator, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    for host in ("localhost", "127.0.0.1"):
+        url = f"https://{host}:{tls_emu.port}"
+        async with SpritesClient(TOKEN, base_url=url, ssl=str(tls_emu.ca_file)) as client:
+            assert client.proxy is None
+            await client.sprites.get("box")
+    assert proxy.heads == []
+    # An explicit proxy still applies.
+    url = f"https://localhost:{tls_emu.port}"
+    async with SpritesClient(TOKEN, base_url=url, ssl=str(tls_emu.ca_file), proxy=proxy.url) as c:
+        await c.sprites.get("box")
+    assert proxy.targets == [f"localhost:{tls_emu.port}"]
 
 
 async def test_explicit_proxy_wins_over_no_proxy(
@@ -375,12 +397,16 @@ async def test_unreachable_proxy_raises_a_typed_error(
 # ---------------------------------------------------------------------- TLS
 
 
+async def test_ca_bundle_path_is_honoured(tls_emu: TLSEmulator) -> None:
+    async with _client(tls_emu, ssl=str(tls_emu.ca_file)) as client:
+        await _exercise(client)
+
+
 async def test_ssl_context_is_honoured(tls_emu: TLSEmulator) -> None:
     ctx = ssl.create_default_context()
     tls_emu.ca.configure_trust(ctx)
-    async with _client(tls_emu, ssl=ctx, control=False) as client:
-        await client.sprites.get("box")
-        assert (await client.sprite("box").exec("true")).exit_code == 0
+    async with _client(tls_emu, ssl=ctx) as client:
+        await _exercise(client)
 
 
 async def test_ssl_cert_file_is_honoured(

@@ -208,3 +208,52 @@ async def test_an_unknown_sprite_is_still_sprite_not_found(
     with pytest.raises(NotFoundError) as info:
         await client.sprite("ghost").run_http("true")
     assert info.value.code != "route_not_found"
+
+
+# ------------------------------------------------------------- the raw answers
+
+
+@pytest.mark.parametrize(
+    ("quirk", "method", "path"),
+    [
+        ("no-ports-watch", "GET", "/ports/watch"),
+        ("no-http-exec", "POST", "/exec?cmd=true"),
+        ("no-service-logs", "GET", "/services/svc/logs"),
+        ("no-service-restart", "POST", "/services/svc/restart"),
+        ("no-checkpoint-delete", "DELETE", "/checkpoints/v0"),
+    ],
+)
+async def test_absent_routes_answer_like_a_go_mux(
+    emu: Emulator, client: SpritesClient, quirk: str, method: str, path: str
+) -> None:
+    await client.sprites.create("box")
+    emu.quirks.add(quirk)
+    auth = {"Authorization": f"Bearer {emu.token}"}
+    async with aiohttp.ClientSession() as http:
+        url = f"{emu.url}/v1/sprites/box{path}"
+        async with http.request(method, url, headers=auth) as resp:
+            assert resp.status == 404
+            assert await resp.text() == "404 page not found\n"
+            assert resp.content_type == "text/plain"
+            assert "Sprite-Version" in resp.headers  # the sprite's server answered
+        async with http.request(method, f"{emu.url}/v1/sprites/ghost{path}", headers=auth) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"] == "sprite not found"
+        emu.quirks.discard(quirk)
+        async with http.request(method, url, headers=auth) as resp:
+            assert resp.status != 404 or (await resp.text()) != "404 page not found\n"
+
+
+async def test_a_lost_answer_is_a_dropped_connection_then_answers_resume(emu: Emulator) -> None:
+    emu.quirks.add("post-answer-lost")
+    auth = {"Authorization": f"Bearer {emu.token}"}
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            async with http.post(f"{emu.url}/v1/sprites", json={"name": "a"}, headers=auth):
+                pass
+        assert "a" in emu.state.sprites
+        async with http.post(f"{emu.url}/v1/sprites", json={"name": "b"}, headers=auth) as resp:
+            assert resp.status == 201
+        # Not POST: never lost.
+        async with http.get(f"{emu.url}/v1/sprites/a", headers=auth) as resp:
+            assert resp.status == 200

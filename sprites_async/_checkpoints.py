@@ -28,7 +28,7 @@ import msgspec
 
 from ._errors import APIError, NotFoundError, StreamError
 from ._models import JSONDecoder
-from ._session import quote_segment
+from ._session import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
 from ._streams import NDJSONStream
 
 if TYPE_CHECKING:
@@ -400,7 +400,14 @@ class CheckpointsResource:
     def __repr__(self) -> str:
         return f"<CheckpointsResource sprite={self._sprite.name!r}>"
 
-    def create(self, comment: str | None = None) -> EventOperation[CheckpointEvent, Checkpoint]:
+    def create(
+        self,
+        comment: str | None = None,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> EventOperation[CheckpointEvent, Checkpoint]:
         """Checkpoint the sprite's filesystem; iterate for progress, await for the checkpoint.
 
         The new id is read from the stream (``Checkpoint vN created``, else
@@ -425,6 +432,7 @@ class CheckpointsResource:
             sprite=sprite.name,
             json=msgspec.json.encode(body),
             idempotent=False,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         seen: deque[CheckpointEvent] = deque(maxlen=_ID_WINDOW)
         tracker = _Tracker(operation, sprite.name, None, seen)
@@ -433,8 +441,8 @@ class CheckpointsResource:
             tracker.check_complete()
             found = checkpoint_id_from_events(list(seen))
             if found is not None:
-                return await self.get(found)
-            newest = _newest(await self.list())
+                return await self.get(found, extra_headers=extra_headers, extra_query=extra_query)
+            newest = _newest(await self.list(extra_headers=extra_headers, extra_query=extra_query))
             if newest is None:
                 raise CheckpointError(
                     "the checkpoint was made but its id is not in the stream or the list",
@@ -452,7 +460,14 @@ class CheckpointsResource:
             on_batch=tracker.on_batch,
         )
 
-    def restore(self, checkpoint_id: str) -> EventOperation[CheckpointEvent, None]:
+    def restore(
+        self,
+        checkpoint_id: str,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> EventOperation[CheckpointEvent, None]:
         """Restore the sprite's filesystem from a checkpoint.
 
         All exec sessions end and the environment restarts; the first calls
@@ -473,6 +488,7 @@ class CheckpointsResource:
             operation=operation,
             sprite=sprite.name,
             idempotent=True,  # restoring the same checkpoint twice ends the same way
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         tracker = _Tracker(operation, sprite.name, checkpoint_id, None)
 
@@ -488,7 +504,13 @@ class CheckpointsResource:
         )
 
     async def list(
-        self, *, include_auto: bool = False, include_current: bool = False
+        self,
+        *,
+        include_auto: bool = False,
+        include_current: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> list[Checkpoint]:
         """The sprite's checkpoints, newest first.
 
@@ -505,6 +527,7 @@ class CheckpointsResource:
             sprite=sprite.name,
             params=params,
             timeout="wake",
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         found = resp.parse(_list_decoder.decode)
         return [
@@ -513,7 +536,14 @@ class CheckpointsResource:
             if (include_current or not cp.is_current) and (include_auto or not cp.is_auto)
         ]
 
-    async def get(self, checkpoint_id: str) -> Checkpoint:
+    async def get(
+        self,
+        checkpoint_id: str,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> Checkpoint:
         """One checkpoint, with its lineage.
 
         Raises:
@@ -530,12 +560,20 @@ class CheckpointsResource:
                 operation="get checkpoint",
                 sprite=sprite.name,
                 timeout="wake",
+                options=request_options(extra_headers, extra_query, extra_body),
             )
         except APIError as exc:
             raise _not_found(exc) from exc
         return resp.parse(_checkpoint_decoder.decode)
 
-    async def delete(self, checkpoint_id: str) -> None:
+    async def delete(
+        self,
+        checkpoint_id: str,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Delete a checkpoint.
 
         Raises:
@@ -551,12 +589,20 @@ class CheckpointsResource:
                 operation="delete checkpoint",
                 sprite=sprite.name,
                 timeout="wake",
+                options=request_options(extra_headers, extra_query, extra_body),
             )
         except APIError as exc:
             raise _not_found(exc) from exc
 
     @asynccontextmanager
-    async def guard(self, comment: str | None = None) -> AsyncIterator[Checkpoint]:
+    async def guard(
+        self,
+        comment: str | None = None,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> AsyncIterator[Checkpoint]:
         """Checkpoint on entry; if the block raises, restore that checkpoint and re-raise.
 
         Nothing happens on success (the checkpoint stays). Cancellation
@@ -564,14 +610,21 @@ class CheckpointsResource:
         propagates. If the restore itself fails, :class:`CheckpointError`
         is raised from it (the block's error is its context).
         """
-        checkpoint = await self.create(comment=comment)
+        checkpoint = await self.create(
+            comment=comment,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )
         try:
             yield checkpoint
         except GeneratorExit:
             raise
         except BaseException as exc:
             try:
-                await self.restore(checkpoint.id)
+                await self.restore(
+                    checkpoint.id, extra_headers=extra_headers, extra_query=extra_query
+                )
             except Exception as restore_exc:
                 raise CheckpointError(
                     f"the block failed ({exc!r}) and restoring {checkpoint.id} failed too: "
@@ -645,6 +698,8 @@ class _Tracker:
 def _not_found(exc: APIError) -> APIError:
     """Checkpoint-missing answers as :class:`CheckpointNotFoundError`; others unchanged."""
     if exc.status_code not in (404, 500) or exc.message.strip() == "sprite not found":
+        return exc
+    if exc.code == "route_not_found":  # an older server without the endpoint
         return exc
     if exc.status_code == 500 and "not found" not in exc.message.lower():
         return exc

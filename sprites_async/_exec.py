@@ -54,7 +54,15 @@ from ._errors import (
     StreamError,
 )
 from ._models import JSONDecoder
-from ._session import _timeout, quote_segment
+from ._session import (
+    ExtraBody,
+    ExtraHeaders,
+    ExtraQuery,
+    RequestOptions,
+    _timeout,
+    quote_segment,
+    request_options,
+)
 from ._streams import NOT_FINAL, NDJSONStream, NotFinal
 
 if TYPE_CHECKING:
@@ -638,6 +646,7 @@ class ExecSession:
         "_on_port",
         "_op_complete",
         "_op_failed",
+        "_options",
         "_out",
         "_paused",
         "_pinger",
@@ -678,8 +687,10 @@ class ExecSession:
         kill_on_exit: bool = True,
         settings: ExecSettings | None = None,
         sink: Callable[[int, bytes], None] | None = None,
+        options: RequestOptions | None = None,
     ) -> None:
         self._sprite = sprite
+        self._options = options
         self._client = sprite.client
         self._request = request
         self._attach_id = attach_id
@@ -798,7 +809,8 @@ class ExecSession:
             await self._start_attach()
             return self
         assert self._request is not None
-        if prefer_control:
+        # A pooled socket was opened without the caller's extra headers/query.
+        if prefer_control and self._options is None:
             from ._control import pool_for
 
             lease = await pool_for(self._client).acquire(self._sprite.name)
@@ -837,6 +849,7 @@ class ExecSession:
                 sprite=self._sprite.name,
                 params=self._request.query(),
                 autoping=False,
+                options=self._options,
             )
         except BaseException as exc:
             if not opened.done():
@@ -888,6 +901,7 @@ class ExecSession:
                     sprite=name,
                     params=params,
                     autoping=False,
+                    options=self._options,
                 )
             except NotFoundError:
                 ws = None
@@ -898,6 +912,7 @@ class ExecSession:
                 sprite=name,
                 params=[("id", sid), *params],
                 autoping=False,
+                options=self._options,
             )
             self._legacy = True
             _legacy_attach.setdefault(client, set()).add(name)
@@ -1660,6 +1675,7 @@ async def run(
     tty: bool = False,
     on_port: PortCallback | None = None,
     control: bool | None = None,
+    options: RequestOptions | None = None,
 ) -> ExecResult:
     """Run a command to completion (``sprite.exec``); see :meth:`Sprite.exec`."""
     request = ExecRequest.build(
@@ -1675,11 +1691,12 @@ async def run(
     use_control = (
         stdin is None
         and not tty
+        and options is None
         and (control if control is not None else control_enabled(sprite.client))
     )
     for attempt in range(3):
         collector = _Collector(limit)
-        proc = ExecSession(sprite, request, on_port=on_port, sink=collector.add)
+        proc = ExecSession(sprite, request, on_port=on_port, sink=collector.add, options=options)
         try:
             await _run_one(proc, stdin, seconds, prefer_control=use_control)
         except _RetryDirect as exc:
@@ -1773,6 +1790,7 @@ async def run_http(
     cwd: str | None = None,
     check: bool = False,
     max_output: int | None = None,
+    options: RequestOptions | None = None,
 ) -> ExecResult:
     """Run a command with ``POST /exec``; see :meth:`Sprite.run_http`."""
     request = ExecRequest.build(
@@ -1799,6 +1817,7 @@ async def run_http(
         data=body,
         content_type="application/octet-stream" if body is not None else None,
         idempotent=False,
+        options=options,
     ) as resp:
         pending = bytearray()
         try:
@@ -1921,7 +1940,13 @@ class ExecSessions:
     def __init__(self, sprite: Sprite) -> None:
         self._sprite = sprite
 
-    async def list(self) -> list[ExecSessionInfo]:
+    async def list(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> list[ExecSessionInfo]:
         """The sessions running now (an exited session disappears at once).
 
         Raises:
@@ -1929,7 +1954,11 @@ class ExecSessions:
         """
         sprite = self._sprite
         resp = await sprite.client._request(
-            "GET", sprite.path + "/exec", operation="list sessions", sprite=sprite.name
+            "GET",
+            sprite.path + "/exec",
+            operation="list sessions",
+            sprite=sprite.name,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         page = resp.parse(_session_list_decoder.decode)
         if page.error:
@@ -1974,6 +2003,9 @@ class ExecSessions:
         stdin: bool = True,
         on_port: PortCallback | None = None,
         kill_on_exit: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> ExecSession:
         """Attach to a running session: ``async with sprite.sessions.attach(id) as proc``.
 
@@ -1994,10 +2026,18 @@ class ExecSessions:
             attach_stdin=stdin,
             on_port=on_port,
             kill_on_exit=kill_on_exit,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
     def kill(
-        self, session_id: str | int, *, signal: str | int = "TERM", timeout: float = 10.0
+        self,
+        session_id: str | int,
+        *,
+        signal: str | int = "TERM",
+        timeout: float = 10.0,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> NDJSONStream[KillEvent, int | None]:
         """Signal a session; escalate to KILL after ``timeout`` seconds (0: never).
 
@@ -2026,6 +2066,7 @@ class ExecSessions:
             idempotent=True,
             final=_kill_final,
             on_api_error=_kill_gone,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
 

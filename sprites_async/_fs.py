@@ -49,6 +49,7 @@ from ._errors import (
     _rebuild_error,
 )
 from ._models import JSONDecoder
+from ._session import ExtraBody, ExtraHeaders, ExtraQuery, RequestOptions, request_options
 
 if TYPE_CHECKING:
     from ._session import Response
@@ -395,6 +396,9 @@ class SpriteFS:
         mode: int | None = None,
         atomic: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> WriteResult:
         """Copy a local file into the sprite without holding it in memory.
 
@@ -417,7 +421,14 @@ class SpriteFS:
                         return
                     yield chunk
 
-            return await target.write_stream(chunks(), mode=mode, atomic=atomic)
+            return await target.write_stream(
+                chunks(),
+                mode=mode,
+                atomic=atomic,
+                extra_headers=extra_headers,
+                extra_query=extra_query,
+                extra_body=extra_body,
+            )
         finally:
             await asyncio.to_thread(fh.close)
 
@@ -427,6 +438,9 @@ class SpriteFS:
         local_path: str | os.PathLike[str],
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> int:
         """Copy a file out of the sprite without holding it in memory; return its size.
 
@@ -441,7 +455,12 @@ class SpriteFS:
         done = False
         total = 0
         try:
-            async with source.open_read(chunk_size=chunk_size) as stream:
+            async with source.open_read(
+                chunk_size=chunk_size,
+                extra_headers=extra_headers,
+                extra_query=extra_query,
+                extra_body=extra_body,
+            ) as stream:
                 async for chunk in stream:
                     await asyncio.to_thread(fh.write, chunk)
                     total += len(chunk)
@@ -569,6 +588,7 @@ class SpritePath:
         json: Any = None,
         idempotent: bool | None = None,
         other: str | None = None,
+        options: RequestOptions | None = None,
     ) -> Response:
         sprite = self._sprite
         try:
@@ -581,26 +601,60 @@ class SpritePath:
                 json=None if json is None else _encode(json),
                 timeout="wake",
                 idempotent=idempotent,
+                options=options,
             )
         except APIError as exc:
             raise fs_error(exc, self.path, other) from exc
         return resp
 
-    async def _listing(self) -> _Listing:
-        resp = await self._call("GET", "list", operation="fs list", params=self._params())
+    async def _listing(self, options: RequestOptions | None = None) -> _Listing:
+        resp = await self._call(
+            "GET", "list", operation="fs list", params=self._params(), options=options
+        )
         return resp.parse(_listing_decoder.decode)
 
-    async def read_bytes(self) -> bytes:
+    async def read_bytes(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> bytes:
         """The whole file's contents (use :meth:`open_read` for big files)."""
-        resp = await self._call("GET", "read", operation="fs read", params=self._params())
+        resp = await self._call(
+            "GET",
+            "read",
+            operation="fs read",
+            params=self._params(),
+            options=request_options(extra_headers, extra_query, extra_body),
+        )
         return resp.body
 
-    async def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+    async def read_text(
+        self,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> str:
         """The whole file, decoded."""
-        return (await self.read_bytes()).decode(encoding, errors)
+        return (
+            await self.read_bytes(
+                extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+            )
+        ).decode(encoding, errors)
 
     async def write_bytes(
-        self, data: bytes | bytearray | memoryview, *, mode: int = 0o644, atomic: bool = False
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        mode: int = 0o644,
+        atomic: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> WriteResult:
         """Replace the file with ``data``, creating parent directories.
 
@@ -611,9 +665,10 @@ class SpritePath:
                 it over this path, so readers never see a partial file.
         """
         payload = bytes(data)
+        options = request_options(extra_headers, extra_query, extra_body)
         if atomic:
-            return await self._atomically(lambda tmp: tmp._write(payload, mode))
-        return await self._write(payload, mode)
+            return await self._atomically(lambda tmp: tmp._write(payload, mode, options), options)
+        return await self._write(payload, mode, options)
 
     async def write_text(
         self,
@@ -623,15 +678,27 @@ class SpritePath:
         *,
         mode: int = 0o644,
         atomic: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> WriteResult:
         """Replace the file with ``text``, encoded."""
-        return await self.write_bytes(text.encode(encoding, errors), mode=mode, atomic=atomic)
+        return await self.write_bytes(
+            text.encode(encoding, errors),
+            mode=mode,
+            atomic=atomic,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )
 
     def _write_params(self, mode: int) -> list[tuple[str, str]]:
         mode = _check_int(mode, "mode", 0o7777)
         return self._params(mode=f"{mode:04o}", mkdirParents="true")
 
-    async def _write(self, payload: bytes, mode: int) -> WriteResult:
+    async def _write(
+        self, payload: bytes, mode: int, options: RequestOptions | None = None
+    ) -> WriteResult:
         sprite = self._sprite
         try:
             resp = await sprite.client._request(
@@ -644,6 +711,7 @@ class SpritePath:
                 content_type="application/octet-stream",
                 timeout="wake",
                 idempotent=True,  # the whole file is replaced: repeating it is harmless
+                options=options,
             )
         except APIError as exc:
             raise fs_error(exc, self.path) from exc
@@ -655,18 +723,27 @@ class SpritePath:
         *,
         mode: int = 0o644,
         atomic: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> WriteResult:
         """Replace the file with the bytes of ``chunks``, streamed as they come.
 
         Nothing is buffered beyond one chunk; the request is not retried
         (the iterable cannot be replayed).
         """
+        options = request_options(extra_headers, extra_query, extra_body)
         if atomic:
-            return await self._atomically(lambda tmp: tmp._write_stream(chunks, mode))
-        return await self._write_stream(chunks, mode)
+            return await self._atomically(
+                lambda tmp: tmp._write_stream(chunks, mode, options), options
+            )
+        return await self._write_stream(chunks, mode, options)
 
     async def _write_stream(
-        self, chunks: AsyncIterable[bytes | bytearray | memoryview], mode: int
+        self,
+        chunks: AsyncIterable[bytes | bytearray | memoryview],
+        mode: int,
+        options: RequestOptions | None = None,
     ) -> WriteResult:
         sprite = self._sprite
         params = self._write_params(mode)
@@ -688,6 +765,7 @@ class SpritePath:
                 data=body(),
                 content_type="application/octet-stream",
                 idempotent=False,
+                options=options,
             ) as resp:
                 raw = await resp.read()
         except APIError as exc:
@@ -695,17 +773,19 @@ class SpritePath:
         return _write_result(raw, self.path)
 
     async def _atomically(
-        self, write: Callable[[SpritePath], Awaitable[WriteResult]]
+        self,
+        write: Callable[[SpritePath], Awaitable[WriteResult]],
+        options: RequestOptions | None = None,
     ) -> WriteResult:
         if self.path == "/":
             _local_error(SpriteIsADirectoryError, "EISDIR", "/", self._sprite.name, "fs write")
         tmp = self.with_name(f".{self.name}.{secrets.token_hex(6)}.tmp")
         try:
             result = await write(tmp)
-            await tmp.rename(self)
+            await tmp._rename(self, options)
         except BaseException:
             try:
-                await asyncio.shield(tmp._remove(missing_ok=True))
+                await asyncio.shield(tmp._remove(missing_ok=True, options=options))
             except Exception as cleanup:  # the original error matters more
                 logger.warning("could not remove temporary file %s: %s", tmp.path, cleanup)
             raise
@@ -717,6 +797,9 @@ class SpritePath:
         offset: int = 0,
         length: int | None = None,
         chunk_size: int = 64 * 1024,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> ByteStream:
         """Stream the file (or ``length`` bytes from ``offset``) in chunks.
 
@@ -735,10 +818,15 @@ class SpritePath:
             _check_int(length, "length")
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
-        return ByteStream(self._read_chunks(offset, length, chunk_size))
+        options = request_options(extra_headers, extra_query, extra_body)
+        return ByteStream(self._read_chunks(offset, length, chunk_size, options))
 
     async def _read_chunks(
-        self, offset: int, length: int | None, chunk_size: int
+        self,
+        offset: int,
+        length: int | None,
+        chunk_size: int,
+        options: RequestOptions | None = None,
     ) -> AsyncIterator[bytes]:
         if length == 0:
             return
@@ -756,6 +844,7 @@ class SpritePath:
                 sprite=sprite.name,
                 params=self._params(),
                 headers=headers,
+                options=options,
             ) as resp:
                 skip = await self._bytes_to_skip(resp, offset, ranged)
                 remaining = length
@@ -796,18 +885,25 @@ class SpritePath:
         # 200: the server ignored the range and sends the whole file.
         return offset
 
-    async def stat(self) -> FileInfo:
+    async def stat(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> FileInfo:
         """Information about this path, without following a final symlink.
 
         There is no stat endpoint: the parent directory is listed and the
         entry with this name picked (section 7.3), one request either way.
         """
+        options = request_options(extra_headers, extra_query, extra_body)
         if self.path == "/":
-            await self._listing()  # proves the sprite and the root are there
+            await self._listing(options)  # proves the sprite and the root are there
             return FileInfo(name="", path="/", type="directory")
         parent = self.parent
         try:
-            listing = await parent._listing()
+            listing = await parent._listing(options)
         except SpriteFileNotFoundError as exc:
             exc.filename = self.path
             raise
@@ -821,63 +917,124 @@ class SpritePath:
                 return _info(entry)
         _local_error(SpriteFileNotFoundError, "ENOENT", self.path, self._sprite.name, "stat")
 
-    async def exists(self) -> bool:
+    async def exists(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> bool:
         """True if the path exists (a dangling symlink exists too)."""
         try:
-            await self.stat()
+            await self.stat(
+                extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+            )
         except (SpriteFileNotFoundError, SpriteNotADirectoryError):
             return False
         return True
 
-    async def _kind(self) -> str | None:
+    async def _kind(self, **extras: Any) -> str | None:
         """The type of what this path points to (symlinks followed), or None."""
         try:
-            info = await self.stat()
+            info = await self.stat(**extras)
         except (SpriteFileNotFoundError, SpriteNotADirectoryError):
             return None
         if not info.is_symlink:
             return info.type
         try:
-            listing = await self._listing()
+            listing = await self._listing(request_options(**extras))
         except (SpriteFileNotFoundError, SpriteNotADirectoryError):
             return None  # dangling
         if _lists_itself(listing):
             return _info((listing.entries or [])[0]).type
         return "directory"
 
-    async def is_dir(self) -> bool:
+    async def is_dir(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> bool:
         """True for a directory or a symlink to one."""
-        return await self._kind() == "directory"
+        return (
+            await self._kind(
+                extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+            )
+            == "directory"
+        )
 
-    async def is_file(self) -> bool:
+    async def is_file(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> bool:
         """True for a regular file or a symlink to one."""
-        return await self._kind() == "file"
+        return (
+            await self._kind(
+                extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+            )
+            == "file"
+        )
 
-    async def is_symlink(self) -> bool:
+    async def is_symlink(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> bool:
         """True for a symbolic link."""
         try:
-            return (await self.stat()).is_symlink
+            return (
+                await self.stat(
+                    extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+                )
+            ).is_symlink
         except (SpriteFileNotFoundError, SpriteNotADirectoryError):
             return False
 
-    async def scandir(self) -> list[FileInfo]:
+    async def scandir(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> list[FileInfo]:
         """The entries of this directory.
 
         Raises:
             SpriteNotADirectoryError: The path is not a directory.
         """
-        listing = await self._listing()
+        listing = await self._listing(request_options(extra_headers, extra_query, extra_body))
         if _lists_itself(listing):
             _local_error(SpriteNotADirectoryError, "ENOTDIR", self.path, self._sprite.name, "list")
         return [_info(e) for e in listing.entries or []]
 
-    async def iterdir(self) -> AsyncIterator[SpritePath]:
+    async def iterdir(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> AsyncIterator[SpritePath]:
         """Yield the paths of this directory's entries (one listing request)."""
-        for entry in await self.scandir():
+        for entry in await self.scandir(
+            extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+        ):
             yield self / entry.name
 
     async def mkdir(
-        self, mode: int | None = None, *, parents: bool = True, exist_ok: bool = True
+        self,
+        mode: int | None = None,
+        *,
+        parents: bool = True,
+        exist_ok: bool = True,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> None:
         """Create this directory.
 
@@ -889,33 +1046,42 @@ class SpritePath:
         otherwise. With ``parents=False`` or ``exist_ok=False`` the parent or
         the path is checked first (one extra request; not atomic).
         """
-        if not parents and not await self.parent.is_dir():
+        options = request_options(extra_headers, extra_query, extra_body)
+        extras: dict[str, Any] = {"extra_headers": extra_headers, "extra_query": extra_query}
+        if not parents and not await self.parent.is_dir(**extras):
             _local_error(SpriteFileNotFoundError, "ENOENT", self.path, self._sprite.name, "mkdir")
-        if not exist_ok and await self.exists():
+        if not exist_ok and await self.exists(**extras):
             _local_error(SpriteFileExistsError, "EEXIST", self.path, self._sprite.name, "mkdir")
         marker = self / f".sprites-async-mkdir-{secrets.token_hex(6)}"
         try:
-            await marker._write(b"", 0o600)
+            await marker._write(b"", 0o600, options)
         except (SpriteNotADirectoryError, SpriteFileExistsError) as exc:
-            if await self.exists() and not await self.is_dir():
+            if await self.exists(**extras) and not await self.is_dir(**extras):
                 _local_error(SpriteFileExistsError, "EEXIST", self.path, self._sprite.name, "mkdir")
             raise exc
-        await marker._remove(missing_ok=True)
+        await marker._remove(missing_ok=True, options=options)
         if mode is not None:
-            await self.chmod(mode)
+            await self.chmod(mode, **extras)
 
-    async def _delete(self, recursive: bool) -> None:
+    async def _delete(self, recursive: bool, options: RequestOptions | None = None) -> None:
         params = self._params(recursive="true" if recursive else "false")
-        await self._call("DELETE", "delete", operation="fs delete", params=params)
+        await self._call("DELETE", "delete", operation="fs delete", params=params, options=options)
 
-    async def _remove(self, *, missing_ok: bool) -> None:
+    async def _remove(self, *, missing_ok: bool, options: RequestOptions | None = None) -> None:
         try:
-            await self._delete(False)
+            await self._delete(False, options)
         except SpriteFileNotFoundError:
             if not missing_ok:
                 raise
 
-    async def unlink(self, missing_ok: bool = False) -> None:
+    async def unlink(
+        self,
+        missing_ok: bool = False,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Remove this file or symlink.
 
         The delete endpoint would also remove an empty directory; the path is
@@ -926,49 +1092,95 @@ class SpritePath:
             SpriteIsADirectoryError: It is a directory (use :meth:`rmdir`/:meth:`rmtree`).
             SpriteFileNotFoundError: It does not exist and ``missing_ok`` is False.
         """
+        options = request_options(extra_headers, extra_query, extra_body)
         try:
-            if (await self.stat()).is_dir:
+            if (
+                await self.stat(
+                    extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+                )
+            ).is_dir:
                 _local_error(
                     SpriteIsADirectoryError, "EISDIR", self.path, self._sprite.name, "unlink"
                 )
-            await self._delete(False)
+            await self._delete(False, options)
         except SpriteFileNotFoundError:
             if not missing_ok:
                 raise
 
-    async def rmdir(self) -> None:
+    async def rmdir(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Remove this directory, which must be empty.
 
         Raises:
             SpriteDirectoryNotEmptyError: It is not empty.
             SpriteNotADirectoryError: It is not a directory.
         """
-        if not (await self.stat()).is_dir:
+        options = request_options(extra_headers, extra_query, extra_body)
+        if not (
+            await self.stat(
+                extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+            )
+        ).is_dir:
             _local_error(SpriteNotADirectoryError, "ENOTDIR", self.path, self._sprite.name, "rmdir")
-        await self._delete(False)
+        await self._delete(False, options)
 
-    async def rmtree(self, missing_ok: bool = False) -> None:
+    async def rmtree(
+        self,
+        missing_ok: bool = False,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Remove this directory and everything in it (a symlink is never followed)."""
+        options = request_options(extra_headers, extra_query, extra_body)
         try:
-            if not (await self.stat()).is_dir:
+            if not (
+                await self.stat(
+                    extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+                )
+            ).is_dir:
                 _local_error(
                     SpriteNotADirectoryError, "ENOTDIR", self.path, self._sprite.name, "rmtree"
                 )
-            await self._delete(True)
+            await self._delete(True, options)
         except SpriteFileNotFoundError:
             if not missing_ok:
                 raise
 
-    async def rename(self, target: str | SpritePath) -> SpritePath:
+    async def rename(
+        self,
+        target: str | SpritePath,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> SpritePath:
         """Move this path to ``target`` (replacing a file there); return the new path.
 
         A relative ``target`` is relative to the filesystem's root, as a
         relative target of :meth:`pathlib.Path.rename` is to the working directory.
         """
+        return await self._rename(target, request_options(extra_headers, extra_query, extra_body))
+
+    async def _rename(
+        self, target: str | SpritePath, options: RequestOptions | None = None
+    ) -> SpritePath:
         dest = self._other(target, "rename")
         body = {"source": self.path, "dest": dest.path, "workingDir": self._fs.root}
         await self._call(
-            "POST", "rename", operation="fs rename", json=body, idempotent=False, other=dest.path
+            "POST",
+            "rename",
+            operation="fs rename",
+            json=body,
+            idempotent=False,
+            other=dest.path,
+            options=options,
         )
         return dest
 
@@ -987,6 +1199,9 @@ class SpritePath:
         *,
         recursive: bool = True,
         preserve_attrs: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> CopyResult:
         """Copy this file or directory tree to ``target`` (relative: to the root)."""
         dest = self._other(target, "copy")
@@ -998,14 +1213,28 @@ class SpritePath:
             "preserveAttrs": preserve_attrs,
         }
         resp = await self._call(
-            "POST", "copy", operation="fs copy", json=body, idempotent=True, other=dest.path
+            "POST",
+            "copy",
+            operation="fs copy",
+            json=body,
+            idempotent=True,
+            other=dest.path,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         wire = resp.parse(_copy_decoder.decode)
         copied = [(c.source, c.dest) for c in wire.copied]
         count = wire.count if wire.count is not None else len(copied)
         return CopyResult(copied=copied, count=count, total_bytes=wire.total_bytes)
 
-    async def chmod(self, mode: int, *, recursive: bool = False) -> None:
+    async def chmod(
+        self,
+        mode: int,
+        *,
+        recursive: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Change permission bits (of everything below, with ``recursive``)."""
         mode = _check_int(mode, "mode", 0o7777)
         body = {
@@ -1014,10 +1243,24 @@ class SpritePath:
             "mode": f"{mode:04o}",
             "recursive": recursive,
         }
-        await self._call("POST", "chmod", operation="fs chmod", json=body, idempotent=True)
+        await self._call(
+            "POST",
+            "chmod",
+            operation="fs chmod",
+            json=body,
+            idempotent=True,
+            options=request_options(extra_headers, extra_query, extra_body),
+        )
 
     async def chown(
-        self, uid: int | None = None, gid: int | None = None, *, recursive: bool = False
+        self,
+        uid: int | None = None,
+        gid: int | None = None,
+        *,
+        recursive: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> None:
         """Change the owner and/or group (numeric ids; at least one of them)."""
         if uid is None and gid is None:
@@ -1031,7 +1274,14 @@ class SpritePath:
         if gid is not None:
             body["gid"] = gid
         body["recursive"] = recursive
-        await self._call("POST", "chown", operation="fs chown", json=body, idempotent=True)
+        await self._call(
+            "POST",
+            "chown",
+            operation="fs chown",
+            json=body,
+            idempotent=True,
+            options=request_options(extra_headers, extra_query, extra_body),
+        )
 
 
 def _lists_itself(listing: _Listing) -> bool:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from ._models import JSONDecoder
+from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 
 if TYPE_CHECKING:
     from ._sprites import Sprite
@@ -181,7 +182,13 @@ class PolicyResource:
     def _path(self) -> str:
         return self._sprite.path + "/policy/network"
 
-    async def get(self) -> NetworkPolicy:
+    async def get(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> NetworkPolicy:
         """The current policy (no rules when none was ever set)."""
         sprite = self._sprite
         resp = await sprite.client._request(
@@ -190,12 +197,20 @@ class PolicyResource:
             operation="get network policy",
             sprite=sprite.name,
             timeout="wake",
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         wire = resp.parse(_policy_decoder.decode)
         rules = [r for r in map(_from_wire, wire.rules or []) if r is not None]
         return NetworkPolicy(rules=rules)
 
-    async def set(self, rules: NetworkPolicy | Iterable[Rule | Mapping[str, Any]]) -> NetworkPolicy:
+    async def set(
+        self,
+        rules: NetworkPolicy | Iterable[Rule | Mapping[str, Any]],
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> NetworkPolicy:
         """Replace the whole policy; return what was set.
 
         Rules may be :class:`DomainRule`/:class:`IncludeRule` objects or
@@ -215,9 +230,18 @@ class PolicyResource:
             json=msgspec.json.encode({"rules": [_to_wire(rule) for rule in checked]}),
             timeout="wake",
             idempotent=True,  # a full replacement: sending it twice is harmless
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         return NetworkPolicy(rules=checked)
 
-    async def clear(self) -> None:
+    async def clear(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Remove every rule (outbound traffic is unrestricted again)."""
-        await self.set([])
+        await self.set(
+            [], extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+        )

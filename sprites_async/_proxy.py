@@ -37,9 +37,10 @@ import msgspec
 
 from ._checkpoints import OtherEvent, event_decoder
 from ._errors import NotFoundError, SpritesConnectionError, SpritesTimeoutError
+from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 
 if TYPE_CHECKING:
-    from ._session import SpritesClient, WebSocket
+    from ._session import RequestOptions, SpritesClient, WebSocket
     from ._sprites import Sprite
 
 __all__ = [
@@ -139,7 +140,9 @@ async def _close_ws(ws: WebSocket, code: int = 1000) -> None:
         await ws.close(code=code)
 
 
-async def _open_tunnel(sprite: Sprite, host: str, port: int) -> tuple[WebSocket, str]:
+async def _open_tunnel(
+    sprite: Sprite, host: str, port: int, options: RequestOptions | None = None
+) -> tuple[WebSocket, str]:
     """Dial ``/proxy``, send the init frame, wait for ``connected``; return (ws, target)."""
     target = f"{host}:{port}"
     ws, _ = await sprite.client._ws_connect(
@@ -147,6 +150,7 @@ async def _open_tunnel(sprite: Sprite, host: str, port: int) -> tuple[WebSocket,
         operation="proxy",
         sprite=sprite.name,
         heartbeat=HEARTBEAT,
+        options=options,
     )
     try:
         await ws.send_str(msgspec.json.encode({"host": host, "port": port}).decode())
@@ -347,7 +351,12 @@ async def _tcp_pair() -> tuple[socket.socket, socket.socket]:
 
 
 async def open_connection(
-    sprite: Sprite, port: int, *, host: str = "localhost", limit: int = 2**16
+    sprite: Sprite,
+    port: int,
+    *,
+    host: str = "localhost",
+    limit: int = 2**16,
+    options: RequestOptions | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open one TCP connection to ``host:port`` as seen from inside the sprite.
 
@@ -365,7 +374,7 @@ async def open_connection(
     port = _check_port(port)
     host = _check_host(host)
     registry = _tunnels(sprite.client)
-    ws, _ = await _open_tunnel(sprite, host, port)
+    ws, _ = await _open_tunnel(sprite, host, port, options)
     try:
         ours, theirs = await _tcp_pair()
     except BaseException:
@@ -412,8 +421,10 @@ class PortForward:
         local_port: int = 0,
         host: str = "localhost",
         bind: str = "127.0.0.1",
+        options: RequestOptions | None = None,
     ) -> None:
         self.remote_port = _check_port(remote_port, "remote_port")
+        self._options = options
         if isinstance(local_port, bool) or not isinstance(local_port, int):
             raise ValueError("local_port must be an int (0 picks a free port)")
         if not 0 <= local_port <= 65535:
@@ -464,7 +475,7 @@ class PortForward:
         self.accepted += 1
         try:
             try:
-                ws, _ = await _open_tunnel(self._sprite, self.host, self.remote_port)
+                ws, _ = await _open_tunnel(self._sprite, self.host, self.remote_port, self._options)
             except Exception as exc:
                 self.failed += 1
                 self.last_error = exc
@@ -512,6 +523,7 @@ def forward(
     host: str = "localhost",
     *,
     bind: str = "127.0.0.1",
+    options: RequestOptions | None = None,
 ) -> PortForward:
     """Forward a local port to ``host:remote_port`` inside the sprite.
 
@@ -521,7 +533,9 @@ def forward(
     A connection whose tunnel cannot be opened is reset and counted in
     :attr:`PortForward.failed` (the listener keeps running).
     """
-    return PortForward(sprite, remote_port, local_port=local_port, host=host, bind=bind)
+    return PortForward(
+        sprite, remote_port, local_port=local_port, host=host, bind=bind, options=options
+    )
 
 
 # ----------------------------------------------------------------- ports watch
@@ -583,8 +597,9 @@ _decode_port_event = event_decoder(
 class PortWatch:
     """An open ports watch: ``async for event in watch``; ``async with`` closes it."""
 
-    def __init__(self, sprite: Sprite) -> None:
+    def __init__(self, sprite: Sprite, options: RequestOptions | None = None) -> None:
         self._sprite = sprite
+        self._options = options
         self._ws: WebSocket | None = None
         self._closed = False
 
@@ -600,6 +615,7 @@ class PortWatch:
                 operation="ports watch",
                 sprite=sprite.name,
                 heartbeat=HEARTBEAT,
+                options=self._options,
             )
         except NotFoundError as exc:
             if exc.message.strip() == "sprite not found":
@@ -680,10 +696,16 @@ class PortsResource:
     def __repr__(self) -> str:
         return f"<PortsResource sprite={self._sprite.name!r}>"
 
-    def watch(self) -> PortWatch:
+    def watch(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> PortWatch:
         """Watch ports being opened and closed, starting with a :class:`PortList` snapshot.
 
         Raises (when iteration starts):
             PortsWatchNotSupportedError: The sprite (or emulator) has no ``/ports/watch``.
         """
-        return PortWatch(self._sprite)
+        return PortWatch(self._sprite, request_options(extra_headers, extra_query, extra_body))

@@ -29,7 +29,14 @@ import msgspec
 from ._checkpoints import EventOperation, OtherEvent, event_decoder
 from ._errors import APIError, NotFoundError, StreamError
 from ._models import JSONDecoder
-from ._session import quote_segment
+from ._session import (
+    ExtraBody,
+    ExtraHeaders,
+    ExtraQuery,
+    RequestOptions,
+    quote_segment,
+    request_options,
+)
 from ._streams import NDJSONStream
 
 if TYPE_CHECKING:
@@ -395,16 +402,34 @@ class ServicesResource:
             path += "/" + action
         return path
 
-    async def list(self) -> list[Service]:
+    async def list(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> list[Service]:
         """Every service with its state (a bare array or ``{"services": [...]}`` is accepted)."""
         sprite = self._sprite
         resp = await sprite.client._request(
-            "GET", self._path(), operation="list services", sprite=sprite.name, timeout="wake"
+            "GET",
+            self._path(),
+            operation="list services",
+            sprite=sprite.name,
+            timeout="wake",
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         found = resp.parse(_list_decoder.decode)
         return found.services if isinstance(found, _Wrapped) else found
 
-    async def get(self, name: str) -> Service:
+    async def get(
+        self,
+        name: str,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> Service:
         """One service.
 
         Raises:
@@ -414,7 +439,12 @@ class ServicesResource:
         sprite = self._sprite
         try:
             resp = await sprite.client._request(
-                "GET", self._path(name), operation="get service", sprite=sprite.name, timeout="wake"
+                "GET",
+                self._path(name),
+                operation="get service",
+                sprite=sprite.name,
+                timeout="wake",
+                options=request_options(extra_headers, extra_query, extra_body),
             )
         except APIError as exc:
             raise _not_found(exc) from exc
@@ -431,6 +461,9 @@ class ServicesResource:
         env: Mapping[str, str] | None = None,
         dir: str | None = None,
         duration: float | timedelta | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> EventOperation[ServiceEvent, ServiceResult]:
         """Create or update a service and start it, streaming its first output.
 
@@ -472,18 +505,37 @@ class ServicesResource:
             json=msgspec.json.encode(body),
             exit_fails=True,
             idempotent=False,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
     def start(
-        self, name: str, *, duration: float | timedelta | None = None
+        self,
+        name: str,
+        *,
+        duration: float | timedelta | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> EventOperation[ServiceEvent, ServiceResult]:
         """Start a stopped service, streaming its first output (``duration`` seconds)."""
         return self._operation(
-            "POST", _check_name(name), "start", "start service", duration, exit_fails=True
+            "POST",
+            _check_name(name),
+            "start",
+            "start service",
+            duration,
+            exit_fails=True,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
     def stop(
-        self, name: str, *, timeout: float | timedelta | None = None
+        self,
+        name: str,
+        *,
+        timeout: float | timedelta | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> EventOperation[ServiceEvent, ServiceResult]:
         """Stop a service (sticky: it stays stopped until started).
 
@@ -495,15 +547,33 @@ class ServicesResource:
         """
         params = None if timeout is None else [("timeout", go_duration(timeout))]
         return self._operation(
-            "POST", _check_name(name), "stop", "stop service", None, params=params
+            "POST",
+            _check_name(name),
+            "stop",
+            "stop service",
+            None,
+            params=params,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
     def restart(
-        self, name: str, *, duration: float | timedelta | None = None
+        self,
+        name: str,
+        *,
+        duration: float | timedelta | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> EventOperation[ServiceEvent, ServiceResult]:
         """Stop the service if it runs, then start it; the events of both."""
         return self._operation(
-            "POST", _check_name(name), "restart", "restart service", duration, exit_fails=True
+            "POST",
+            _check_name(name),
+            "restart",
+            "restart service",
+            duration,
+            exit_fails=True,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
     def _operation(
@@ -518,6 +588,7 @@ class ServicesResource:
         params: _QueryParams | None = None,
         exit_fails: bool = False,
         idempotent: bool | None = None,
+        options: RequestOptions | None = None,
     ) -> EventOperation[ServiceEvent, ServiceResult]:
         if duration is not None:
             params = [*(params or []), ("duration", go_duration(duration))]
@@ -534,6 +605,7 @@ class ServicesResource:
             json=json,
             idempotent=idempotent,
             on_api_error=_raise_not_found,
+            options=options,
         )
         return EventOperation(
             stream, on_event=tracker.on_event, on_end=tracker.on_end, outcome=tracker.outcome
@@ -546,6 +618,9 @@ class ServicesResource:
         lines: int | None = None,
         follow: bool = False,
         duration: float | timedelta | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> EventOperation[ServiceEvent, ServiceResult]:
         """The service's log as events: buffered lines, then new ones when following.
 
@@ -581,12 +656,20 @@ class ServicesResource:
             sprite=sprite.name,
             params=params,
             on_api_error=_raise_not_found,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         return EventOperation(
             stream, on_event=tracker.on_event, on_end=tracker.on_end, outcome=tracker.outcome
         )
 
-    async def delete(self, name: str) -> None:
+    async def delete(
+        self,
+        name: str,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Delete a service (its logs are kept).
 
         Raises:
@@ -602,11 +685,20 @@ class ServicesResource:
                 operation="delete service",
                 sprite=sprite.name,
                 timeout="wake",
+                options=request_options(extra_headers, extra_query, extra_body),
             )
         except APIError as exc:
             raise _not_found(exc) from exc
 
-    async def signal(self, name: str, sig: str | int) -> None:
+    async def signal(
+        self,
+        name: str,
+        sig: str | int,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Send a signal to the service's process (``"HUP"``, ``signal.SIGTERM``, 15 ...).
 
         A signal that kills the process counts as a crash: the runtime restarts it.
@@ -626,6 +718,7 @@ class ServicesResource:
                 sprite=sprite.name,
                 json=msgspec.json.encode(body),
                 timeout="wake",
+                options=request_options(extra_headers, extra_query, extra_body),
             )
         except APIError as exc:
             raise _not_found(exc) from exc
@@ -643,6 +736,8 @@ def _strings(values: Iterable[str], what: str) -> list[str]:
 def _not_found(exc: APIError) -> APIError:
     """A missing service as :class:`ServiceNotFoundError`; a missing sprite stays as it is."""
     if exc.status_code != 404 or exc.message.strip() == "sprite not found":
+        return exc
+    if exc.code == "route_not_found":  # an older server without the endpoint
         return exc
     return ServiceNotFoundError(
         exc.message,

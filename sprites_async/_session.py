@@ -11,11 +11,14 @@ one boundary.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import enum
+import ipaddress
 import logging
 import os
 import platform
+import ssl as ssl_module
 import sys
 import time
 import warnings
@@ -25,11 +28,16 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+from urllib.request import (  # type: ignore[attr-defined]  # not in typeshed, but public
+    getproxies_environment,
+    proxy_bypass_environment,
+)
 
 import aiohttp
 import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ._errors import (
     APIError,
@@ -54,7 +62,7 @@ if TYPE_CHECKING:
 
     WebSocket: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[True]]
 
-__all__ = ["DEFAULT_BASE_URL", "SpritesClient", "Timeouts"]
+__all__ = ["DEFAULT_BASE_URL", "RequestOptions", "SpritesClient", "Timeouts", "request_options"]
 
 logger = logging.getLogger("sprites_async")
 
@@ -66,6 +74,8 @@ BASE_URL_ENV_VAR = "SPRITES_API_URL"
 
 TimeoutKind = Literal["api", "wake", "create", "stream"]
 Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
+ProxySetting: TypeAlias = str | Literal[False] | None
+SSLSetting: TypeAlias = ssl_module.SSLContext | str | os.PathLike[str] | bool | None
 
 
 @dataclass(frozen=True)
@@ -213,6 +223,206 @@ def _resolve_base_url(base_url: str | None) -> str:
     return url
 
 
+class _Secret(str):
+    """A header value that does not show itself in ``repr`` (of a dict of headers, say).
+
+    The header dicts the seams build live in their frames' locals, which
+    tracebacks with locals and error trackers print.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<redacted>'"
+
+
+class RequestOptions(NamedTuple):
+    """What a caller adds to one API call: ``extra_headers``, ``extra_query``, ``extra_body``.
+
+    Made by :func:`request_options` from the keyword arguments every public
+    call accepts, and applied by the seams, so that a field the service
+    added (or one only some official SDKs send) can be used before the SDK
+    models it.
+    """
+
+    headers: Mapping[str, str] | None = None
+    query: Sequence[tuple[str, str]] = ()
+    body: Mapping[str, object] | None = None
+
+    @property
+    def wire(self) -> bool:
+        """Whether they change the request line or headers (a pooled socket cannot)."""
+        return bool(self.headers) or bool(self.query)
+
+
+ExtraHeaders: TypeAlias = Mapping[str, str] | None
+ExtraQuery: TypeAlias = Mapping[str, object] | None
+ExtraBody: TypeAlias = Mapping[str, object] | None
+
+
+def request_options(
+    extra_headers: ExtraHeaders = None,
+    extra_query: ExtraQuery = None,
+    extra_body: ExtraBody = None,
+) -> RequestOptions | None:
+    """Check the three ``extra_*`` arguments of a call; None when there are none.
+
+    * ``extra_headers`` are sent with the request and win over the SDK's own
+      headers (``User-Agent``, ``Content-Type``, ``Range``...), except
+      ``Authorization``: the token is the client's (make another client for
+      another token), so setting it here is a ``ValueError``.
+    * ``extra_query`` parameters are appended to the SDK's (``True``/``False``
+      become ``true``/``false``; a list repeats the key).
+    * ``extra_body`` keys are merged over the JSON object the call sends.
+      A call without a JSON body (GET, streamed uploads, WebSockets) raises
+      ``TypeError`` before anything is sent.
+    """
+    if extra_headers is None and extra_query is None and extra_body is None:
+        return None
+    headers: dict[str, str] | None = None
+    if extra_headers is not None:
+        if not isinstance(extra_headers, Mapping):
+            raise TypeError("extra_headers must be a mapping of header names to strings")
+        headers = {}
+        for name, value in cast("Mapping[object, object]", extra_headers).items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError("extra_headers names and values must be strings")
+            if name.strip().lower() == "authorization":
+                raise ValueError(
+                    "extra_headers cannot set Authorization: the token belongs to the "
+                    "client (create a SpritesClient with that token)"
+                )
+            headers[name] = value
+    query: list[tuple[str, str]] = []
+    if extra_query is not None:
+        if not isinstance(extra_query, Mapping):
+            raise TypeError("extra_query must be a mapping of parameter names to values")
+        for key, given in extra_query.items():
+            for item in given if isinstance(given, (list, tuple)) else (given,):
+                query.append((str(key), _query_value(key, item)))
+    if extra_body is not None and not isinstance(extra_body, Mapping):
+        raise TypeError("extra_body must be a mapping of JSON keys to values")
+    return RequestOptions(headers or None, tuple(query), extra_body)
+
+
+def _query_value(key: object, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise TypeError(f"extra_query[{key!r}]: expected str, int, float or bool, not {value!r}")
+
+
+def _with_query(params: Params, options: RequestOptions | None) -> Params:
+    if options is None or not options.query:
+        return params
+    if params is None:
+        return list(options.query)
+    base = list(params.items()) if isinstance(params, Mapping) else list(params)
+    return [*base, *options.query]
+
+
+def _with_body(json: bytes | None, options: RequestOptions | None, operation: str) -> bytes | None:
+    if options is None or options.body is None:
+        return json
+    if json is None:
+        raise TypeError(f"{operation}: extra_body needs a call that sends a JSON body")
+    merged = msgspec.json.decode(json)
+    if not isinstance(merged, dict):
+        raise TypeError(f"{operation}: extra_body needs a call whose JSON body is an object")
+    merged.update(options.body)
+    return msgspec.json.encode(merged)
+
+
+class _Proxy(NamedTuple):
+    """A resolved proxy: its URL without credentials, and the header carrying them."""
+
+    url: URL
+    headers: Mapping[str, str] | None
+
+
+def _resolve_proxy(proxy: ProxySetting, base_url: str) -> _Proxy | None:
+    """The proxy every call to ``base_url`` goes through, or None.
+
+    ``None`` reads the environment the way httpx, requests and Go's
+    ``http.ProxyFromEnvironment`` do: ``HTTPS_PROXY`` (or ``HTTP_PROXY`` for an
+    ``http://`` API, then ``ALL_PROXY``), lowercase names first, unless
+    ``NO_PROXY`` names the API host. As in Go (sprites-go), a loopback API
+    (a local emulator) never goes through an environment proxy. Every call
+    goes to one host, so this is decided once, not per request.
+    """
+    if proxy is False:
+        return None
+    parts = urlsplit(base_url)
+    if proxy is None:
+        env = getproxies_environment()
+        host = parts.hostname or ""
+        if not host or _is_loopback(host) or proxy_bypass_environment(host, env):
+            return None
+        scheme = parts.scheme
+        value = env.get(scheme) or env.get("all")
+        if not value:
+            return None
+        source = f"{scheme.upper()}_PROXY" if env.get(scheme) else "ALL_PROXY"
+    elif isinstance(proxy, str):
+        value, source = proxy, "proxy="
+    else:
+        raise TypeError(f"proxy must be a URL string, False or None, not {type(proxy).__name__}")
+    value = value.strip()
+    if "://" not in value:
+        value = "http://" + value  # what requests and curl assume for "host:port"
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{source}: not a proxy URL") from exc
+    if url.scheme != "http" or not url.host:
+        shown = url.with_user(None).with_password(None) if url.host else url.scheme + "://..."
+        raise ConfigurationError(
+            f"{source}: unsupported proxy {str(shown)!r}: only http:// proxies are supported "
+            "(https:// APIs are reached through a CONNECT tunnel in them)"
+        )
+    headers = None
+    if url.user is not None or url.password is not None:
+        userinfo = f"{url.user or ''}:{url.password or ''}".encode()
+        headers = {"Proxy-Authorization": "Basic " + base64.b64encode(userinfo).decode("ascii")}
+        url = url.with_user(None)  # the credentials travel in the header only
+    return _Proxy(url.with_path("").with_query(None).with_fragment(None), headers)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolve_ssl(value: SSLSetting) -> ssl_module.SSLContext | bool:
+    """What the connector verifies TLS with: a context, True (system CAs) or False."""
+    if value is False:
+        return False
+    if isinstance(value, ssl_module.SSLContext):
+        return value
+    if value is None or value is True:
+        cafile = os.environ.get("SSL_CERT_FILE") or None
+        capath = os.environ.get("SSL_CERT_DIR") or None
+        if cafile is None and capath is None:
+            return True
+        source = "SSL_CERT_FILE/SSL_CERT_DIR"
+    elif isinstance(value, (str, os.PathLike)):
+        cafile, capath, source = os.fspath(value), None, "ssl="
+    else:
+        raise TypeError(
+            "ssl must be an ssl.SSLContext, a CA bundle path, True, False or None, "
+            f"not {type(value).__name__}"
+        )
+    try:
+        return ssl_module.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl_module.SSLError) as exc:
+        raise ConfigurationError(f"{source}: cannot load CA certificates: {exc}") from exc
+
+
 def _user_agent() -> str:
     return (
         f"sprites-async/{__version__} (python/{platform.python_version()}; "
@@ -252,6 +462,20 @@ class SpritesClient:
             or with explicit pool limits (:class:`ControlOptions`).
         exec_settings: Exec timing and buffering (:class:`ExecSettings`):
             exit grace period, ping interval and dead-peer timeout, kill grace.
+        proxy: An ``http://[user:password@]host:port`` proxy for every call,
+            HTTP and WebSocket alike (https:// APIs go through a CONNECT
+            tunnel: the proxy never sees the token); ``False`` ignores the
+            environment. ``None`` (the default) reads ``HTTPS_PROXY``
+            (``HTTP_PROXY`` for an ``http://`` API, then ``ALL_PROXY``; lowercase
+            names win), unless ``NO_PROXY`` names the API host or the API is
+            on loopback (as in Go). Read once, when the client is created.
+        ssl: How the server's certificate is verified: an ``ssl.SSLContext``,
+            or the path of a CA bundle (PEM) that replaces the system's CAs.
+            ``None`` uses the system's CAs, or ``SSL_CERT_FILE`` /
+            ``SSL_CERT_DIR`` when set (``REQUESTS_CA_BUNDLE`` is not read).
+            ``False`` **disables verification**: anyone on the path can then
+            impersonate the API and read the token. Use it only against a
+            local test server, never in production.
 
     Use it as ``async with SpritesClient() as client:``, or call
     :meth:`aclose` when done. A closed client cannot be reopened.
@@ -271,9 +495,20 @@ class SpritesClient:
         user_agent: str | None = None,
         control: bool | ControlOptions = True,
         exec_settings: ExecSettings | None = None,
+        proxy: ProxySetting = None,
+        ssl: SSLSetting = None,
     ) -> None:
         self._token = _resolve_token(token)
         self.base_url = _resolve_base_url(base_url)
+        self._proxy = _resolve_proxy(proxy, self.base_url)
+        self._ssl = _resolve_ssl(ssl)
+        # Per request, not per session: aiohttp's session-level proxy_auth is
+        # deprecated and it has no session-level proxy headers.
+        self._proxy_kwargs: dict[str, Any] = (
+            {"proxy": self._proxy.url, "proxy_headers": self._proxy.headers}
+            if self._proxy is not None
+            else {}
+        )
         if timeout is None:
             self.timeouts = Timeouts()
         elif isinstance(timeout, Timeouts):
@@ -289,10 +524,12 @@ class SpritesClient:
         self._trace_configs = list(trace_configs)
         self.control: bool | ControlOptions = control
         self.exec_settings: ExecSettings | None = exec_settings
-        self._headers = {
-            "Authorization": f"Bearer {self._token}",
-            "User-Agent": user_agent or _user_agent(),
-        }
+        self._headers = {"User-Agent": user_agent or _user_agent()}
+        # Sent with each request, never as a session default header: aiohttp
+        # copies the session's default headers into the CONNECT request to a
+        # proxy, where an Authorization header becomes Proxy-Authorization and
+        # the proxy would read the token.
+        self._auth = {"Authorization": _Secret(f"Bearer {self._token}")}
         self._client_timeouts = {
             kind: self.timeouts._client_timeout(kind)
             for kind in ("api", "wake", "create", "stream")
@@ -304,7 +541,13 @@ class SpritesClient:
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
-        return f"<SpritesClient base_url={self.base_url!r} state={self._state.value}>"
+        proxy = f" proxy={self.proxy!r}" if self.proxy else ""
+        return f"<SpritesClient base_url={self.base_url!r}{proxy} state={self._state.value}>"
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy in use, without its credentials, or None."""
+        return str(self._proxy.url) if self._proxy is not None else None
 
     @property
     def org(self) -> str | None:
@@ -383,6 +626,7 @@ class SpritesClient:
             limit_per_host=self.max_connections_per_host,
             keepalive_timeout=self._keepalive_timeout,
             ttl_dns_cache=300,
+            ssl=self._ssl,
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -440,16 +684,20 @@ class SpritesClient:
         timeout: TimeoutKind = "api",
         idempotent: bool | None = None,
         ok: Container[int] | None = None,
+        options: RequestOptions | None = None,
     ) -> Response:
         """Send one request and return its status, headers and whole body.
 
         A status >= 400 (or outside ``ok`` when given) raises the matching
         :class:`APIError`; connection failures raise
         :class:`SpritesConnectionError`/:class:`SpritesTimeoutError`.
-        ``json`` is an already encoded JSON body.
+        ``json`` is an already encoded JSON body. ``options`` (the caller's
+        ``extra_*`` arguments) are applied here.
         """
         session = self._ensure_session()
-        data, headers = _body_and_headers(json, data, content_type, None)
+        json = _with_body(json, options, operation)
+        params = _with_query(params, options)
+        data, headers = _body_and_headers(self._auth, json, data, content_type, None, options)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         client_timeout = self._client_timeouts[timeout]
@@ -470,6 +718,7 @@ class SpritesClient:
                         data=data,
                         headers=headers,
                         timeout=client_timeout,
+                        **self._proxy_kwargs,
                     ) as resp:
                         body = await resp.read()
                         status = resp.status
@@ -478,7 +727,7 @@ class SpritesClient:
                     if slots is not None:
                         slots.release()
             except _TRANSPORT_ERRORS as exc:
-                may_retry = idempotent or isinstance(exc, aiohttp.ClientConnectorError)
+                may_retry = idempotent or _never_sent(exc)
                 await asyncio.sleep(
                     self._delay_or_raise(
                         exc, method, path, operation, sprite, attempt, started, may_retry
@@ -488,9 +737,7 @@ class SpritesClient:
             self._log(method, path, status, started, attempt, resp_headers)
             if status < 400 and (ok is None or status in ok):
                 return Response(status, resp_headers, body, operation, sprite)
-            error_obj = api_error_from_response(
-                status, resp_headers, body, operation=operation, sprite=sprite
-            )
+            error_obj = _api_error(method, path, status, resp_headers, body, operation, sprite)
             if idempotent and status in self.retry.retry_statuses:
                 delay = self._status_backoff(error_obj, resp_headers, attempt)
                 if delay is not None:
@@ -513,6 +760,7 @@ class SpritesClient:
         headers: Mapping[str, str] | None = None,
         timeout: TimeoutKind = "stream",
         idempotent: bool | None = None,
+        options: RequestOptions | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request and yield the response while its body streams in.
 
@@ -525,7 +773,11 @@ class SpritesClient:
         ``retry_statuses`` (429/5xx); others only on failed connects.
         """
         session = self._ensure_session()
-        data, send_headers = _body_and_headers(json, data, content_type, headers)
+        json = _with_body(json, options, operation)
+        params = _with_query(params, options)
+        data, send_headers = _body_and_headers(
+            self._auth, json, data, content_type, headers, options
+        )
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         url = self.base_url + path
@@ -541,9 +793,10 @@ class SpritesClient:
                     data=data,
                     headers=send_headers,
                     timeout=self._client_timeouts[timeout],
+                    **self._proxy_kwargs,
                 )
             except _TRANSPORT_ERRORS as exc:
-                may_retry = idempotent or isinstance(exc, aiohttp.ClientConnectorError)
+                may_retry = idempotent or _never_sent(exc)
                 await asyncio.sleep(
                     self._delay_or_raise(
                         exc, method, path, operation, sprite, attempt, started, may_retry
@@ -565,9 +818,7 @@ class SpritesClient:
                     body = await resp.read()
                 except _TRANSPORT_ERRORS as exc:
                     raise _translate(exc, method, path, operation, sprite) from exc
-                raise api_error_from_response(
-                    resp.status, resp.headers, body, operation=operation, sprite=sprite
-                )
+                raise _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
             yield resp
         finally:
             resp.release()
@@ -590,9 +841,7 @@ class SpritesClient:
             body = b""
         finally:
             resp.release()
-        error_obj = api_error_from_response(
-            resp.status, resp.headers, body, operation=operation, sprite=sprite
-        )
+        error_obj = _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
         delay = self._status_backoff(error_obj, resp.headers, attempt)
         if delay is None:
             raise error_obj
@@ -622,6 +871,7 @@ class SpritesClient:
         heartbeat: float | None = None,
         max_msg_size: int = 16 * 1024 * 1024,
         retry_handshake: bool = True,
+        options: RequestOptions | None = None,
     ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
         """Upgrade to a WebSocket; return it with the upgrade response headers.
 
@@ -632,6 +882,9 @@ class SpritesClient:
         cannot have started); a handshake that timed out is not.
         """
         session = self._ensure_session()
+        _with_body(None, options, operation)  # a WebSocket upgrade has no body
+        params = _with_query(params, options)
+        _, send_headers = _body_and_headers(self._auth, None, None, None, headers, options)
         url = self.base_url + path
         ws_timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
         attempt = 0
@@ -645,20 +898,21 @@ class SpritesClient:
                     ws = await session.ws_connect(
                         url,
                         params=params,
-                        headers=headers,
+                        headers=send_headers,
                         autoping=autoping,
                         heartbeat=heartbeat,
                         max_msg_size=max_msg_size,
                         timeout=ws_timeout,
                         autoclose=False,
+                        **self._proxy_kwargs,
                     )
             except aiohttp.WSServerHandshakeError as exc:
                 _redact_request_info(exc)  # kept as the __cause__ of what is raised
                 self._log("GET", path, exc.status, started, attempt, exc.headers)
                 error_obj: APIError | SpritesConnectionError
                 if exc.status >= 400:
-                    error_obj = api_error_from_response(
-                        exc.status, exc.headers, seen.body, operation=operation, sprite=sprite
+                    error_obj = _api_error(
+                        "GET", path, exc.status, exc.headers, seen.body, operation, sprite
                     )
                 else:
                     error_obj = SpritesConnectionError(
@@ -686,7 +940,7 @@ class SpritesClient:
                     )
                     self._log("GET", path, None, started, attempt, None, error=error)
                     raise error from exc
-                may_retry = retry_handshake and isinstance(exc, aiohttp.ClientConnectorError)
+                may_retry = retry_handshake and _never_sent(exc)
                 await asyncio.sleep(
                     self._delay_or_raise(
                         exc, "GET", path, operation, sprite, attempt, started, may_retry
@@ -716,7 +970,7 @@ class SpritesClient:
         """
         error = _translate(exc, method, path, operation, sprite)
         self._log(method, path, None, started, attempt, None, error=error)
-        delay = self.retry.backoff(attempt) if may_retry else None
+        delay = self.retry.backoff(attempt) if may_retry and not _permanent(exc) else None
         if delay is None:
             raise error from exc
         return delay
@@ -775,6 +1029,48 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
+ROUTE_NOT_FOUND_CODE = "route_not_found"
+
+
+def _api_error(
+    method: str,
+    path: str,
+    status: int,
+    headers: Mapping[str, str] | None,
+    body: bytes,
+    operation: str,
+    sprite: str | None,
+) -> APIError:
+    """The :class:`APIError` for an error answer; a missing route says so.
+
+    A sprite server without a route (older than this SDK) answers like Go's
+    ``http.ServeMux``: 404 ``404 page not found``. Left as is, the message
+    would read like a missing file, service or checkpoint; the error gets
+    ``code="route_not_found"`` and a message naming the endpoint.
+    """
+    error = api_error_from_response(status, headers, body, operation=operation, sprite=sprite)
+    if status == 404 and body.strip() == b"404 page not found":
+        error.code = ROUTE_NOT_FOUND_CODE
+        error.message = (
+            f"the server has no {method} {path} endpoint (404 page not found): "
+            "the sprite (or the API) runs an older version without it"
+        )
+        error.args = (error.message,)
+    return error
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the request certainly never reached the server (safe to send again)."""
+    return isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError))
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Whether another attempt would fail the same way (bad certificate, proxy refusal)."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return True
+    return isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status not in (502, 503, 504)
+
+
 def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:
     """``asyncio.timeout`` where it exists (3.11+), else ``async_timeout`` (an aiohttp
     dependency on 3.10)."""
@@ -788,14 +1084,25 @@ def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:
 
 
 def _body_and_headers(
-    json: bytes | None, data: Any, content_type: str | None, headers: Mapping[str, str] | None
-) -> tuple[Any, dict[str, str] | None]:
-    """The request body and the headers it needs (a pre-encoded JSON body wins)."""
-    out = dict(headers) if headers else None
+    auth: Mapping[str, str],
+    json: bytes | None,
+    data: Any,
+    content_type: str | None,
+    headers: Mapping[str, str] | None,
+    options: RequestOptions | None = None,
+) -> tuple[Any, dict[str, str]]:
+    """The request body and every header it is sent with (a pre-encoded JSON body wins).
+
+    The caller's ``extra_headers`` win over the SDK's; the token wins over all.
+    """
+    out = dict(headers) if headers else {}
     if json is not None:
-        return json, {**(out or {}), "Content-Type": "application/json"}
+        data, content_type = json, "application/json"
     if content_type is not None:
-        return data, {**(out or {}), "Content-Type": content_type}
+        out["Content-Type"] = content_type
+    if options is not None and options.headers:
+        out.update(options.headers)
+    out.update(auth)
     return data, out
 
 
@@ -806,10 +1113,12 @@ def _redact_request_info(exc: aiohttp.ClientResponseError) -> None:
     as the ``__cause__`` of the SDK's error, so they must not carry the token.
     """
     info = exc.request_info
-    if "Authorization" not in info.headers:
+    secret = [name for name in ("Authorization", "Proxy-Authorization") if name in info.headers]
+    if not secret:
         return
     headers = CIMultiDict(info.headers)
-    headers["Authorization"] = "<redacted>"
+    for name in secret:
+        headers[name] = "<redacted>"
     exc.request_info = aiohttp.RequestInfo(
         info.url, info.method, CIMultiDictProxy(headers), info.real_url
     )
@@ -824,7 +1133,21 @@ def _translate(
         _redact_request_info(exc)  # it stays reachable as the new error's __cause__
     if isinstance(exc, _TIMEOUT_ERRORS):
         return SpritesTimeoutError(f"{method} {path} timed out", operation=operation, sprite=sprite)
-    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        detail = (
+            f"TLS certificate verification failed for {exc.host}: {exc.certificate_error} "
+            "(a private CA? pass ssl= a CA bundle path or an ssl.SSLContext, or set SSL_CERT_FILE)"
+        )
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        detail = f"TLS handshake with {exc.host} failed: {exc.os_error}"
+    elif isinstance(exc, aiohttp.ClientHttpProxyError):
+        detail = f"the proxy refused the tunnel: {exc.status} {exc.message}"
+        if exc.status == 407:
+            detail += " (check the credentials in the proxy URL, or HTTPS_PROXY)"
+    elif isinstance(exc, aiohttp.ClientProxyConnectionError):
+        detail = f"cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
+    else:
+        detail = str(exc) or type(exc).__name__
     return SpritesConnectionError(
         f"{method} {path} failed: {detail}", operation=operation, sprite=sprite
     )

@@ -15,7 +15,7 @@ import msgspec
 from ._errors import APIError, ConflictError, SpritesError
 from ._models import SpriteConfig, SpriteInfo, SpritePage, decode_page, decode_sprite
 from ._paging import AsyncPaginator
-from ._session import quote_segment
+from ._session import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
 from ._validation import (
     check_labels,
     check_max_results,
@@ -74,6 +74,9 @@ class SpritesResource:
         wait_for_capacity: bool = False,
         config: SpriteConfig | None = None,
         environment: Mapping[str, str] | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> SpriteInfo:
         """Create a sprite (it starts ``cold``).
 
@@ -109,10 +112,18 @@ class SpritesResource:
             operation="create sprite",
             sprite=name,
             timeout="create",
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         return resp.parse(decode_sprite)
 
-    async def get(self, name: str) -> SpriteInfo:
+    async def get(
+        self,
+        name: str,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> SpriteInfo:
         """Fetch one sprite. Does not wake it.
 
         Raises:
@@ -122,7 +133,11 @@ class SpritesResource:
         """
         check_name(name)
         resp = await self._client._request(
-            "GET", _sprite_path(name), operation="get sprite", sprite=name
+            "GET",
+            _sprite_path(name),
+            operation="get sprite",
+            sprite=name,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         return resp.parse(decode_sprite)
 
@@ -132,6 +147,9 @@ class SpritesResource:
         *,
         url_auth: str | None = None,
         labels: Iterable[str] | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> SpriteInfo:
         """Change URL access and/or replace the labels; omitted fields stay as they are."""
         check_name(name)
@@ -143,11 +161,24 @@ class SpritesResource:
         if not body:
             raise ValueError("update() needs url_auth and/or labels")
         resp = await self._client._request(
-            "PUT", _sprite_path(name), json=_encode(body), operation="update sprite", sprite=name
+            "PUT",
+            _sprite_path(name),
+            json=_encode(body),
+            operation="update sprite",
+            sprite=name,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
         return resp.parse(decode_sprite)
 
-    async def delete(self, name: str, *, missing_ok: bool = False) -> bool:
+    async def delete(
+        self,
+        name: str,
+        *,
+        missing_ok: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> bool:
         """Delete a sprite and all its checkpoints (permanent).
 
         Returns True if it was deleted, False if it did not exist and
@@ -157,7 +188,11 @@ class SpritesResource:
         check_name(name)
         try:
             await self._client._request(
-                "DELETE", _sprite_path(name), operation="delete sprite", sprite=name
+                "DELETE",
+                _sprite_path(name),
+                operation="delete sprite",
+                sprite=name,
+                options=request_options(extra_headers, extra_query, extra_body),
             )
         except APIError as exc:
             if missing_ok and exc.is_not_found:
@@ -165,7 +200,14 @@ class SpritesResource:
             raise
         return True
 
-    async def upgrade(self, name: str) -> None:
+    async def upgrade(
+        self,
+        name: str,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """Upgrade the sprite's in-VM software to the latest release."""
         check_name(name)
         await self._client._request(
@@ -175,10 +217,17 @@ class SpritesResource:
             sprite=name,
             timeout="wake",
             idempotent=True,  # upgrading twice is harmless
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
     def list(
-        self, *, prefix: str | None = None, max_results: int = 50
+        self,
+        *,
+        prefix: str | None = None,
+        max_results: int = 50,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> AsyncPaginator[SpriteInfo, SpritePage]:
         """List sprites: ``await`` it for one :class:`SpritePage`, ``async for`` it for all.
 
@@ -191,11 +240,12 @@ class SpritesResource:
         if prefix:
             base.append(("prefix", check_prefix(prefix)))
         client = self._client
+        options = request_options(extra_headers, extra_query, extra_body)
 
         async def fetch(token: str | None) -> SpritePage:
             params = base if token is None else [*base, ("continuation_token", token)]
             resp = await client._request(
-                "GET", "/v1/sprites", params=params, operation="list sprites"
+                "GET", "/v1/sprites", params=params, operation="list sprites", options=options
             )
             return resp.parse(decode_page)
 
@@ -208,6 +258,9 @@ class SpritesResource:
         labels: Iterable[str] | None = None,
         url_auth: str | None = None,
         wait_for_capacity: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> tuple[SpriteInfo, bool]:
         """Return ``(sprite, created)``: the existing sprite, or a new one.
 
@@ -216,16 +269,22 @@ class SpritesResource:
         """
         check_name(name)
         try:
-            return await self.get(name), False
+            return await self.get(name, extra_headers=extra_headers, extra_query=extra_query), False
         except APIError as exc:
             if not exc.is_not_found:
                 raise
         try:
             info = await self.create(
-                name, labels=labels, url_auth=url_auth, wait_for_capacity=wait_for_capacity
+                name,
+                labels=labels,
+                url_auth=url_auth,
+                wait_for_capacity=wait_for_capacity,
+                extra_headers=extra_headers,
+                extra_query=extra_query,
+                extra_body=extra_body,
             )
         except ConflictError:
-            return await self.get(name), False
+            return await self.get(name, extra_headers=extra_headers, extra_query=extra_query), False
         return info, True
 
     async def delete_many(
@@ -234,6 +293,9 @@ class SpritesResource:
         prefix: str | None = None,
         labels: Collection[str] | None = None,
         concurrency: int = 8,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> DeleteReport:
         """Delete every sprite matching ``prefix`` and carrying all ``labels``.
 
@@ -247,16 +309,27 @@ class SpritesResource:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         wanted = set(check_labels(labels)) if labels else set()
-        names = [
-            s.name async for s in self.list(prefix=prefix or None) if wanted.issubset(s.labels)
-        ]
+        request_options(extra_headers, extra_query, extra_body)  # refuse bad ones up front
+        found = self.list(
+            prefix=prefix or None,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )
+        names = [s.name async for s in found if wanted.issubset(s.labels)]
         report = DeleteReport()
         slots = asyncio.Semaphore(concurrency)
 
         async def one(name: str) -> None:
             async with slots:
                 try:
-                    deleted = await self.delete(name, missing_ok=True)
+                    deleted = await self.delete(
+                        name,
+                        missing_ok=True,
+                        extra_headers=extra_headers,
+                        extra_query=extra_query,
+                        extra_body=extra_body,
+                    )
                 except SpritesError as exc:
                     report.failed[name] = exc
                     return
@@ -331,25 +404,67 @@ class Sprite:
         """The API path of this sprite (``/v1/sprites/<name>``)."""
         return _sprite_path(self.name)
 
-    async def refresh(self) -> SpriteInfo:
+    async def refresh(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> SpriteInfo:
         """Fetch the sprite's current state (and remember it in :attr:`info`)."""
-        self.info = await self._client.sprites.get(self.name)
+        self.info = await self._client.sprites.get(
+            self.name, extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+        )
         return self.info
 
     async def update(
-        self, *, url_auth: str | None = None, labels: Iterable[str] | None = None
+        self,
+        *,
+        url_auth: str | None = None,
+        labels: Iterable[str] | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> SpriteInfo:
         """See :meth:`SpritesResource.update`."""
-        self.info = await self._client.sprites.update(self.name, url_auth=url_auth, labels=labels)
+        self.info = await self._client.sprites.update(
+            self.name,
+            url_auth=url_auth,
+            labels=labels,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )
         return self.info
 
-    async def delete(self, *, missing_ok: bool = False) -> bool:
+    async def delete(
+        self,
+        *,
+        missing_ok: bool = False,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> bool:
         """See :meth:`SpritesResource.delete`."""
-        return await self._client.sprites.delete(self.name, missing_ok=missing_ok)
+        return await self._client.sprites.delete(
+            self.name,
+            missing_ok=missing_ok,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+        )
 
-    async def upgrade(self) -> None:
+    async def upgrade(
+        self,
+        *,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
+    ) -> None:
         """See :meth:`SpritesResource.upgrade`."""
-        await self._client.sprites.upgrade(self.name)
+        await self._client.sprites.upgrade(
+            self.name, extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+        )
 
     async def wait_until(
         self,
@@ -358,6 +473,9 @@ class Sprite:
         timeout: float | None = 60.0,
         poll_interval: float = 0.25,
         max_poll_interval: float = 2.0,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> SpriteInfo:
         """Poll until the sprite's status is one of ``status``; return its info.
 
@@ -377,7 +495,9 @@ class Sprite:
         last: str | None = None
         while True:
             try:
-                info = await self.refresh()
+                info = await self.refresh(
+                    extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
+                )
                 last = info.status
                 if info.status in wanted:
                     return info
@@ -420,6 +540,9 @@ class Sprite:
         max_output: int | None = None,
         tty: bool = False,
         on_port: PortCallback | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> ExecResult:
         """Run a command to completion and return its :class:`ExecResult`.
 
@@ -475,6 +598,7 @@ class Sprite:
             max_output=max_output,
             tty=tty,
             on_port=on_port,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
     def process(
@@ -490,6 +614,9 @@ class Sprite:
         max_run_after_disconnect: float | str | None = None,
         on_port: PortCallback | None = None,
         kill_on_exit: bool = True,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> ExecSession:
         """Start a live command: ``async with sprite.process("bash", tty=True) as proc:``.
 
@@ -517,7 +644,10 @@ class Sprite:
             rows=rows,
             max_run_after_disconnect=max_run_after_disconnect,
         )
-        return ExecSession(self, request, on_port=on_port, kill_on_exit=kill_on_exit)
+        options = request_options(extra_headers, extra_query, extra_body)
+        return ExecSession(
+            self, request, on_port=on_port, kill_on_exit=kill_on_exit, options=options
+        )
 
     async def run_http(
         self,
@@ -528,6 +658,9 @@ class Sprite:
         cwd: str | None = None,
         check: bool = False,
         max_output: int | None = None,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> ExecResult:
         """Run a command with plain HTTP (``POST .../exec``) and return its result.
 
@@ -554,6 +687,7 @@ class Sprite:
             cwd=cwd,
             check=check,
             max_output=max_output,
+            options=request_options(extra_headers, extra_query, extra_body),
         )
 
     @property
@@ -608,6 +742,9 @@ class Sprite:
         host: str = "localhost",
         *,
         bind: str = "127.0.0.1",
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> PortForward:
         """Forward a local port into the sprite: ``async with sprite.forward(5432) as fwd:``.
 
@@ -617,12 +754,21 @@ class Sprite:
         """
         from ._proxy import forward
 
-        return forward(self, remote_port, local_port, host, bind=bind)
+        options = request_options(extra_headers, extra_query, extra_body)
+        return forward(self, remote_port, local_port, host, bind=bind, options=options)
 
     async def open_connection(
-        self, port: int, *, host: str = "localhost", limit: int = 2**16
+        self,
+        port: int,
+        *,
+        host: str = "localhost",
+        limit: int = 2**16,
+        extra_headers: ExtraHeaders = None,
+        extra_query: ExtraQuery = None,
+        extra_body: ExtraBody = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """One TCP connection to ``host:port`` inside the sprite, as asyncio streams."""
         from ._proxy import open_connection
 
-        return await open_connection(self, port, host=host, limit=limit)
+        options = request_options(extra_headers, extra_query, extra_body)
+        return await open_connection(self, port, host=host, limit=limit, options=options)

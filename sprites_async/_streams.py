@@ -32,7 +32,7 @@ import msgspec
 from ._errors import APIError, StreamError
 
 if TYPE_CHECKING:
-    from ._session import Params, SpritesClient, TimeoutKind
+    from ._session import Params, RequestOptions, SpritesClient, TimeoutKind
 
 __all__ = ["NOT_FINAL", "NDJSONDecoder", "NDJSONStream", "NotFinal"]
 
@@ -198,6 +198,7 @@ class NDJSONStream(Generic[T, R]):
         final: Callable[[T], R | NotFinal] | None = None,
         require_final: bool = False,
         on_api_error: Callable[[APIError], R] | None = None,
+        options: RequestOptions | None = None,
     ) -> None:
         if isinstance(decoder, msgspec.json.Decoder):
             decode: Callable[[bytes], T] = decoder.decode
@@ -215,6 +216,7 @@ class NDJSONStream(Generic[T, R]):
             "content_type": content_type,
             "timeout": timeout,
             "idempotent": idempotent,
+            "options": options,
         }
         self._method = method
         self._path = path

@@ -7,11 +7,15 @@ Middlewares, outermost first:
    upgrade); only ``GET /_emulator/health`` is open.
 2. ``fault_middleware`` (``_faults``) — latency, dropped connections, injected
    429s and errors.
-3. ``_sprite_layer`` — for ``/v1/sprites/{name}/<anything but upgrade>``: 404
+3. ``lost_answers`` (``_faults``) — with the ``post-answer-lost`` quirk, the
+   first answer to each POST path is dropped after the handler committed
+   its effect.
+4. ``_sprite_layer`` — for ``/v1/sprites/{name}/<anything but upgrade>``: 404
    JSON for an unknown sprite, otherwise wake it and hold an activity for as
    long as the handler runs.
-
-4. ``_null_arrays`` — with the ``null-arrays`` quirk, every empty JSON array
+5. ``absent_endpoints`` (``_faults``) — with the ``no-*`` quirks, 404
+   ``404 page not found`` for the routes an older sprite server lacks.
+6. ``_null_arrays`` — with the ``null-arrays`` quirk, every empty JSON array
    in a non-admin JSON answer becomes ``null``, as Go's encoder writes a nil
    slice.
 
@@ -170,7 +174,14 @@ def create_app(config: EmulatorConfig) -> web.Application:
     db.execute("PRAGMA synchronous=NORMAL")
     state = EmulatorState(config, db)
     app = web.Application(
-        middlewares=[_auth, _faults.fault_middleware, _sprite_layer, _null_arrays],
+        middlewares=[
+            _auth,
+            _faults.fault_middleware,
+            _faults.lost_answers,
+            _sprite_layer,
+            _faults.absent_endpoints,
+            _null_arrays,
+        ],
         client_max_size=config.max_body,
     )
     app[STATE_KEY] = state

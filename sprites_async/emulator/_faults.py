@@ -26,6 +26,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict
 
 from ._quirks import PROFILES, QUIRKS
 from ._sprites import rate_limit_response, seed_sprites, sprite_layer_name
@@ -129,6 +131,99 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
         if _take(faults, "error_count", faults.error_rate):
             return injected_error(faults, request)
     return await handler(request)
+
+
+# Routes an older server does not have, by the quirk that removes them.
+_ABSENT_ROUTES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    ("no-ports-watch", "GET", re.compile(r"/v1/sprites/[^/]+/ports/watch")),
+    ("no-http-exec", "POST", re.compile(r"/v1/sprites/[^/]+/exec")),
+    ("no-service-logs", "GET", re.compile(r"/v1/sprites/[^/]+/services/[^/]+/logs")),
+    ("no-service-restart", "POST", re.compile(r"/v1/sprites/[^/]+/services/[^/]+/restart")),
+    ("no-checkpoint-delete", "DELETE", re.compile(r"/v1/sprites/[^/]+/checkpoints/[^/]+")),
+)
+
+ROUTE_NOT_FOUND = "404 page not found"
+"""What Go's ``http.ServeMux`` answers for a path it has no handler for."""
+
+
+@web.middleware
+async def absent_endpoints(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The ``no-*`` quirks: answer 404 as a sprite server without the route would.
+
+    Runs inside the sprite layer, so an unknown sprite is still ``sprite not
+    found`` and the answer is the sprite server's (text, ``Sprite-Version``).
+    """
+    quirks = request.app[STATE_KEY].quirks
+    if quirks:
+        for quirk, method, pattern in _ABSENT_ROUTES:
+            if (
+                request.method == method
+                and quirks.on(quirk)
+                and pattern.fullmatch(request.path) is not None
+            ):
+                return text_error(404, ROUTE_NOT_FOUND)
+    return await handler(request)
+
+
+_ANSWERED: web.AppKey[set[tuple[str, str]]] = web.AppKey("sprites_emulator_answered_posts")
+"""(method, path) of the POSTs whose first answer the ``post-answer-lost`` quirk dropped."""
+
+
+class _LostWriter(AbstractStreamWriter):
+    """A response writer that sends nothing: the answer is lost, the handler unaware."""
+
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self.output_size += len(chunk)
+
+    async def write_eof(self, chunk: bytes = b"") -> None:
+        self.output_size += len(chunk)
+
+    async def drain(self) -> None:
+        return None
+
+    def enable_compression(self, encoding: str = "deflate", strategy: int | None = None) -> None:
+        return None
+
+    def enable_chunking(self) -> None:
+        return None
+
+    async def write_headers(self, status_line: str, headers: CIMultiDict[str]) -> None:
+        return None
+
+    def send_headers(self) -> None:
+        return None
+
+
+@web.middleware
+async def lost_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The ``post-answer-lost`` quirk: commit a POST, then drop the connection unanswered.
+
+    Only the first POST to each path loses its answer, so a client that
+    (wrongly) sends the request again gets an answer and the test can count
+    the effects. The handler runs to its end against a writer that discards
+    everything, streamed answers included; then the connection is aborted.
+    """
+    if (
+        request.method != "POST"
+        or request.path.startswith(ADMIN_PREFIX)
+        or not request.app[STATE_KEY].quirks.on("post-answer-lost")
+    ):
+        return await handler(request)
+    answered = request.app[_ANSWERED]
+    key = (request.method, request.path)
+    if key in answered:
+        return await handler(request)
+    answered.add(key)
+    real = request._payload_writer
+    request._payload_writer = _LostWriter()
+    try:
+        response = await handler(request)
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write_eof()
+    finally:
+        request._payload_writer = real
+    return _abort(request)
 
 
 def _validate(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -257,6 +352,7 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     """Register the admin routes."""
+    app[_ANSWERED] = set()
     app.router.add_get("/_emulator/faults", get_faults, allow_head=False)
     app.router.add_post("/_emulator/faults", set_faults)
     app.router.add_post("/_emulator/faults/reset", reset_faults)

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import msgspec
 
 from ._errors import APIError, NotFoundError, StreamError
-from ._models import JSONDecoder
+from ._models import (
+    JSONDecoder,
+    LiberalDecoder,
+    RawSource,
+    decode_any,
+    raw_of,
+    salvage_list,
+    share_raw,
+)
 from ._session import quote_segment
 from ._streams import NDJSONStream
 
@@ -313,8 +321,8 @@ class EventOperation(Generic[E, R]):
 # ---------------------------------------------------------------------- model
 
 
-class Checkpoint(msgspec.Struct, kw_only=True):
-    """A checkpoint (section 6.1).
+class Checkpoint(msgspec.Struct, kw_only=True, dict=True):
+    """A checkpoint (section 6.1); :attr:`raw` is the JSON object as received.
 
     Attributes:
         id: ``v0``, ``v1`` ..., ``auto-...``, or ``Current`` (the live state,
@@ -340,9 +348,27 @@ class Checkpoint(msgspec.Struct, kw_only=True):
         """True for the ``Current`` pseudo-entry."""
         return self.id == CURRENT
 
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The JSON object this checkpoint was decoded from (``{}`` if built locally)."""
+        return raw_of(self, self.id)
 
-_checkpoint_decoder = JSONDecoder(msgspec.json.Decoder(Checkpoint))
-_list_decoder = JSONDecoder(msgspec.json.Decoder(list[Checkpoint]))
+
+_checkpoint_decoder = LiberalDecoder(Checkpoint)
+_list_typed = JSONDecoder(msgspec.json.Decoder(list[Checkpoint] | None))
+
+
+def _decode_list(data: bytes) -> list[Checkpoint]:
+    """A bare array of checkpoints (``null`` is empty); liberal as :func:`salvage_list`."""
+    try:
+        found = _list_typed.decode(data)
+    except msgspec.ValidationError:
+        return salvage_list(decode_any(data), Checkpoint, "checkpoints", "id")
+    if found is None:
+        return []
+    share_raw(found, RawSource(data, None, "id"))
+    return found
+
 
 _CREATED_RE = re.compile(r"Checkpoint (\S+) created")
 _ID_RE = re.compile(r"ID: (\S+)")
@@ -506,7 +532,7 @@ class CheckpointsResource:
             params=params,
             timeout="wake",
         )
-        found = resp.parse(_list_decoder.decode)
+        found = resp.parse(_decode_list)
         return [
             cp
             for cp in found

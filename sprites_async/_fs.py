@@ -48,7 +48,17 @@ from ._errors import (
     SpritesTimeoutError,
     _rebuild_error,
 )
-from ._models import JSONDecoder
+from ._models import (
+    JSONDecoder,
+    LiberalDecoder,
+    RawSource,
+    attach_raw,
+    decode_any,
+    raw_of,
+    salvage,
+    salvage_list,
+    share_raw,
+)
 
 if TYPE_CHECKING:
     from ._session import Response
@@ -205,7 +215,7 @@ def _local_error(cls: type[SpriteFSError], code: str, path: str, sprite: str, op
 # --------------------------------------------------------------------- models
 
 
-class _Entry(msgspec.Struct, kw_only=True):
+class _Entry(msgspec.Struct, kw_only=True, dict=True):
     name: str = ""
     path: str = ""
     type: str | None = None
@@ -221,13 +231,34 @@ class _Listing(msgspec.Struct, kw_only=True):
     entries: list[_Entry] | None = None
 
 
-_listing_decoder = JSONDecoder(msgspec.json.Decoder(_Listing))
+_listing_typed = JSONDecoder(msgspec.json.Decoder(_Listing))
+
+
+def _decode_listing(data: bytes) -> _Listing:
+    """A listing, liberally (see :func:`salvage`); every entry keeps its raw object."""
+    try:
+        listing = _listing_typed.decode(data)
+    except msgspec.ValidationError:
+        obj = decode_any(data)
+        if not isinstance(obj, dict):
+            raise
+        entries = salvage_list(obj.get("entries"), _Entry, "entries")
+        listing = salvage({**obj, "entries": []}, _Listing, "listing")
+        listing.entries = entries
+        return listing
+    if listing.entries:
+        share_raw(listing.entries, RawSource(data, "entries", "path"))
+    return listing
+
 
 _KINDS = frozenset({"file", "directory", "symlink"})
 
 
-class FileInfo(msgspec.Struct, kw_only=True, frozen=True):
+class FileInfo(msgspec.Struct, kw_only=True, frozen=True, dict=True):
     """One entry of a directory listing (what :meth:`SpritePath.stat` returns).
+
+    :attr:`raw` is the entry's JSON object as received (``{}`` for ``/``,
+    which no listing describes).
 
     Attributes:
         name: The base name.
@@ -261,6 +292,11 @@ class FileInfo(msgspec.Struct, kw_only=True, frozen=True):
         """True for a symbolic link."""
         return self.type == "symlink"
 
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The listing entry's JSON object."""
+        return raw_of(self, self.path)
+
 
 def _parse_mode(value: str | int | None) -> int | None:
     if value is None or isinstance(value, int):
@@ -275,7 +311,7 @@ def _info(entry: _Entry) -> FileInfo:
     kind = entry.type if entry.type in _KINDS else None
     if kind is None:
         kind = "directory" if entry.is_dir and entry.type is None else "other"
-    return FileInfo(
+    info = FileInfo(
         name=entry.name or posixpath.basename(entry.path),
         path=entry.path,
         type=kind,
@@ -283,6 +319,8 @@ def _info(entry: _Entry) -> FileInfo:
         mode=_parse_mode(entry.mode),
         mod_time=entry.mod_time,
     )
+    attach_raw(info, entry.__dict__.get("_raw"))
+    return info
 
 
 class WriteResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -303,6 +341,9 @@ class _WireWrite(msgspec.Struct, kw_only=True):
     path: str = ""
     size: int = 0
     mode: str | int | None = None
+
+
+_write_decoder = LiberalDecoder(_WireWrite)
 
 
 class _Copied(msgspec.Struct, kw_only=True):
@@ -330,7 +371,7 @@ class _WireCopy(msgspec.Struct, kw_only=True):
     total_bytes: int = msgspec.field(default=0, name="totalBytes")
 
 
-_copy_decoder = JSONDecoder(msgspec.json.Decoder(_WireCopy))
+_copy_decoder = LiberalDecoder(_WireCopy)
 
 
 # ---------------------------------------------------------------------- paths
@@ -588,7 +629,7 @@ class SpritePath:
 
     async def _listing(self) -> _Listing:
         resp = await self._call("GET", "list", operation="fs list", params=self._params())
-        return resp.parse(_listing_decoder.decode)
+        return resp.parse(_decode_listing)
 
     async def read_bytes(self) -> bytes:
         """The whole file's contents (use :meth:`open_read` for big files)."""
@@ -1067,8 +1108,8 @@ def _body_error(exc: BaseException, path: str, sprite: str) -> SpritesConnection
 
 def _write_result(raw: bytes, path: str) -> WriteResult:
     try:
-        wire = msgspec.json.decode(raw, type=_WireWrite)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        wire = _write_decoder.decode(raw)
+    except msgspec.DecodeError:  # ValidationError included
         wire = _WireWrite(path=path)
     return WriteResult(path=wire.path or path, size=wire.size, mode=_parse_mode(wire.mode))
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from ._models import JSONDecoder
+from ._models import LiberalDecoder, attach_raw, raw_of
 
 if TYPE_CHECKING:
     from ._sprites import Sprite
@@ -72,10 +72,19 @@ Rule = DomainRule | IncludeRule
 """A network policy rule."""
 
 
-class NetworkPolicy(msgspec.Struct, frozen=True):
-    """A sprite's network policy: the rules, in order (empty: unrestricted)."""
+class NetworkPolicy(msgspec.Struct, frozen=True, dict=True):
+    """A sprite's network policy: the rules, in order (empty: unrestricted).
+
+    :attr:`raw` is the JSON object :meth:`PolicyResource.get` received,
+    including any rule this SDK cannot represent.
+    """
 
     rules: list[Rule] = msgspec.field(default_factory=list)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The policy's JSON object as received (``{}`` if built locally)."""
+        return raw_of(self, None)
 
 
 class _WireRule(msgspec.Struct, kw_only=True):
@@ -88,7 +97,7 @@ class _WirePolicy(msgspec.Struct, kw_only=True):
     rules: list[_WireRule] | None = None
 
 
-_policy_decoder = JSONDecoder(msgspec.json.Decoder(_WirePolicy))
+_policy_decoder = LiberalDecoder(_WirePolicy)
 
 
 def _from_wire(rule: _WireRule) -> Rule | None:
@@ -193,7 +202,9 @@ class PolicyResource:
         )
         wire = resp.parse(_policy_decoder.decode)
         rules = [r for r in map(_from_wire, wire.rules or []) if r is not None]
-        return NetworkPolicy(rules=rules)
+        policy = NetworkPolicy(rules=rules)
+        attach_raw(policy, resp.body)
+        return policy
 
     async def set(self, rules: NetworkPolicy | Iterable[Rule | Mapping[str, Any]]) -> NetworkPolicy:
         """Replace the whole policy; return what was set.

@@ -288,7 +288,7 @@ async def test_bad_prefix_is_refused(client: SpritesClient) -> None:
         client.sprites.list(prefix="UP")
 
 
-async def test_a_malformed_entry_is_skipped_and_logged(
+async def test_an_entry_with_a_malformed_field_is_kept_without_it(
     client: SpritesClient, mock: aioresponses, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = sprite_json("b", created_at="yesterday-ish")
@@ -298,8 +298,10 @@ async def test_a_malformed_entry_is_skipped_and_logged(
     )
     with caplog.at_level(logging.WARNING, logger="sprites_async"):
         p = await client.sprites.list()
-    assert [s.name for s in p.sprites] == ["a", "c"]
-    assert "malformed sprite" in caplog.text
+    assert [s.name for s in p.sprites] == ["a", "b", "c"]
+    assert p.sprites[1].created_at is None
+    assert p.sprites[1].raw["created_at"] == "yesterday-ish"
+    assert "created_at" in caplog.text
 
 
 async def test_minimal_documented_entries_decode(client: SpritesClient, mock: aioresponses) -> None:

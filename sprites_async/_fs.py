@@ -838,32 +838,42 @@ class SpritePath:
         return offset
 
     async def stat(self) -> FileInfo:
-        """Information about this path, without following a final symlink.
+        """Information about this path.
 
-        There is no stat endpoint: the parent directory is listed and the
-        entry with this name picked (section 7.3), one request either way.
+        There is no stat endpoint; this is section 7.3's algorithm. The path
+        itself is listed first, as every official SDK does: a single entry
+        whose ``path`` is this path is the answer (a file or a symlink).
+        Otherwise this is a directory, and only then is the parent listed to
+        find its entry (a directory the parent's listing leaves out is still
+        reported, without size, mode or time). ``/`` has no parent. A final
+        symlink is reported as the server lists it: the emulator follows a
+        link to a file (its target's type and size under the link's name)
+        and reports a link to a directory, or a dangling one, as what the
+        parent lists; :meth:`is_symlink` asks the parent.
         """
-        if self.path == "/":
-            await self._listing()  # proves the sprite and the root are there
-            return FileInfo(name="", path="/", type="directory")
-        parent = self.parent
         try:
-            listing = await parent._listing()
+            listing = await self._listing()
         except SpriteFileNotFoundError as exc:
             exc.filename = self.path
             raise
         entries = listing.entries or []
-        if _lists_itself(listing):
-            # Listing a non-directory returns that one entry: the parent is a file.
-            _local_error(SpriteNotADirectoryError, "ENOTDIR", self.path, self._sprite.name, "stat")
+        if len(entries) == 1 and _same_path(entries[0].path, self.path):
+            return _info(entries[0])
+        if self.path == "/":
+            return FileInfo(name="", path="/", type="directory")
+        try:
+            parent = await self.parent._listing()
+        except SpriteFileNotFoundError as exc:  # removed in between
+            exc.filename = self.path
+            raise
         name = self.name
-        for entry in entries:
-            if entry.name == name or (not entry.name and entry.path == self.path):
+        for entry in parent.entries or []:
+            if entry.name == name or (not entry.name and _same_path(entry.path, self.path)):
                 return _info(entry)
-        _local_error(SpriteFileNotFoundError, "ENOENT", self.path, self._sprite.name, "stat")
+        return FileInfo(name=name, path=self.path, type="directory")
 
     async def exists(self) -> bool:
-        """True if the path exists (a dangling symlink exists too)."""
+        """True if the path exists (False for a dangling symlink, as with pathlib)."""
         try:
             await self.stat()
         except (SpriteFileNotFoundError, SpriteNotADirectoryError):
@@ -895,11 +905,20 @@ class SpritePath:
         return await self._kind() == "file"
 
     async def is_symlink(self) -> bool:
-        """True for a symbolic link."""
+        """True for a symbolic link, dangling or not (the parent's listing tells)."""
+        if self.path == "/":
+            return False
         try:
-            return (await self.stat()).is_symlink
+            listing = await self.parent._listing()
         except (SpriteFileNotFoundError, SpriteNotADirectoryError):
             return False
+        if _lists_itself(listing):
+            return False  # the parent is a file
+        name = self.name
+        for entry in listing.entries or []:
+            if entry.name == name or (not entry.name and _same_path(entry.path, self.path)):
+                return entry.type == "symlink"
+        return False
 
     async def scandir(self) -> list[FileInfo]:
         """The entries of this directory.
@@ -1073,6 +1092,10 @@ class SpritePath:
             body["gid"] = gid
         body["recursive"] = recursive
         await self._call("POST", "chown", operation="fs chown", json=body, idempotent=True)
+
+
+def _same_path(got: str, wanted: str) -> bool:
+    return bool(got) and posixpath.normpath(got) == posixpath.normpath(wanted)
 
 
 def _lists_itself(listing: _Listing) -> bool:

@@ -194,7 +194,8 @@ def test_port_events_are_read_field_by_field() -> None:
     [
         (b'{"type":"signal","message":"Signaling SIGTERM","pid":12,"signal":"SIGTERM"}',
          "Signaling SIGTERM"),
-        (b'{"type":"signal","data":"Signaling SIGTERM","pid":"12","signal":15}', "Signaling SIGTERM"),
+        (b'{"type":"signal","data":"Signaling SIGTERM","pid":"12","signal":15}',
+         "Signaling SIGTERM"),
         (b'{"type":"error","error":"no such process"}', "no such process"),
         (b'{"type":"exited","message":null,"data":"Process exited"}', "Process exited"),
         (b'{"type":"exited","message":7}', "7"),

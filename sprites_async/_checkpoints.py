@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import typing
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from ._models import (
     RawSource,
     decode_any,
     raw_of,
+    salvage,
     salvage_list,
     share_raw,
 )
@@ -176,16 +178,21 @@ _fields_decoder = JSONDecoder(msgspec.json.Decoder(dict[str, Any]))
 class _EventDecoder:
     """Decodes NDJSON event lines of a tagged union; unknown types become :class:`OtherEvent`.
 
-    Lines of a known type that do not fit its Struct still raise (and are
-    skipped and logged by the NDJSON reader). ``decode_lines`` decodes a whole
-    chunk in one msgspec call; the reader redoes a refused chunk line by line.
+    A line of a known type that does not fit its Struct (a ``null`` array,
+    a field of an odd type) is read field by field (:func:`salvage`); only
+    one whose required fields cannot be read raises (and is skipped and
+    logged by the NDJSON reader). ``decode_lines`` decodes a whole chunk in
+    one msgspec call; the reader redoes a refused chunk line by line.
     """
 
-    __slots__ = ("_decoder", "_known", "_what", "decode_lines")
+    __slots__ = ("_classes", "_decoder", "_what", "decode_lines")
 
     def __init__(self, union: Any, known: frozenset[str], what: str) -> None:
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
-        self._known = known
+        self._classes: dict[object, type[msgspec.Struct]] = {
+            cls.__struct_config__.tag: cls for cls in typing.get_args(union)
+        }
+        assert set(self._classes) == known, (set(self._classes), known)
         self._what = what
         self.decode_lines = self._decoder.decode_lines
 
@@ -194,8 +201,9 @@ class _EventDecoder:
             return self._decoder.decode(line)
         except msgspec.ValidationError:
             typed = _type_only_decoder.decode(line)
-            if typed.type in self._known:
-                raise
+            cls = self._classes.get(typed.type)
+            if cls is not None:
+                return salvage(decode_any(line), cls, f"{self._what} {typed.type!r} event")
             logger.debug("%s: unknown event type %r", self._what, typed.type)
             return OtherEvent(type=typed.type, fields=_fields_decoder.decode(line))
         except RecursionError as exc:  # msgspec's answer to JSON nested too deeply

@@ -310,12 +310,28 @@ def decode_envelope(text: str) -> Envelope | None:
     """The envelope in a text frame, or None if it is not one (operation data)."""
     if not text.startswith(CONTROL_PREFIX):
         return None
+    body = text[len(CONTROL_PREFIX) :]
     try:
-        env = _envelope_decoder.decode(text[len(CONTROL_PREFIX) :])
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return _envelope_decoder.decode(body)
+    except msgspec.ValidationError:
+        pass
+    except (msgspec.DecodeError, RecursionError):
         # A "control:" frame we cannot read is still an envelope: never op data.
         return Envelope(type="")
-    return env
+    # Valid JSON of odd types: read field by field, as the notifications are.
+    try:
+        obj = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return Envelope(type="")
+    if not isinstance(obj, dict):
+        return Envelope(type="")
+    args = obj.get("args")
+    return Envelope(
+        type=as_text(obj.get("type")) or "",
+        id=as_text(obj.get("id")) or "",
+        op=as_text(obj.get("op")) or "",
+        args=args if isinstance(args, dict) else {},
+    )
 
 
 def encode_envelope(

@@ -182,6 +182,12 @@ def test_session_info_is_read_field_by_field() -> None:
     assert garbage == frames.SessionInfoMessage()
 
 
+def test_control_envelopes_are_read_field_by_field() -> None:
+    env = frames.decode_envelope('control:{"type":"op.complete","id":7,"op":null,"args":[1]}')
+    assert env == frames.Envelope(type="op.complete", id="7", op="", args={})
+    assert frames.decode_envelope("control:[1]") == frames.Envelope(type="")
+
+
 def test_port_events_are_read_field_by_field() -> None:
     msg = frames.decode_message('{"type":"port_opened","port":"8080","address":null,"pid":"12"}')
     assert msg == frames.PortOpenedMessage(port=8080, address="", pid=12)

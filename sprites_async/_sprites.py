@@ -19,9 +19,9 @@ from ._session import quote_segment
 from ._validation import (
     check_labels,
     check_max_results,
+    check_list_prefix,
     check_name,
     check_path_name,
-    check_prefix,
     check_url_auth,
 )
 
@@ -199,7 +199,7 @@ class SpritesResource:
         check_max_results(max_results)
         base: list[tuple[str, str]] = [("max_results", str(max_results))]
         if prefix:
-            base.append(("prefix", check_prefix(prefix)))
+            base.append(("prefix", check_list_prefix(prefix)))
         client = self._client
 
         async def fetch(token: str | None) -> SpritePage:

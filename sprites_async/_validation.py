@@ -42,10 +42,23 @@ def check_path_name(name: object, what: str = "sprite name") -> str:
 
 
 def check_prefix(prefix: object) -> str:
-    """A list prefix: any string a valid name could start with."""
+    """A prefix for new names: any string a valid name could start with."""
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
     if prefix and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", prefix):
+        raise ValueError(f"invalid prefix {prefix!r}: no sprite name can start with it")
+    return prefix
+
+
+def check_list_prefix(prefix: object) -> str:
+    """A prefix to list by: any text a name could start with (no control characters).
+
+    Not limited to the create rule, so sprites named outside it can be
+    listed (and ``delete_many`` can find them).
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+    if _CONTROL_RE.search(prefix):
         raise ValueError(f"invalid prefix {prefix!r}: no sprite name can start with it")
     return prefix
 

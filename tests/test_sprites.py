@@ -316,7 +316,18 @@ async def test_max_results_out_of_range(client: SpritesClient, bad: int) -> None
 
 async def test_bad_prefix_is_refused(client: SpritesClient) -> None:
     with pytest.raises(ValueError):
-        client.sprites.list(prefix="UP")
+        client.sprites.list(prefix="up\n")
+    with pytest.raises(TypeError):
+        client.sprites.list(prefix=3)  # type: ignore[arg-type]
+
+
+async def test_prefixes_outside_the_create_rule_list_and_delete(
+    client: SpritesClient, mock: aioresponses
+) -> None:
+    mock.get(url("/v1/sprites"), payload={"sprites": [sprite_json("UP-1")]}, repeat=True)
+    mock.delete(url("/v1/sprites/UP-1"), status=204)
+    assert [s.name async for s in client.sprites.list(prefix="UP")] == ["UP-1"]
+    assert (await client.sprites.delete_many(prefix="UP")).deleted == ["UP-1"]
 
 
 async def test_an_entry_with_a_malformed_field_is_kept_without_it(

@@ -18,8 +18,8 @@ from ._paging import AsyncPaginator
 from ._session import quote_segment
 from ._validation import (
     check_labels,
-    check_max_results,
     check_list_prefix,
+    check_max_results,
     check_name,
     check_path_name,
     check_url_auth,

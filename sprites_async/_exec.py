@@ -1855,7 +1855,7 @@ class _WireSessionList(msgspec.Struct, kw_only=True):
 
 
 _session_list_decoder = JSONDecoder(msgspec.json.Decoder(_WireSessionList))
-_session_decoder = msgspec.json.Decoder(_WireSession)
+_session_decoder = JSONDecoder(msgspec.json.Decoder(_WireSession))
 
 
 class ExecSessionInfo(msgspec.Struct, frozen=True, kw_only=True, dict=True):
@@ -1966,7 +1966,7 @@ class _WireKill(msgspec.Struct, kw_only=True):
     exit_code: int | None = None
 
 
-_kill_typed = msgspec.json.Decoder(_WireKill)
+_kill_typed = JSONDecoder(msgspec.json.Decoder(_WireKill))
 
 
 def _decode_kill(line: bytes) -> KillEvent:

@@ -244,6 +244,8 @@ def share_raw(items: typing.Iterable[msgspec.Struct], source: RawSource) -> None
     The entries share one attribute dict: a dict per entry would cost about
     as much again (measured on a 50-sprite page: 7% of the decode against
     3%). :func:`raw_of` gives an entry its own dict once its raw is read.
+    (An attribute a caller sets on one entry before that would show on its
+    siblings too; the models carry no attributes of their own.)
     """
     shared = {"_raw": source, "_shared": True}
     for item in items:

@@ -847,9 +847,9 @@ class SpritePath:
         find its entry (a directory the parent's listing leaves out is still
         reported, without size, mode or time). ``/`` has no parent. A final
         symlink is reported as the server lists it: the emulator follows a
-        link to a file (its target's type and size under the link's name)
-        and reports a link to a directory, or a dangling one, as what the
-        parent lists; :meth:`is_symlink` asks the parent.
+        link to a file (its target's type and size under the link's name),
+        reports a link to a directory as the parent lists it (a symlink),
+        and a dangling one as not found; :meth:`is_symlink` asks the parent.
         """
         try:
             listing = await self._listing()

@@ -328,7 +328,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if struct is not None and isinstance(value, dict):
         return salvage(value, struct, where)
     if element is not _NOTHING and isinstance(value, list):
-        return [_coerce(item, element, f"{where}[{i}]") for i, item in enumerate(value)]
+        return _coerce_items(value, element, where)
     parts = _optional_parts(tp)
     if str in parts and isinstance(value, int) and not isinstance(value, bool):
         try:
@@ -337,6 +337,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise msgspec.ValidationError(f"{where}: number too long") from None
     # Numbers and booleans sent as strings ("80", "true"), numbers as bools.
     return msgspec.convert(value, tp, strict=False)
+
+
+def _coerce_items(items: list[Any], element: Any, where: str) -> list[Any]:
+    """A list element by element: an unreadable text or number is left out (and
+    logged; ``raw`` still has it), an object that is not one refuses the answer."""
+    out: list[Any] = []
+    for i, item in enumerate(items):
+        try:
+            out.append(_coerce(item, element, f"{where}[{i}]"))
+        except UnreadableEntry:
+            raise
+        except msgspec.ValidationError as exc:
+            if _struct_in(element) is not None:
+                raise UnreadableEntry(f"{where}[{i}]: {exc}") from None
+            logger.warning("%s[%d]: ignored an unreadable element", where, i)
+    return out
 
 
 def salvage(obj: object, cls: type[S], where: str = "answer") -> S:

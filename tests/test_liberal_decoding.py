@@ -39,6 +39,12 @@ def test_null_labels_are_an_empty_list_and_unknown_keys_stay_reachable() -> None
     }
 
 
+def test_an_odd_label_is_left_out_alone() -> None:
+    info = decode_sprite(b'{"name":"a","labels":["prod",{"k":"v"},7,null]}')
+    assert info.labels == ["prod", "7"]  # delete_many(labels=["prod"]) still finds it
+    assert info.raw["labels"][1] == {"k": "v"}
+
+
 def test_a_null_page_of_sprites_is_empty() -> None:
     page = decode_page(b'{"sprites":null,"has_more":true,"next_continuation_token":null}')
     assert page.sprites == [] and page.next_token is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import typing
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager
@@ -27,7 +28,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import msgspec
 
 from ._errors import APIError, NotFoundError, StreamError
-from ._models import JSONDecoder
+from ._models import (
+    JSONDecoder,
+    LiberalDecoder,
+    RawSource,
+    decode_any,
+    raw_of,
+    salvage,
+    salvage_list,
+    share_raw,
+)
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
 from ._streams import NDJSONStream
 
@@ -168,16 +178,21 @@ _fields_decoder = JSONDecoder(msgspec.json.Decoder(dict[str, Any]))
 class _EventDecoder:
     """Decodes NDJSON event lines of a tagged union; unknown types become :class:`OtherEvent`.
 
-    Lines of a known type that do not fit its Struct still raise (and are
-    skipped and logged by the NDJSON reader). ``decode_lines`` decodes a whole
-    chunk in one msgspec call; the reader redoes a refused chunk line by line.
+    A line of a known type that does not fit its Struct (a ``null`` array,
+    a field of an odd type) is read field by field (:func:`salvage`); only
+    one whose required fields cannot be read raises (and is skipped and
+    logged by the NDJSON reader). ``decode_lines`` decodes a whole chunk in
+    one msgspec call; the reader redoes a refused chunk line by line.
     """
 
-    __slots__ = ("_decoder", "_known", "_what", "decode_lines")
+    __slots__ = ("_classes", "_decoder", "_what", "decode_lines")
 
     def __init__(self, union: Any, known: frozenset[str], what: str) -> None:
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
-        self._known = known
+        self._classes: dict[object, type[msgspec.Struct]] = {
+            cls.__struct_config__.tag: cls for cls in typing.get_args(union)
+        }
+        assert set(self._classes) == known, (set(self._classes), known)
         self._what = what
         self.decode_lines = self._decoder.decode_lines
 
@@ -186,8 +201,9 @@ class _EventDecoder:
             return self._decoder.decode(line)
         except msgspec.ValidationError:
             typed = _type_only_decoder.decode(line)
-            if typed.type in self._known:
-                raise
+            cls = self._classes.get(typed.type)
+            if cls is not None:
+                return salvage(decode_any(line), cls, f"{self._what} {typed.type!r} event")
             logger.debug("%s: unknown event type %r", self._what, typed.type)
             return OtherEvent(type=typed.type, fields=_fields_decoder.decode(line))
         except RecursionError as exc:  # msgspec's answer to JSON nested too deeply
@@ -313,8 +329,8 @@ class EventOperation(Generic[E, R]):
 # ---------------------------------------------------------------------- model
 
 
-class Checkpoint(msgspec.Struct, kw_only=True):
-    """A checkpoint (section 6.1).
+class Checkpoint(msgspec.Struct, kw_only=True, dict=True):
+    """A checkpoint (section 6.1); :attr:`raw` is the JSON object as received.
 
     Attributes:
         id: ``v0``, ``v1`` ..., ``auto-...``, or ``Current`` (the live state,
@@ -340,9 +356,27 @@ class Checkpoint(msgspec.Struct, kw_only=True):
         """True for the ``Current`` pseudo-entry."""
         return self.id == CURRENT
 
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The JSON object this checkpoint was decoded from (``{}`` if built locally)."""
+        return raw_of(self, self.id)
 
-_checkpoint_decoder = JSONDecoder(msgspec.json.Decoder(Checkpoint))
-_list_decoder = JSONDecoder(msgspec.json.Decoder(list[Checkpoint]))
+
+_checkpoint_decoder = LiberalDecoder(Checkpoint)
+_list_typed = JSONDecoder(msgspec.json.Decoder(list[Checkpoint] | None))
+
+
+def _decode_list(data: bytes) -> list[Checkpoint]:
+    """A bare array of checkpoints (``null`` is empty); liberal as :func:`salvage_list`."""
+    try:
+        found = _list_typed.decode(data)
+    except msgspec.ValidationError:
+        return salvage_list(decode_any(data), Checkpoint, "checkpoints", "id")
+    if found is None:
+        return []
+    share_raw(found, RawSource(data, None, "id"))
+    return found
+
 
 _CREATED_RE = re.compile(r"Checkpoint (\S+) created")
 _ID_RE = re.compile(r"ID: (\S+)")
@@ -529,7 +563,7 @@ class CheckpointsResource:
             timeout="wake",
             options=request_options(extra_headers, extra_query, extra_body),
         )
-        found = resp.parse(_list_decoder.decode)
+        found = resp.parse(_decode_list)
         return [
             cp
             for cp in found

@@ -53,7 +53,7 @@ from ._errors import (
     SpritesTimeoutError,
     StreamError,
 )
-from ._models import JSONDecoder
+from ._models import JSONDecoder, UnreadableEntry, attach_raw, decode_any, raw_of, salvage
 from ._session import (
     ExtraBody,
     ExtraHeaders,
@@ -1874,10 +1874,10 @@ class _WireSessionList(msgspec.Struct, kw_only=True):
 
 
 _session_list_decoder = JSONDecoder(msgspec.json.Decoder(_WireSessionList))
-_session_decoder = msgspec.json.Decoder(_WireSession)
+_session_decoder = JSONDecoder(msgspec.json.Decoder(_WireSession))
 
 
-class ExecSessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+class ExecSessionInfo(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """One entry of ``sprite.sessions.list()``.
 
     Attributes:
@@ -1900,12 +1900,72 @@ class ExecSessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     is_active: bool = False
     last_activity: str | None = None
 
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The list entry's JSON object as received (``{}`` if built locally)."""
+        return raw_of(self, self.id)
+
+
+def _session_entry(entry: msgspec.Raw | object, where: str) -> ExecSessionInfo:
+    """One session of the list: typed decode, else field by field; it must have an id."""
+    if isinstance(entry, msgspec.Raw):
+        try:
+            wire = _session_decoder.decode(entry)
+        except msgspec.ValidationError:
+            entry = decode_any(entry)
+            wire = salvage(entry, _WireSession, where)
+    else:
+        wire = salvage(entry, _WireSession, where)
+    sid = wire.id if wire.id is not None else wire.session_id
+    if sid is None or sid == "":
+        raise UnreadableEntry(f"{where}: the session has no readable `id`")
+    created = wire.created
+    info = ExecSessionInfo(
+        id=str(sid),
+        command=wire.command,
+        workdir=wire.workdir,
+        created=None if created is None else str(created),
+        tty=wire.tty,
+        bytes_per_second=wire.bytes_per_second,
+        is_active=wire.is_active,
+        last_activity=wire.last_activity,
+    )
+    attach_raw(info, entry)
+    return info
+
+
+def _decode_sessions(data: bytes) -> tuple[list[ExecSessionInfo], str | None]:
+    """The sessions of a list answer and its ``error`` text (section 4.1).
+
+    Nothing is dropped: an entry without a readable id makes the whole
+    answer unreadable (``UnreadableEntry``, naming the entry).
+    """
+    entries: list[Any]
+    try:
+        page = _session_list_decoder.decode(data)
+        entries, error = list(page.sessions or ()), page.error
+    except msgspec.ValidationError:
+        obj = decode_any(data)
+        if not isinstance(obj, dict):
+            raise
+        found = obj.get("sessions")
+        if found is not None and not isinstance(found, list):
+            raise UnreadableEntry(
+                f"sessions: expected an array, got {type(found).__name__}"
+            ) from None
+        entries = found or []
+        error = _frames.as_text(obj.get("error")) if obj.get("error") else None
+    out = [_session_entry(entry, f"sessions[{i}]") for i, entry in enumerate(entries)]
+    return out, error
+
 
 class KillEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One line of a kill stream.
 
     ``type`` is ``signal``, ``timeout``, ``killed``, ``exited``, ``error`` or
     ``complete`` (which carries ``exit_code``); unknown types are passed on.
+    ``message`` is the event's text, whether the server spelt its key
+    ``message``, ``data`` or ``error`` (section 4.4).
     """
 
     type: str
@@ -1915,7 +1975,32 @@ class KillEvent(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
 
 
-_kill_decoder = msgspec.json.Decoder(KillEvent)
+class _WireKill(msgspec.Struct, kw_only=True):
+    type: str
+    message: str | None = None
+    data: str | None = None
+    error: str | None = None
+    signal: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+
+
+_kill_typed = JSONDecoder(msgspec.json.Decoder(_WireKill))
+
+
+def _decode_kill(line: bytes) -> KillEvent:
+    """One kill event; odd fields are read liberally, a line without ``type`` is skipped."""
+    try:
+        wire = _kill_typed.decode(line)
+    except msgspec.ValidationError:
+        wire = salvage(decode_any(line), _WireKill, "kill event")
+    return KillEvent(
+        type=wire.type,
+        message=wire.message or wire.data or wire.error or "",
+        signal=wire.signal,
+        pid=wire.pid,
+        exit_code=wire.exit_code,
+    )
 
 
 def _kill_final(event: KillEvent) -> int | NotFinal | None:
@@ -1960,41 +2045,17 @@ class ExecSessions:
             sprite=sprite.name,
             options=request_options(extra_headers, extra_query, extra_body),
         )
-        page = resp.parse(_session_list_decoder.decode)
-        if page.error:
+        sessions, error = resp.parse(_decode_sessions)
+        if error:
             raise APIError(
-                page.error,
+                error,
                 status_code=resp.status,
                 body=resp.body,
                 headers=resp.headers,
                 operation="list sessions",
                 sprite=sprite.name,
             )
-        out = []
-        for raw in page.sessions or []:
-            try:
-                wire = _session_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-                logger.warning("skipping an unreadable session entry (%s): %.200r", exc, raw)
-                continue
-            sid = wire.id if wire.id is not None else wire.session_id
-            if sid is None:
-                logger.warning("skipping a session entry without an id: %.200r", raw)
-                continue
-            created = wire.created
-            out.append(
-                ExecSessionInfo(
-                    id=str(sid),
-                    command=wire.command,
-                    workdir=wire.workdir,
-                    created=None if created is None else str(created),
-                    tty=wire.tty,
-                    bytes_per_second=wire.bytes_per_second,
-                    is_active=wire.is_active,
-                    last_activity=wire.last_activity,
-                )
-            )
-        return out
+        return sessions
 
     def attach(
         self,
@@ -2059,7 +2120,7 @@ class ExecSessions:
             sprite.client,
             "POST",
             sprite.path + "/exec/" + quote_segment(sid) + "/kill",
-            decoder=_kill_decoder,
+            decoder=_decode_kill,
             operation="kill session",
             sprite=sprite.name,
             params=[("signal", "SIG" + name), ("timeout", go_duration(float(timeout)))],

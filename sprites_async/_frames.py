@@ -157,12 +157,119 @@ _encoder = msgspec.json.Encoder()
 
 
 def decode_message(data: str | bytes) -> Message | None:
-    """Decode one server text frame; None for unknown types and non-JSON text."""
+    """Decode one server text frame; None for unknown types and non-JSON text.
+
+    One typed msgspec call in the common case. A known message that call
+    refuses (a field of an unexpected type) is read field by field instead,
+    as the official Go SDK does (section 12, item 0): a bad field is lost,
+    never the message. Only a port notification without a readable ``port``
+    is dropped, having nothing left to say.
+    """
     try:
         return _message_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    except msgspec.ValidationError:
+        pass
+    except (msgspec.DecodeError, RecursionError):
         # RecursionError: msgspec's answer to JSON nested too deeply.
         return None
+    try:
+        obj = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return _read_fields(obj)
+
+
+def _read_fields(obj: dict[str, Any]) -> Message | None:
+    kind = obj.get("type")
+    if kind == "session_info":
+        return SessionInfoMessage(
+            session_id=as_text(obj.get("session_id")),
+            command=as_text(obj.get("command")),
+            created=as_number(obj.get("created")),
+            cols=as_int(obj.get("cols")),
+            rows=as_int(obj.get("rows")),
+            is_owner=as_flag(obj.get("is_owner")),
+            tty=as_flag(obj.get("tty")),
+        )
+    if kind == "exit":
+        return ExitMessage(exit_code=as_int(obj.get("exit_code")), code=as_int(obj.get("code")))
+    if kind in ("port_opened", "port_closed"):
+        port = as_int(obj.get("port"))
+        if port is None:
+            return None
+        cls = PortOpenedMessage if kind == "port_opened" else PortClosedMessage
+        return cls(port=port, address=as_text(obj.get("address")) or "", pid=as_int(obj.get("pid")))
+    if kind == "debug":
+        return DebugMessage(msg=as_text(obj.get("msg")) or "")
+    return None
+
+
+# Liberal readers of one JSON value: the value, or None when it cannot mean that.
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+
+
+def as_text(value: object) -> str | None:
+    """A string; integers (ids sent as numbers) become their decimal text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+    except ValueError:  # more digits than Python converts to text
+        return None
+    return None
+
+
+def as_int(value: object) -> int | None:
+    """An integer, from a number without a fraction or from decimal text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("+-").isdigit() and text.isascii() and len(text) < 40:
+            return int(text)
+    return None
+
+
+def as_number(value: object) -> float | None:
+    """A number, from a JSON number or numeric text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def as_flag(value: object) -> bool | None:
+    """A boolean, from ``true``/``false``, 0/1 or their usual spellings as text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return None
 
 
 def resize_message(cols: int, rows: int) -> str:
@@ -203,12 +310,28 @@ def decode_envelope(text: str) -> Envelope | None:
     """The envelope in a text frame, or None if it is not one (operation data)."""
     if not text.startswith(CONTROL_PREFIX):
         return None
+    body = text[len(CONTROL_PREFIX) :]
     try:
-        env = _envelope_decoder.decode(text[len(CONTROL_PREFIX) :])
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return _envelope_decoder.decode(body)
+    except msgspec.ValidationError:
+        pass
+    except (msgspec.DecodeError, RecursionError):
         # A "control:" frame we cannot read is still an envelope: never op data.
         return Envelope(type="")
-    return env
+    # Valid JSON of odd types: read field by field, as the notifications are.
+    try:
+        obj = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return Envelope(type="")
+    if not isinstance(obj, dict):
+        return Envelope(type="")
+    args = obj.get("args")
+    return Envelope(
+        type=as_text(obj.get("type")) or "",
+        id=as_text(obj.get("id")) or "",
+        op=as_text(obj.get("op")) or "",
+        args=args if isinstance(args, dict) else {},
+    )
 
 
 def encode_envelope(

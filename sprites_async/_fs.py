@@ -48,7 +48,17 @@ from ._errors import (
     SpritesTimeoutError,
     _rebuild_error,
 )
-from ._models import JSONDecoder
+from ._models import (
+    JSONDecoder,
+    LiberalDecoder,
+    RawSource,
+    attach_raw,
+    decode_any,
+    raw_of,
+    salvage,
+    salvage_list,
+    share_raw,
+)
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, RequestOptions, request_options
 
 if TYPE_CHECKING:
@@ -206,7 +216,7 @@ def _local_error(cls: type[SpriteFSError], code: str, path: str, sprite: str, op
 # --------------------------------------------------------------------- models
 
 
-class _Entry(msgspec.Struct, kw_only=True):
+class _Entry(msgspec.Struct, kw_only=True, dict=True):
     name: str = ""
     path: str = ""
     type: str | None = None
@@ -222,13 +232,34 @@ class _Listing(msgspec.Struct, kw_only=True):
     entries: list[_Entry] | None = None
 
 
-_listing_decoder = JSONDecoder(msgspec.json.Decoder(_Listing))
+_listing_typed = JSONDecoder(msgspec.json.Decoder(_Listing))
+
+
+def _decode_listing(data: bytes) -> _Listing:
+    """A listing, liberally (see :func:`salvage`); every entry keeps its raw object."""
+    try:
+        listing = _listing_typed.decode(data)
+    except msgspec.ValidationError:
+        obj = decode_any(data)
+        if not isinstance(obj, dict):
+            raise
+        entries = salvage_list(obj.get("entries"), _Entry, "entries")
+        listing = salvage({**obj, "entries": []}, _Listing, "listing")
+        listing.entries = entries
+        return listing
+    if listing.entries:
+        share_raw(listing.entries, RawSource(data, "entries", "path"))
+    return listing
+
 
 _KINDS = frozenset({"file", "directory", "symlink"})
 
 
-class FileInfo(msgspec.Struct, kw_only=True, frozen=True):
+class FileInfo(msgspec.Struct, kw_only=True, frozen=True, dict=True):
     """One entry of a directory listing (what :meth:`SpritePath.stat` returns).
+
+    :attr:`raw` is the entry's JSON object as received (``{}`` for ``/``,
+    which no listing describes).
 
     Attributes:
         name: The base name.
@@ -262,6 +293,11 @@ class FileInfo(msgspec.Struct, kw_only=True, frozen=True):
         """True for a symbolic link."""
         return self.type == "symlink"
 
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The listing entry's JSON object."""
+        return raw_of(self, self.path)
+
 
 def _parse_mode(value: str | int | None) -> int | None:
     if value is None or isinstance(value, int):
@@ -276,7 +312,7 @@ def _info(entry: _Entry) -> FileInfo:
     kind = entry.type if entry.type in _KINDS else None
     if kind is None:
         kind = "directory" if entry.is_dir and entry.type is None else "other"
-    return FileInfo(
+    info = FileInfo(
         name=entry.name or posixpath.basename(entry.path),
         path=entry.path,
         type=kind,
@@ -284,6 +320,8 @@ def _info(entry: _Entry) -> FileInfo:
         mode=_parse_mode(entry.mode),
         mod_time=entry.mod_time,
     )
+    attach_raw(info, entry.__dict__.get("_raw"))
+    return info
 
 
 class WriteResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -304,6 +342,9 @@ class _WireWrite(msgspec.Struct, kw_only=True):
     path: str = ""
     size: int = 0
     mode: str | int | None = None
+
+
+_write_decoder = LiberalDecoder(_WireWrite)
 
 
 class _Copied(msgspec.Struct, kw_only=True):
@@ -331,7 +372,7 @@ class _WireCopy(msgspec.Struct, kw_only=True):
     total_bytes: int = msgspec.field(default=0, name="totalBytes")
 
 
-_copy_decoder = JSONDecoder(msgspec.json.Decoder(_WireCopy))
+_copy_decoder = LiberalDecoder(_WireCopy)
 
 
 # ---------------------------------------------------------------------- paths
@@ -611,7 +652,7 @@ class SpritePath:
         resp = await self._call(
             "GET", "list", operation="fs list", params=self._params(), options=options
         )
-        return resp.parse(_listing_decoder.decode)
+        return resp.parse(_decode_listing)
 
     async def read_bytes(
         self,
@@ -892,30 +933,40 @@ class SpritePath:
         extra_query: ExtraQuery = None,
         extra_body: ExtraBody = None,
     ) -> FileInfo:
-        """Information about this path, without following a final symlink.
+        """Information about this path.
 
-        There is no stat endpoint: the parent directory is listed and the
-        entry with this name picked (section 7.3), one request either way.
+        There is no stat endpoint; this is section 7.3's algorithm. The path
+        itself is listed first, as every official SDK does: a single entry
+        whose ``path`` is this path is the answer (a file or a symlink).
+        Otherwise this is a directory, and only then is the parent listed to
+        find its entry (a directory the parent's listing leaves out is still
+        reported, without size, mode or time). ``/`` has no parent. A final
+        symlink is reported as the server lists it: the emulator follows a
+        link to a file (its target's type and size under the link's name),
+        reports a link to a directory as the parent lists it (a symlink),
+        and a dangling one as not found; :meth:`is_symlink` asks the parent.
         """
         options = request_options(extra_headers, extra_query, extra_body)
-        if self.path == "/":
-            await self._listing(options)  # proves the sprite and the root are there
-            return FileInfo(name="", path="/", type="directory")
-        parent = self.parent
         try:
-            listing = await parent._listing(options)
+            listing = await self._listing(options)
         except SpriteFileNotFoundError as exc:
             exc.filename = self.path
             raise
         entries = listing.entries or []
-        if _lists_itself(listing):
-            # Listing a non-directory returns that one entry: the parent is a file.
-            _local_error(SpriteNotADirectoryError, "ENOTDIR", self.path, self._sprite.name, "stat")
+        if len(entries) == 1 and _same_path(entries[0].path, self.path):
+            return _info(entries[0])
+        if self.path == "/":
+            return FileInfo(name="", path="/", type="directory")
+        try:
+            parent = await self.parent._listing(options)
+        except SpriteFileNotFoundError as exc:  # removed in between
+            exc.filename = self.path
+            raise
         name = self.name
-        for entry in entries:
-            if entry.name == name or (not entry.name and entry.path == self.path):
+        for entry in parent.entries or []:
+            if entry.name == name or (not entry.name and _same_path(entry.path, self.path)):
                 return _info(entry)
-        _local_error(SpriteFileNotFoundError, "ENOENT", self.path, self._sprite.name, "stat")
+        return FileInfo(name=name, path=self.path, type="directory")
 
     async def exists(
         self,
@@ -924,7 +975,7 @@ class SpritePath:
         extra_query: ExtraQuery = None,
         extra_body: ExtraBody = None,
     ) -> bool:
-        """True if the path exists (a dangling symlink exists too)."""
+        """True if the path exists (False for a dangling symlink, as with pathlib)."""
         try:
             await self.stat(
                 extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
@@ -986,15 +1037,22 @@ class SpritePath:
         extra_query: ExtraQuery = None,
         extra_body: ExtraBody = None,
     ) -> bool:
-        """True for a symbolic link."""
+        """True for a symbolic link, dangling or not (the parent's listing tells)."""
+        if self.path == "/":
+            return False
         try:
-            return (
-                await self.stat(
-                    extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body
-                )
-            ).is_symlink
+            listing = await self.parent._listing(
+                request_options(extra_headers, extra_query, extra_body)
+            )
         except (SpriteFileNotFoundError, SpriteNotADirectoryError):
             return False
+        if _lists_itself(listing):
+            return False  # the parent is a file
+        name = self.name
+        for entry in listing.entries or []:
+            if entry.name == name or (not entry.name and _same_path(entry.path, self.path)):
+                return entry.type == "symlink"
+        return False
 
     async def scandir(
         self,
@@ -1284,6 +1342,10 @@ class SpritePath:
         )
 
 
+def _same_path(got: str, wanted: str) -> bool:
+    return bool(got) and posixpath.normpath(got) == posixpath.normpath(wanted)
+
+
 def _lists_itself(listing: _Listing) -> bool:
     """True when a listing is of a non-directory: its one entry is the listed path."""
     entries = listing.entries or []
@@ -1317,8 +1379,8 @@ def _body_error(exc: BaseException, path: str, sprite: str) -> SpritesConnection
 
 def _write_result(raw: bytes, path: str) -> WriteResult:
     try:
-        wire = msgspec.json.decode(raw, type=_WireWrite)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        wire = _write_decoder.decode(raw)
+    except msgspec.DecodeError:  # ValidationError included
         wire = _WireWrite(path=path)
     return WriteResult(path=wire.path or path, size=wire.size, mode=_parse_mode(wire.mode))
 

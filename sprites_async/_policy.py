@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from ._models import JSONDecoder
+from ._models import LiberalDecoder, attach_raw, raw_of
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 
 if TYPE_CHECKING:
@@ -73,10 +73,19 @@ Rule = DomainRule | IncludeRule
 """A network policy rule."""
 
 
-class NetworkPolicy(msgspec.Struct, frozen=True):
-    """A sprite's network policy: the rules, in order (empty: unrestricted)."""
+class NetworkPolicy(msgspec.Struct, frozen=True, dict=True):
+    """A sprite's network policy: the rules, in order (empty: unrestricted).
+
+    :attr:`raw` is the JSON object :meth:`PolicyResource.get` received,
+    including any rule this SDK cannot represent.
+    """
 
     rules: list[Rule] = msgspec.field(default_factory=list)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The policy's JSON object as received (``{}`` if built locally)."""
+        return raw_of(self, None)
 
 
 class _WireRule(msgspec.Struct, kw_only=True):
@@ -89,7 +98,7 @@ class _WirePolicy(msgspec.Struct, kw_only=True):
     rules: list[_WireRule] | None = None
 
 
-_policy_decoder = JSONDecoder(msgspec.json.Decoder(_WirePolicy))
+_policy_decoder = LiberalDecoder(_WirePolicy)
 
 
 def _from_wire(rule: _WireRule) -> Rule | None:
@@ -201,7 +210,9 @@ class PolicyResource:
         )
         wire = resp.parse(_policy_decoder.decode)
         rules = [r for r in map(_from_wire, wire.rules or []) if r is not None]
-        return NetworkPolicy(rules=rules)
+        policy = NetworkPolicy(rules=rules)
+        attach_raw(policy, resp.body)
+        return policy
 
     async def set(
         self,

@@ -28,7 +28,15 @@ import msgspec
 
 from ._checkpoints import EventOperation, OtherEvent, event_decoder
 from ._errors import APIError, NotFoundError, StreamError
-from ._models import JSONDecoder
+from ._models import (
+    JSONDecoder,
+    LiberalDecoder,
+    RawSource,
+    decode_any,
+    raw_of,
+    salvage_list,
+    share_raw,
+)
 from ._session import (
     ExtraBody,
     ExtraHeaders,
@@ -128,8 +136,12 @@ class ServiceState(msgspec.Struct, kw_only=True):
     next_restart_at: datetime | None = None
 
 
-class Service(msgspec.Struct, kw_only=True):
+class Service(msgspec.Struct, kw_only=True, dict=True):
     """A service definition and its state (section 8.1).
+
+    ``args`` and ``needs`` are lists even when the server sends ``null`` (it
+    does for a service created without them). :attr:`raw` is the JSON object
+    as received.
 
     Attributes:
         name: The service's name.
@@ -156,15 +168,34 @@ class Service(msgspec.Struct, kw_only=True):
         """``state.status``, for convenience."""
         return self.state.status if self.state else None
 
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The JSON object this service was decoded from (``{}`` if built locally)."""
+        return raw_of(self, self.name)
 
-_service_decoder = JSONDecoder(msgspec.json.Decoder(Service))
+
+_service_decoder = LiberalDecoder(Service)
 
 
 class _Wrapped(msgspec.Struct):
     services: list[Service] = msgspec.field(default_factory=list)
 
 
-_list_decoder = JSONDecoder(msgspec.json.Decoder(list[Service] | _Wrapped))
+_list_typed = JSONDecoder(msgspec.json.Decoder(list[Service] | _Wrapped))
+
+
+def _decode_list(data: bytes) -> list[Service]:
+    """A bare array or ``{"services": [...]}``; liberal as :func:`salvage_list`."""
+    try:
+        found = _list_typed.decode(data)
+    except msgspec.ValidationError:
+        obj = decode_any(data)
+        if isinstance(obj, dict):
+            return salvage_list(obj.get("services"), Service, "services")
+        return salvage_list(obj, Service, "services")
+    services = found.services if isinstance(found, _Wrapped) else found
+    share_raw(services, RawSource(data, "services", "name"))
+    return services
 
 
 class _Stamped(msgspec.Struct, kw_only=True):
@@ -419,8 +450,7 @@ class ServicesResource:
             timeout="wake",
             options=request_options(extra_headers, extra_query, extra_body),
         )
-        found = resp.parse(_list_decoder.decode)
-        return found.services if isinstance(found, _Wrapped) else found
+        return resp.parse(_decode_list)
 
     async def get(
         self,

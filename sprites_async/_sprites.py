@@ -18,9 +18,10 @@ from ._paging import AsyncPaginator
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
 from ._validation import (
     check_labels,
+    check_list_prefix,
     check_max_results,
     check_name,
-    check_prefix,
+    check_path_name,
     check_url_auth,
 )
 
@@ -131,7 +132,7 @@ class SpritesResource:
             ServerError: Including the 500 the service sends for missing
                 sprites (``possibly_not_found`` / ``is_not_found`` is True).
         """
-        check_name(name)
+        check_path_name(name)
         resp = await self._client._request(
             "GET",
             _sprite_path(name),
@@ -151,13 +152,22 @@ class SpritesResource:
         extra_query: ExtraQuery = None,
         extra_body: ExtraBody = None,
     ) -> SpriteInfo:
-        """Change URL access and/or replace the labels; omitted fields stay as they are."""
-        check_name(name)
+        """Change URL access and/or replace the labels; omitted fields stay as they are.
+
+        An empty ``labels`` removes every label: it is sent as
+        ``{"clear_labels": true}``, the only form the official SDKs use
+        (whether ``"labels": []`` clears is unconfirmed, section 2.5).
+        """
+        check_path_name(name)
         body: dict[str, Any] = {}
         if url_auth is not None:
             body["url_settings"] = {"auth": check_url_auth(url_auth)}
         if labels is not None:
-            body["labels"] = check_labels(labels)
+            wanted = check_labels(labels)
+            if wanted:
+                body["labels"] = wanted
+            else:
+                body["clear_labels"] = True
         if not body:
             raise ValueError("update() needs url_auth and/or labels")
         resp = await self._client._request(
@@ -185,7 +195,7 @@ class SpritesResource:
         ``missing_ok`` is set (also for the 500 the service sends for missing
         sprites).
         """
-        check_name(name)
+        check_path_name(name)
         try:
             await self._client._request(
                 "DELETE",
@@ -209,7 +219,7 @@ class SpritesResource:
         extra_body: ExtraBody = None,
     ) -> None:
         """Upgrade the sprite's in-VM software to the latest release."""
-        check_name(name)
+        check_path_name(name)
         await self._client._request(
             "POST",
             _sprite_path(name) + "/upgrade",
@@ -238,7 +248,7 @@ class SpritesResource:
         check_max_results(max_results)
         base: list[tuple[str, str]] = [("max_results", str(max_results))]
         if prefix:
-            base.append(("prefix", check_prefix(prefix)))
+            base.append(("prefix", check_list_prefix(prefix)))
         client = self._client
         options = request_options(extra_headers, extra_query, extra_body)
 
@@ -378,7 +388,7 @@ class Sprite:
             self.name = sprite.name
             self.info: SpriteInfo | None = sprite
         else:
-            self.name = check_name(sprite)
+            self.name = check_path_name(sprite)
             self.info = None
         self._client = client
 

@@ -9,11 +9,15 @@ from ._models import URL_AUTH_VALUES
 
 # Names become a hostname label in the sprite's URL; the service only documents
 # that "" is refused, so this is the safe, observed-compatible set (section 2.8).
+# It is enforced on create only: every other call takes any name the server
+# could hold (check_path_name), so a sprite named outside this guess stays
+# reachable.
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_name(name: object, what: str = "sprite name") -> str:
-    """Return ``name`` if it is a valid sprite name, else raise ValueError."""
+    """Return ``name`` if it is a valid name for a new sprite, else raise ValueError."""
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, not {type(name).__name__}")
     if not _NAME_RE.fullmatch(name):
@@ -24,11 +28,37 @@ def check_name(name: object, what: str = "sprite name") -> str:
     return name
 
 
+def check_path_name(name: object, what: str = "sprite name") -> str:
+    """Return ``name`` unless no server could hold it as one URL path segment.
+
+    Refused: empty, ``/``, control characters, ``.`` and ``..`` (which a
+    URL normalises away). Everything else is percent-encoded and sent.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not name or "/" in name or name in (".", "..") or _CONTROL_RE.search(name):
+        raise ValueError(f"invalid {what} {name!r}")
+    return name
+
+
 def check_prefix(prefix: object) -> str:
-    """A list prefix: any string a valid name could start with."""
+    """A prefix for new names: any string a valid name could start with."""
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
     if prefix and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", prefix):
+        raise ValueError(f"invalid prefix {prefix!r}: no sprite name can start with it")
+    return prefix
+
+
+def check_list_prefix(prefix: object) -> str:
+    """A prefix to list by: any text a name could start with (no control characters).
+
+    Not limited to the create rule, so sprites named outside it can be
+    listed (and ``delete_many`` can find them).
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+    if _CONTROL_RE.search(prefix):
         raise ValueError(f"invalid prefix {prefix!r}: no sprite name can start with it")
     return prefix
 

@@ -68,11 +68,16 @@ def test_events_are_the_same_at_every_split_point() -> None:
     assert decode_all([bytes([b]) for b in RECORDED]) == whole
 
 
-def test_known_type_with_a_bad_field_is_skipped_not_mislabelled() -> None:
-    bad = b'{"type":"complete","data":42}\n{"type":"info","data":"ok","time":"garbage"}\n'
+def test_known_type_with_a_bad_field_is_read_field_by_field_not_mislabelled() -> None:
+    bad = (
+        b'{"type":"complete","data":42}\n{"type":"info","data":"ok","time":"garbage"}\n'
+        b'{"type":"error","error":{"nested":1},"time":7}\n'
+    )
     events = decode_all([bad])
-    assert len(events) == 1 and isinstance(events[0], CheckpointInfo)
-    assert events[0].timestamp is None  # a malformed stamp does not lose the event
+    assert [type(e) for e in events] == [CheckpointComplete, CheckpointInfo, CheckpointErrorEvent]
+    assert events[0].data == "42"  # a number where text belongs, read as its text
+    assert events[1].timestamp is None  # a malformed stamp does not lose the event
+    assert (events[2].error, events[2].time) == ("", "7")  # an unreadable field is lost alone
 
 
 def info(data: str) -> CheckpointInfo:

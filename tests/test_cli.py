@@ -47,7 +47,9 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "--emulator", "exec", "demo")
     assert code == EXIT_USAGE and "no command" in err
     assert run(capsys, "--help")[0] == EXIT_OK
-    code, _, err = run(capsys, "--emulator", "get", "Not_A_Name")
+    code, _, err = run(capsys, "--emulator", "get", "a/b")  # no server could hold it
+    assert code == EXIT_USAGE and "invalid sprite name" in err
+    code, _, err = run(capsys, "--emulator", "create", "Not_A_Name")  # the create rule
     assert code == EXIT_USAGE and "invalid sprite name" in err
 
 

@@ -90,11 +90,16 @@ def test_port_and_debug_messages() -> None:
         "[1,2]",
         '{"no_type":1}',
         "",
-        '{"type":"exit","exit_code":"x"}',
+        '{"type":"port_opened","port":"x"}',
     ],
 )
 def test_unknown_or_bad_messages_are_ignored(text: str) -> None:
     assert f.decode_message(text) is None
+
+
+def test_an_exit_with_an_unreadable_code_carries_no_code() -> None:
+    msg = f.decode_message('{"type":"exit","exit_code":"x"}')
+    assert isinstance(msg, f.ExitMessage) and msg.value is None  # never invented
 
 
 def test_client_messages() -> None:

@@ -210,7 +210,9 @@ async def test_stat_exists_and_kinds(fs: SpriteFS, emu: RunningEmulator) -> None
     assert await (fs / "link-to-dir").is_dir()
     assert await (fs / "link-to-file").is_file()
     assert await (fs / "link-to-file").is_symlink()
-    assert await (fs / "dangling").exists()
+    assert not await (fs / "d").is_symlink() and not await (fs / "missing").is_symlink()
+    assert await (fs / "dangling").is_symlink()
+    assert not await (fs / "dangling").exists()  # as pathlib: the link is followed
     assert not await (fs / "dangling").is_file() and not await (fs / "dangling").is_dir()
     assert not await (fs / "missing").exists()
     assert not await (fs / "missing").is_dir()

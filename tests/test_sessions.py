@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sprites_async import APIError, NotFoundError, SpritesClient, StreamError
+from sprites_async import APIError, NotFoundError, ProtocolError, SpritesClient, StreamError
 from sprites_async._exec import ExecSessionInfo, ExecSettings, KillEvent, OutputEvent
 from tests.test_exec_helpers import Conn, FakeSprites, emu, fake, ndjson_response, no_leftovers
 
@@ -118,7 +118,6 @@ async def test_list_accepts_int_ids_and_aliases(fake: FakeSprites) -> None:
                 "created": "2026-01-05T10:30:00Z",
             },
             {"session_id": "16", "command": "bash", "tty": True, "is_active": True},
-            {"command": "no id"},
             {"id": "17", "bytes_per_second": 125.5, "future_field": {"x": 1}},
         ],
     }
@@ -128,6 +127,27 @@ async def test_list_accepts_int_ids_and_aliases(fake: FakeSprites) -> None:
     assert sessions[0].command == "/usr/bin/sleep 654"
     assert sessions[1].tty is True
     assert sessions[2].bytes_per_second == 125.5
+    assert sessions[2].raw["future_field"] == {"x": 1}
+
+
+async def test_list_refuses_an_entry_without_an_id_rather_than_drop_it(
+    fake: FakeSprites,
+) -> None:
+    fake.sessions_body = {"sessions": [{"id": "15"}, {"command": "no id"}], "count": 2}
+    async with fake.client() as client:
+        with pytest.raises(ProtocolError, match=r"sessions\[1\]"):
+            await client.sprite("box").sessions.list()
+
+
+async def test_list_reads_odd_fields_one_by_one(fake: FakeSprites) -> None:
+    fake.sessions_body = {
+        "sessions": [{"id": 15, "tty": "true", "bytes_per_second": "oops", "command": None}],
+        "count": "1",
+    }
+    async with fake.client() as client:
+        (session,) = await client.sprite("box").sessions.list()
+    assert (session.id, session.tty, session.bytes_per_second) == ("15", True, 0.0)
+    assert session.raw["bytes_per_second"] == "oops"
 
 
 async def test_list_surfaces_an_error_key(fake: FakeSprites) -> None:

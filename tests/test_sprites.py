@@ -7,6 +7,7 @@ import json
 import logging
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aioresponses import aioresponses
@@ -66,13 +67,43 @@ async def test_create_duplicate_raises_conflict(client: SpritesClient, mock: aio
 @pytest.mark.parametrize(
     "name", ["", "UPPER", "-lead", "has_underscore", "a" * 64, "sp ace", "dot.ted", "ünï"]
 )
-async def test_invalid_names_are_refused_before_the_network(
+async def test_create_refuses_names_outside_the_rule_before_the_network(
     client: SpritesClient, mock: aioresponses, name: str
 ) -> None:
     with pytest.raises(ValueError, match="invalid sprite name"):
         await client.sprites.create(name)
-    with pytest.raises(ValueError):
-        await client.sprites.get(name)
+    with pytest.raises(ValueError, match="invalid sprite name"):
+        await client.sprites.get_or_create(name)
+    assert not mock.requests
+
+
+@pytest.mark.parametrize("name", ["UPPER", "-lead", "has_underscore", "a" * 64, "sp ace", "ünï"])
+async def test_other_calls_reach_sprites_named_outside_the_create_rule(
+    client: SpritesClient, mock: aioresponses, name: str
+) -> None:
+    path = "/v1/sprites/" + quote(name, safe="")
+    mock.get(url(path), payload=sprite_json(name))
+    mock.put(url(path), payload=sprite_json(name))
+    mock.delete(url(path), status=204)
+    mock.post(url(path + "/upgrade"), status=204)
+    assert (await client.sprites.get(name)).name == name
+    assert (await client.sprite(name).update(url_auth="public")).name == name
+    assert await client.sprites.delete(name)
+    await client.sprite(name).upgrade()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "nul\x00", "bell\x07", "del\x7f"])
+async def test_names_no_server_could_hold_are_refused_everywhere(
+    client: SpritesClient, mock: aioresponses, name: str
+) -> None:
+    for call in (
+        client.sprites.get(name),
+        client.sprites.update(name, url_auth="public"),
+        client.sprites.delete(name),
+        client.sprites.upgrade(name),
+    ):
+        with pytest.raises(ValueError):
+            await call
     with pytest.raises(ValueError):
         client.sprite(name)
     assert not mock.requests
@@ -285,10 +316,21 @@ async def test_max_results_out_of_range(client: SpritesClient, bad: int) -> None
 
 async def test_bad_prefix_is_refused(client: SpritesClient) -> None:
     with pytest.raises(ValueError):
-        client.sprites.list(prefix="UP")
+        client.sprites.list(prefix="up\n")
+    with pytest.raises(TypeError):
+        client.sprites.list(prefix=3)  # type: ignore[arg-type]
 
 
-async def test_a_malformed_entry_is_skipped_and_logged(
+async def test_prefixes_outside_the_create_rule_list_and_delete(
+    client: SpritesClient, mock: aioresponses
+) -> None:
+    mock.get(url("/v1/sprites"), payload={"sprites": [sprite_json("UP-1")]}, repeat=True)
+    mock.delete(url("/v1/sprites/UP-1"), status=204)
+    assert [s.name async for s in client.sprites.list(prefix="UP")] == ["UP-1"]
+    assert (await client.sprites.delete_many(prefix="UP")).deleted == ["UP-1"]
+
+
+async def test_an_entry_with_a_malformed_field_is_kept_without_it(
     client: SpritesClient, mock: aioresponses, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = sprite_json("b", created_at="yesterday-ish")
@@ -298,8 +340,10 @@ async def test_a_malformed_entry_is_skipped_and_logged(
     )
     with caplog.at_level(logging.WARNING, logger="sprites_async"):
         p = await client.sprites.list()
-    assert [s.name for s in p.sprites] == ["a", "c"]
-    assert "malformed sprite" in caplog.text
+    assert [s.name for s in p.sprites] == ["a", "b", "c"]
+    assert p.sprites[1].created_at is None
+    assert p.sprites[1].raw["created_at"] == "yesterday-ish"
+    assert "created_at" in caplog.text
 
 
 async def test_minimal_documented_entries_decode(client: SpritesClient, mock: aioresponses) -> None:

@@ -218,32 +218,38 @@ async def exec_kill(request: web.Request) -> web.StreamResponse:
 
     writer = NDJSONWriter(request, state)
     await writer.prepare()
+    # Quirk: the Python SDK's reading (section 4.4) - text in `data`,
+    # failures in `error`, no `message` at all.
+    quirky = state.quirks.on("kill-event-data-error")
+
+    def event(kind: str, text: str, **fields: Any) -> dict[str, Any]:
+        key = ("error" if kind == "error" else "data") if quirky else "message"
+        return {"type": kind, key: text, **fields}
+
     pid = int(session.id)
     await writer.send(
-        {
-            "type": "signal",
-            "message": f"Signaling {sig.name} to process group {pid}",
-            "signal": sig.name,
-            "pid": pid,
-        }
+        event("signal", f"Signaling {sig.name} to process group {pid}", signal=sig.name, pid=pid)
     )
-    await session.proc.send_signal(sig)
+    try:
+        await session.proc.send_signal(sig)
+    except OSError as exc:
+        await writer.send(event("error", f"failed to signal process group {pid}: {exc}"))
+        await writer.send({"type": "complete", "exit_code": None})
+        return await writer.finish()
     if timeout > 0:
         try:
             await asyncio.wait_for(session.done.wait(), timeout)
         except asyncio.TimeoutError:
-            await writer.send(
-                {"type": "timeout", "message": f"Process did not exit within {timeout:g}s"}
-            )
+            await writer.send(event("timeout", f"Process did not exit within {timeout:g}s"))
             await session.proc.send_signal(signal.SIGKILL)
-            await writer.send({"type": "killed", "message": "Process killed with SIGKILL"})
+            await writer.send(event("killed", "Process killed with SIGKILL"))
             await session.done.wait()
     else:
         # timeout=0 (GO's Ctrl-C forwarding): deliver the signal, never escalate.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(session.done.wait(), 1.0)
     if session.done.is_set():
-        await writer.send({"type": "exited", "message": "Process exited"})
+        await writer.send(event("exited", "Process exited"))
         await writer.send({"type": "complete", "exit_code": session.exit_code})
     else:
         await writer.send({"type": "complete", "exit_code": None})

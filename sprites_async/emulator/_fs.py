@@ -12,7 +12,8 @@ ignored. A body larger than ``EmulatorConfig.max_body`` is refused with
 Emulator extensions (the real behaviour is unconfirmed, section 7.1):
 ``GET /fs/read`` honours a single-range ``Range: bytes=...`` header with
 ``206``/``416``, and the query parameters ``offset``/``length`` which select
-a slice with a plain ``200``. Error statuses follow the emulator
+a slice with a plain ``200`` (both ignored under the ``fs-range-ignored``
+quirk). Error statuses follow the emulator
 recommendation of section 7.11 (404 ENOENT; 400 EISDIR, ENOTDIR, ENOTEMPTY,
 EINVAL, EEXIST, ELOOP; 403 EACCES; 500 EIO).
 """
@@ -259,7 +260,10 @@ async def _read(request: web.Request) -> web.StreamResponse:
         size = opened.size
         start, end, status = 0, size, 200
         headers = {"Accept-Ranges": "bytes"}
-        if offset is not None or length is not None:
+        if request.app[STATE_KEY].quirks.on("fs-range-ignored"):
+            # A server that knows no ranges: the whole file, 200, no Accept-Ranges.
+            headers = {}
+        elif offset is not None or length is not None:
             start = min(offset or 0, size)
             end = size if length is None else min(size, start + length)
         elif "Range" in request.headers:

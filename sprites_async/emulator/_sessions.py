@@ -141,10 +141,23 @@ class Session:
 
     def info(self, *, is_owner: bool) -> dict[str, Any]:
         """The ``session_info`` message (Section 3.5)."""
+        command = self.argv[0] if self.argv else self.command
+        if self.manager.state.quirks.on("session-info-odd-types"):
+            # What a client reading only the fields it needs still copes with.
+            return {
+                "type": "session_info",
+                "session_id": int(self.id) if self.id.isdigit() else self.id,
+                "command": {"path": command, "argv": list(self.argv)},
+                "created": str(int(self.created)),
+                "cols": str(self.cols),
+                "rows": f"{self.rows} rows",
+                "is_owner": 1 if is_owner else 0,
+                "tty": "true" if self.tty else "false",
+            }
         return {
             "type": "session_info",
             "session_id": self.id,
-            "command": self.argv[0] if self.argv else self.command,
+            "command": command,
             "created": int(self.created),
             "cols": self.cols,
             "rows": self.rows,

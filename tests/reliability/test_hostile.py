@@ -241,10 +241,17 @@ async def test_percent_encoded_and_nul_paths(box: Box) -> None:
 async def test_sdk_refuses_bad_input_before_the_network() -> None:
     # Nothing listens on port 9: anything sent would be a connection error.
     async with SpritesClient(TOKEN, base_url="http://127.0.0.1:9") as client:
+        for bad in ("..", ".", "", "a/b", "a\x00b", "tab\there"):
+            with pytest.raises(ValueError):
+                client.sprite(bad)
+            with pytest.raises(ValueError):
+                await client.sprites.get(bad)
+            with pytest.raises(ValueError):
+                await client.sprites.delete(bad)
+        # Names outside the create rule stay reachable: they are only encoded.
+        assert client.sprite("UPPER_%2e").path == "/v1/sprites/UPPER_%252e"
         with pytest.raises(ValueError):
-            client.sprite("..")
-        with pytest.raises(ValueError):
-            await client.sprites.get("%2e%2e")
+            await client.sprites.create("UPPER")
         sprite = client.sprite("box")
         fs = sprite.fs()
         for bad in ("a\x00b", ""):

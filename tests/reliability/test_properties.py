@@ -309,7 +309,7 @@ def _ndjson_decoders() -> list[tuple[str, NDJSONDecoder[Any]]]:
             "msgspec-batch",
             NDJSONDecoder(_event_decoder.decode, decode_lines=_event_decoder.decode_lines),
         ),
-        ("kill", NDJSONDecoder(ex._kill_decoder.decode)),
+        ("kill", NDJSONDecoder(ex._decode_kill)),
     ]
     for name, ev in (("checkpoint", cps._decode_event), ("service", svc._decode_event)):
         out.append((name, NDJSONDecoder(ev)))
@@ -406,11 +406,13 @@ MODEL_DECODERS: list[tuple[str, Any]] = [
     ("decode_sprite", models.decode_sprite),
     ("decode_page", models.decode_page),
     ("checkpoint", cps._checkpoint_decoder.decode),
-    ("checkpoint list", cps._list_decoder.decode),
+    ("checkpoint list", cps._decode_list),
     ("service", svc._service_decoder.decode),
-    ("service list", svc._list_decoder.decode),
+    ("service list", svc._decode_list),
     ("policy", pol._policy_decoder.decode),
-    ("fs listing", sfs._listing_decoder.decode),
+    ("fs listing", sfs._decode_listing),
+    ("session list", ex._decode_sessions),
+    ("fs copy", sfs._copy_decoder.decode),
 ]
 
 
@@ -438,11 +440,12 @@ def test_valid_documents_decode() -> None:
     # The seeds of the mutations are themselves accepted (so mutations test something).
     assert models.decode_sprite(VALID_DOCS[7]).name == "alpha"
     page = models.decode_page(VALID_DOCS[8])
-    assert [s.name for s in page.sprites] == ["a"]  # the malformed entry is skipped
-    assert [c.id for c in cps._list_decoder.decode(VALID_DOCS[9])] == ["v1", "Current"]
-    assert [s.name for s in svc._list_decoder.decode(VALID_DOCS[10])] == ["web"]  # type: ignore[union-attr]
+    # The entry with a malformed field is kept, without that field.
+    assert [(s.name, s.created_at) for s in page.sprites] == [("a", None), ("b", None)]
+    assert [c.id for c in cps._decode_list(VALID_DOCS[9])] == ["v1", "Current"]
+    assert [s.name for s in svc._decode_list(VALID_DOCS[10])] == ["web"]
     assert len(pol._policy_decoder.decode(VALID_DOCS[12]).rules or []) == 2
-    assert sfs._listing_decoder.decode(VALID_DOCS[14]).count == 1
+    assert sfs._decode_listing(VALID_DOCS[14]).count == 1
 
 
 # ------------------------------------------------------ the public calls, end to end

@@ -40,6 +40,7 @@ import msgspec
 from aiohttp import web
 
 from ._paths import FsError, resolve
+from ._sandbox import check_mode, jail_for, sandbox_status
 from ._state import STATE_KEY, EmulatorState, text_error
 from ._wire import BodyTooLarge, go_json, read_capped
 
@@ -71,8 +72,30 @@ def setup(app: web.Application, state: EmulatorState) -> None:
         state.db.execute("DELETE FROM emu_network_policy WHERE sprite = ?", (name,))
 
     state.sprite_deleted_hooks.append(forget)
+    _setup_sandbox(app, state)
     app.router.add_get("/v1/sprites/{name}/policy/network", _get, allow_head=False)
     app.router.add_post("/v1/sprites/{name}/policy/network", _set)
+
+
+def _setup_sandbox(app: web.Application, state: EmulatorState) -> None:
+    """Refuse a required sandbox that cannot run; release sprites' sandbox resources."""
+    check_mode(state.config.sandbox)
+    jail = jail_for(state)
+
+    async def forget(name: str) -> None:
+        await asyncio.to_thread(jail.forget, name)
+
+    async def close(app: web.Application) -> None:
+        # on_cleanup: every session and service was ended at shutdown.
+        await asyncio.to_thread(jail.close)
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        sandboxed, line = sandbox_status(state.config.sandbox, jail)
+        return go_json({"mode": state.config.sandbox, "sandboxed": sandboxed, "status": line})
+
+    state.sprite_deleted_hooks.append(forget)
+    app.on_cleanup.append(close)
+    app.router.add_get("/_emulator/sandbox", status, allow_head=False)
 
 
 def validate(doc: Any) -> list[dict[str, str]]:

@@ -1,0 +1,211 @@
+"""What untrusted code in a sandboxed sprite can and cannot do (issue 18).
+
+Each probe here got through before the sandbox was hardened, with the
+emulator running as root (as CI does): full capabilities, uid 0, the host's
+``/etc/shadow``, ``mount``, the host's hostname, unbounded ``fork``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sprites_async.emulator import EmulatorConfig
+from sprites_async.emulator._procs import sandbox_available
+from sprites_async.emulator._sandbox import SPRITE_UID, jail_for
+from tests.emulator.conftest import RunningEmulator
+from tests.emulator.exec_helpers import (
+    SPRITE,
+    assert_clean,
+    private_fds,
+    read_until,
+    run_ws,
+    ws_url,
+)
+
+pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap cannot run here")
+
+NEIGHBOUR = "neighbour"
+
+
+@pytest.fixture
+def emulator_config(emulator_config: EmulatorConfig) -> EmulatorConfig:
+    emulator_config.sandbox = "required"
+    emulator_config.max_processes = 64
+    emulator_config.memory_limit = 256 << 20
+    return emulator_config
+
+
+@pytest.fixture(autouse=True)
+async def sprite(emu: RunningEmulator) -> AsyncIterator[str]:
+    fds = private_fds()
+    emu.add_sprite(SPRITE)
+    emu.add_sprite(NEIGHBOUR)
+    yield SPRITE
+    await assert_clean(emu, fds)
+
+
+async def sh(emu: RunningEmulator, script: str, **params: object) -> tuple[int | None, str, str]:
+    run = await run_ws(emu, ["sh", "-c", script], timeout=30.0, **params)
+    return run.exit_text, run.stdout.decode(), run.stderr.decode()
+
+
+async def test_no_capabilities(emu: RunningEmulator) -> None:
+    _, out, _ = await sh(emu, "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status")
+    caps = dict(line.split(":\t") for line in out.splitlines())
+    assert set(caps) == {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}
+    assert all(int(v, 16) == 0 for v in caps.values()), caps
+
+
+async def test_runs_as_the_sprite_user(emu: RunningEmulator) -> None:
+    code, out, err = await sh(emu, 'id -u; id -g; id -un; echo "$HOME"; pwd')
+    assert code == 0, err
+    assert out.split() == [str(SPRITE_UID), str(SPRITE_UID), "sprite", "/home/sprite"] * 1 + [
+        "/home/sprite"
+    ]
+
+
+async def test_hosts_etc_is_not_there(emu: RunningEmulator) -> None:
+    script = (
+        "for f in shadow gshadow sudoers ssh ssl/private machine-id; do "
+        "test -e /etc/$f && echo present $f; done; "
+        "cat /etc/shadow 2>/dev/null && echo read-shadow; "
+        "grep -c . /etc/passwd; grep '^sprite:' /etc/passwd; grep -w box /etc/hosts; "
+        "touch /etc/x 2>/dev/null || echo etc-read-only"
+    )
+    _code, out, _err = await sh(emu, script)
+    lines = out.splitlines()
+    assert not [line for line in lines if line.startswith("present")], out
+    assert "read-shadow" not in lines
+    assert "sprite:x:1000:1000:sprite:/home/sprite:/bin/bash" in lines
+    assert any(line.endswith("\tbox") for line in lines), out
+    assert "etc-read-only" in lines
+    assert int(lines[0]) <= 3  # root, sprite, nobody: not the host's accounts
+    # Only the sprite's state directory holds its /etc, outside what it can write.
+    etc = emu.state.sprite_dir(SPRITE) / "etc"
+    assert (etc / "passwd").is_file()
+    assert not (emu.state.sprite_root(SPRITE) / "etc").exists()
+
+
+@pytest.mark.skipif(not Path("/etc/ssl/certs").is_dir(), reason="the host has no CA certificates")
+async def test_programs_still_find_what_they_need(emu: RunningEmulator) -> None:
+    script = (
+        "ls /etc/ssl/certs | grep -q . && echo certs; "
+        "python3 -c 'import ssl; print(len(ssl.create_default_context().get_ca_certs()) >= 0)'; "
+        "ls -ld /home/sprite | cut -d' ' -f3"
+    )
+    code, out, err = await sh(emu, script)
+    assert code == 0, err
+    assert out.split() == ["certs", "True", "sprite"]
+
+
+async def test_hostname_is_the_sprite_name(emu: RunningEmulator) -> None:
+    code, out, err = await sh(emu, "hostname; cat /proc/sys/kernel/hostname")
+    assert code == 0, err
+    assert out.split() == [SPRITE, SPRITE]
+
+
+async def test_cannot_mount_nor_make_namespaces(emu: RunningEmulator) -> None:
+    script = (
+        "mkdir -p /tmp/m; mount -t tmpfs none /tmp/m 2>/dev/null && echo mounted; "
+        "unshare -r true 2>/dev/null && echo unshared; "
+        "unshare -n true 2>/dev/null && echo netns; echo done"
+    )
+    _code, out, _ = await sh(emu, script)
+    assert out.split() == ["done"]
+
+
+async def test_no_controlling_terminal(emu: RunningEmulator) -> None:
+    # Without one, nothing can push input into the emulator's terminal (TIOCSTI).
+    probe = (
+        "import errno, os\n"
+        "try:\n"
+        "    os.open('/dev/tty', os.O_RDWR)\n"
+        "    print('tty')\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno])\n"
+        "print(os.getsid(0) != os.getsid(os.getppid()) or os.getppid() == 1)\n"
+    )
+    run = await run_ws(emu, ["python3", "-c", probe])
+    assert run.stdout.split()[0] == b"ENXIO", run.stdout
+
+
+async def test_files_belong_to_the_emulators_user(emu: RunningEmulator) -> None:
+    home = emu.state.sprite_root(SPRITE) / "home" / "sprite"
+    (home / "from-host.txt").write_text("host\n")
+    code, out, err = await sh(
+        emu, "echo inside > made.txt; echo more >> from-host.txt; stat -c %u made.txt"
+    )
+    assert code == 0, err
+    assert out.strip() == str(SPRITE_UID)
+    made = home / "made.txt"
+    assert made.stat().st_uid == os.geteuid()
+    assert made.read_text() == "inside\n"
+    assert (home / "from-host.txt").read_text() == "host\nmore\n"
+
+
+BOMB = (
+    "import subprocess, sys\n"
+    "ok = failed = 0\n"
+    "for _ in range(300):\n"
+    "    try:\n"
+    "        subprocess.Popen(['sleep', '60'])\n"
+    "        ok += 1\n"
+    "    except OSError:\n"
+    "        failed += 1\n"
+    "print(ok, failed, flush=True)\n"
+    "sys.stdin.read()\n"
+)
+"""Starts at most 300 processes (a bomb that cannot wreck the machine), holds them until EOF."""
+
+
+async def test_process_limit_bounds_a_bomb_and_the_neighbour_stays_responsive(
+    emu: RunningEmulator,
+) -> None:
+    jail = jail_for(emu.state)
+    if not jail.cgroups.active and os.geteuid() == 0:
+        pytest.skip("no writable cgroup here, and RLIMIT_NPROC does not bind root")
+    url = ws_url(emu, cmd=["python3", "-c", BOMB], stdin=True)
+    async with emu.http.ws_connect(url, headers=emu.auth) as bomb:
+        line = await read_until(bomb, b"\n", timeout=60)
+        ok, failed = (int(x) for x in line[1:].split())
+        assert ok < 64 and failed > 0, (ok, failed)
+        # The bomb's sleeps are alive; another sprite works at normal speed.
+        other = ws_url(emu, cmd=["sh", "-c", "echo ok"]).replace(
+            f"/sprites/{SPRITE}/", f"/sprites/{NEIGHBOUR}/"
+        )
+        started = time.monotonic()
+        async with emu.http.ws_connect(other, headers=emu.auth) as ws:
+            assert b"ok" in await read_until(ws, b"ok", timeout=20)
+        assert time.monotonic() - started < 10
+        # And so does the bombed sprite once its processes are gone.
+        await bomb.send_bytes(b"\x04")
+        await bomb.close()
+    for _ in range(100):
+        _code, out, _ = await sh(emu, "echo alive")
+        if out == "alive\n":
+            break
+        await asyncio.sleep(0.1)
+    assert out == "alive\n"
+
+
+async def test_memory_limit(emu: RunningEmulator) -> None:
+    hog = (
+        "import sys\n"
+        "blocks = []\n"
+        "try:\n"
+        "    for _ in range(64):\n"
+        "        blocks.append(bytearray(16 << 20))\n"
+        "    print('allocated 1 GiB')\n"
+        "except MemoryError:\n"
+        "    print('MemoryError')\n"
+    )
+    run = await run_ws(emu, ["python3", "-c", hog], timeout=60)
+    # Either the allocation fails (RLIMIT_DATA) or the kernel kills it (cgroup).
+    assert run.stdout != b"allocated 1 GiB\n", run.stdout
+    assert run.stdout == b"MemoryError\n" or run.exit_text == 137, (run.stdout, run.exit_text)

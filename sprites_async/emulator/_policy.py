@@ -83,11 +83,11 @@ def _setup_sandbox(app: web.Application, state: EmulatorState) -> None:
     jail = jail_for(state)
 
     async def forget(name: str) -> None:
-        await asyncio.to_thread(jail.forget, name)
+        await jail.forget(name)
 
     async def close(app: web.Application) -> None:
         # on_cleanup: every session and service was ended at shutdown.
-        await asyncio.to_thread(jail.close)
+        await jail.aclose()
 
     async def status(request: web.Request) -> web.StreamResponse:
         sandboxed, line = sandbox_status(state.config.sandbox, jail)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ._framing import DEFAULT_PATH, SPRITE_HOME, STREAM_STDERR, STREAM_STDOUT, exit_status
+from ._netns import NetworkUnavailable
 from ._sandbox import SPRITE_UID, Jail, etc_args, probe_bwrap
 
 OutputItem = tuple[int, bytes] | None
@@ -415,6 +416,7 @@ def bwrap_args(
     cwd: str,
     *,
     isolate_network: bool = False,
+    own_network: bool = False,
     name: str | None = None,
 ) -> list[str]:
     """The bubblewrap command line prefix for one sprite.
@@ -431,7 +433,9 @@ def bwrap_args(
     the emulator's reaping does not know of. A TTY command gets its pty as
     controlling terminal through ``setsid -c`` (see :meth:`SpriteProcess.start`).
     ``isolate_network`` gives it a network namespace of its own with nothing
-    but a private loopback (a deny-all network policy). ``name`` defaults to
+    but a private loopback (a deny-all network policy); ``own_network`` says
+    that the caller runs bubblewrap inside the sprite's network namespace
+    (``_netns``), whose DNS server ``/etc/resolv.conf`` must name. ``name`` defaults to
     the sprite directory's name (``root`` is ``<state>/sprites/<name>/root``).
     """
     sprite_dir = root.parent
@@ -467,7 +471,7 @@ def bwrap_args(
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
-    args += etc_args(sprite_dir, name, own_network=False)
+    args += etc_args(sprite_dir, name, own_network=own_network and not isolate_network)
     args += ["--bind", str(root / "home"), "/home", "--bind", str(root / "tmp"), "/tmp"]
     with contextlib.suppress(OSError):
         for entry in sorted(os.listdir(root)):
@@ -611,9 +615,20 @@ class SpriteProcess:
             if spec.tty:
                 # The command must lead its own session with the pty as controlling terminal.
                 inner = ["/usr/bin/setsid", "-c", *inner]
-            prefix = bwrap_args(root, cwd, isolate_network=isolate_network)
+            sprite = root.parent.name
+            network = None
+            if jail is not None and not isolate_network:
+                try:
+                    network = await jail.network(sprite)
+                except NetworkUnavailable as exc:
+                    raise StartError(f"the sprite's network is unavailable: {exc}") from exc
+            prefix = bwrap_args(
+                root, cwd, isolate_network=isolate_network, own_network=network is not None
+            )
+            if network is not None:
+                prefix = [*network.enter_args(), *prefix]
             if jail is not None:
-                prefix = [*jail.limit_prefix(root.parent.name), *prefix]
+                prefix = [*jail.limit_prefix(sprite), *prefix]
             program, args, executable = prefix[0], [*prefix[1:], "--", *inner], None
             run_cwd: str | None = None
             new_session = True

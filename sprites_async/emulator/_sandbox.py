@@ -20,6 +20,7 @@ provides the parts around it, per emulator (:func:`jail_for`):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -31,6 +32,9 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ._netns import NetworkUnavailable, SpriteNetwork
+from ._netns import tools as net_tools
 
 if TYPE_CHECKING:
     from ._state import EmulatorState
@@ -454,10 +458,60 @@ _JOIN = (
 class Jail:
     """Sandbox settings and per-sprite resources of one emulator."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, network: str = "auto") -> None:
         self.limits = limits or Limits()
+        self.network_mode = network
+        """``auto``: a network namespace per sprite when the tools are there; ``own``:
+        always (a command fails without one); ``host``: share the emulator's."""
+        self.network_error: str | None = None
+        """Why the last sprite network could not be set up (``auto`` then shares the host's)."""
         self._cgroups: Cgroups | None = None
+        self._networks: dict[str, SpriteNetwork] = {}
+        self._network_locks: dict[str, asyncio.Lock] = {}
         self.closed = False
+
+    def _is_closed(self) -> bool:
+        # A method: mypy would keep the narrowing of ``self.closed`` across awaits.
+        return self.closed
+
+    @property
+    def own_networks(self) -> bool:
+        """Whether sprites get network namespaces of their own (see ``_netns``)."""
+        if self.network_mode == "host":
+            return False
+        return self.network_mode == "own" or net_tools() is not None
+
+    async def network(self, sprite: str) -> SpriteNetwork | None:
+        """The sprite's network namespace (started on first use), or None to share the host's.
+
+        Raises :class:`NetworkUnavailable` when it cannot be set up and the
+        mode is ``own``; with ``auto`` the failure is logged, remembered in
+        :attr:`network_error` (the status line shows it) and the host's
+        network is shared.
+        """
+        if not self.own_networks or self.closed:
+            return None
+        lock = self._network_locks.setdefault(sprite, asyncio.Lock())
+        async with lock:
+            net = self._networks.get(sprite)
+            if net is not None and net.alive:
+                return net
+            if net is not None:
+                del self._networks[sprite]
+                await net.aclose()
+            try:
+                net = await SpriteNetwork.start()
+            except NetworkUnavailable as exc:
+                self.network_error = str(exc)
+                if self.network_mode == "own":
+                    raise
+                log.warning("sprite %s shares the host's network: %s", sprite, exc)
+                return None
+            if self._is_closed():  # shut down while the namespace was being set up
+                await net.aclose()
+                return None
+            self._networks[sprite] = net
+            return net
 
     @property
     def cgroups(self) -> Cgroups:
@@ -505,16 +559,23 @@ class Jail:
             parts.append(f"{lim.cpus:g} CPUs ({how})")
         return ", ".join(parts) if parts else "no resource limits"
 
-    def forget(self, sprite: str) -> None:
-        """Release a deleted sprite's cgroups."""
+    async def forget(self, sprite: str) -> None:
+        """Release a deleted sprite's network namespace and cgroups."""
+        net = self._networks.pop(sprite, None)
+        self._network_locks.pop(sprite, None)
+        if net is not None:
+            await net.aclose()
         if self._cgroups is not None:
-            self._cgroups.remove(sprite)
+            await asyncio.to_thread(self._cgroups.remove, sprite)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Release everything (emulator shutdown)."""
         self.closed = True
+        networks = list(self._networks.values())
+        self._networks.clear()
+        await asyncio.gather(*(net.aclose() for net in networks))
         if self._cgroups is not None:
-            self._cgroups.close()
+            await asyncio.to_thread(self._cgroups.close)
 
 
 def _how(cg: Cgroups, controller: str, fallback: str) -> str:
@@ -548,7 +609,7 @@ def jail_for(state: EmulatorState) -> Jail:
     if jail is None:
         config = state.config
         limits = Limits(config.max_processes, config.memory_limit, config.cpu_limit)
-        jail = _jails[state] = Jail(limits)
+        jail = _jails[state] = Jail(limits, config.sprite_network)
     return jail
 
 
@@ -561,8 +622,16 @@ def sandbox_status(mode: str, jail: Jail | None = None) -> tuple[bool, str]:
             f"WARNING: no sandbox ({why}): sprite commands run unsandboxed as "
             f"{host_user()}, with everything that user can reach"
         )
-    limits = jail.describe() if jail is not None else Limits().__repr__()
+    jail = jail or Jail()
+    if not jail.own_networks:
+        why = "sprite_network='host'" if jail.network_mode == "host" else "slirp4netns missing"
+        network = f"the host's network ({why}: sprites reach the host's loopback)"
+    elif jail.network_error is not None and jail.network_mode == "auto":
+        network = f"the host's network (setting up its own failed: {jail.network_error})"
+    else:
+        network = "its own network namespace (slirp4netns, no access to the host's loopback)"
     return True, (
         f"sandbox: bubblewrap, user {SPRITE_USER} (uid {SPRITE_UID}) without capabilities, "
-        f"own /etc, hostname, IPC and PID namespaces; limits per sprite: {limits}"
+        f"own /etc, hostname, IPC and PID namespaces, {network}; limits per sprite: "
+        f"{jail.describe()}"
     )

@@ -132,6 +132,9 @@ class EmulatorConfig:
     """Bytes of memory one sprite may use (sandboxed only)."""
     cpu_limit: float | None = None
     """CPU time one sprite may use, in cores (sandboxed, with cgroups only)."""
+    sprite_network: Literal["auto", "own", "host"] = "auto"
+    """Sandboxed sprites get a network namespace each (``own``; ``auto``: when
+    ``slirp4netns`` is installed) or share the emulator's (``host``)."""
     inline_exec: bool = False
     """Answer synthetic commands (echo, cat, exit K, sleep S, ...) without processes."""
     sprite_version: str = "v0.0.1-rc46"

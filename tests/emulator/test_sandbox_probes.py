@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -209,3 +210,114 @@ async def test_memory_limit(emu: RunningEmulator) -> None:
     # Either the allocation fails (RLIMIT_DATA) or the kernel kills it (cgroup).
     assert run.stdout != b"allocated 1 GiB\n", run.stdout
     assert run.stdout == b"MemoryError\n" or run.exit_text == 137, (run.stdout, run.exit_text)
+
+
+# -- the network ---------------------------------------------------------------
+
+CONNECT = (
+    "import errno, socket, sys\n"
+    "for host in sys.argv[2:]:\n"
+    "    try:\n"
+    "        socket.create_connection((host, int(sys.argv[1])), timeout=3).close()\n"
+    "        print(host, 'connected')\n"
+    "    except OSError as e:\n"
+    "        print(host, errno.errorcode.get(e.errno, e.errno))\n"
+)
+"""Prints ``<host> connected`` or ``<host> <errno name>`` for each host given."""
+
+SERVE = (
+    "import socket, sys\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()\n"
+    "print(s.getsockname()[1], flush=True)\n"
+    "conn, _ = s.accept()\n"
+    "while data := conn.recv(65536):\n"
+    "    conn.sendall(data.upper())\n"
+)
+"""Listens on ``argv[1]:argv[2]``, prints the port, upper-cases what one connection sends."""
+
+
+def needs_own_network(emu: RunningEmulator) -> None:
+    if not jail_for(emu.state).own_networks:
+        pytest.skip("slirp4netns is not installed: sprites share the host's network")
+
+
+@pytest.fixture
+async def host_listener() -> AsyncIterator[int]:
+    """A TCP server on the host's 127.0.0.1, as a developer's database would be."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def sprite_ws(emu: RunningEmulator, sprite: str, cmd: list[str], **params: object) -> str:
+    return ws_url(emu, cmd=cmd, **params).replace(f"/sprites/{SPRITE}/", f"/sprites/{sprite}/")
+
+
+async def test_host_loopback_is_out_of_reach(emu: RunningEmulator, host_listener: int) -> None:
+    needs_own_network(emu)
+    # 10.0.2.2 is slirp4netns's alias for the host, refused with --disable-host-loopback.
+    run = await run_ws(
+        emu, ["python3", "-c", CONNECT, str(host_listener), "127.0.0.1", "10.0.2.2"], timeout=30
+    )
+    results = dict(line.split() for line in run.stdout.decode().splitlines())
+    assert results.keys() == {"127.0.0.1", "10.0.2.2"}
+    assert "connected" not in results.values(), results
+    # Nor the emulator's own API.
+    api_port = emu.url.rsplit(":", 1)[1]
+    run = await run_ws(emu, ["python3", "-c", CONNECT, api_port, "127.0.0.1"], timeout=30)
+    assert run.stdout.split()[1] != b"connected", run.stdout
+
+
+async def test_ports_bound_in_a_sprite_are_not_the_hosts(emu: RunningEmulator) -> None:
+    needs_own_network(emu)
+    # As root the host's port 80 can be checked; otherwise any port shows the same.
+    port = 80 if os.geteuid() == 0 else 18080
+    url = ws_url(emu, cmd=["python3", "-c", SERVE, "0.0.0.0", str(port)], stdin=True)
+    async with emu.http.ws_connect(url, headers=emu.auth) as ws:
+        line = await read_until(ws, b"\n", timeout=30)
+        assert int(line[1:]) == port
+        # The same port is still free on the host: the sprite bound its own.
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("0.0.0.0", port))
+        await ws.close()
+
+
+async def test_a_sprites_commands_share_its_network_but_neighbours_do_not(
+    emu: RunningEmulator,
+) -> None:
+    needs_own_network(emu)
+    url = ws_url(emu, cmd=["python3", "-c", SERVE, "127.0.0.1", "0"], stdin=True)
+    async with emu.http.ws_connect(url, headers=emu.auth) as server:
+        port = (await read_until(server, b"\n", timeout=30))[1:].strip().decode()
+        mine = await run_ws(emu, ["python3", "-c", CONNECT, port, "127.0.0.1"], timeout=30)
+        assert mine.stdout == b"127.0.0.1 connected\n"
+        other = sprite_ws(emu, NEIGHBOUR, ["python3", "-c", CONNECT, port, "127.0.0.1"])
+        async with emu.http.ws_connect(other, headers=emu.auth) as ws:
+            out = await read_until(ws, b"\n", timeout=30)
+        assert b"connected" not in out, out
+        await server.close()
+
+
+async def test_the_proxy_reaches_a_server_inside_the_sprite(emu: RunningEmulator) -> None:
+    needs_own_network(emu)
+    url = ws_url(emu, cmd=["python3", "-c", SERVE, "127.0.0.1", "0"], stdin=True)
+    async with emu.http.ws_connect(url, headers=emu.auth) as server:
+        port = int((await read_until(server, b"\n", timeout=30))[1:])
+        proxy = f"{emu.url}/v1/sprites/{SPRITE}/proxy"
+        async with emu.http.ws_connect(proxy, headers=emu.auth) as ws:
+            await ws.send_json({"host": "localhost", "port": port})
+            assert (await ws.receive_json(timeout=10))["status"] == "connected"
+            await ws.send_bytes(b"hello")
+            msg = await ws.receive(timeout=10)
+            assert msg.data == b"HELLO"
+        await server.close()

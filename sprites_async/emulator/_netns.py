@@ -83,6 +83,16 @@ def tools() -> tuple[str, str, str] | None:
     return unshare, nsenter, slirp
 
 
+def unavailable() -> str | None:
+    """Why sprites cannot have networks of their own here (None: they can)."""
+    if tools() is None:
+        return "slirp4netns (or unshare/nsenter) is not installed"
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        # slirp4netns opens it inside the sprite's user namespace, as this user.
+        return "/dev/net/tun is not usable by this user"
+    return None
+
+
 class NetworkUnavailable(Exception):
     """The sprite's network namespace could not be set up."""
 
@@ -109,8 +119,9 @@ class SpriteNetwork:
     async def start(cls) -> SpriteNetwork:
         """Create the namespace; :class:`NetworkUnavailable` when that fails."""
         found = tools()
-        if found is None:
-            raise NetworkUnavailable("unshare, nsenter or slirp4netns is missing")
+        why = unavailable()
+        if found is None or why is not None:
+            raise NetworkUnavailable(why or "missing tools")
         unshare, nsenter, slirp_exe = found
         # Socket pairs and files rather than pipes: what the emulator keeps
         # open for the namespace's lifetime is sockets (its tests count pipes).

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._netns import NetworkUnavailable, SpriteNetwork
-from ._netns import tools as net_tools
+from ._netns import unavailable as network_unavailable
 
 if TYPE_CHECKING:
     from ._state import EmulatorState
@@ -479,7 +479,7 @@ class Jail:
         """Whether sprites get network namespaces of their own (see ``_netns``)."""
         if self.network_mode == "host":
             return False
-        return self.network_mode == "own" or net_tools() is not None
+        return self.network_mode == "own" or network_unavailable() is None
 
     async def network(self, sprite: str) -> SpriteNetwork | None:
         """The sprite's network namespace (started on first use), or None to share the host's.
@@ -624,8 +624,10 @@ def sandbox_status(mode: str, jail: Jail | None = None) -> tuple[bool, str]:
         )
     jail = jail or Jail()
     if not jail.own_networks:
-        why = "sprite_network='host'" if jail.network_mode == "host" else "slirp4netns missing"
-        network = f"the host's network ({why}: sprites reach the host's loopback)"
+        shared = "sprite_network='host'"
+        if jail.network_mode != "host":
+            shared = network_unavailable() or shared
+        network = f"the host's network ({shared}: sprites reach the host's loopback)"
     elif jail.network_error is not None and jail.network_mode == "auto":
         network = f"the host's network (setting up its own failed: {jail.network_error})"
     else:

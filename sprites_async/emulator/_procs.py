@@ -471,7 +471,7 @@ def bwrap_args(
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
-    args += etc_args(sprite_dir, name, own_network=own_network and not isolate_network)
+    args += etc_args(sprite_dir, name, own_network=None if isolate_network else own_network)
     args += ["--bind", str(root / "home"), "/home", "--bind", str(root / "tmp"), "/tmp"]
     with contextlib.suppress(OSError):
         for entry in sorted(os.listdir(root)):

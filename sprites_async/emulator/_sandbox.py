@@ -4,7 +4,8 @@ The bubblewrap command line itself is built in ``_procs``; this module
 provides the parts around it, per emulator (:func:`jail_for`):
 
 * a minimal ``/etc`` per sprite (:func:`etc_args`), generated into the
-  sprite's state directory, outside the root the sprite can write, with
+  sprite's state directory, outside the root the sprite can write, bound
+  read-only, with
   ``passwd``/``group`` naming ``root`` and the unprivileged ``sprite`` user
   (:data:`SPRITE_UID`), ``hosts``/``hostname`` naming the sprite, and only
   the host files programs need to run (CA certificates, the dynamic linker's
@@ -74,7 +75,7 @@ _HOST_ETC = (
     "python3.12",
     "python3.13",
 )
-"""Host ``/etc`` entries a sprite sees (read-only); everything else of the host's is absent."""
+"""Host ``/etc`` entries a sprite sees (copies); everything else of the host's is absent."""
 
 _GENERATED = ("passwd", "group", "hosts", "hostname", "nsswitch.conf", "resolv.conf")
 _ETC_VERSION = "1"
@@ -158,29 +159,58 @@ def _hostname(name: str) -> str:
     return name[:63] or "sprite"
 
 
-def etc_args(sprite_dir: Path, name: str, *, own_network: bool) -> list[str]:
+_copied: set[Path] = set()
+"""``/etc`` directories whose host copies this process made (fresh once per emulator run)."""
+
+
+def etc_args(sprite_dir: Path, name: str, *, own_network: bool | None) -> list[str]:
     """bubblewrap arguments giving the sprite its generated ``/etc`` (written if needed).
 
-    The directory holds the generated files plus an empty mount point for
-    each host entry of :data:`_HOST_ETC` that exists, so that bubblewrap
-    never has to create anything under the read-only ``/etc``.
+    The directory holds the generated files and copies of the host entries
+    of :data:`_HOST_ETC`: one bind mount for all of them, where a bind
+    mount per host entry would cost bubblewrap milliseconds per command.
+    The copies are refreshed once per emulator run. ``own_network`` chooses
+    the DNS server of ``resolv.conf`` (``None``: keep the current one, for a
+    command without any network).
     """
     etc = sprite_dir / "etc"
+    if etc not in _copied:
+        _copy_host_etc(etc)
+        _copied.add(etc)
     stamp = etc / ".sprites-emulator"
-    wanted = f"{_ETC_VERSION} {name} {own_network}\n"
     try:
         current = stamp.read_text()
     except OSError:
         current = ""
+    if own_network is None:
+        own_network = current.endswith(" True\n")
+    wanted = f"{_ETC_VERSION} {name} {own_network}\n"
     if current != wanted:
         _write_etc(etc, name, own_network=own_network)
         stamp.write_text(wanted)
-    args = ["--ro-bind", str(etc), "/etc"]
+    return ["--ro-bind", str(etc), "/etc"]
+
+
+def _copy_host_etc(etc: Path) -> None:
+    etc.mkdir(parents=True, exist_ok=True)
     for entry in _HOST_ETC:
-        host = f"/etc/{entry}"
-        if (etc / entry).exists() and os.path.exists(host):
-            args += ["--ro-bind", host, host]
-    return args
+        host = Path("/etc") / entry
+        copy = etc / entry
+        with contextlib.suppress(FileNotFoundError):
+            if copy.is_dir() and not copy.is_symlink():
+                shutil.rmtree(copy)
+            else:
+                copy.unlink()
+        try:
+            if host.is_dir():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(host, copy, symlinks=True, ignore_dangling_symlinks=True)
+            elif host.is_file():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(host, copy)
+                os.chmod(copy, 0o644)
+        except OSError as exc:
+            log.debug("not copying %s into a sprite's /etc: %s", host, exc)
 
 
 def _write_etc(etc: Path, name: str, *, own_network: bool) -> None:
@@ -209,16 +239,6 @@ def _write_etc(etc: Path, name: str, *, own_network: bool) -> None:
         tmp.write_text(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, etc / fname)
-    for entry in _HOST_ETC:
-        host = Path("/etc") / entry
-        mount_point = etc / entry
-        if not host.exists() or mount_point.exists():
-            continue
-        mount_point.parent.mkdir(parents=True, exist_ok=True)
-        if host.is_dir():
-            mount_point.mkdir()
-        else:
-            mount_point.touch()
 
 
 def _resolv_conf(own_network: bool) -> str:

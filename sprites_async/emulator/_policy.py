@@ -18,11 +18,18 @@ beyond. What is not enforced:
 * without bubblewrap (``sandbox="none"``, or ``auto`` without ``bwrap``)
   nothing is isolated.
 
-A side effect of isolation: the emulator's TCP proxy and port forwarding
-connect from the host and cannot reach listeners inside an isolated sprite.
-Port notifications and ``/ports/watch`` still report those listeners (read
-from the sprite's own namespace), with addresses that only mean something
-inside it.
+Without a policy, a sandboxed sprite still has a network namespace of its
+own (``_netns``: outbound NAT, no access to the host's loopback). A side
+effect of deny-all isolation: each command gets a namespace of its own, so
+the emulator's TCP proxy and port forwarding, which dial the sprite's
+namespace, cannot reach listeners of an isolated sprite. Port notifications
+and ``/ports/watch`` still report those listeners (read from the process's
+own namespace), with addresses that only mean something inside it.
+
+:func:`setup` also installs the sandbox's per-emulator parts: the check that
+a required sandbox can run, ``GET /_emulator/sandbox``, and the release of a
+sprite's network namespace and cgroups when it is deleted or the emulator
+stops.
 """
 
 from __future__ import annotations

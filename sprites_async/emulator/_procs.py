@@ -3,10 +3,14 @@
 Each sprite has a host directory (``state.sprite_root(name)``) that plays its
 ``/``. With bubblewrap the command sees that directory's ``home`` and ``tmp``
 (and any other top-level directory created in it) read-write, plus the host's
-``/usr``, ``/etc`` and ``/bin``-style links read-only, in its own PID
-namespace. Without it, commands run as plain host processes whose working
+``/usr`` and ``/bin``-style links read-only and an ``/etc`` generated for the
+sprite, as the unprivileged ``sprite`` user without capabilities, in PID, IPC,
+UTS, cgroup and user namespaces of its own, under the sprite's limits and in
+the sprite's network namespace (see :func:`bwrap_args`, ``_sandbox`` and
+``_netns``). Without it, commands run as plain host processes whose working
 directory, default ``HOME`` and executable are mapped into the sprite root;
-paths the command itself opens are host paths (this mode is not a sandbox).
+paths the command itself opens are host paths (this mode is not a sandbox,
+and every front end says so).
 
 Process hygiene, the part that is easy to get wrong:
 

@@ -404,6 +404,8 @@ class Cgroups:
     def procs_files(self, sprite: str) -> list[str]:
         """The ``cgroup.procs`` files a new process of ``sprite`` must join (created now)."""
         dirs = self._sprites.get(sprite)
+        if dirs is not None and not all(d.is_dir() for d in dirs):
+            dirs = None  # removed behind our back: make them again
         if dirs is None:
             dirs = []
             for c in self.controllers:
@@ -469,8 +471,9 @@ def _safe(sprite: str) -> str:
 
 
 _JOIN = (
-    'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; '
-    'exec "$@"'
+    'n=$1; shift; while [ "$n" -gt 0 ]; do { echo $$ > "$1"; } 2>/dev/null || '
+    '{ echo "sprite sandbox: cannot enter the cgroup $1" >&2; exit 126; }; '
+    'shift; n=$((n-1)); done; exec "$@"'
 )
 """Moves the shell into each cgroup given (count first), then becomes the command."""
 

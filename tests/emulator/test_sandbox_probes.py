@@ -321,3 +321,26 @@ async def test_the_proxy_reaches_a_server_inside_the_sprite(emu: RunningEmulator
             msg = await ws.receive(timeout=10)
             assert msg.data == b"HELLO"
         await server.close()
+
+
+async def test_deleting_a_sprite_releases_its_network_and_cgroups(emu: RunningEmulator) -> None:
+    status, _ = await emu.api("POST", "/v1/sprites", json={"name": "doomed"})
+    assert status in (200, 201)
+    url = ws_url(emu, cmd=["true"]).replace(f"/sprites/{SPRITE}/", "/sprites/doomed/")
+    async with emu.http.ws_connect(url, headers=emu.auth) as ws:
+        async for _ in ws:
+            pass
+    jail = jail_for(emu.state)
+    network = jail._networks.get("doomed")
+    cgroups = [Path(f).parent for f in jail.cgroups.procs_files("doomed")]
+    if network is None and not cgroups:
+        pytest.skip("neither a sprite network nor cgroups here")
+    assert (network is not None) == jail.own_networks
+    status, _ = await emu.api("DELETE", "/v1/sprites/doomed")
+    assert status == 204
+    assert "doomed" not in jail._networks
+    if network is not None:
+        assert network.holder.returncode is not None
+        assert network.slirp.returncode is not None
+    for d in cgroups:
+        assert not d.exists()

@@ -306,7 +306,27 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
+_TAG = "sprites-emulator-"
+
+
+def _sweep(parent: Path) -> None:
+    """Remove empty cgroups left by emulators that are gone (killed before cleaning up)."""
+    with contextlib.suppress(OSError):
+        for entry in parent.iterdir():
+            pid = entry.name[len(_TAG) :].split("-", 1)[0]
+            if not entry.name.startswith(_TAG) or not pid.isdigit():
+                continue
+            if Path(f"/proc/{pid}").exists():
+                continue  # alive, or a new process with that pid: leave it
+            with contextlib.suppress(OSError):
+                for child in entry.iterdir():
+                    if child.is_dir():
+                        child.rmdir()
+                entry.rmdir()
+
+
 def _writable_dir(parent: Path, name: str) -> Path | None:
+    _sweep(parent)
     target = parent / name
     try:
         target.mkdir()
@@ -324,7 +344,7 @@ class Cgroups:
         self.limits = limits
         self.version = 0
         self.controllers: list[_Controller] = []
-        self._tag = f"sprites-emulator-{os.getpid()}-{id(self):x}"
+        self._tag = f"{_TAG}{os.getpid()}-{id(self):x}"
         self._sprites: dict[str, list[Path]] = {}
         wanted = self._wanted()
         if wanted:
@@ -591,6 +611,11 @@ class Jail:
         if self._cgroups is not None:
             await asyncio.to_thread(self._cgroups.remove, sprite)
 
+    def release_cgroups(self) -> None:
+        """Remove the cgroups (for a jail that only described itself)."""
+        if self._cgroups is not None:
+            self._cgroups.close()
+
     async def aclose(self) -> None:
         """Release everything (emulator shutdown)."""
         self.closed = True
@@ -645,7 +670,16 @@ def sandbox_status(mode: str, jail: Jail | None = None) -> tuple[bool, str]:
             f"WARNING: no sandbox ({why}): sprite commands run unsandboxed as "
             f"{host_user()}, with everything that user can reach"
         )
+    owned = jail is None
     jail = jail or Jail()
+    try:
+        return True, _sandboxed_line(jail)
+    finally:
+        if owned:
+            jail.release_cgroups()
+
+
+def _sandboxed_line(jail: Jail) -> str:
     if not jail.own_networks:
         shared = "sprite_network='host'"
         if jail.network_mode != "host":
@@ -655,7 +689,7 @@ def sandbox_status(mode: str, jail: Jail | None = None) -> tuple[bool, str]:
         network = f"the host's network (setting up its own failed: {jail.network_error})"
     else:
         network = "its own network namespace (slirp4netns, no access to the host's loopback)"
-    return True, (
+    return (
         f"sandbox: bubblewrap, user {SPRITE_USER} (uid {SPRITE_UID}) without capabilities, "
         f"own /etc, hostname, IPC and PID namespaces, {network}; limits per sprite: "
         f"{jail.describe()}"

@@ -19,6 +19,13 @@ enough. Fixtures:
 ``sprites_client``
     A ``SpritesClient`` for that emulator, closed after the test (needs
     pytest-asyncio or an ``async``-aware runner for the async fixture).
+
+When an emulator of the run had no sandbox (bubblewrap missing, or
+``sandbox="none"``), the terminal summary says so in one line: the code
+under test then ran as the user running pytest. A summary line rather than
+a warning, so that suites run with ``-W error`` are not failed by it; pass
+``{"sandbox": "required"}`` in ``sprites_emulator_options`` to refuse
+instead.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ SCOPE_INI = "sprites_emulator_scope"
 QUIRKS_INI = "sprites_emulator_quirks"
 QUIRKS_MARKER = "sprites_quirks"
 _SCOPES = ("function", "class", "module", "package", "session")
+_UNSANDBOXED = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -105,7 +113,16 @@ def sprites_emulator(
     if quirks:
         options["quirks"] = quirks
     with Emulator(**options) as emulator:
+        if not emulator.sandboxed:
+            request.config.stash[_UNSANDBOXED] = emulator.sandbox_status
         yield emulator
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say plainly when sprite commands ran without a sandbox."""
+    line = config.stash.get(_UNSANDBOXED, None)
+    if line is not None:
+        terminalreporter.write_line(f"sprites_emulator: {line}", yellow=True, bold=True)
 
 
 def _make_client_fixture() -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import socket
 import ssl
 import time
@@ -18,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+import msgspec
 
 from sprites_async._errors import APIError, SpritesConnectionError, SpritesError
 
@@ -340,6 +343,7 @@ class Doctor:
                 step.detail += "; at the running limit"
 
         await self.step("organisation", org, timeout=10)
+        await self._sandbox()
         name = ctx.args.name
         if not name:
             self.skip("sprite", "no NAME given")
@@ -366,6 +370,39 @@ class Doctor:
 
         await self.step("exec round trip", round_trip, timeout=client.timeouts.wake or 120)
 
+    async def _sandbox(self) -> None:
+        """For an emulator: whether its sprites' commands run sandboxed (a warning if not).
+
+        The embedded emulator is asked directly; an emulator on a loopback
+        URL over ``GET /_emulator/sandbox``. The real service is not asked.
+        """
+        ctx = self.ctx
+        client = ctx.client
+        emulator = ctx.emulator
+        assert client is not None
+        if emulator is None and not _is_loopback_url(client.base_url):
+            return
+
+        async def check(step: Step) -> None:
+            if emulator is not None:
+                sandboxed, line = emulator.sandboxed, emulator.sandbox_status
+            else:
+                resp = await client._request(
+                    "GET", "/_emulator/sandbox", operation="emulator sandbox", ok=(200, 404)
+                )
+                if resp.status == 404:
+                    step.detail = "not reported (an older emulator, or not an emulator)"
+                    return
+                doc = resp.parse(msgspec.json.decode)
+                sandboxed = bool(doc.get("sandboxed")) if isinstance(doc, dict) else False
+                line = str(doc.get("status", "")) if isinstance(doc, dict) else ""
+            step.data = {"sandboxed": sandboxed}
+            step.detail = line
+            if not sandboxed:
+                step.status = "warn"
+
+        await self.step("emulator sandbox", check, timeout=10)
+
     def _finish(self) -> int:
         ctx = self.ctx
         problem = self.problem
@@ -391,6 +428,16 @@ class Doctor:
             label = "diagnosis:" if problem is not None else "result:"
             ctx.out.line(f"{ctx.out.bold(label)} {diagnosis}")
         return code
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def asdict_struct(obj: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from ._app import create_app
 from ._quirks import PROFILES, QUIRKS, QuirkSet, resolve_quirks
+from ._sandbox import SandboxUnavailable, check_mode, jail_for, sandbox_status
 from ._sprites import seed_sprites
 from ._state import STATE_KEY, EmulatorConfig, EmulatorState, FaultConfig
 
@@ -46,6 +47,7 @@ __all__ = [
     "EmulatorConfig",
     "FaultConfig",
     "QuirkSet",
+    "SandboxUnavailable",
     "create_app",
     "default_token",
     "resolve_quirks",
@@ -101,6 +103,9 @@ class Emulator:
         unknown = set(config_overrides) - _CONFIG_FIELDS
         if unknown:
             raise TypeError(f"unknown emulator option(s): {', '.join(sorted(unknown))}")
+        # Refused here, before anything starts: a required sandbox that cannot
+        # run must stop the emulator, never quietly run commands unsandboxed.
+        check_mode(config_overrides.get("sandbox", "auto"))
         if "quirks" in config_overrides:
             # Refused here, before anything starts: a typo must not test nothing.
             config_overrides["quirks"] = tuple(sorted(resolve_quirks(config_overrides["quirks"])))
@@ -148,6 +153,16 @@ class Emulator:
     def state_dir(self) -> Path:
         """Directory holding the database and every sprite's files."""
         return self.state.config.state_dir
+
+    @property
+    def sandboxed(self) -> bool:
+        """Whether sprite commands run in the bubblewrap sandbox (else as this process's user)."""
+        return sandbox_status(self.state.config.sandbox)[0]
+
+    @property
+    def sandbox_status(self) -> str:
+        """One line saying how sprite commands run; starts with ``WARNING`` when unsandboxed."""
+        return sandbox_status(self.state.config.sandbox, jail_for(self.state))[1]
 
     # -- async use -------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """``python -m sprites_async.emulator``: serve a local Sprites emulator until interrupted.
 
-Prints the URL and token (and ``export`` lines for a shell), or with ``--json``
-a single line ``{"url": ..., "token": ..., "pid": ...}`` for scripts that start
-it as a subprocess. SIGINT and SIGTERM shut it down cleanly.
+Prints the URL and token (and ``export`` lines for a shell) and how sprite
+commands are sandboxed (a ``WARNING`` line when they are not), or with
+``--json`` a single line ``{"url": ..., "token": ..., "pid": ...,
+"sandboxed": ...}`` for scripts that start it as a subprocess (the warning
+then goes to stderr). SIGINT and SIGTERM shut it down cleanly.
 """
 
 from __future__ import annotations
@@ -55,7 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warm-after", type=float, default=None, metavar="S")
     parser.add_argument("--cold-after", type=float, default=None, metavar="S")
-    parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default=None)
+    parser.add_argument(
+        "--sandbox",
+        choices=("auto", "required", "bwrap", "none"),
+        default=None,
+        help="auto (default): bubblewrap when it can run here, else unsandboxed with a "
+        "warning; required: refuse to start without it; none: run sprite commands "
+        "unsandboxed as the current user",
+    )
+    parser.add_argument(
+        "--require-sandbox",
+        action="store_true",
+        help="same as --sandbox required: refuse to start without bubblewrap",
+    )
+    parser.add_argument(
+        "--max-processes", type=int, default=None, metavar="N", help="per sprite (512)"
+    )
+    parser.add_argument(
+        "--memory-limit", type=int, default=None, metavar="BYTES", help="per sprite (4 GiB)"
+    )
+    parser.add_argument(
+        "--cpu-limit", type=float, default=None, metavar="CORES", help="per sprite (none)"
+    )
     parser.add_argument(
         "--quirk",
         action="append",
@@ -77,10 +100,20 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["inline_exec"] = True
     if args.quirk:
         options["quirks"] = args.quirk
+    if args.require_sandbox:
+        if args.sandbox not in (None, "required", "bwrap"):
+            raise ValueError(f"--require-sandbox contradicts --sandbox {args.sandbox}")
+        options["sandbox"] = "required"
     for name in ("exit_linger", "warm_after", "cold_after", "sandbox"):
+        if name == "sandbox" and args.require_sandbox:
+            continue
         value = getattr(args, name)
         if value is not None:
             options[name] = value
+    for name in ("max_processes", "memory_limit", "cpu_limit"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value if value > 0 else None
     return options
 
 
@@ -95,13 +128,23 @@ async def serve(emulator: Emulator, args: argparse.Namespace) -> None:
             if args.seed:
                 emulator.seed(args.seed, prefix=args.seed_prefix)
             if args.json:
-                line = {"url": emulator.url, "token": emulator.token, "pid": os.getpid()}
+                if not emulator.sandboxed:
+                    # stdout is one JSON line for a script; a person reads stderr.
+                    print(emulator.sandbox_status, file=sys.stderr, flush=True)
+                line = {
+                    "url": emulator.url,
+                    "token": emulator.token,
+                    "pid": os.getpid(),
+                    "sandboxed": emulator.sandboxed,
+                }
                 print(json.dumps(line), flush=True)
             else:
+                status = emulator.sandbox_status
                 print(f"Sprites emulator listening on {emulator.url}")
                 print(f"Token: {emulator.token}")
                 print(f"export SPRITES_API_URL={shlex.quote(emulator.url)}")
-                print(f"export SPRITES_TOKEN={shlex.quote(emulator.token)}", flush=True)
+                print(f"export SPRITES_TOKEN={shlex.quote(emulator.token)}")
+                print(status[0].upper() + status[1:], flush=True)
             await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -121,13 +164,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed < 0:
         parser.error("--seed must be >= 0")
     try:
+        options = _options(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
         emulator = Emulator(
             args.token,
             state_dir=args.state_dir,
             host=args.host,
             port=args.port,
             allow_non_loopback=args.allow_non_loopback,
-            **_options(args),
+            **options,
         )
     except ValueError as exc:
         parser.error(str(exc))

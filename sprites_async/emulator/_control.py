@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 
 from ._exec import MANAGER_KEY, new_socket
 from ._procs import StartError
-from ._proxy import READ_SIZE, ProxyInitError, dial, parse_init
+from ._proxy import READ_SIZE, ProxyInitError, dial, parse_init, sprite_network
 from ._sessions import Session, SessionManager
 from ._state import STATE_KEY, EmulatorState, text_error
 from ._wsio import (
@@ -229,7 +229,8 @@ class ControlConnection:
                 target_host, target_port = parse_init(
                     msgspec.json.encode({"host": host, "port": int(port)}).decode()
                 )
-                reader, writer, target = await dial(target_host, target_port)
+                network = await sprite_network(self.state, self.sprite)
+                reader, writer, target = await dial(target_host, target_port, network=network)
             except ProxyInitError as err:
                 op.dialled.set()
                 await self.fail(err)

@@ -18,11 +18,18 @@ beyond. What is not enforced:
 * without bubblewrap (``sandbox="none"``, or ``auto`` without ``bwrap``)
   nothing is isolated.
 
-A side effect of isolation: the emulator's TCP proxy and port forwarding
-connect from the host and cannot reach listeners inside an isolated sprite.
-Port notifications and ``/ports/watch`` still report those listeners (read
-from the sprite's own namespace), with addresses that only mean something
-inside it.
+Without a policy, a sandboxed sprite still has a network namespace of its
+own (``_netns``: outbound NAT, no access to the host's loopback). A side
+effect of deny-all isolation: each command gets a namespace of its own, so
+the emulator's TCP proxy and port forwarding, which dial the sprite's
+namespace, cannot reach listeners of an isolated sprite. Port notifications
+and ``/ports/watch`` still report those listeners (read from the process's
+own namespace), with addresses that only mean something inside it.
+
+:func:`setup` also installs the sandbox's per-emulator parts: the check that
+a required sandbox can run, ``GET /_emulator/sandbox``, and the release of a
+sprite's network namespace and cgroups when it is deleted or the emulator
+stops.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import msgspec
 from aiohttp import web
 
 from ._paths import FsError, resolve
+from ._sandbox import check_mode, jail_for, sandbox_status
 from ._state import STATE_KEY, EmulatorState, text_error
 from ._wire import BodyTooLarge, go_json, read_capped
 
@@ -71,8 +79,30 @@ def setup(app: web.Application, state: EmulatorState) -> None:
         state.db.execute("DELETE FROM emu_network_policy WHERE sprite = ?", (name,))
 
     state.sprite_deleted_hooks.append(forget)
+    _setup_sandbox(app, state)
     app.router.add_get("/v1/sprites/{name}/policy/network", _get, allow_head=False)
     app.router.add_post("/v1/sprites/{name}/policy/network", _set)
+
+
+def _setup_sandbox(app: web.Application, state: EmulatorState) -> None:
+    """Refuse a required sandbox that cannot run; release sprites' sandbox resources."""
+    check_mode(state.config.sandbox)
+    jail = jail_for(state)
+
+    async def forget(name: str) -> None:
+        await jail.forget(name)
+
+    async def close(app: web.Application) -> None:
+        # on_cleanup: every session and service was ended at shutdown.
+        await jail.aclose()
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        sandboxed, line = sandbox_status(state.config.sandbox, jail)
+        return go_json({"mode": state.config.sandbox, "sandboxed": sandboxed, "status": line})
+
+    state.sprite_deleted_hooks.append(forget)
+    app.on_cleanup.append(close)
+    app.router.add_get("/_emulator/sandbox", status, allow_head=False)
 
 
 def validate(doc: Any) -> list[dict[str, str]]:

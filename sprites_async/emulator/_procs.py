@@ -3,10 +3,14 @@
 Each sprite has a host directory (``state.sprite_root(name)``) that plays its
 ``/``. With bubblewrap the command sees that directory's ``home`` and ``tmp``
 (and any other top-level directory created in it) read-write, plus the host's
-``/usr``, ``/etc`` and ``/bin``-style links read-only, in its own PID
-namespace. Without it, commands run as plain host processes whose working
+``/usr`` and ``/bin``-style links read-only and an ``/etc`` generated for the
+sprite, as the unprivileged ``sprite`` user without capabilities, in PID, IPC,
+UTS, cgroup and user namespaces of its own, under the sprite's limits and in
+the sprite's network namespace (see :func:`bwrap_args`, ``_sandbox`` and
+``_netns``). Without it, commands run as plain host processes whose working
 directory, default ``HOME`` and executable are mapped into the sprite root;
-paths the command itself opens are host paths (this mode is not a sandbox).
+paths the command itself opens are host paths (this mode is not a sandbox,
+and every front end says so).
 
 Process hygiene, the part that is easy to get wrong:
 
@@ -39,6 +43,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ._framing import DEFAULT_PATH, SPRITE_HOME, STREAM_STDERR, STREAM_STDOUT, exit_status
+from ._netns import NetworkUnavailable
+from ._sandbox import SPRITE_UID, Jail, etc_args, probe_bwrap
 
 OutputItem = tuple[int, bytes] | None
 """``(stream id, bytes)`` from a process, ``None`` once all output has been read."""
@@ -48,7 +54,7 @@ _QUEUE_DEPTH = 8
 _LEFTOVER_GRACE = 0.2
 """Seconds to wait for output EOF after the command exits before killing its leftovers."""
 
-_SANDBOX_RO = ("/usr", "/etc")
+_SANDBOX_RO = ("/usr",)
 _SANDBOX_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _RESERVED_TOP = {"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "proc", "dev"}
 
@@ -339,13 +345,13 @@ def _foreign_listeners(pids: Iterable[int]) -> dict[int, tuple[str, int]]:
 
 
 def sandbox_available() -> bool:
-    """Whether ``bwrap`` is on PATH."""
-    return shutil.which("bwrap") is not None
+    """Whether bubblewrap is installed and can create the sprites' user namespaces."""
+    return probe_bwrap()[0]
 
 
 def use_sandbox(mode: str) -> bool:
     """Resolve ``EmulatorConfig.sandbox`` to "run under bubblewrap or not"."""
-    if mode == "bwrap":
+    if mode in ("bwrap", "required"):
         return True
     if mode == "none":
         return False
@@ -409,17 +415,53 @@ def resolve_executable(root: Path, path: str, env: dict[str, str], cwd: str) -> 
     raise StartError(f'exec: "{path}": executable file not found in $PATH')
 
 
-def bwrap_args(root: Path, cwd: str, *, isolate_network: bool = False) -> list[str]:
+def bwrap_args(
+    root: Path,
+    cwd: str,
+    *,
+    isolate_network: bool = False,
+    own_network: bool = False,
+    name: str | None = None,
+) -> list[str]:
     """The bubblewrap command line prefix for one sprite.
 
-    ``isolate_network`` gives the command a network namespace of its own,
-    with nothing but a private loopback (a deny-all network policy).
+    The command runs as the unprivileged ``sprite`` user of a user namespace
+    of its own (mapped to the emulator's user outside, so the files it
+    writes belong to the emulator's user), with no capabilities, in its own
+    PID, IPC, UTS (hostname: the sprite's name) and, where the kernel allows,
+    cgroup namespaces, with a generated ``/etc`` (see ``_sandbox.etc_args``).
+    The caller starts bubblewrap in a new session of its own, without a
+    controlling terminal, so nothing inside can push input into the
+    emulator's terminal (``TIOCSTI``); bubblewrap's ``--new-session`` would
+    do the same one level down, but would put its inner init in a session
+    the emulator's reaping does not know of. A TTY command gets its pty as
+    controlling terminal through ``setsid -c`` (see :meth:`SpriteProcess.start`).
+    ``isolate_network`` gives it a network namespace of its own with nothing
+    but a private loopback (a deny-all network policy); ``own_network`` says
+    that the caller runs bubblewrap inside the sprite's network namespace
+    (``_netns``), whose DNS server ``/etc/resolv.conf`` must name. ``name`` defaults to
+    the sprite directory's name (``root`` is ``<state>/sprites/<name>/root``).
     """
+    sprite_dir = root.parent
+    name = name or sprite_dir.name
     args = [
         shutil.which("bwrap") or "bwrap",
         "--die-with-parent",
+        "--unshare-user",
+        "--uid",
+        str(SPRITE_UID),
+        "--gid",
+        str(SPRITE_UID),
+        "--disable-userns",
         "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--hostname",
+        name[:63] or "sprite",
+        "--unshare-cgroup-try",
         *(["--unshare-net"] if isolate_network else []),
+        "--cap-drop",
+        "ALL",
         "--proc",
         "/proc",
         "--dev",
@@ -433,6 +475,7 @@ def bwrap_args(root: Path, cwd: str, *, isolate_network: bool = False) -> list[s
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
+    args += etc_args(sprite_dir, name, own_network=None if isolate_network else own_network)
     args += ["--bind", str(root / "home"), "/home", "--bind", str(root / "tmp"), "/tmp"]
     with contextlib.suppress(OSError):
         for entry in sorted(os.listdir(root)):
@@ -541,12 +584,19 @@ class SpriteProcess:
 
     @classmethod
     async def start(
-        cls, root: Path, spec: ProcSpec, *, sandbox: bool, isolate_network: bool = False
+        cls,
+        root: Path,
+        spec: ProcSpec,
+        *,
+        sandbox: bool,
+        isolate_network: bool = False,
+        jail: Jail | None = None,
     ) -> SpriteProcess:
         """Spawn ``spec`` for the sprite whose ``/`` is ``root``.
 
         ``isolate_network`` (bubblewrap only) runs it without any network
         but a private loopback; callers decide it from the sprite's policy.
+        ``jail`` (bubblewrap only) puts it under the sprite's resource limits.
         """
         if isolate_network and not sandbox:
             raise ValueError("network isolation needs the bubblewrap sandbox")
@@ -569,7 +619,20 @@ class SpriteProcess:
             if spec.tty:
                 # The command must lead its own session with the pty as controlling terminal.
                 inner = ["/usr/bin/setsid", "-c", *inner]
-            prefix = bwrap_args(root, cwd, isolate_network=isolate_network)
+            sprite = root.parent.name
+            network = None
+            if jail is not None and not isolate_network:
+                try:
+                    network = await jail.network(sprite)
+                except NetworkUnavailable as exc:
+                    raise StartError(f"the sprite's network is unavailable: {exc}") from exc
+            prefix = bwrap_args(
+                root, cwd, isolate_network=isolate_network, own_network=network is not None
+            )
+            if network is not None:
+                prefix = [*network.enter_args(), *prefix]
+            if jail is not None:
+                prefix = [*jail.limit_prefix(sprite), *prefix]
             program, args, executable = prefix[0], [*prefix[1:], "--", *inner], None
             run_cwd: str | None = None
             new_session = True

@@ -12,12 +12,13 @@ server's behaviour is not recorded).
 
 Only loopback targets (``localhost``, ``127.0.0.1``, ``::1``) are accepted.
 A real sprite can reach what its VM's network reaches, and its egress is
-filtered by the network policy; the emulator's "sprites" share the host's
-network and the emulator enforces no policy, so allowing any host would turn
-it into an open TCP relay into the developer's LAN for anyone holding the
-token. Services that emulated sprites run listen on the host's loopback, so
-loopback is all a test needs. Other hosts are refused with close ``1011``,
-the code the real server uses for an unreachable target.
+filtered by the network policy; the emulator enforces little policy, so
+allowing any host would turn it into an open TCP relay into the developer's
+LAN for anyone holding the token. A sandboxed sprite with a network of its
+own (``_netns``) is dialled inside that namespace, where its servers listen;
+otherwise (and when nothing listens there) the host's loopback. Loopback is
+all a test needs. Other hosts are refused with close ``1011``, the code the
+real server uses for an unreachable target.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Any
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ._state import EmulatorState
+from ._netns import NetworkUnavailable, SpriteNetwork
+from ._procs import use_sandbox
+from ._sandbox import jail_for
+from ._state import STATE_KEY, EmulatorState
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -84,8 +89,32 @@ def parse_init(data: str) -> tuple[str, int]:
     return host, port
 
 
-async def dial(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+async def sprite_network(state: EmulatorState, name: str) -> SpriteNetwork | None:
+    """The network namespace the sprite's servers listen in (None: the host's).
+
+    Raises :class:`ProxyInitError` (1011) when the sprite must have one and
+    it cannot be set up.
+    """
+    if not use_sandbox(state.config.sandbox):
+        return None
+    try:
+        return await jail_for(state).network(name)
+    except NetworkUnavailable as exc:
+        raise ProxyInitError(
+            WSCloseCode.INTERNAL_ERROR, f"Failed to connect to target: {exc}"
+        ) from exc
+
+
+async def dial(
+    host: str, port: int, *, network: SpriteNetwork | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
     """Connect to a loopback target: ``(reader, writer, "ip:port" actually dialled)``.
+
+    With ``network`` (a sandboxed sprite's own namespace) the target is the
+    sprite's loopback, as on a real sprite; only when nothing listens there
+    is the host's loopback tried, so that servers a developer or a test
+    runs on the host stay reachable as before sprites had networks of their
+    own (the proxy is driven by the token holder, not by the sprite's code).
 
     Raises :class:`ProxyInitError` with close code 1011 for a non-loopback
     host (see the module docstring) or a failed connection. The control
@@ -98,6 +127,10 @@ async def dial(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.Stre
             f"Failed to connect to target: {host} is not a loopback address "
             "(the emulator only proxies to localhost, 127.0.0.1 and ::1)",
         )
+    if network is not None:
+        inside = await _dial_inside(network, host, port)
+        if inside is not None:
+            return inside
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port), CONNECT_TIMEOUT
@@ -111,6 +144,37 @@ async def dial(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.Stre
     address = str(peer[0]) if peer else host
     target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     return reader, writer, target
+
+
+async def _dial_inside(
+    network: SpriteNetwork, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str] | None:
+    """Connect in the sprite's namespace; None when nothing listens there."""
+    candidates = {
+        "localhost": [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)],
+        "127.0.0.1": [("127.0.0.1", socket.AF_INET)],
+        "::1": [("::1", socket.AF_INET6)],
+    }[host.lower()]
+    loop = asyncio.get_running_loop()
+    for address, family in candidates:
+        try:
+            sock = await network.socket(family)
+        except OSError as exc:
+            log.debug("no socket in the sprite's namespace: %s", exc)
+            return None
+        try:
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, (address, port)), CONNECT_TIMEOUT)
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except (OSError, asyncio.TimeoutError):
+            sock.close()
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        return reader, writer, target
+    return None
 
 
 async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
@@ -136,7 +200,8 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                 WSCloseCode.UNSUPPORTED_DATA, "Expected JSON initialization message"
             )
         host, port = parse_init(msg.data)
-        reader, writer, target = await dial(host, port)
+        network = await sprite_network(request.app[STATE_KEY], request.match_info["name"])
+        reader, writer, target = await dial(host, port, network=network)
     except ProxyInitError as err:
         await _close(ws, err.code, err.reason)
         return ws

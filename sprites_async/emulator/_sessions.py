@@ -50,6 +50,7 @@ from ._procs import (
     sprite_abspath,
     use_sandbox,
 )
+from ._sandbox import jail_for
 from ._state import EmulatorState
 
 SCROLLBACK_BYTES = 64 * 1024
@@ -361,7 +362,10 @@ class SessionManager:
             exe, _ = resolve_executable(root, spec.path, env, sprite_abspath(spec.dir))
             command = " ".join([exe, *spec.argv[1:]])
             isolate = sandbox and network_isolated(self.state, sprite)
-            proc = await SpriteProcess.start(root, spec, sandbox=sandbox, isolate_network=isolate)
+            jail = jail_for(self.state) if sandbox else None
+            proc = await SpriteProcess.start(
+                root, spec, sandbox=sandbox, isolate_network=isolate, jail=jail
+            )
             self.sids.append(proc.pid)
         session = Session(
             self, sprite, proc, spec=spec, command=command, max_run_after_disconnect=max_run

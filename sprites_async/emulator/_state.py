@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ._lifecycle import Lifecycle
     from ._store import SpriteStore
 
-SandboxMode = Literal["auto", "bwrap", "none"]
+SandboxMode = Literal["auto", "required", "bwrap", "none"]
 
 
 @dataclass
@@ -123,7 +123,18 @@ class EmulatorConfig:
     exit_linger: float = 5.0
     """Seconds an exec socket stays open after the exit frame (real: ~5 s)."""
     sandbox: SandboxMode = "auto"
-    """``bwrap`` when available (``auto``), or plain subprocesses (``none``)."""
+    """Bubblewrap when it can run here (``auto``), always (``required``, or its
+    older name ``bwrap``: the emulator refuses to start without it), or plain
+    subprocesses running as the emulator's user (``none``, not a sandbox)."""
+    max_processes: int | None = 512
+    """Processes (and threads) one sprite may have at once (sandboxed only)."""
+    memory_limit: int | None = 4 << 30
+    """Bytes of memory one sprite may use (sandboxed only)."""
+    cpu_limit: float | None = None
+    """CPU time one sprite may use, in cores (sandboxed, with cgroups only)."""
+    sprite_network: Literal["auto", "own", "host"] = "auto"
+    """Sandboxed sprites get a network namespace each (``own``; ``auto``: when
+    ``slirp4netns`` is installed) or share the emulator's (``host``)."""
     inline_exec: bool = False
     """Answer synthetic commands (echo, cat, exit K, sleep S, ...) without processes."""
     sprite_version: str = "v0.0.1-rc46"

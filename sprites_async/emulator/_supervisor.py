@@ -51,6 +51,7 @@ from ._framing import SPRITE_HOME
 from ._paths import FsError, resolve
 from ._policy import network_isolated
 from ._procs import ProcSpec, SpriteProcess, StartError, build_env, use_sandbox
+from ._sandbox import Jail, jail_for
 from ._state import EmulatorState
 from ._wire import in_thread, rfc3339_nano
 
@@ -539,7 +540,8 @@ class Supervisor:
         try:
             fd = await in_thread(_open_log, root, d.name, discard=_close_fd)
             isolate = sandbox and network_isolated(state, sprite)
-            proc = await _start_process(root, spec, sandbox, isolate)
+            jail = jail_for(state) if sandbox else None
+            proc = await _start_process(root, spec, sandbox, isolate, jail)
         except StartError as exc:
             _close_fd(fd)
             rt.status = "failed"
@@ -887,11 +889,11 @@ def _close_fd(fd: int | None) -> None:
 
 
 async def _start_process(
-    root: Path, spec: ProcSpec, sandbox: bool, isolate_network: bool
+    root: Path, spec: ProcSpec, sandbox: bool, isolate_network: bool, jail: Jail | None
 ) -> SpriteProcess:
     """``SpriteProcess.start`` that never leaves a process behind when cancelled."""
     task = asyncio.ensure_future(
-        SpriteProcess.start(root, spec, sandbox=sandbox, isolate_network=isolate_network)
+        SpriteProcess.start(root, spec, sandbox=sandbox, isolate_network=isolate_network, jail=jail)
     )
     try:
         return await asyncio.shield(task)

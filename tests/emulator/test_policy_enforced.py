@@ -51,6 +51,9 @@ def test_which_rule_sets_deny_everything(rules: list[dict[str, str]], deny_all: 
 @pytest.fixture
 def emulator_config(emulator_config: EmulatorConfig) -> EmulatorConfig:
     emulator_config.sandbox = "bwrap"
+    # These tests contrast a policy with the host's network, which sprites
+    # reach only when sharing it (test_sandbox_probes covers their own).
+    emulator_config.sprite_network = "host"
     emulator_config.extra["services_restart_backoff"] = 60.0
     emulator_config.extra["exec_port_poll"] = 0.05
     return emulator_config

@@ -2027,7 +2027,8 @@ class ExecSessions:
             operation="kill session",
             sprite=sprite.name,
             params=[("signal", "SIG" + name), ("timeout", go_duration(float(timeout)))],
-            idempotent=True,
+            # Only KILL is harmless twice: a repeated TERM/INT may be read as "force it".
+            idempotent=name == "KILL",
             final=_kill_final,
             on_api_error=_kill_gone,
         )

@@ -997,8 +997,9 @@ class SpritePath:
             "recursive": recursive,
             "preserveAttrs": preserve_attrs,
         }
+        # idempotent=False: once dest exists, a repeated copy may land inside it.
         resp = await self._call(
-            "POST", "copy", operation="fs copy", json=body, idempotent=True, other=dest.path
+            "POST", "copy", operation="fs copy", json=body, idempotent=False, other=dest.path
         )
         wire = resp.parse(_copy_decoder.decode)
         copied = [(c.source, c.dest) for c in wire.copied]
@@ -1014,6 +1015,7 @@ class SpritePath:
             "mode": f"{mode:04o}",
             "recursive": recursive,
         }
+        # An absolute mode: setting it twice is harmless.
         await self._call("POST", "chmod", operation="fs chmod", json=body, idempotent=True)
 
     async def chown(
@@ -1031,6 +1033,7 @@ class SpritePath:
         if gid is not None:
             body["gid"] = gid
         body["recursive"] = recursive
+        # Absolute ids: setting them twice is harmless.
         await self._call("POST", "chown", operation="fs chown", json=body, idempotent=True)
 
 

@@ -174,7 +174,7 @@ class SpritesResource:
             operation="upgrade sprite",
             sprite=name,
             timeout="wake",
-            idempotent=True,  # upgrading twice is harmless
+            idempotent=False,  # what an upgrade restarts is unconfirmed: never sent twice
         )
 
     def list(

@@ -24,7 +24,9 @@ Rules this pool keeps:
   ``probe_timeout``) sends the caller to a direct ``/exec`` socket: no
   command can have started on a socket that never opened (the dial carries
   no ``?op=``). The sprite is then remembered as direct-only for
-  ``fallback_ttl`` seconds and probed again afterwards. A 401, a 429 or a
+  ``fallback_ttl`` seconds and probed again afterwards. While a sprite's
+  support is unknown only one dial (the probe) runs; other callers wait for
+  its verdict, so a hanging ``/control`` holds one socket, not a hundred. A 401, a 429 or a
   missing sprite says nothing about ``/control``: the caller goes direct
   this once, where the direct handshake raises that error itself, and
   nothing is remembered.
@@ -165,13 +167,14 @@ class _Waiter:
 
 
 class _SpriteState:
-    __slots__ = ("count", "idle", "probe_at", "supported")
+    __slots__ = ("count", "idle", "probe", "probe_at", "supported")
 
     def __init__(self) -> None:
         self.count = 0  # open or dialling sockets (lent + idle + reserved)
         self.idle: deque[ControlLease] = deque()  # least recently used on the left
         self.supported: bool | None = None
         self.probe_at = 0.0  # supported is False: loop time to probe /control again
+        self.probe: asyncio.Future[None] | None = None  # the dial that decides `supported`
 
 
 class ControlPool:
@@ -239,6 +242,12 @@ class ControlPool:
                 if loop.time() < state.probe_at:
                     return None
                 state.supported = None  # the fallback has expired: probe again
+            if state.supported is None and state.probe is not None:
+                # Another caller is finding out whether /control works: wait for
+                # that verdict instead of dialling more sockets into an endpoint
+                # that may hang. wait(): our cancellation must not cancel it.
+                await asyncio.wait({state.probe})
+                continue
             if not self._has_room(state) and state.count < self.options.max_per_sprite:
                 self._evict_idle(sprite)  # the client-wide limit is held by idle sockets
             if self._has_room(state):
@@ -305,11 +314,26 @@ class ControlPool:
     async def _dial(self, sprite: str, state: _SpriteState) -> ControlLease | None:
         """Open a control socket; None sends the caller to a direct socket.
 
-        Any failure of the dial means direct: nothing was started (the dial
-        carries no ``?op=``). Handshakes are not retried here, and one slower
-        than ``probe_timeout`` is abandoned (aiohttp closes its connection).
+        While ``supported`` is unknown this dial is the probe: other callers
+        wait for its verdict (see :meth:`acquire`).
         """
         client = self._client
+        probe: asyncio.Future[None] | None = None
+        if state.supported is None and state.probe is None:
+            probe = state.probe = asyncio.get_running_loop().create_future()
+        try:
+            return await self._dial_once(sprite, state, client)
+        finally:
+            if probe is not None:
+                state.probe = None
+                probe.set_result(None)
+
+    async def _dial_once(
+        self, sprite: str, state: _SpriteState, client: SpritesClient
+    ) -> ControlLease | None:
+        """Any failure of the dial means direct: nothing was started (the dial
+        carries no ``?op=``). Handshakes are not retried here, and one slower
+        than ``probe_timeout`` is abandoned (aiohttp closes its connection)."""
         try:
             async with _timeout(self.options.probe_timeout):
                 ws, _ = await client._ws_connect(

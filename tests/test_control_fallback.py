@@ -131,6 +131,20 @@ async def test_hanging_control_falls_back_after_the_probe_timeout(emu: Emu) -> N
     await no_leftovers(emu.running, client)
 
 
+async def test_concurrent_execs_share_one_probe_of_a_hanging_control(emu: Emu) -> None:
+    emu.state.quirks.add("control-hang")
+    client = emu.client(probe_timeout=1.0)
+    sprite = client.sprite("box")
+    started = time.monotonic()
+    results = await asyncio.gather(*(sprite.exec("echo", str(i)) for i in range(8)))
+    assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(8)]
+    assert time.monotonic() - started < 30
+    # One socket held open against the hanging endpoint, not one per caller.
+    assert emu.hits["control"] == 1
+    assert emu.hits["exec"] == 8
+    await no_leftovers(emu.running, client)
+
+
 async def test_fallback_expires_and_control_is_used_again(emu: Emu) -> None:
     emu.state.quirks.add("control-503")
     client = emu.client(fallback_ttl=0.3)

@@ -20,7 +20,9 @@ The ``exec-wsexec`` quirk makes ``/exec`` sockets behave like Fly's October
 ``session_info`` and no text ``exit`` (non-TTY: only the binary exit frame;
 a TTY keeps the text ``exit``, its only exit indication); once stdin EOF
 arrives the socket is never read again, so a client's close frame is never
-answered; after the exit the server waits for the client to go first.
+answered; after the exit the server waits for the client to go first. It
+applies to sockets that start a command; attach sockets keep their
+``session_info`` (a client needs it to learn the framing).
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ async def _serve(request: web.Request, session: Session, *, owner: bool) -> web.
     """Run one exec WebSocket until the exit was sent (plus linger) or the client left."""
     state = request.app[STATE_KEY]
     manager = manager_of(request)
-    wsexec = state.quirks.on("exec-wsexec")
+    # Attach keeps session_info: without it a client cannot tell the framing.
+    wsexec = owner and state.quirks.on("exec-wsexec")
     ws = new_socket(state)
     try:
         await ws.prepare(request)

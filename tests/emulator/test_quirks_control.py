@@ -204,3 +204,16 @@ async def test_wsexec_without_stdin_still_reads_and_answers_a_close(
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.BINARY, b"\x03\x00")
         await asyncio.wait_for(ws.close(), 5)
         assert ws.close_code == aiohttp.WSCloseCode.OK  # answered
+
+
+async def test_wsexec_leaves_attach_its_session_info(emu: RunningEmulator) -> None:
+    emu.state.quirks.add("exec-wsexec")
+    url = ws_url(emu, "/exec", cmd=["sleep", "5"], max_run_after_disconnect="10s")
+    async with emu.http.ws_connect(url, headers=emu.auth):
+        await wait_for(lambda: len(emu.state.sessions.list(SPRITE)) == 1)
+    (session,) = emu.state.sessions.list(SPRITE)
+    async with open_ws(emu, f"/exec/{session.id}") as ws:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == aiohttp.WSMsgType.TEXT
+        assert msgspec.json.decode(msg.data)["type"] == "session_info"
+    await session.terminate()

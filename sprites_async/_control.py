@@ -344,8 +344,8 @@ class ControlPool:
                     retry_handshake=False,
                 )
         except (APIError, SpritesConnectionError, *_TIMEOUTS) as exc:
-            self._free_slot(sprite)
             if isinstance(exc, APIError) and _says_nothing_about_control(exc):
+                self._free_slot(sprite)
                 logger.debug("control dial to %s refused (%s); trying direct", sprite, exc)
                 return None
             if isinstance(exc, _TIMEOUTS) and not isinstance(exc, SpritesConnectionError):
@@ -358,8 +358,11 @@ class ControlPool:
                 exc,
                 self.options.fallback_ttl,
             )
+            # Marked before the slot is freed: a waiter handed that slot must
+            # go direct, not dial into the same failure again.
             state.supported = False
             state.probe_at = asyncio.get_running_loop().time() + self.options.fallback_ttl
+            self._free_slot(sprite)
             self._wake_unsupported(sprite)
             return None
         except BaseException:

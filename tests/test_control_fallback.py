@@ -145,6 +145,25 @@ async def test_concurrent_execs_share_one_probe_of_a_hanging_control(emu: Emu) -
     await no_leftovers(emu.running, client)
 
 
+async def test_a_caller_waiting_for_a_slot_goes_direct_when_the_dial_fails(emu: Emu) -> None:
+    client = emu.client(max_per_sprite=2, probe_timeout=1.0)
+    sprite = client.sprite("box")
+    busy = asyncio.ensure_future(sprite.exec("sh", "-c", "sleep 1.5; echo a"))  # socket 1
+    await asyncio.sleep(0.3)
+    assert pool_for(client).supported("box") is True
+    emu.state.quirks.add("control-hang")
+    second = asyncio.ensure_future(sprite.exec("echo", "b"))  # dials socket 2: hangs
+    await asyncio.sleep(0.2)
+    third = asyncio.ensure_future(sprite.exec("echo", "c"))  # no room: waits for a slot
+    await asyncio.sleep(0.1)
+    assert pool_for(client).stats("box")["waiting"] == 1
+    outs = [r.stdout for r in await asyncio.gather(busy, second, third)]
+    assert outs == [b"a\n", b"b\n", b"c\n"]
+    # The slot the failed dial freed sent the waiter direct, not into a second hang.
+    assert emu.hits["control"] == 2
+    await no_leftovers(emu.running, client)
+
+
 async def test_fallback_expires_and_control_is_used_again(emu: Emu) -> None:
     emu.state.quirks.add("control-503")
     client = emu.client(fallback_ttl=0.3)

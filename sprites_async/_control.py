@@ -26,10 +26,12 @@ Rules this pool keeps:
   no ``?op=``). The sprite is then remembered as direct-only for
   ``fallback_ttl`` seconds and probed again afterwards. While a sprite's
   support is unknown only one dial (the probe) runs; other callers wait for
-  its verdict, so a hanging ``/control`` holds one socket, not a hundred. A 401, a 429 or a
-  missing sprite says nothing about ``/control``: the caller goes direct
-  this once, where the direct handshake raises that error itself, and
-  nothing is remembered.
+  its verdict, so a hanging ``/control`` holds one socket, not a hundred.
+  A 401, a 429 or a missing sprite says nothing about ``/control``: the
+  caller goes direct this once, where the direct handshake raises that
+  error itself, and nothing is remembered.
+* Sockets are closed without waiting for the server's close reply
+  (:func:`close_now`).
 
 What goes over control: ``sprite.exec()`` without stdin and without a TTY.
 Commands with stdin, TTY sessions, ``process()`` and attach use direct
@@ -85,8 +87,8 @@ class ControlOptions:
         max_idle: Idle sockets kept per sprite before draining ...
         drain_to: ... down to this many (least recently used closed first).
         idle_timeout: Seconds an idle socket is kept.
-        close_timeout: Unused: a socket is closed by sending the close frame
-            and dropping the connection, never by waiting for the reply.
+        close_timeout: Bounds the rare close that cannot be done at once; the
+            server's close reply is never awaited (see :func:`close_now`).
         probe_timeout: Seconds a ``/control`` handshake may take before the
             command goes to a direct ``/exec`` socket instead.
         fallback_ttl: Seconds a sprite whose ``/control`` dial failed uses
@@ -487,7 +489,7 @@ class ControlPool:
             self._discard(lease)
 
     async def _close_ws(self, ws: WebSocket) -> None:
-        await close_now(ws)
+        await close_now(ws, self.options.close_timeout)
 
     async def aclose(self) -> None:
         """Close every idle socket and fail every waiter. Idempotent."""

@@ -62,6 +62,7 @@ from sprites_async._control import ControlOptions, pool_for
 from sprites_async._exec import ExecSettings
 from sprites_async.emulator import Emulator, _faults, _wsio, resolve_quirks
 from sprites_async.emulator._procs import ProcSpec, proc_table, session_members
+from sprites_async.emulator._quirks import CONTROL_REFUSALS
 from sprites_async.emulator._sessions import SessionManager
 from sprites_async.emulator._sprites import insert_sprite, new_record
 from sprites_async.emulator._state import EmulatorState
@@ -344,6 +345,12 @@ def make_client(emu: SoakEmulator, *, control: bool) -> SpritesClient:
     client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=3.0, exit_grace=1.0)
     client.control = ControlOptions() if control else False
     return client
+
+
+def lost_by_design(quirks: list[str]) -> bool:
+    """Whether the quirks end every ``/control`` start in a lost exit status (the
+    socket dropped after ``op.start``, and ``/control`` not refused outright)."""
+    return "control-drop-after-start" in quirks and not set(quirks) & set(CONTROL_REFUSALS)
 
 
 def once_violations(starts: Counter[str], ledger: Counter[str]) -> list[str]:
@@ -654,7 +661,12 @@ async def test_commands_under_injected_drops(
     assert fired["resets"] > 0
     assert fired["resets"] == resets_counted  # every armed reset that went was seen
     assert typed > 0
-    assert tally.ok > total // 2
+    if lost_by_design(emu.quirks):
+        # Every control start is answered by a dropped socket: only the direct
+        # commands can succeed (and most of them must).
+        assert tally.ok > tally.by_mode["direct"] // 2
+    else:
+        assert tally.ok > total // 2
 
 
 # ------------------------------------------------------ 2. cancellations at random
@@ -708,8 +720,12 @@ async def test_cancellations_at_random_moments(
     batch = 20
     start = time.monotonic()
 
+    # With every control start lost by design, the SDK cannot know what it
+    # started there (nor kill it): only direct sockets are cancelled then.
+    control_lost = lost_by_design(emu.quirks)
+
     async def one(i: int) -> None:
-        client = direct if i % 3 == 0 else pooled
+        client = direct if i % 3 == 0 or control_lost else pooled
         kind, argv, expected = cancel_command(rng)
         how = rng.choice(["cancel", "cancel", "wait_for", "timeout"])
         delay = rng.choice([0.0, rng.uniform(0, 0.005), rng.uniform(0, 0.05), rng.uniform(0, 0.3)])
@@ -782,6 +798,7 @@ async def test_cancellations_at_random_moments(
     figures = {
         "cancellations": total,
         "quirks": emu.quirks,
+        "over_control": not control_lost,
         "cancelled": tally.cancelled,
         "exec_timeouts": tally.timed_out,
         "wait_for_timeouts": tally.wait_for_timeouts,

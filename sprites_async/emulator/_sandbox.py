@@ -127,9 +127,12 @@ def probe_bwrap() -> tuple[bool, str]:
     if exe is None:
         _probe = (False, "bubblewrap (bwrap) is not installed")
         return _probe
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        _probe = (False, "setpriv (util-linux) is not installed: sprites would be the host's root")
-        return _probe
+    if os.geteuid() == 0:
+        missing = [t for t in ("setpriv", "unshare", "mount") if shutil.which(t) is None]
+        if missing:
+            # Needed to leave root (root_prefix); sprites would be the host's root otherwise.
+            _probe = (False, f"{', '.join(missing)} (util-linux) not installed")
+            return _probe
     try:
         # As sprite commands run it: as root, after leaving root (drop_args).
         done = subprocess.run(
@@ -274,6 +277,10 @@ def prepare_root(root: Path, owner: tuple[int, int] | None) -> None:
     """
     home, tmp = root / "home" / "sprite", root / "tmp"
     (root / "home").mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        # Bubblewrap reaches them as the sprite's host id (root_prefix), whatever the umask.
+        for d in (root.parent, root, root / "home"):
+            os.chmod(d, 0o755)
     for d in (home, tmp):
         try:
             d.mkdir()
@@ -358,6 +365,7 @@ def etc_args(
 
 def _copy_host_etc(etc: Path) -> None:
     etc.mkdir(parents=True, exist_ok=True)
+    os.chmod(etc, 0o755)  # bound by bubblewrap as the sprite's host id when root
     for entry in _HOST_ETC:
         host = Path("/etc") / entry
         copy = etc / entry

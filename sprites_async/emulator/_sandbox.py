@@ -13,7 +13,7 @@ provides the parts around it, per emulator (:func:`jail_for`):
   or SSH keys;
 * the host identity of the ``sprite`` user (:func:`sprite_host_ids`): when
   the emulator runs as root, sprite commands leave root for
-  :data:`SANDBOX_HOST_ID` before anything else (:func:`drop_args`), so the
+  :data:`SANDBOX_HOST_ID` before bubblewrap (:func:`root_prefix`), so the
   sprite is an unprivileged host user that owns none of the host's files,
   and the emulator gives it the files it makes for the sprite
   (:func:`give_to_sprite`);

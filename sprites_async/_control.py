@@ -213,10 +213,18 @@ class ControlPool:
         return None if state is None else state.supported
 
     def forget(self, sprite: str) -> None:
-        """Forget what is known about ``sprite`` (e.g. after an upgrade): probe again."""
+        """Forget what is known about ``sprite`` (e.g. after an upgrade): probe again.
+
+        Its idle sockets are closed too: they lead to the server that was
+        replaced, and a command started on a socket that then turns out dead
+        could only be reported as an unknown outcome.
+        """
         state = self._sprites.get(sprite)
         if state is not None:
             state.supported = None
+            state.probe_at = 0.0
+            for lease in list(state.idle):
+                self._discard(lease)
 
     def _state(self, sprite: str) -> _SpriteState:
         state = self._sprites.get(sprite)
@@ -541,6 +549,13 @@ async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
 
 
 _pools: weakref.WeakKeyDictionary[SpritesClient, ControlPool] = weakref.WeakKeyDictionary()
+
+
+def forget_sprite(client: SpritesClient, sprite: str) -> None:
+    """Have ``client``'s pool probe ``sprite`` afresh, if the client has a pool at all."""
+    pool = _pools.get(client)
+    if pool is not None and not pool._closed:
+        pool.forget(sprite)
 
 
 def pool_for(client: SpritesClient) -> ControlPool:

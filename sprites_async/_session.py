@@ -632,7 +632,11 @@ class SpritesClient:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             headers=self._headers,
-            timeout=self._client_timeouts["api"],
+            # Every plain request passes its own timeout; this default is what
+            # a WebSocket upgrade gets (aiohttp's ws_connect takes none), and
+            # there the read limit must not cut a cold sprite's slow 101: the
+            # handshake is bounded by Timeouts.wake in _ws_connect instead.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect),
             trace_configs=self._trace_configs or None,
             response_class=_ObservedResponse,
             auto_decompress=True,

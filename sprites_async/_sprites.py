@@ -229,6 +229,10 @@ class SpritesResource:
             idempotent=False,  # what an upgrade restarts is unconfirmed: never sent twice
             options=request_options(extra_headers, extra_query, extra_body),
         )
+        from ._control import forget_sprite
+
+        # A new sprite-layer version may speak /control differently (or at all).
+        forget_sprite(self._client, name)
 
     def list(
         self,

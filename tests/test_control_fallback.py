@@ -181,6 +181,27 @@ async def test_fallback_expires_and_control_is_used_again(emu: Emu) -> None:
     await no_leftovers(emu.running, client)
 
 
+async def test_upgrade_forgets_what_was_known_about_control(emu: Emu) -> None:
+    emu.state.quirks.add("control-503")
+    client = emu.client()
+    sprite = client.sprite("box")
+    assert (await sprite.exec("true")).exit_code == 0
+    assert pool_for(client).supported("box") is False
+    emu.state.quirks.clear()
+    # The upgraded sprite is probed again at once, not after fallback_ttl.
+    await sprite.upgrade()
+    assert pool_for(client).supported("box") is None
+    assert (await sprite.exec("echo", "probed")).stdout == b"probed\n"
+    assert pool_for(client).supported("box") is True
+    assert pool_for(client).stats("box")["idle"] == 1
+    # ...and idle sockets to the replaced server are closed, not reused.
+    await sprite.upgrade()
+    assert pool_for(client).stats("box")["idle"] == 0
+    assert (await sprite.exec("echo", "again")).stdout == b"again\n"
+    assert emu.hits["control"] == 3
+    await no_leftovers(emu.running, client)
+
+
 async def test_bad_token_is_an_authentication_error_from_the_direct_path(emu: Emu) -> None:
     client = emu.client(token="test-org/1/tok/wrong")
     with pytest.raises(AuthenticationError) as info:

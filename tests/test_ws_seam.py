@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
@@ -13,6 +15,8 @@ from sprites_async import (
     RetryPolicy,
     ServerError,
     SpritesClient,
+    SpritesTimeoutError,
+    Timeouts,
 )
 from tests.conftest import TOKEN
 
@@ -121,3 +125,28 @@ async def test_refused_upgrade_429_carries_retry_after() -> None:
             with pytest.raises(RateLimitError) as info:
                 await c._ws_connect("/v1/sprites/a/exec", operation="exec", sprite="a")
     assert info.value.retry_after == 99.0
+
+
+async def test_a_slow_upgrade_waits_for_the_wake_timeout_not_the_read_timeout() -> None:
+    # A cold sprite can take longer than the read timeout to answer the
+    # upgrade; handshakes are bounded by Timeouts.wake alone.
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        await asyncio.sleep(float(request.query.get("delay", "0")))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    async with TestServer(app_with(handler)) as server:
+        timeouts = Timeouts(read=0.3, wake=5.0)
+        async with SpritesClient(TOKEN, base_url=str(server.make_url("")), timeout=timeouts) as c:
+            ws, _ = await c._ws_connect(
+                "/v1/sprites/a/exec", operation="exec", sprite="a", params=[("delay", "1.2")]
+            )
+            await ws.close()
+        timeouts = Timeouts(read=30.0, wake=0.3)
+        async with SpritesClient(TOKEN, base_url=str(server.make_url("")), timeout=timeouts) as c:
+            with pytest.raises(SpritesTimeoutError, match=r"Timeouts\.wake"):
+                await c._ws_connect(
+                    "/v1/sprites/a/exec", operation="exec", sprite="a", params=[("delay", "3")]
+                )

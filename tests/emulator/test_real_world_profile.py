@@ -248,7 +248,8 @@ async def test_exec_over_the_pool_falls_back_to_direct(
         )
     # /control was refused once (400) and that was remembered; each command
     # went to one direct socket.
-    assert sent.count("GET", "/control") <= 1
+    assert sent.count("GET", "/control") == 1
+    assert sent.count("GET", "/ex-pool/exec") == 3
     once_each(await ran(sprite), toks)
 
 
@@ -300,7 +301,8 @@ async def test_exec_dropped_after_start_is_never_run_twice(
     with pytest.raises(ExitStatusUnknownError) as info:
         await sprite.exec(*logged(tok, "sleep 0.2; echo done"))
     assert type(info.value) is ExitStatusUnknownError
-    assert info.value.sprite == "ex-drop"
+    # Neither an ack nor session_info came: the server never said the id.
+    assert (info.value.sprite, info.value.session_id) == ("ex-drop", None)
     assert sent.count("GET", "/control") == 1
     assert sent.count("GET", "/ex-drop/exec") == 0  # no second run over a direct socket
     assert await wait_for_token(sprite, tok) == [tok]  # it ran, once
@@ -363,9 +365,9 @@ async def test_ports_watch_is_a_missing_route(emu: Emulator, client: SpritesClie
 
 async def test_detach_list_and_attach(emu: Emulator, client: SpritesClient) -> None:
     sprite = await make(client, "att")
-    tok = token()
+    tok, fifo, go = token(), token(), token()
     argv = logged(tok, 'echo first; read go < "$HOME/fifo"; echo second; exit 4')
-    await sprite.exec("mkfifo", "/home/sprite/fifo")
+    assert (await sprite.exec(*logged(fifo, 'mkfifo "$HOME/fifo"'))).exit_code == 0
     async with sprite.process(*argv, stdin=False, max_run_after_disconnect=60) as proc:
         seen = b""
         async for chunk in proc.stdout:
@@ -380,11 +382,11 @@ async def test_detach_list_and_attach(emu: Emulator, client: SpritesClient) -> N
     # session-info-odd-types: attach reads session_info's odd types liberally.
     async with sprite.sessions.attach(found) as again:
         assert again.session_id == found
-        await sprite.exec("sh", "-c", 'echo go > "$HOME/fifo"')
+        assert (await sprite.exec(*logged(go, 'echo go > "$HOME/fifo"'))).exit_code == 0
         assert await asyncio.wait_for(again.wait(), 15) == 4
         output = await again.stdout.read()
-    assert output.endswith(b"second\n")
-    assert await ran(sprite) == [tok]
+    assert output == b"first\nsecond\n"  # the scrollback, then the rest
+    once_each(await ran(sprite), [tok, fifo, go])
 
 
 async def test_sessions_listing_and_kill(emu: Emulator, client: SpritesClient) -> None:

@@ -521,7 +521,7 @@ class CheckpointsResource:
             decoder=_decode_event,
             operation=operation,
             sprite=sprite.name,
-            idempotent=True,  # restoring the same checkpoint twice ends the same way
+            idempotent=False,  # a second restore would restart it again and drop later writes
             options=request_options(extra_headers, extra_query, extra_body),
         )
         tracker = _Tracker(operation, sprite.name, checkpoint_id, None)

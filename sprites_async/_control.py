@@ -19,9 +19,19 @@ Rules this pool keeps:
 * While idle, each socket is watched: a close from the server, or
   ``idle_timeout`` without use, removes it. Above ``max_idle`` idle sockets
   per sprite the least recently used are closed down to ``drain_to``.
-* ``/control`` answering 404 (other than "sprite not found") marks the sprite
-  as not supporting it; callers then use direct ``/exec`` sockets. 401, 429
-  and 5xx are errors, not a reason to fall back.
+* A ``/control`` dial that fails for any reason (any non-101 answer, a
+  refused or reset connection, or a handshake slower than
+  ``probe_timeout``) sends the caller to a direct ``/exec`` socket: no
+  command can have started on a socket that never opened (the dial carries
+  no ``?op=``). The sprite is then remembered as direct-only for
+  ``fallback_ttl`` seconds and probed again afterwards. While a sprite's
+  support is unknown only one dial (the probe) runs; other callers wait for
+  its verdict, so a hanging ``/control`` holds one socket, not a hundred.
+  A 401, a 429 or a missing sprite says nothing about ``/control``: the
+  caller goes direct this once, where the direct handshake raises that
+  error itself, and nothing is remembered.
+* Sockets are closed without waiting for the server's close reply
+  (:func:`close_now`).
 
 What goes over control: ``sprite.exec()`` without stdin and without a TTY.
 Commands with stdin, TTY sessions, ``process()`` and attach use direct
@@ -45,9 +55,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import WSMsgType
 
-from ._errors import ClientClosedError, NotFoundError, SpritesConnectionError
+from ._errors import APIError, ClientClosedError, SpritesConnectionError
 from ._frames import decode_envelope
-from ._session import quote_segment
+from ._session import _timeout, quote_segment
 
 if TYPE_CHECKING:
     from ._session import SpritesClient, WebSocket
@@ -57,6 +67,7 @@ __all__ = [
     "ControlLease",
     "ControlOptions",
     "ControlPool",
+    "close_now",
     "control_enabled",
     "pool_for",
 ]
@@ -76,7 +87,12 @@ class ControlOptions:
         max_idle: Idle sockets kept per sprite before draining ...
         drain_to: ... down to this many (least recently used closed first).
         idle_timeout: Seconds an idle socket is kept.
-        close_timeout: Seconds a close handshake may take.
+        close_timeout: Bounds the rare close that cannot be done at once; the
+            server's close reply is never awaited (see :func:`close_now`).
+        probe_timeout: Seconds a ``/control`` handshake may take before the
+            command goes to a direct ``/exec`` socket instead.
+        fallback_ttl: Seconds a sprite whose ``/control`` dial failed uses
+            direct sockets before ``/control`` is probed again.
     """
 
     enabled: bool = True
@@ -87,6 +103,8 @@ class ControlOptions:
     drain_to: int = 10
     idle_timeout: float = 30.0
     close_timeout: float = 1.0
+    probe_timeout: float = 3.0
+    fallback_ttl: float = 300.0
 
 
 DEFAULT_CONTROL_OPTIONS = ControlOptions()
@@ -138,7 +156,8 @@ class _Sentinel:
 
 
 _DIAL = _Sentinel("dial")  # a slot was reserved for the waiter: go and dial
-_UNSUPPORTED = _Sentinel("unsupported")  # the sprite has no /control: go direct
+_UNSUPPORTED = _Sentinel("unsupported")  # /control failed for the sprite: go direct
+_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)  # distinct classes on Python 3.10
 
 
 class _Waiter:
@@ -150,12 +169,14 @@ class _Waiter:
 
 
 class _SpriteState:
-    __slots__ = ("count", "idle", "supported")
+    __slots__ = ("count", "idle", "probe", "probe_at", "supported")
 
     def __init__(self) -> None:
         self.count = 0  # open or dialling sockets (lent + idle + reserved)
         self.idle: deque[ControlLease] = deque()  # least recently used on the left
         self.supported: bool | None = None
+        self.probe_at = 0.0  # supported is False: loop time to probe /control again
+        self.probe: asyncio.Future[None] | None = None  # the dial that decides `supported`
 
 
 class ControlPool:
@@ -186,7 +207,8 @@ class ControlPool:
         return {"open": state.count, "idle": len(state.idle), "waiting": waiting}
 
     def supported(self, sprite: str) -> bool | None:
-        """True/False once known for ``sprite``, None before the first dial."""
+        """True once a dial succeeded; False while ``sprite`` uses direct sockets
+        after a failed dial (for ``fallback_ttl``); None before the first dial."""
         state = self._sprites.get(sprite)
         return None if state is None else state.supported
 
@@ -212,13 +234,22 @@ class ControlPool:
         if self._closed:
             raise ClientClosedError("the client is closed")
         state = self._state(sprite)
+        loop = asyncio.get_running_loop()
         while True:
-            if state.supported is False:
-                return None
             while state.idle:
                 lease = state.idle.pop()  # most recently used: least likely to be stale
                 if await self._take(lease):
                     return lease
+            if state.supported is False:
+                if loop.time() < state.probe_at:
+                    return None
+                state.supported = None  # the fallback has expired: probe again
+            if state.supported is None and state.probe is not None:
+                # Another caller is finding out whether /control works: wait for
+                # that verdict instead of dialling more sockets into an endpoint
+                # that may hang. wait(): our cancellation must not cancel it.
+                await asyncio.wait({state.probe})
+                continue
             if not self._has_room(state) and state.count < self.options.max_per_sprite:
                 self._evict_idle(sprite)  # the client-wide limit is held by idle sockets
             if self._has_room(state):
@@ -234,9 +265,7 @@ class ControlPool:
                     return outcome
                 continue
             # A slot is reserved for us.
-            dialled = await self._dial(sprite, state)
-            if dialled is not None or self.supported(sprite) is False:
-                return dialled
+            return await self._dial(sprite, state)
 
     async def _take(self, lease: ControlLease, *, idle: bool = True) -> bool:
         """Stop the idle watcher of ``lease``; False (and closed) if it is dead."""
@@ -285,20 +314,57 @@ class ControlPool:
             raise
 
     async def _dial(self, sprite: str, state: _SpriteState) -> ControlLease | None:
+        """Open a control socket; None sends the caller to a direct socket.
+
+        While ``supported`` is unknown this dial is the probe: other callers
+        wait for its verdict (see :meth:`acquire`).
+        """
         client = self._client
+        probe: asyncio.Future[None] | None = None
+        if state.supported is None and state.probe is None:
+            probe = state.probe = asyncio.get_running_loop().create_future()
         try:
-            ws, _ = await client._ws_connect(
-                "/v1/sprites/" + quote_segment(sprite) + "/control",
-                operation="control",
-                sprite=sprite,
-                autoping=False,
+            return await self._dial_once(sprite, state, client)
+        finally:
+            if probe is not None:
+                state.probe = None
+                probe.set_result(None)
+
+    async def _dial_once(
+        self, sprite: str, state: _SpriteState, client: SpritesClient
+    ) -> ControlLease | None:
+        """Any failure of the dial means direct: nothing was started (the dial
+        carries no ``?op=``). Handshakes are not retried here, and one slower
+        than ``probe_timeout`` is abandoned (aiohttp closes its connection)."""
+        try:
+            async with _timeout(self.options.probe_timeout):
+                ws, _ = await client._ws_connect(
+                    "/v1/sprites/" + quote_segment(sprite) + "/control",
+                    operation="control",
+                    sprite=sprite,
+                    autoping=False,
+                    retry_handshake=False,
+                )
+        except (APIError, SpritesConnectionError, *_TIMEOUTS) as exc:
+            if isinstance(exc, APIError) and _says_nothing_about_control(exc):
+                self._free_slot(sprite)
+                logger.debug("control dial to %s refused (%s); trying direct", sprite, exc)
+                return None
+            if isinstance(exc, _TIMEOUTS) and not isinstance(exc, SpritesConnectionError):
+                exc = SpritesConnectionError(
+                    f"no answer within {self.options.probe_timeout} s (probe_timeout)"
+                )
+            logger.info(
+                "sprite %s: /control failed (%s); using direct exec sockets for %g s",
+                sprite,
+                exc,
+                self.options.fallback_ttl,
             )
-        except NotFoundError as exc:
-            self._free_slot(sprite)
-            if "sprite not found" in exc.message.lower():
-                raise
-            logger.info("sprite %s has no /control endpoint; using direct exec sockets", sprite)
+            # Marked before the slot is freed: a waiter handed that slot must
+            # go direct, not dial into the same failure again.
             state.supported = False
+            state.probe_at = asyncio.get_running_loop().time() + self.options.fallback_ttl
+            self._free_slot(sprite)
             self._wake_unsupported(sprite)
             return None
         except BaseException:
@@ -423,10 +489,7 @@ class ControlPool:
             self._discard(lease)
 
     async def _close_ws(self, ws: WebSocket) -> None:
-        try:
-            await asyncio.wait_for(ws.close(), self.options.close_timeout)
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
-            pass
+        await close_now(ws, self.options.close_timeout)
 
     async def aclose(self) -> None:
         """Close every idle socket and fail every waiter. Idempotent."""
@@ -440,6 +503,41 @@ class ControlPool:
                 self._discard(state.idle.pop())
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+
+def _says_nothing_about_control(exc: APIError) -> bool:
+    """A refusal about the request (token, rate, sprite), not about ``/control``.
+
+    The direct handshake raises it again as itself; remembering it as "no
+    control channel" would only slow the sprite down once it is fixed.
+    """
+    if exc.status_code in (401, 429) or (exc.is_not_found and exc.status_code != 404):
+        return True
+    return exc.status_code == 404 and "sprite not found" in exc.message.lower()
+
+
+async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
+    """Send our close frame and let the connection go; never wait for the reply.
+
+    aiohttp's ``close()`` writes the frame, then waits for the peer's close
+    frame. A peer that stopped reading never sends one (Fly's October 2025
+    ``pkg/wsexec`` once stdin is closed; Section 12 item 11), and waiting
+    for it costs every command its whole close timeout. A deadline of zero
+    cuts that wait at its first suspension; aiohttp then closes the
+    transport, which still flushes the close frame first.
+
+    Only if another task was still inside ``receive()`` (aiohttp first hands
+    it the close, so the frame is not out yet) does a second, bounded
+    ``close()`` follow.
+    """
+    for limit in (0.0, timeout):
+        try:
+            async with _timeout(limit):
+                await ws.close()
+        except (*_TIMEOUTS, aiohttp.ClientError, OSError, RuntimeError):
+            pass
+        if ws.closed:
+            return
 
 
 _pools: weakref.WeakKeyDictionary[SpritesClient, ControlPool] = weakref.WeakKeyDictionary()

@@ -19,6 +19,15 @@ indication raises :class:`ExitStatusUnknownError`.
 
 Cancellation and timeouts reach the sandbox: the command is signalled (TERM,
 then KILL after a grace period) before the error is re-raised.
+
+A command runs at most once. It counts as started once its ``op.start``
+frame (or its ``/exec`` upgrade request) has been sent; after that a lost
+connection raises :class:`ExitStatusUnknownError`, never a second run. Only
+a start the server refused with ``op.error`` (``op.busy``, ``op.not_found``)
+is tried again (on another control socket, then a direct one).
+
+Sockets are closed by sending the close frame and dropping the connection;
+the server's close reply is never awaited (Section 12 item 11).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import msgspec
 from aiohttp import WSMsgType
 
 from . import _frames
+from ._control import close_now
 from ._errors import (
     APIError,
     CommandFailedError,
@@ -59,7 +69,6 @@ from ._session import (
     ExtraHeaders,
     ExtraQuery,
     RequestOptions,
-    _timeout,
     quote_segment,
     request_options,
 )
@@ -117,7 +126,9 @@ class ExecSettings:
             dead (None: never). Pongs keep a silent command alive.
         kill_grace: After TERM, how long the command has before KILL.
         kill_wait: After KILL, how long to wait for the exit.
-        close_timeout: How long our close handshake may take.
+        close_timeout: How long closing may take in the rare case where it
+            cannot be done at once (the server's close reply is never
+            awaited; see ``close_now``).
         session_info_timeout: Attach: how long to wait for ``session_info``.
         op_complete_timeout: Control: how long to wait for ``op.complete``
             after the exit before giving up on reusing the socket.
@@ -473,11 +484,12 @@ class ExecRequest:
 
 
 class _RetryDirect(Exception):
-    """The control channel refused or lost the op before the command started.
+    """The server refused the control op's start (``op.error``): nothing ran.
 
-    ``direct`` asks for a direct socket at once (the control path cannot run
-    it, or a direct run reports the failure the way the caller expects);
-    otherwise another control socket may be tried.
+    Raised only for refusals, never for a lost socket: once ``op.start`` was
+    sent, a lost socket may have started the command. ``direct`` asks for a
+    direct socket at once (``op.not_found``...: this server cannot run it
+    over control); otherwise (``op.busy``) another control socket may be tried.
     """
 
     def __init__(self, message: str, *, direct: bool = False) -> None:
@@ -825,7 +837,9 @@ class ExecSession:
                         )
                     )
                 except (aiohttp.ClientError, OSError, RuntimeError) as exc:
-                    self._finish(_RetryDirect(str(exc)))
+                    # Part of the frame may be out (a failed drain comes after
+                    # the write): the command may have started.
+                    self._finish(self._unknown(f"sending op.start failed: {exc}", cause=exc))
                 return self
         # The handshake runs in the reader task, not in the caller: the server
         # starts the command when it accepts the upgrade, before the 101
@@ -993,7 +1007,7 @@ class ExecSession:
             )
             lease.release(reusable=reusable)
         elif self._ws is not None:
-            await _close_ws(self._ws, self._settings.close_timeout)
+            await close_now(self._ws, self._settings.close_timeout)
 
     def _close_is_instant(self) -> bool:
         # aclose() cannot suspend when the reader and pinger are done and the
@@ -1134,8 +1148,9 @@ class ExecSession:
             how = f"closed (code {ws.close_code})" if closed_by_peer else "ended"
             self._finish(self._unknown(f"the connection {how} before the exit status arrived"))
         if not self._control and not ws.closed:
-            # The server lingers ~5 s after the exit; do not wait for it.
-            await _close_ws(ws, settings.close_timeout)
+            # The server lingers ~5 s after the exit, or (pkg/wsexec) never
+            # answers a close: say goodbye and go.
+            await close_now(ws, settings.close_timeout)
 
     def _reading_done(self) -> bool:
         if self._finished is not None and self._finished.done():
@@ -1145,8 +1160,8 @@ class ExecSession:
         return self.exit_code is not None
 
     def _unknown(self, message: str, cause: BaseException | None = None) -> BaseException:
-        if self._control and not self._acked and self.info is None:
-            return _RetryDirect(message)
+        # Also over control before op.ack/session_info: the op.start was sent,
+        # so the command may be running. Never a retry (at most once).
         err = ExitStatusUnknownError(message, session_id=self.session_id, sprite=self._sprite.name)
         err.__cause__ = cause
         return err
@@ -1250,13 +1265,9 @@ class ExecSession:
         env = self._op_complete
         assert env is not None
         if self._op_failed is not None:
-            if self.info is None:
-                # Failed before starting: rerun it on a direct socket, whose
-                # handshake reports the failure (e.g. 500 "failed to start
-                # process"), so both modes raise the same error.
-                self._finish(_RetryDirect(self._op_failed, direct=True))
-            else:
-                self._finish(ExecError(f"the command failed: {self._op_failed}"))
+            # Even without session_info this is no proof that nothing ran
+            # (pkg/wsexec-like handlers send none): report it, never re-run.
+            self._finish(ExecError(f"the command failed: {self._op_failed}"))
             return
         code = env.args.get("exitCode")
         if isinstance(code, int) and not isinstance(code, bool):
@@ -1602,7 +1613,7 @@ def _close_late_ws(session: ExecSession, reader: asyncio.Future[None]) -> None:
     """A handshake given up on that completed anyway: close its socket."""
     ws = session._ws
     if ws is not None and not ws.closed:
-        _background(_close_ws(ws, 1.0))
+        _background(close_now(ws, session._settings.close_timeout))
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -1618,15 +1629,6 @@ async def _ping(ws: WebSocket) -> None:
         await ws.ping()
     except (aiohttp.ClientError, OSError, RuntimeError):
         pass  # the reader sees the broken connection and reports it
-
-
-async def _close_ws(ws: WebSocket, timeout: float) -> None:
-    try:
-        # A timeout context rather than wait_for(), which is a task per call on 3.11.
-        async with _timeout(timeout):
-            await ws.close()
-    except (asyncio.TimeoutError, TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
-        pass
 
 
 async def _shielded(coro: Any) -> Any:
@@ -1700,7 +1702,8 @@ async def run(
         try:
             await _run_one(proc, stdin, seconds, prefer_control=use_control)
         except _RetryDirect as exc:
-            logger.debug("control exec did not start (%s); retrying", exc)
+            # Refused by op.error: it never ran, so another try is safe.
+            logger.debug("control exec refused (%s); retrying", exc)
             if exc.direct or attempt >= 1:
                 use_control = False
             continue
@@ -2124,7 +2127,8 @@ class ExecSessions:
             operation="kill session",
             sprite=sprite.name,
             params=[("signal", "SIG" + name), ("timeout", go_duration(float(timeout)))],
-            idempotent=True,
+            # Only KILL is harmless twice: a repeated TERM/INT may be read as "force it".
+            idempotent=name == "KILL",
             final=_kill_final,
             on_api_error=_kill_gone,
             options=request_options(extra_headers, extra_query, extra_body),

@@ -1270,12 +1270,13 @@ class SpritePath:
             "recursive": recursive,
             "preserveAttrs": preserve_attrs,
         }
+        # idempotent=False: once dest exists, a repeated copy may land inside it.
         resp = await self._call(
             "POST",
             "copy",
             operation="fs copy",
             json=body,
-            idempotent=True,
+            idempotent=False,
             other=dest.path,
             options=request_options(extra_headers, extra_query, extra_body),
         )
@@ -1301,6 +1302,7 @@ class SpritePath:
             "mode": f"{mode:04o}",
             "recursive": recursive,
         }
+        # An absolute mode: setting it twice is harmless.
         await self._call(
             "POST",
             "chmod",
@@ -1332,6 +1334,7 @@ class SpritePath:
         if gid is not None:
             body["gid"] = gid
         body["recursive"] = recursive
+        # Absolute ids: setting them twice is harmless.
         await self._call(
             "POST",
             "chown",

@@ -226,7 +226,7 @@ class SpritesResource:
             operation="upgrade sprite",
             sprite=name,
             timeout="wake",
-            idempotent=True,  # upgrading twice is harmless
+            idempotent=False,  # what an upgrade restarts is unconfirmed: never sent twice
             options=request_options(extra_headers, extra_query, extra_body),
         )
 

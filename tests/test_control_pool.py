@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 
 from sprites_async import (
-    AuthenticationError,
     CommandTimeoutError,
     ExecError,
     ExitStatusUnknownError,
+    NotFoundError,
     RetryPolicy,
-    ServerError,
     SpritesClient,
 )
 from sprites_async._control import ControlOptions, pool_for
@@ -394,28 +393,40 @@ async def test_timeout_over_control_uses_the_kill_endpoint(fake: FakeSprites) ->
     assert query["signal"] == ["SIGTERM"]
 
 
-@pytest.mark.parametrize(("status", "error"), [(401, AuthenticationError), (503, ServerError)])
-async def test_other_refusals_are_errors_not_fallbacks(
-    fake: FakeSprites, status: int, error: type[Exception]
+async def _exit_0(conn: Conn) -> None:
+    await conn.info()
+    await conn.exit_frame(0)
+    await conn.client_closed()
+
+
+@pytest.mark.parametrize(
+    ("status", "remembered"),
+    [(400, True), (403, True), (500, True), (502, True), (503, True), (401, False), (429, False)],
+)
+async def test_refusals_fall_back_to_direct(
+    fake: FakeSprites, status: int, remembered: bool
 ) -> None:
+    # Any refused dial means direct: nothing started on a socket that never opened.
     fake.control_status = status
     fake.control_body = b'{"error":"nope"}'
+    fake.exec_script = _exit_0
     async with fake.client(control=True) as client:
         client.retry = RetryPolicy(max_attempts=1)
-        with pytest.raises(error):
-            await client.sprite("box").exec("x")
-        assert pool_for(client).supported("box") is None
+        assert (await client.sprite("box").exec("x")).exit_code == 0
+        assert pool_for(client).supported("box") is (False if remembered else None)
         assert pool_for(client).stats("box")["open"] == 0
-    assert not fake.requests_to("/exec")
+    assert len(fake.requests_to("/control")) == 1  # a refused handshake is not retried
+    assert len(fake.requests_to("/exec")) == 1
 
 
 async def test_sprite_not_found_on_control_is_not_cached(fake: FakeSprites) -> None:
     fake.control_status = 404
     fake.control_body = b'{"error":"sprite not found"}'
     async with fake.client(control=True) as client:
-        with pytest.raises(Exception, match="sprite not found"):
-            await client.sprite("box").exec("x")
-        assert pool_for(client).supported("box") is None
+        with pytest.raises(NotFoundError, match="sprite not found") as info:
+            await client.sprite("nobox").exec("x")
+        assert info.value.operation == "exec"  # the direct path's own answer
+        assert pool_for(client).supported("nobox") is None
 
 
 async def test_per_client_limit_spans_sprites(emu: Any) -> None:

@@ -122,18 +122,17 @@ async def test_fs_rename_whose_answer_is_lost_is_not_resent(
     assert not await (fs / "a.txt").exists()
 
 
-async def test_fs_copy_whose_answer_is_lost_is_sent_again_as_idempotent(
+async def test_fs_copy_whose_answer_is_lost_is_not_resent(
     emu: Emulator, client: SpritesClient, sent: Sent
 ) -> None:
-    # The SDK treats copy as idempotent (``dest`` is the final path, so a
-    # second copy writes the same bytes to the same place); a lost answer is
-    # therefore recovered by one more attempt, where a rename is not.
+    # Once dest exists a repeated copy may land inside it (cp -r style), so a
+    # lost answer is reported, not recovered by a second attempt.
     fs = client.sprite((await client.sprites.create("files")).name).fs()
     await (fs / "dir" / "a.txt").write_bytes(b"payload")
     emu.quirks.add("post-answer-lost")
-    result = await (fs / "dir").copy(fs / "copy")
-    assert sent.count("POST", "/fs/copy") == 2
-    assert result.copied == [("/home/sprite/dir/a.txt", "/home/sprite/copy/a.txt")]
+    with pytest.raises(SpritesConnectionError):
+        await (fs / "dir").copy(fs / "copy")
+    assert sent.count("POST", "/fs/copy") == 1
     assert await (fs / "copy" / "a.txt").read_bytes() == b"payload"
     assert [p.name async for p in (fs / "copy").iterdir()] == ["a.txt"]  # not nested
 

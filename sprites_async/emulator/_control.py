@@ -14,6 +14,14 @@ socket with 1011, as the 2025 server did. GO's pooled variant, an unprefixed
 ``{"type":"start","operation":"proxy","params":{...}}`` while idle, is
 accepted too: no ``op.ack``/``op.complete`` (GO reads the ``connected`` reply
 first), and its unprefixed ``{"type":"release"}`` ends the relay.
+
+Quirks (see ``_quirks``): ``control-400``/``-403``/``-500``/``-502``/``-503``
+refuse the upgrade with that status and a text body; ``control-hang`` never
+answers the upgrade (the handler ends when the client gives up or the
+emulator stops); ``control-no-ack`` sends no ``op.ack``;
+``control-drop-after-start`` starts an exec op's command for real, then
+drops the TCP connection without sending anything (no ack, no close frame):
+the command runs on, detached, as after any disconnect.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 
-from ._exec import MANAGER_KEY, new_socket
+from ._exec import MANAGER_KEY, new_socket, until_client_gone
 from ._procs import StartError
 from ._proxy import READ_SIZE, ProxyInitError, dial, parse_init, sprite_network
 from ._sessions import Session, SessionManager
@@ -42,6 +50,19 @@ from ._wsio import (
 
 PREFIX = "control:"
 _LIST_ARGS = {"cmd", "cmd[]", "env"}
+_REFUSALS: dict[str, tuple[int, str]] = {
+    # 400 and 403 are what gorilla/websocket's Upgrader answers when a proxy
+    # strips the upgrade headers or the origin check fails.
+    "control-400": (
+        400,
+        "websocket: the client is not using the websocket protocol: "
+        "'upgrade' token not found in 'Connection' header",
+    ),
+    "control-403": (403, "websocket: request origin not allowed by Upgrader.CheckOrigin"),
+    "control-500": (500, "control channel unavailable"),
+    "control-502": (502, "bad gateway"),
+    "control-503": (503, "service unavailable"),
+}
 
 
 class _Op:
@@ -108,7 +129,12 @@ class ControlConnection:
             return
         current = _Op(op_id, op)
         self.op = current
-        await self.envelope({"type": "op.ack", "id": op_id})
+        quirks = self.state.quirks
+        if op == "exec" and quirks.on("control-drop-after-start"):
+            current.task = self._task(self._start_and_drop(current, args))
+            return
+        if not quirks.on("control-no-ack"):
+            await self.envelope({"type": "op.ack", "id": op_id})
         if op == "exec":
             current.task = self._task(self._run_exec(current, args))
             return
@@ -135,6 +161,24 @@ class ControlConnection:
         with contextlib.suppress(Exception):
             await self.envelope({"type": "op.complete", "id": op.id, "op": op.name, "args": result})
 
+    async def _start_and_drop(self, op: _Op, args: dict[str, Any]) -> None:
+        """``control-drop-after-start``: start the command, then cut the connection.
+
+        Nothing is sent first: the client sees the socket die right after its
+        ``op.start``, yet the command runs (detached, for
+        ``max_run_after_disconnect``).
+        """
+        try:
+            params = parse_exec_params(args_getter(args))
+            if params.session_id is None and params.cmd:
+                session = await self.manager.create(self.sprite, params.spec(), params.max_run)
+                session.start()  # nobody attached: the disconnect timer runs
+        except (ArgError, StartError):
+            pass
+        finally:
+            op.ready.set()
+            self.sink.drop()
+
     async def _run_exec(self, op: _Op, args: dict[str, Any]) -> None:
         try:
             try:
@@ -157,7 +201,10 @@ class ControlConnection:
                 try:
                     session = await self.manager.create(self.sprite, params.spec(), params.max_run)
                 except StartError as exc:
-                    await self._complete(op, {"ok": False, "error": str(exc), "exitCode": 127})
+                    # The direct path's words (500 "failed to start process: ..."),
+                    # so that both transports report it alike.
+                    error = f"failed to start process: {exc}"
+                    await self._complete(op, {"ok": False, "error": error, "exitCode": 127})
                     return
             att = WSAttachment(self.sink, tty=session.tty, faults=self.state.faults)
             op.session, op.attachment = session, att
@@ -298,6 +345,12 @@ async def control(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     if state.faults.control_404:
         return text_error(404, "404 page not found")
+    refusal = state.quirks.control_refusal()
+    if refusal == "control-hang":
+        return await _hang(request)
+    if refusal is not None:
+        status, reason = _REFUSALS[refusal]
+        return text_error(status, reason)
     ws = new_socket(state, capabilities=False)
     await ws.prepare(request)
     conn = ControlConnection(request, ws, state)
@@ -339,6 +392,16 @@ async def control(request: web.Request) -> web.StreamResponse:
         await conn.sink.close(1000)
         conn.manager.sockets.discard(ws)
     return ws
+
+
+async def _hang(request: web.Request) -> web.StreamResponse:
+    """``control-hang``: hold the upgrade unanswered until the client or the emulator gives up."""
+    await until_client_gone(request, request.app[MANAGER_KEY])
+    transport = request.transport
+    if transport is not None:
+        transport.abort()  # the emulator is stopping: still never answer
+    # Never reaches the client: aiohttp cannot write it to a closed transport.
+    return web.Response(status=503)
 
 
 async def _envelope(conn: ControlConnection, payload: str) -> None:

@@ -14,6 +14,15 @@ Ctrl-C) and waits at most a second for the exit before ``complete``.
 Port notifications are best effort: every ``PORT_POLL_INTERVAL`` seconds the
 sockets in LISTEN state (``/proc/net/tcp{,6}``) are matched with the socket
 inodes held by the session's processes.
+
+The ``exec-wsexec`` quirk makes ``/exec`` sockets behave like Fly's October
+2025 ``pkg/wsexec`` handler (Section 12 item 11): no ``debug``, no
+``session_info`` and no text ``exit`` (non-TTY: only the binary exit frame;
+a TTY keeps the text ``exit``, its only exit indication); once stdin EOF
+arrives the socket is never read again, so a client's close frame is never
+answered; after the exit the server waits for the client to go first. It
+applies to sockets that start a command; attach sockets keep their
+``session_info`` (a client needs it to learn the framing).
 """
 
 from __future__ import annotations
@@ -26,7 +35,13 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 
-from ._framing import exit_frame, parse_go_duration, parse_signal, stream_frame
+from ._framing import (
+    STREAM_EOF,
+    exit_frame,
+    parse_go_duration,
+    parse_signal,
+    stream_frame,
+)
 from ._procs import StartError
 from ._sessions import Attachment, Session, SessionManager
 from ._state import STATE_KEY, EmulatorState, NDJSONWriter, json_response, text_error
@@ -44,6 +59,8 @@ from ._wsio import (
 DEFAULT_KILL_TIMEOUT = 10.0
 HTTP_DISCONNECT_POLL = 0.25
 """Seconds between checks that an HTTP exec client is still connected."""
+GONE_POLL = 0.05
+"""Seconds between checks that a client the server no longer reads from is still connected."""
 MANAGER_KEY: web.AppKey[SessionManager] = web.AppKey("sprites_exec_sessions", SessionManager)
 
 
@@ -119,6 +136,8 @@ async def _serve(request: web.Request, session: Session, *, owner: bool) -> web.
     """Run one exec WebSocket until the exit was sent (plus linger) or the client left."""
     state = request.app[STATE_KEY]
     manager = manager_of(request)
+    # Attach keeps session_info: without it a client cannot tell the framing.
+    wsexec = owner and state.quirks.on("exec-wsexec")
     ws = new_socket(state)
     try:
         await ws.prepare(request)
@@ -129,12 +148,13 @@ async def _serve(request: web.Request, session: Session, *, owner: bool) -> web.
         raise
     manager.sockets.add(ws)
     sink = FrameSink(ws, request, state.faults)
-    att = WSAttachment(sink, tty=session.tty, faults=state.faults)
+    att_class = _WSExecAttachment if wsexec else WSAttachment
+    att = att_class(sink, tty=session.tty, faults=state.faults)
     # Read from the first instant: stdin may arrive before session_info is out.
-    reader = asyncio.ensure_future(_read_frames(ws, session))
+    reader = asyncio.ensure_future(_read_frames(ws, session, request if wsexec else None, manager))
     try:
         sink.check_initial()
-        if owner:
+        if owner and not wsexec:
             with contextlib.suppress(Exception):
                 await sink.send_json(
                     {
@@ -150,7 +170,8 @@ async def _serve(request: web.Request, session: Session, *, owner: bool) -> web.
             waiters: set[asyncio.Future[Any]] = {att.finished, reader}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if att.finished.done() and att.finished.result() is not None:
-            await _linger(reader, state.config.exit_linger, manager)
+            # pkg/wsexec never closes first: it waits for the client to go.
+            await _linger(reader, None if wsexec else state.config.exit_linger, manager)
     finally:
         session.detach(att)
         reader.cancel()
@@ -161,23 +182,85 @@ async def _serve(request: web.Request, session: Session, *, owner: bool) -> web.
     return ws
 
 
-async def _linger(reader: asyncio.Task[None], seconds: float, manager: SessionManager) -> None:
-    """Keep the socket open after the exit, as the service does (~5 s), unless the client leaves."""
-    if seconds <= 0 or reader.done():
+class _WSExecAttachment(WSAttachment):
+    """``exec-wsexec``: no ``session_info``; non-TTY exits carry only the binary frame."""
+
+    async def send_info(self, info: dict[str, Any]) -> None:
+        """Nothing: that handler sent no ``session_info``."""
+
+    async def send_exit(self, code: int) -> None:
+        """The binary ``03 NN`` alone (a TTY keeps the text ``exit``: it has nothing else)."""
+        if self.tty:
+            await super().send_exit(code)
+        elif not self._faults.suppress_exit:
+            await self.sink.send_bytes(exit_frame(code))
+
+
+async def _linger(
+    reader: asyncio.Task[None], seconds: float | None, manager: SessionManager
+) -> None:
+    """Keep the socket open after the exit, as the service does (~5 s), unless the client leaves.
+
+    ``seconds=None``: until the client leaves (or the emulator stops).
+    """
+    if (seconds is not None and seconds <= 0) or reader.done():
         return
     closing = asyncio.ensure_future(manager.closing.wait())
     try:
         await asyncio.wait({reader, closing}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         closing.cancel()
+        await asyncio.wait({closing})
 
 
-async def _read_frames(ws: web.WebSocketResponse, session: Session) -> None:
+async def until_client_gone(request: web.Request, manager: SessionManager) -> None:
+    """Wait, without reading, until the client's connection is gone or the emulator stops.
+
+    A handler that does not read its socket learns of a departed client only
+    from the transport, so poll it.
+    """
+    closing = asyncio.ensure_future(manager.closing.wait())
+    try:
+        while not closing.done():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            await asyncio.wait({closing}, timeout=GONE_POLL)
+    finally:
+        closing.cancel()
+        await asyncio.wait({closing})
+
+
+async def _read_frames(
+    ws: web.WebSocketResponse,
+    session: Session,
+    wsexec: web.Request | None = None,
+    manager: SessionManager | None = None,
+) -> None:
+    """Apply client frames until the client leaves.
+
+    ``wsexec`` (the request, with the ``exec-wsexec`` quirk): after stdin EOF
+    stop reading, as ``pkg/wsexec`` did, and only watch for the client leaving.
+    """
     async for msg in ws:
         if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
             await handle_client_frame(session, msg.type, msg.data, control=False)
+            if wsexec is not None and manager is not None and _is_stdin_eof(session, msg):
+                await until_client_gone(wsexec, manager)
+                return
         elif msg.type == WSMsgType.ERROR:
             return
+
+
+def _is_stdin_eof(session: Session, msg: Any) -> bool:
+    # Section 3.7: on /exec any binary frame starting with 04 is EOF (non-TTY only).
+    return (
+        msg.type == WSMsgType.BINARY
+        and session.stdin
+        and not session.tty
+        and isinstance(msg.data, bytes)
+        and msg.data[:1] == bytes([STREAM_EOF])
+    )
 
 
 # --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import os
 import posixpath
 import shutil
@@ -521,24 +522,54 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
 async def _spawn(
     program: str, *args: str, **kwargs: Any
 ) -> tuple[asyncio.subprocess.Process, asyncio.Future[None]]:
-    """``create_subprocess_exec`` plus a future for the exit itself."""
+    """``create_subprocess_exec`` plus a future for the exit itself.
+
+    The spawn itself is never cancelled halfway. When asyncio cancels
+    ``subprocess_exec`` it SIGKILLs the leader alone, then waits until every
+    pipe is closed: whatever else already runs in the command's session (a
+    shell's child; a sandbox whose outer bwrap died before its inner one
+    armed ``--die-with-parent``) keeps the pipes, and the cancelled caller
+    hangs as long as it runs, with pipe transports that are never closed if
+    the loop ends first. Instead, a cancelled caller leaves at once and the
+    spawn, once complete, is discarded by :func:`_discard_spawn`.
+    """
     loop = asyncio.get_running_loop()
     protocol = _Protocol(loop)
+    spawning = asyncio.ensure_future(
+        loop.subprocess_exec(lambda: protocol, program, *args, **kwargs)
+    )
     try:
-        transport, _ = await loop.subprocess_exec(lambda: protocol, program, *args, **kwargs)
-    except BaseException:
-        # Cancelled (or failed) after the child started: asyncio kills and
-        # waits for it, but what it started (bubblewrap's inner processes)
-        # is reparented to us; reap that session once asyncio is done.
-        if protocol.pid is not None:
-            task = asyncio.ensure_future(_reap_after(protocol.pid, protocol.exited))
-            _reapers.add(task)
-            task.add_done_callback(_reapers.discard)
+        transport, _ = await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        _keep(spawning)
+        spawning.add_done_callback(functools.partial(_discard_spawn, protocol))
         raise
     return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
 
 
-_reapers: set[asyncio.Task[None]] = set()
+_reapers: set[asyncio.Future[Any]] = set()
+
+
+def _keep(task: asyncio.Future[Any]) -> None:
+    """Hold a reference to a background task until it is done."""
+    _reapers.add(task)
+    task.add_done_callback(_reapers.discard)
+
+
+def _discard_spawn(protocol: _Protocol, spawning: asyncio.Future[Any]) -> None:
+    """A spawn whose caller was cancelled: kill the command's whole session,
+    close the transport (and so its pipes), and reap what the session leaves."""
+    if spawning.cancelled() or spawning.exception() is not None:
+        return  # nothing started, or asyncio cleaned up after a failure
+    transport, _ = spawning.result()
+    pid = transport.get_pid()
+    if transport.get_returncode() is None:
+        # Every command leads its own process group (start_new_session, setsid):
+        # the group takes the shell's children and the sandbox's inner processes.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    transport.close()
+    _keep(asyncio.ensure_future(_reap_after(pid, protocol.exited)))
 
 
 async def _reap_after(pid: int, exited: asyncio.Future[None]) -> None:
@@ -675,10 +706,12 @@ class SpriteProcess:
                     env=env,
                     start_new_session=new_session,
                 )
-        except OSError as exc:
+        except BaseException as exc:  # cancelled too: the pty is nobody's then
             if master is not None:
                 os.close(master)
-            raise StartError(str(exc)) from exc
+            if isinstance(exc, OSError):
+                raise StartError(str(exc)) from exc
+            raise
         finally:
             if slave is not None:
                 os.close(slave)

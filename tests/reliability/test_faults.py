@@ -347,8 +347,9 @@ async def _sessions_list(sprite: Sprite, _: Any) -> None:
 
 
 async def _sessions_kill(sprite: Sprite, sid: Any) -> None:
-    code = await sprite.sessions.kill(sid, timeout=1)
-    assert code == 128 + 15
+    # Only KILL is retried: a repeated TERM/INT may be read as "force it".
+    code = await sprite.sessions.kill(sid, signal="KILL", timeout=1)
+    assert code == 128 + 9
     assert await sprite.sessions.list() == []
 
 
@@ -361,14 +362,6 @@ IDEMPOTENT_CALLS = [
     Call("get", "GET", "/v1/sprites/{s}", _get, operation="get sprite", api_layer=True),
     Call("update", "PUT", "/v1/sprites/{s}", _update, operation="update sprite", api_layer=True),
     Call("delete", "DELETE", "/v1/sprites/{s}", _delete, operation="delete sprite", api_layer=True),
-    Call(
-        "upgrade",
-        "POST",
-        "/v1/sprites/{s}/upgrade",
-        _upgrade,
-        operation="upgrade sprite",
-        api_layer=True,
-    ),
     Call("list", "GET", "/v1/sprites", _list, operation="list sprites", api_layer=True),
     Call("fs-read", "GET", FS + "read", _read, _write, "fs read"),
     Call("fs-open-read", "GET", FS + "read", _open_read, _write, "fs read"),
@@ -378,7 +371,6 @@ IDEMPOTENT_CALLS = [
     Call("fs-unlink", "DELETE", FS + "delete", _unlink, _write, "fs delete"),
     Call("fs-rmtree", "DELETE", FS + "delete", _rmtree, _two_files, "fs delete"),
     Call("fs-mkdir", "PUT", FS + "write", _mkdir, None, "fs write"),
-    Call("fs-copy", "POST", FS + "copy", _copy, _write, "fs copy"),
     Call("fs-chmod", "POST", FS + "chmod", _chmod, _write, "fs chmod"),
     Call("fs-chown", "POST", FS + "chown", _chown, _write, "fs chown"),
     Call(
@@ -392,14 +384,6 @@ IDEMPOTENT_CALLS = [
         _cp_delete,
         _two_checkpoints,
         "delete checkpoint",
-    ),
-    Call(
-        "cp-restore",
-        "POST",
-        "/v1/sprites/{s}/checkpoints/v1/restore",
-        _cp_restore,
-        _checkpoint,
-        "restore checkpoint",
     ),
     Call("svc-list", "GET", "/v1/sprites/{s}/services", _svc_list, _service, "list services"),
     Call("svc-get", "GET", "/v1/sprites/{s}/services/web", _svc_get, _service, "get service"),
@@ -608,6 +592,14 @@ async def _not_renamed(sprite: Sprite, _: Any) -> None:
     assert not await (_fs(sprite) / "moved.txt").exists()
 
 
+async def _not_copied(sprite: Sprite, _: Any) -> None:
+    assert not await (_fs(sprite) / "g.txt").exists()
+
+
+async def _still_running(sprite: Sprite, sid: Any) -> None:
+    assert sid in [s.id for s in await sprite.sessions.list()]
+
+
 async def _ran_never(sprite: Sprite, _: Any) -> None:
     assert not await (_fs(sprite) / "ran.log").exists()
 
@@ -701,6 +693,33 @@ NON_IDEMPOTENT = [
         "signal service",
         _svc_running,
     ),
+    # POSTs whose repetition is not harmless (see README "What is retried").
+    Once(
+        "upgrade",
+        "POST",
+        "^/v1/sprites/once/upgrade$",
+        _upgrade,
+        None,
+        "upgrade sprite",
+    ),
+    Once("fs-copy", "POST", "/fs/copy$", _copy, _write, "fs copy", _not_copied),
+    Once(
+        "cp-restore",
+        "POST",
+        "/checkpoints/v1/restore$",
+        _cp_restore,
+        _checkpoint,
+        "restore checkpoint",
+    ),
+    Once(
+        "sessions-kill-term",
+        "POST",
+        "/exec/[0-9]+/kill$",
+        lambda s, sid: s.sessions.kill(sid, timeout=1),
+        _detached,
+        "kill session",
+        _still_running,
+    ),
     Once(
         "run-http",
         "POST",
@@ -729,7 +748,7 @@ async def test_non_idempotent_call_is_sent_once(emu: Emu, call: Once, fault: str
     if fault != "reset":
         assert isinstance(info.value, APIError)
         assert info.value.status_code == int(fault)
-        assert_ids(info.value, api_layer=call.id == "create")
+        assert_ids(info.value, api_layer=call.id in ("create", "upgrade"))
     emu.faults.reset()
     if call.unchanged is not None:
         await call.unchanged(sprite, ctx)
@@ -744,6 +763,15 @@ async def test_exec_start_is_not_repeated(emu: Emu, fault: str, mode: str) -> No
     emu.seen.clear()
     endpoint = "^/v1/sprites/once/" + ("control" if mode == "control" else "exec") + "$"
     inject(emu, fault, endpoint, "GET", 100)
+    if mode == "control":
+        # The /control dial carries no command: any failure of it sends the
+        # command to a direct socket, where it runs once.
+        assert (await sprite.exec("sh", "-c", RAN)).exit_code == 0
+        assert emu.hits("GET", endpoint) == 1
+        assert emu.hits("GET", "^/v1/sprites/once/exec$") == 1
+        emu.faults.reset()
+        assert await (_fs(sprite) / "ran.log").read_text() == "ran\n"
+        return
     with pytest.raises(SpritesConnectionError if fault == "reset" else ServerError) as info:
         await sprite.exec("sh", "-c", RAN)
     assert info.value.sprite == "once"
@@ -757,7 +785,8 @@ async def test_exec_start_is_not_repeated(emu: Emu, fault: str, mode: str) -> No
 @pytest.mark.parametrize("mode", ["direct", "control"])
 async def test_refused_exec_handshake_is_retried_and_runs_once(emu: Emu, mode: str) -> None:
     # Documented: a handshake refused with 429/502/503/504 cannot have started
-    # the command, so it is retried; the command runs exactly once.
+    # the command, so it is retried (a refused /control dial goes to a direct
+    # socket instead); the command runs exactly once.
     client = emu.client(control=mode == "control")
     await client.sprites.create("once")
     sprite = client.sprite("once")
@@ -766,7 +795,9 @@ async def test_refused_exec_handshake_is_retried_and_runs_once(emu: Emu, mode: s
     inject(emu, "503", endpoint, "GET", ATTEMPTS - 1)
     result = await sprite.exec("sh", "-c", RAN)
     assert result.exit_code == 0
-    assert emu.hits("GET", endpoint) == ATTEMPTS
+    assert emu.hits("GET", endpoint) == (1 if mode == "control" else ATTEMPTS)
+    if mode == "control":
+        assert emu.hits("GET", "^/v1/sprites/once/exec$") == 1
     assert await (_fs(sprite) / "ran.log").read_text() == "ran\n"
 
 

@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 
 from sprites_async import (
+    APIError,
     ConflictError,
     DomainRule,
     ExecSettings,
@@ -163,6 +164,15 @@ def once_each(tokens: list[str], expected: list[str]) -> None:
     assert len(set(tokens)) == len(tokens)
 
 
+def ids_of(exc: APIError, *, api_layer: bool) -> None:
+    """The request ids an error carries: both from the API, only Fly's from a sprite's server."""
+    assert exc.fly_request_id
+    if api_layer:
+        assert exc.request_id
+    else:
+        assert exc.request_id is None
+
+
 async def sessions_running(sprite: Sprite, marker: str) -> list[str]:
     return [s.id for s in await sprite.sessions.list() if marker in s.command]
 
@@ -188,7 +198,7 @@ async def test_create_whose_answer_is_lost_then_get_or_create(
         await client.sprites.create("rw-lost")
     exc = conflict.value
     assert (exc.status_code, exc.operation, exc.sprite) == (409, "create sprite", "rw-lost")
-    assert exc.request_id
+    ids_of(exc, api_layer=True)
     # Later creates are answered.
     made = await client.sprites.create("rw-next")
     assert (made.name, made.labels) == ("rw-next", [])  # labels: null on the wire
@@ -223,7 +233,7 @@ async def test_list_get_update_lose_nothing(emu: Emulator, client: SpritesClient
         await client.sprites.get("ls-ghost")
     exc = missing.value
     assert (exc.status_code, exc.operation, exc.sprite) == (404, "get sprite", "ls-ghost")
-    assert exc.request_id
+    ids_of(exc, api_layer=True)
     # Labels filter a listing the same way with nulls in it.
     report = await client.sprites.delete_many(prefix="ls-", labels=["even"])
     assert sorted(report.deleted) == ["ls-02", "ls-04", "ls-06", "ls-08"]
@@ -343,7 +353,13 @@ async def test_http_exec_is_a_missing_route_and_runs_nothing(
     with pytest.raises(NotFoundError) as info:
         await sprite.run_http(*logged(token()))
     exc = info.value
-    assert (exc.status_code, exc.code, exc.sprite) == (404, "route_not_found", "ex-http")
+    assert (exc.status_code, exc.code, exc.operation, exc.sprite) == (
+        404,
+        "route_not_found",
+        "exec (http)",
+        "ex-http",
+    )
+    ids_of(exc, api_layer=False)
     assert "older version" in str(exc)
     assert await ran(sprite) == []
 
@@ -358,6 +374,7 @@ async def test_ports_watch_is_a_missing_route(emu: Emulator, client: SpritesClie
     with pytest.raises(PortsWatchNotSupportedError) as info:
         await asyncio.wait_for(watch(), 30)
     assert (info.value.status_code, info.value.sprite) == (404, "ports")
+    ids_of(info.value, api_layer=False)
 
 
 # -------------------------------------------------- sessions, attach, kill
@@ -473,6 +490,7 @@ async def test_checkpoints(emu: Emulator, client: SpritesClient, sent: Sent) -> 
         "delete checkpoint",
         "cp",
     )
+    ids_of(exc, api_layer=False)
     assert ids[3] in {c.id for c in await sprite.checkpoints.list()}
 
 
@@ -537,7 +555,12 @@ async def test_services(emu: Emulator, client: SpritesClient, sent: Sent) -> Non
     with pytest.raises(NotFoundError) as info:
         await services.logs("with-args")
     assert not isinstance(info.value, ServiceNotFoundError)
-    assert (info.value.status_code, info.value.code) == (404, "route_not_found")
+    assert (info.value.status_code, info.value.code, info.value.operation) == (
+        404,
+        "route_not_found",
+        "service logs",
+    )
+    ids_of(info.value, api_layer=False)
     # restart is a POST: the 404's answer is lost first, and not re-sent.
     with pytest.raises(SpritesConnectionError) as lost:
         await services.restart("with-args")
@@ -546,11 +569,13 @@ async def test_services(emu: Emulator, client: SpritesClient, sent: Sent) -> Non
     with pytest.raises(NotFoundError) as info:
         await services.restart("with-args")
     assert not isinstance(info.value, ServiceNotFoundError)
-    assert (info.value.status_code, info.value.code, info.value.sprite) == (
+    assert (info.value.status_code, info.value.code, info.value.operation, info.value.sprite) == (
         404,
         "route_not_found",
+        "restart service",
         "svc",
     )
+    ids_of(info.value, api_layer=False)
 
     # stop and start: the first answer of each route is lost; neither is sent twice.
     with pytest.raises(SpritesConnectionError) as lost:

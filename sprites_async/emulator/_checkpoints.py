@@ -39,6 +39,7 @@ import msgspec
 from aiohttp import web
 
 from . import _services
+from ._sandbox import file_owner, give_to_sprite
 from ._state import STATE_KEY, EmulatorState, NDJSONWriter, text_error
 from ._wire import BodyTooLarge, go_json, read_capped, rfc3339_nano, rfc3339_seconds
 
@@ -237,7 +238,8 @@ class CheckpointStore:
             record = self._state.sprites.get(name)
             created = record.created_at if record is not None else datetime.now(timezone.utc)
             checkpoints = self._state.sprite_dir(name) / "checkpoints"
-            await asyncio.to_thread(_make_v0, checkpoints)
+            owner = file_owner(self._state.config.sandbox)
+            await asyncio.to_thread(_make_v0, checkpoints, owner)
             with _transaction(self._db):
                 self._db.execute("DELETE FROM emu_checkpoints WHERE sprite = ?", (name,))
                 self._db.execute("DELETE FROM emu_checkpoint_heads WHERE sprite = ?", (name,))
@@ -398,11 +400,13 @@ def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) ->
         os.lchown(dst, st.st_uid, st.st_gid)
 
 
-def _make_v0(checkpoints: Path) -> None:
+def _make_v0(checkpoints: Path, owner: tuple[int, int] | None) -> None:
     # Leftovers of a deleted sprite with the same name, or of lost metadata.
     shutil.rmtree(checkpoints, ignore_errors=True)
     v0 = checkpoints / "v0"
     (v0 / "home" / "sprite").mkdir(parents=True)
+    # Restores keep ownership: a restored /home/sprite must be the sprite user's.
+    give_to_sprite(v0 / "home" / "sprite", owner)
     (v0 / "tmp").mkdir()
     os.chmod(v0 / "tmp", 0o1777)
 

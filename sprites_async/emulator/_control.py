@@ -209,9 +209,13 @@ class ControlConnection:
             att = WSAttachment(self.sink, tty=session.tty, faults=self.state.faults)
             op.session, op.attachment = session, att
             op.ready.set()
-            attached = await session.attach(att, owner=owner)
-            if owner:
-                session.start()
+            try:
+                attached = await session.attach(att, owner=owner)
+            finally:
+                # Even when cancelled in attach (a send to a dying socket): an owner
+                # that never starts the session leaves it without a disconnect timer.
+                if owner:
+                    session.start()
             if not attached:
                 if self.op is op:
                     await self._complete(

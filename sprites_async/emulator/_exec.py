@@ -163,9 +163,13 @@ async def _serve(request: web.Request, session: Session, *, owner: bool) -> web.
                         "pid": int(session.id),
                     }
                 )
-        attached = await session.attach(att, owner=owner)
-        if owner:
-            session.start()
+        try:
+            attached = await session.attach(att, owner=owner)
+        finally:
+            # Even when cancelled in attach (a send to a dying socket): an owner
+            # that never starts the session leaves it without a disconnect timer.
+            if owner:
+                session.start()
         if attached:
             waiters: set[asyncio.Future[Any]] = {att.finished, reader}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -6,8 +6,12 @@ Blocking filesystem work runs in worker threads; file contents are streamed
 in both directions, so memory use does not grow with file size.
 
 Operations run as the emulator's own user; ``asRoot`` is accepted and
-ignored. A body larger than ``EmulatorConfig.max_body`` is refused with
-``EINVAL`` and nothing is written.
+ignored. When the emulator runs as root with the sandbox, what they create
+(files written, parent directories, copies) is given to the sprite user's
+host id (``_sandbox.SANDBOX_HOST_ID``) so that the sprite can change it, and
+``chown`` speaks the sprite's ids: uid/gid 1000 is that host id, both ways.
+A body larger than ``EmulatorConfig.max_body`` is refused with ``EINVAL``
+and nothing is written.
 
 Emulator extensions (the real behaviour is unconfirmed, section 7.1):
 ``GET /fs/read`` honours a single-range ``Range: bytes=...`` header with
@@ -35,6 +39,7 @@ import msgspec
 from aiohttp import web
 
 from ._paths import FsError, Resolved, child, display_name, resolve_in
+from ._sandbox import SPRITE_UID, file_owner, give_to_sprite
 from ._state import STATE_KEY, EmulatorState
 from ._wire import BodyTooLarge, go_json, in_thread, read_capped, rfc3339_seconds
 
@@ -147,6 +152,10 @@ def _parse_mode(text: str, path: str) -> int:
 
 def _root(request: web.Request) -> Path:
     return request.app[STATE_KEY].sprite_root(request.match_info["name"])
+
+
+def _owner(request: web.Request) -> tuple[int, int] | None:
+    return file_owner(request.app[STATE_KEY].config.sandbox)
 
 
 def _entry(name: str, path: str, st: os.stat_result) -> dict[str, Any]:
@@ -308,8 +317,10 @@ class _PendingWrite:
     closed: bool = False
 
 
-def _prepare_write(root: Path, path: str, working_dir: str, parents: bool) -> _PendingWrite:
-    r = resolve_in(root, path, working_dir, create_parents=parents)
+def _prepare_write(
+    root: Path, path: str, working_dir: str, parents: bool, owner: tuple[int, int] | None
+) -> _PendingWrite:
+    r = resolve_in(root, path, working_dir, create_parents=parents, owner=owner)
     if r.is_root or (r.lstat is not None and stat.S_ISDIR(r.lstat.st_mode)):
         raise FsError("EISDIR", r.path)
     try:
@@ -318,7 +329,14 @@ def _prepare_write(root: Path, path: str, working_dir: str, parents: bool) -> _P
         fd, tmp = tempfile.mkstemp(prefix=".sprite-write-", dir=r.host.parent)
     except OSError as exc:
         raise FsError.from_os(exc, r.path) from exc
-    return _PendingWrite(r, fd, tmp)
+    pending = _PendingWrite(r, fd, tmp)
+    if owner is not None:
+        try:
+            os.fchown(fd, *owner)
+        except OSError as exc:
+            _discard(pending)
+            raise FsError.from_os(exc, r.path) from exc
+    return pending
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
@@ -363,7 +381,13 @@ async def _write(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
             raise FsError("EINVAL", path, "request body too large")
         pending = await in_thread(
-            _prepare_write, _root(request), path, working_dir, parents, discard=_discard
+            _prepare_write,
+            _root(request),
+            path,
+            working_dir,
+            parents,
+            _owner(request),
+            discard=_discard,
         )
     except FsError as err:
         return err.response()
@@ -505,8 +529,9 @@ async def _rename(request: web.Request) -> web.StreamResponse:
 class _Copier:
     """Recursive copy that never follows a symlink on either side."""
 
-    def __init__(self, preserve: bool) -> None:
+    def __init__(self, preserve: bool, owner: tuple[int, int] | None = None) -> None:
         self.preserve = preserve
+        self.owner = owner
         self.copied: list[dict[str, str]] = []
         self.total = 0
 
@@ -517,18 +542,21 @@ class _Copier:
         else:
             shutil.copyfile(src, dst, follow_symlinks=False)
             shutil.copymode(src, dst, follow_symlinks=False)
+        give_to_sprite(dst, self.owner)
         self.total += os.lstat(dst).st_size
         self.copied.append({"source": src_path, "dest": dst_path})
 
     def link(self, src: Path, dst: Path, src_path: str, dst_path: str) -> None:
         self._clear_link(dst, any_file=True)
         os.symlink(os.readlink(src), dst)
+        give_to_sprite(dst, self.owner)
         self.copied.append({"source": src_path, "dest": dst_path})
 
     def tree(self, src: Path, dst: Path, src_path: str, dst_path: str) -> None:
         self._clear_link(dst)
         try:
             os.mkdir(dst)
+            give_to_sprite(dst, self.owner)
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(dst).st_mode):
                 raise FsError("ENOTDIR", dst_path) from None
@@ -568,12 +596,13 @@ def _copy_sync(
     working_dir: str,
     recursive: bool,
     preserve: bool,
+    owner: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     src = resolve_in(root, source, working_dir)
     if src.lstat is None:
         raise FsError("ENOENT", src.path)
     dst = resolve_in(root, dest, working_dir)
-    copier = _Copier(preserve)
+    copier = _Copier(preserve, owner)
     try:
         if stat.S_ISDIR(src.lstat.st_mode):
             if not recursive:
@@ -607,6 +636,7 @@ async def _copy(request: web.Request) -> web.StreamResponse:
             params.string("workingDir", "/"),
             params.flag("recursive", False),
             params.flag("preserveAttrs", False),
+            _owner(request),
         )
     except FsError as err:
         return err.response()
@@ -676,13 +706,16 @@ def _chown_sync(
     uid: int | None,
     gid: int | None,
     recursive: bool,
+    owner: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     r = resolve_in(root, path, working_dir)
     if r.lstat is None:
         raise FsError("ENOENT", r.path)
     affected = []
-    new_uid = -1 if uid is None else uid
-    new_gid = -1 if gid is None else gid
+    # The sprite's ids in, the sprite's ids out: its uid 1000 is ``owner`` on the host.
+    host_uid, host_gid = owner or (SPRITE_UID, SPRITE_UID)
+    new_uid = -1 if uid is None else host_uid if uid == SPRITE_UID else uid
+    new_gid = -1 if gid is None else host_gid if gid == SPRITE_UID else gid
     try:
         targets = _walk(r.host, r.path) if recursive else [(r.host, r.path, False)]
         for host, sprite_path, is_link in targets:
@@ -692,7 +725,9 @@ def _chown_sync(
             else:
                 os.chown(host, new_uid, new_gid)
             st = os.lstat(host)
-            affected.append({"path": sprite_path, "uid": st.st_uid, "gid": st.st_gid})
+            shown_uid = SPRITE_UID if st.st_uid == host_uid else st.st_uid
+            shown_gid = SPRITE_UID if st.st_gid == host_gid else st.st_gid
+            affected.append({"path": sprite_path, "uid": shown_uid, "gid": shown_gid})
     except OSError as exc:
         raise FsError.from_os(exc, r.path) from exc
     return {"affected": affected, "count": len(affected)}
@@ -713,6 +748,7 @@ async def _chown(request: web.Request) -> web.StreamResponse:
             uid,
             gid,
             params.flag("recursive", False),
+            _owner(request),
         )
     except FsError as err:
         return err.response()

@@ -14,8 +14,10 @@ emulator's own API) and bind ports on the host's interfaces. With one:
   with NAT to the outside (``10.0.2.0/24``, DNS at ``10.0.2.3``) and refuses
   connections to the host's ``127.0.0.1``.
 * Every command of the sprite joins the namespace (``nsenter --user --net``
-  before bubblewrap, see :meth:`SpriteNetwork.enter_args`), so its commands
-  and services see one another's listeners, as on a real sprite.
+  before bubblewrap, see :meth:`SpriteNetwork.enter_args`; a root-run
+  emulator's commands join the network namespace only, and leave root
+  before bubblewrap makes their user namespace), so its commands and
+  services see one another's listeners, as on a real sprite.
 * The emulator reaches the sprite's own servers (TCP proxy, port
   forwarding) with sockets *created in the namespace*: on request the
   holder makes a socket there and passes it back over the control socket
@@ -216,6 +218,12 @@ class SpriteNetwork:
     def enter_args(self) -> list[str]:
         """A command prefix that runs the rest inside this namespace."""
         pid = self.holder.pid
+        if os.geteuid() == 0:
+            # Root joins the network namespace alone: the sprite's own user
+            # namespace is then made by an unprivileged host id (see
+            # _sandbox.root_prefix), not nested in the holder's, whose root
+            # is the host's.
+            return [self._nsenter, f"--net=/proc/{pid}/ns/net", "--"]
         return [
             self._nsenter,
             f"--user=/proc/{pid}/ns/user",

@@ -164,6 +164,7 @@ def resolve(
     *,
     follow_last: bool = True,
     create_parents: bool = False,
+    owner: tuple[int, int] | None = None,
 ) -> Resolved:
     """Resolve the cleaned sprite path ``path`` inside ``root``.
 
@@ -172,8 +173,9 @@ def resolve(
     ``follow_last`` false a final symlink is returned itself (for delete,
     rename, lstat). With ``create_parents`` missing intermediate directories
     are created (mode 0755) as the walk reaches them, so creation can never
-    happen outside ``root`` either. Raises :class:`FsError`. Blocking: call it
-    from a worker thread.
+    happen outside ``root`` either; ``owner`` is the host ``(uid, gid)`` to
+    give them (see ``_sandbox.file_owner``). Raises :class:`FsError`.
+    Blocking: call it from a worker thread.
     """
     pending: deque[str] = deque(c for c in path.split("/") if c not in ("", "."))
     done: list[str] = []
@@ -200,6 +202,8 @@ def resolve(
                 raise FsError("ENOENT", path) from None
             try:
                 os.mkdir(host, 0o755)
+                if owner is not None:
+                    os.lchown(host, *owner)
             except FileExistsError:
                 # Lost a race with a concurrent creator: walk it again.
                 pending.appendleft(comp)
@@ -245,6 +249,7 @@ def resolve_in(
     *,
     follow_last: bool = True,
     create_parents: bool = False,
+    owner: tuple[int, int] | None = None,
 ) -> Resolved:
     """:func:`clean` then :func:`resolve`: the usual entry point for a request."""
     return resolve(
@@ -252,6 +257,7 @@ def resolve_in(
         clean(path, working_dir),
         follow_last=follow_last,
         create_parents=create_parents,
+        owner=owner,
     )
 
 

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ._framing import DEFAULT_PATH, SPRITE_HOME, STREAM_STDERR, STREAM_STDOUT, exit_status
 from ._netns import NetworkUnavailable
-from ._sandbox import SPRITE_UID, Jail, etc_args, probe_bwrap
+from ._sandbox import SPRITE_UID, Jail, etc_args, probe_bwrap, root_prefix
 
 OutputItem = tuple[int, bytes] | None
 """``(stream id, bytes)`` from a process, ``None`` once all output has been read."""
@@ -423,12 +423,14 @@ def bwrap_args(
     isolate_network: bool = False,
     own_network: bool = False,
     name: str | None = None,
+    source: Path | None = None,
 ) -> list[str]:
     """The bubblewrap command line prefix for one sprite.
 
     The command runs as the unprivileged ``sprite`` user of a user namespace
-    of its own (mapped to the emulator's user outside, so the files it
-    writes belong to the emulator's user), with no capabilities, in its own
+    of its own, mapped outside to the emulator's user, or, when the emulator
+    runs as root, to the unprivileged ``_sandbox.SANDBOX_HOST_ID`` (the
+    caller puts ``_sandbox.root_prefix`` before bubblewrap), with no capabilities, in its own
     PID, IPC, UTS (hostname: the sprite's name) and, where the kernel allows,
     cgroup namespaces, with a generated ``/etc`` (see ``_sandbox.etc_args``).
     The caller starts bubblewrap in a new session of its own, without a
@@ -441,10 +443,13 @@ def bwrap_args(
     but a private loopback (a deny-all network policy); ``own_network`` says
     that the caller runs bubblewrap inside the sprite's network namespace
     (``_netns``), whose DNS server ``/etc/resolv.conf`` must name. ``name`` defaults to
-    the sprite directory's name (``root`` is ``<state>/sprites/<name>/root``).
+    the sprite directory's name (``root`` is ``<state>/sprites/<name>/root``);
+    ``source`` is where bubblewrap finds the sprite directory
+    (``_sandbox.root_prefix``; the directory itself by default).
     """
     sprite_dir = root.parent
     name = name or sprite_dir.name
+    view = (source or sprite_dir) / "root"
     args = [
         shutil.which("bwrap") or "bwrap",
         "--die-with-parent",
@@ -476,14 +481,15 @@ def bwrap_args(
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
-    args += etc_args(sprite_dir, name, own_network=None if isolate_network else own_network)
-    args += ["--bind", str(root / "home"), "/home", "--bind", str(root / "tmp"), "/tmp"]
+    own = None if isolate_network else own_network
+    args += etc_args(sprite_dir, name, own_network=own, source=source)
+    args += ["--bind", str(view / "home"), "/home", "--bind", str(view / "tmp"), "/tmp"]
     with contextlib.suppress(OSError):
         for entry in sorted(os.listdir(root)):
             if entry in _RESERVED_TOP or entry in ("home", "tmp"):
                 continue
             if (root / entry).is_dir() and not (root / entry).is_symlink():
-                args += ["--bind", str(root / entry), "/" + entry]
+                args += ["--bind", str(view / entry), "/" + entry]
     args += ["--chdir", cwd]
     return args
 
@@ -657,9 +663,15 @@ class SpriteProcess:
                     network = await jail.network(sprite)
                 except NetworkUnavailable as exc:
                     raise StartError(f"the sprite's network is unavailable: {exc}") from exc
+            as_root, source = root_prefix(root.parent)
             prefix = bwrap_args(
-                root, cwd, isolate_network=isolate_network, own_network=network is not None
+                root,
+                cwd,
+                isolate_network=isolate_network,
+                own_network=network is not None,
+                source=source,
             )
+            prefix = [*as_root, *prefix]
             if network is not None:
                 prefix = [*network.enter_args(), *prefix]
             if jail is not None:

@@ -11,6 +11,12 @@ provides the parts around it, per emulator (:func:`jail_for`):
   the host files programs need to run (CA certificates, the dynamic linker's
   cache, ``alternatives`` links, time zone...), never ``shadow``, ``sudoers``
   or SSH keys;
+* the host identity of the ``sprite`` user (:func:`sprite_host_ids`): when
+  the emulator runs as root, sprite commands leave root for
+  :data:`SANDBOX_HOST_ID` before bubblewrap (:func:`root_prefix`), so the
+  sprite is an unprivileged host user that owns none of the host's files,
+  and the emulator gives it the files it makes for the sprite
+  (:func:`give_to_sprite`);
 * resource limits (:class:`Limits`): a cgroup per sprite (``pids.max``,
   ``memory.max``, ``cpu.max``, or their cgroup v1 names) when the machine
   lets the emulator create cgroups (root, as CI runs), else ``RLIMIT_NPROC``
@@ -22,12 +28,14 @@ provides the parts around it, per emulator (:func:`jail_for`):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -45,6 +53,20 @@ log = logging.getLogger(__name__)
 SPRITE_UID = 1000
 """The uid (and gid) of the ``sprite`` user that commands run as inside the sandbox."""
 SPRITE_USER = "sprite"
+
+SANDBOX_HOST_ID = 2_000_000_000 + SPRITE_UID
+"""Host uid and gid of the ``sprite`` user when the emulator runs as root.
+
+A root-started user namespace would map the sprite user to the host's uid 0:
+without capabilities, but the owner of every root-owned file it can reach
+(the device nodes bubblewrap binds into ``/dev``, anything bound
+read-write), and uid 0 should it ever leave its namespaces. This id is far
+above regular users (1000-60000), systemd's dynamic users and the
+``/etc/subuid`` ranges tools allocate from 100000, and below ``2**31``,
+which some tools cannot handle. Every sandboxed sprite of every root-run
+emulator on the machine shares it; they cannot see one another's processes
+(PID namespaces) nor files (mount namespaces).
+"""
 
 _HOST_ETC = (
     "alternatives",
@@ -105,9 +127,26 @@ def probe_bwrap() -> tuple[bool, str]:
     if exe is None:
         _probe = (False, "bubblewrap (bwrap) is not installed")
         return _probe
+    if os.geteuid() == 0:
+        missing = [t for t in ("setpriv", "unshare", "mount") if shutil.which(t) is None]
+        if missing:
+            # Needed to leave root (root_prefix); sprites would be the host's root otherwise.
+            _probe = (False, f"{', '.join(missing)} (util-linux) not installed")
+            return _probe
     try:
+        # As sprite commands run it: as root, after leaving root (drop_args).
         done = subprocess.run(
-            [exe, "--unshare-user", "--uid", str(SPRITE_UID), "--ro-bind", "/", "/", "true"],
+            [
+                *drop_args(),
+                exe,
+                "--unshare-user",
+                "--uid",
+                str(SPRITE_UID),
+                "--ro-bind",
+                "/",
+                "/",
+                "true",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -123,6 +162,136 @@ def probe_bwrap() -> tuple[bool, str]:
         return _probe
     _probe = (True, "")
     return _probe
+
+
+def sandboxed(mode: str) -> bool:
+    """Whether sprite commands run under bubblewrap with ``EmulatorConfig.sandbox`` = ``mode``."""
+    if mode in ("bwrap", "required"):
+        return True
+    return mode == "auto" and probe_bwrap()[0]
+
+
+def sprite_host_ids() -> tuple[int, int]:
+    """Host ``(uid, gid)`` of a sandboxed sprite's ``sprite`` user.
+
+    :data:`SANDBOX_HOST_ID` when the emulator runs as root; otherwise the
+    emulator's own user, which is no more than that user already has.
+    """
+    if os.geteuid() == 0:
+        return SANDBOX_HOST_ID, SANDBOX_HOST_ID
+    return os.geteuid(), os.getegid()
+
+
+def drop_args() -> list[str]:
+    """A command prefix leaving root for :data:`SANDBOX_HOST_ID` (empty when not root).
+
+    Placed after what needs root (joining the sprite's cgroups) and before
+    the namespaces are entered or made: the user namespaces of the sprite are
+    then created and owned by that unprivileged id, exactly as when an
+    ordinary user runs the emulator. Supplementary groups (root's) are
+    dropped too.
+    """
+    if os.geteuid() != 0:
+        return []
+    return [
+        shutil.which("setpriv") or "setpriv",
+        f"--reuid={SANDBOX_HOST_ID}",
+        f"--regid={SANDBOX_HOST_ID}",
+        "--clear-groups",
+        "--",
+    ]
+
+
+_VIEW = (
+    'mount -n --bind -- "$1" "$2" || '
+    '{ echo "sprite sandbox: cannot bind $1" >&2; exit 126; }; shift 2; exec "$@"'
+)
+"""Binds the sprite's directory on the view (in a fresh mount namespace), then runs the rest."""
+
+_view: str | None = None
+
+
+def _view_dir() -> str:
+    global _view
+    if _view is None:
+        # Private to root (mkdtemp), only searchable by others: no one can
+        # swap it for a symlink that would redirect the bind mount.
+        _view = tempfile.mkdtemp(prefix="sprites-emulator-view-")
+        os.chmod(_view, 0o711)
+        atexit.register(_remove_view, _view)
+    return _view
+
+
+def _remove_view(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def root_prefix(sprite_dir: Path) -> tuple[list[str], Path]:
+    """A command prefix for a root-run emulator, and where bubblewrap finds ``sprite_dir``.
+
+    Not root: nothing, and ``sprite_dir`` itself. As root, the sprite's
+    directory may lie below directories only root may search (a ``0700``
+    state or pytest directory), which bubblewrap, run as
+    :data:`SANDBOX_HOST_ID`, could not reach: the command gets a mount
+    namespace of its own (made while still root) in which the sprite's
+    directory is bind-mounted on a searchable, empty directory, the *view*,
+    then leaves root (:func:`drop_args`). The host's mount table is untouched.
+    """
+    if os.geteuid() != 0:
+        return [], sprite_dir
+    view = _view_dir()
+    unshare = shutil.which("unshare") or "unshare"
+    sh = shutil.which("sh") or "/bin/sh"
+    prefix = [unshare, "--mount", "--propagation", "private", "--", sh, "-c", _VIEW, "sh"]
+    return [*prefix, str(sprite_dir), view, *drop_args()], Path(view)
+
+
+def file_owner(mode: str) -> tuple[int, int] | None:
+    """Host ``(uid, gid)`` to give what the emulator creates for a sprite, or None.
+
+    None when nothing needs changing: the emulator is not root (its files
+    are already the sprite user's), or commands run unsandboxed (as root).
+    """
+    if os.geteuid() != 0 or not sandboxed(mode):
+        return None
+    return SANDBOX_HOST_ID, SANDBOX_HOST_ID
+
+
+def give_to_sprite(path: str | os.PathLike[str], owner: tuple[int, int] | None) -> None:
+    """``lchown`` a file or directory the emulator just made for the sprite (no-op for None).
+
+    ``lchown`` so that a symlink swapped in by a process of the sprite is
+    never followed out of its tree.
+    """
+    if owner is not None:
+        os.lchown(path, *owner)
+
+
+def prepare_root(root: Path, owner: tuple[int, int] | None) -> None:
+    """Create the sprite's ``/home/sprite`` and ``/tmp`` if missing.
+
+    With ``owner``, a new ``/home/sprite`` is given to the sprite user and a
+    new ``/tmp`` is world-writable and sticky (``1777``), as on a sprite; an
+    existing one is left as it is (an explicit ``chown`` stays).
+    """
+    home, tmp = root / "home" / "sprite", root / "tmp"
+    (root / "home").mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        # Bubblewrap reaches them as the sprite's host id (root_prefix), whatever the umask.
+        for d in (root.parent, root, root / "home"):
+            os.chmod(d, 0o755)
+    for d in (home, tmp):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        if owner is None:
+            continue
+        if d is home:
+            give_to_sprite(d, owner)
+        else:
+            os.chmod(d, 0o1777)
 
 
 def check_mode(mode: str) -> None:
@@ -163,7 +332,9 @@ _copied: set[Path] = set()
 """``/etc`` directories whose host copies this process made (fresh once per emulator run)."""
 
 
-def etc_args(sprite_dir: Path, name: str, *, own_network: bool | None) -> list[str]:
+def etc_args(
+    sprite_dir: Path, name: str, *, own_network: bool | None, source: Path | None = None
+) -> list[str]:
     """bubblewrap arguments giving the sprite its generated ``/etc`` (written if needed).
 
     The directory holds the generated files and copies of the host entries
@@ -171,7 +342,8 @@ def etc_args(sprite_dir: Path, name: str, *, own_network: bool | None) -> list[s
     mount per host entry would cost bubblewrap milliseconds per command.
     The copies are refreshed once per emulator run. ``own_network`` chooses
     the DNS server of ``resolv.conf`` (``None``: keep the current one, for a
-    command without any network).
+    command without any network). ``source`` is where bubblewrap finds
+    ``sprite_dir`` (see :func:`root_prefix`).
     """
     etc = sprite_dir / "etc"
     if etc not in _copied:
@@ -188,11 +360,12 @@ def etc_args(sprite_dir: Path, name: str, *, own_network: bool | None) -> list[s
     if current != wanted:
         _write_etc(etc, name, own_network=own_network)
         stamp.write_text(wanted)
-    return ["--ro-bind", str(etc), "/etc"]
+    return ["--ro-bind", str((source or sprite_dir) / "etc"), "/etc"]
 
 
 def _copy_host_etc(etc: Path) -> None:
     etc.mkdir(parents=True, exist_ok=True)
+    os.chmod(etc, 0o755)  # bound by bubblewrap as the sprite's host id when root
     for entry in _HOST_ETC:
         host = Path("/etc") / entry
         copy = etc / entry
@@ -635,9 +808,9 @@ def _how(cg: Cgroups, controller: str, fallback: str) -> str:
 def _rlimit(what: str) -> str:
     if shutil.which("prlimit") is None:
         return "not enforced: no cgroup and no prlimit"
-    if os.geteuid() == 0 and "NPROC" in what:
-        # The kernel does not apply RLIMIT_NPROC to processes of the host's root.
-        return "not enforced: no writable cgroup, and RLIMIT_NPROC does not bind root"
+    if "NPROC" in what:
+        # It counts every process of the host user, and sprites share theirs.
+        return f"{what}, counting every process of the sprites' host uid"
     return what
 
 
@@ -690,7 +863,8 @@ def _sandboxed_line(jail: Jail) -> str:
     else:
         network = "its own network namespace (slirp4netns, no access to the host's loopback)"
     return (
-        f"sandbox: bubblewrap, user {SPRITE_USER} (uid {SPRITE_UID}) without capabilities, "
+        f"sandbox: bubblewrap, user {SPRITE_USER} (uid {SPRITE_UID}, host uid "
+        f"{sprite_host_ids()[0]}) without capabilities, "
         f"own /etc, hostname, IPC and PID namespaces, {network}; limits per sprite: "
         f"{jail.describe()}"
     )

@@ -35,6 +35,7 @@ import msgspec
 from aiohttp import web
 
 from ._quirks import QuirkSet
+from ._sandbox import file_owner, prepare_root
 
 if TYPE_CHECKING:
     from ._lifecycle import Lifecycle
@@ -302,9 +303,7 @@ class EmulatorState:
             self._lazy_dirs.add(name)
             return
         self._lazy_dirs.discard(name)
-        root = self.sprite_root(name)
-        (root / "home" / "sprite").mkdir(parents=True, exist_ok=True)
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        prepare_root(self.sprite_root(name), file_owner(self.config.sandbox))
 
     def materialize(self, name: str) -> None:
         """Create the directories of a lazily seeded sprite, if still pending."""

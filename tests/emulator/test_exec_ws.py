@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ import pytest
 
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._procs import sandbox_available
+from sprites_async.emulator._sandbox import sprite_host_ids
 from tests.emulator.conftest import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
@@ -129,6 +131,8 @@ async def test_env_replaces_everything(emu: RunningEmulator) -> None:
 async def test_dir(emu: RunningEmulator) -> None:
     root = emu.state.sprite_root(SPRITE)
     (root / "home" / "sprite" / "proj").mkdir()
+    # Made by the host: given to the sprite user, as the files API does.
+    os.chown(root / "home" / "sprite" / "proj", *sprite_host_ids())
     run = await run_ws(emu, ["sh", "-c", "touch here; pwd"], dir="/home/sprite/proj")
     assert (root / "home" / "sprite" / "proj" / "here").exists()
     if sandboxed(emu):

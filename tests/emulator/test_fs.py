@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sprites_async.emulator._sandbox import file_owner
 from tests.emulator.conftest import RunningEmulator
 
 SPRITE = "fsbox"
@@ -496,12 +497,17 @@ async def test_chown_as_root(fs: Fs) -> None:
         json={"path": "own", "workingDir": HOME, "gid": "1002", "recursive": True},
     )
     assert status == 200
+    # With the sandbox, what the API writes is the sprite user's (uid 1000 in the sprite,
+    # an unprivileged id on the host: test_sandbox_host_uid.py); without it, root's.
+    owner = file_owner(fs.emu.state.config.sandbox)
     assert body["affected"] == [
         {"path": "/home/sprite/own", "uid": 1000, "gid": 1002},
-        {"path": "/home/sprite/own/f", "uid": 0, "gid": 1002},
+        {"path": "/home/sprite/own/f", "uid": 1000 if owner else 0, "gid": 1002},
     ]
+    host_uid = owner[0] if owner else 1000
+    assert (fs.root / "home/sprite/own").stat().st_uid == host_uid
     st = (fs.root / "home/sprite/own/f").stat()
-    assert (st.st_uid, st.st_gid) == (0, 1002)
+    assert (st.st_uid, st.st_gid) == (owner[0] if owner else 0, 1002)
 
 
 async def test_chown_without_privilege_is_eacces(fs: Fs, monkeypatch: pytest.MonkeyPatch) -> None:

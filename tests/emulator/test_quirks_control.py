@@ -217,3 +217,32 @@ async def test_wsexec_leaves_attach_its_session_info(emu: RunningEmulator) -> No
         assert msg.type == aiohttp.WSMsgType.TEXT
         assert msgspec.json.decode(msg.data)["type"] == "session_info"
     await session.terminate()
+
+
+async def test_a_command_whose_socket_died_during_attach_does_not_outlive_its_timer(
+    emu: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A control socket that dies while the emulator is still sending
+    # session_info cancels the op inside ``attach``: the command must still
+    # end after max_run_after_disconnect, not run until the emulator stops.
+    from sprites_async.emulator import _wsio
+
+    stuck = asyncio.Event()
+
+    async def never_sent(self: object, info: object) -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(_wsio.WSAttachment, "send_info", never_sent)
+    body = {
+        "type": "op.start",
+        "op": "exec",
+        "args": {"cmd": ["sleep", "60"], "stdin": "false", "max_run_after_disconnect": "200ms"},
+    }
+    async with open_ws(emu, "/control") as ws:
+        await ws.send_str("control:" + msgspec.json.encode(body).decode())
+        await asyncio.wait_for(stuck.wait(), 10)
+        assert emu.state.sessions.list(SPRITE)
+    # The client is gone and the op cancelled inside attach; the 60 s sleep
+    # must not outlive this 15 s bound.
+    await wait_for(lambda: not emu.state.sessions.list(SPRITE), timeout=15)

@@ -18,7 +18,7 @@ import pytest
 
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._procs import sandbox_available
-from sprites_async.emulator._sandbox import SPRITE_UID, jail_for
+from sprites_async.emulator._sandbox import SPRITE_UID, jail_for, sprite_host_ids
 from tests.emulator.conftest import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
@@ -136,16 +136,20 @@ async def test_no_controlling_terminal(emu: RunningEmulator) -> None:
     assert run.stdout.split()[0] == b"ENXIO", run.stdout
 
 
-async def test_files_belong_to_the_emulators_user(emu: RunningEmulator) -> None:
+async def test_files_belong_to_the_sprites_host_user(emu: RunningEmulator) -> None:
+    # The emulator's user, or an unprivileged id when the emulator is root
+    # (test_sandbox_host_uid.py): never the host's root.
+    host_uid, host_gid = sprite_host_ids()
     home = emu.state.sprite_root(SPRITE) / "home" / "sprite"
     (home / "from-host.txt").write_text("host\n")
+    os.chown(home / "from-host.txt", host_uid, host_gid)
     code, out, err = await sh(
-        emu, "echo inside > made.txt; echo more >> from-host.txt; stat -c %u made.txt"
+        emu, "set -e; echo inside > made.txt; echo more >> from-host.txt; stat -c %u made.txt"
     )
     assert code == 0, err
     assert out.strip() == str(SPRITE_UID)
     made = home / "made.txt"
-    assert made.stat().st_uid == os.geteuid()
+    assert (made.stat().st_uid, made.stat().st_gid) == (host_uid, host_gid)
     assert made.read_text() == "inside\n"
     assert (home / "from-host.txt").read_text() == "host\nmore\n"
 

@@ -1064,7 +1064,8 @@ class Fleet:
 
         The new sprites join the fleet and are deleted when it exits.
         Sprites that could not be created are reported in the result and
-        not added.
+        not added; one whose create had an unknown outcome (its answer lost)
+        is still deleted when the fleet exits, in case it exists.
         """
         if names is None:
             names = [unique_name(self.prefix) for _ in range(count)]
@@ -1083,8 +1084,11 @@ class Fleet:
         except BaseException:
             self.sprites.extend(self.client.sprite(n) for n in names)
             raise
-        failed = {o.sprite for o in result if not o.ok}
-        self.created = [n for n in self.created if n not in failed]
+        # Only a refusal proves a sprite was not made: one whose create was
+        # lost on the way back (a connection error, a timeout) may exist, so
+        # it stays in ``created`` and exit deletes it (missing is fine).
+        refused = {o.sprite for o in result if not o.ok and isinstance(o.error, APIError)}
+        self.created = [n for n in self.created if n not in refused]
         for outcome in result:
             if outcome.ok and outcome.value is not None:
                 self.sprites.append(self.client.sprite(outcome.value))
@@ -1151,6 +1155,9 @@ class Fleet:
         """Delete the sprites this fleet created (not the adopted ones)."""
         created = set(self.created)
         mine = [s for s in self.sprites if s.name in created]
+        # Names whose create had an unknown outcome have no handle yet.
+        held = {s.name for s in mine}
+        mine += [self.client.sprite(n) for n in self.created if n not in held]
         result = await delete_all(
             self.client,
             mine,

@@ -645,11 +645,6 @@ async def test_fleet_cleanup_deletes_every_sprite_of_the_prefix(
     assert [s.name async for s in client.sprites.list()] == ["keep-me"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Fleet.create drops a sprite whose create answer was lost from `created`, "
-    "so leaving the Fleet leaves it behind (fleet.py, reported to the lead)",
-)
 async def test_fleet_exit_deletes_a_sprite_whose_create_answer_was_lost(
     emu: Emulator, client: SpritesClient
 ) -> None:

@@ -185,7 +185,8 @@ def test_doctor_all_good(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> N
     assert code == EXIT_OK and report["diagnosis"] == "ok"
     by_name = steps(report)
     assert by_name["exec round trip"]["status"] == "ok"
-    assert by_name["token"]["data"] == {"variable": "SPRITES_TOKEN", "org": "local", "parts": 4}
+    assert by_name["token"]["data"] == {"variable": "SPRITES_TOKEN", "org": "local-org", "parts": 4}
+    assert by_name["organisation"]["status"] == "ok"
     assert all(isinstance(s["ms"], float) for s in by_name.values() if s["status"] != "skip")
     # Never the token, only its organisation.
     assert emu.token.rsplit("/", 1)[1] not in json.dumps(report)
@@ -310,3 +311,52 @@ def test_fleet_exec_and_destroy(emu: Emulator, capsys: pytest.CaptureFixture[str
         ["destroyed", "job-a", "destroyed", "job-b", "destroyed", "other"]
     )
     assert sorted(emu.state.sprites) == ["job-c"]
+
+
+def test_doctor_and_get_agree_on_the_organisation(
+    emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "create", "org-check")[0] == EXIT_OK
+    _, out, _ = run(capsys, "get", "org-check", "--json")
+    organization = json.loads(out)["organization"]
+    _, report = doctor(capsys, "org-check")
+    by_name = steps(report)
+    assert by_name["token"]["data"]["org"] == organization  # type: ignore[index]
+    assert organization in str(by_name["organisation"]["detail"])
+
+
+def test_doctor_warns_when_the_token_names_another_organisation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with Emulator(token="someone-else/1/tok/secret", exit_linger=0.0) as emulator:
+        monkeypatch.setenv("SPRITES_API_URL", emulator.url)
+        monkeypatch.setenv("SPRITES_TOKEN", emulator.token)
+        monkeypatch.chdir(tmp_path)
+        _, report = doctor(capsys)
+    org = steps(report)["organisation"]
+    assert org["status"] == "warn"
+    assert "'someone-else'" in str(org["detail"]) and "local-org" in str(org["detail"])
+
+
+def test_fleet_exec_shows_non_zero_exits(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("nz-a", "nz-b"):
+        assert run(capsys, "create", name)[0] == EXIT_OK
+    script = "[ -e /home/sprite/.a ] && exit 0; exit 3"
+    assert run(capsys, "exec", "nz-a", "--", "touch", "/home/sprite/.a")[0] == EXIT_OK
+    code, out, err = run(capsys, "fleet", "exec", "--prefix", "nz-", "--", "sh", "-c", script)
+    assert code == EXIT_API
+    rows = sorted(line.split("\t")[:3] for line in out.splitlines())
+    assert rows == [["nz-a", "ok", "0"], ["nz-b", "exit 3", "3"]]
+    assert "1 ok, 1 exit non-zero" in err or "1 exit non-zero, 1 ok" in err
+
+
+def test_checkpoint_create_prints_our_own_advice(
+    emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "create", "cp-advice")[0] == EXIT_OK
+    code, out, err = run(capsys, "checkpoint", "create", "-s", "cp-advice")
+    assert code == EXIT_OK
+    assert out == "created checkpoint v1 of cp-advice\n"
+    assert "sprite checkpoint restore" not in err and "curl" not in err
+    assert "To restore" not in err
+    assert "sprites-async checkpoint restore cp-advice v1" in err

@@ -10,7 +10,10 @@ emulator; ``sprites-async emulator`` serves one that lives on.
 Exit statuses: 0 success; ``exec`` and ``console`` exit with the command's
 own status; 1 the API answered with an error; 2 usage or configuration
 error; 3 the API could not be reached (connection, DNS, timeout); 130
-interrupted.
+interrupted. When the reader of stdout goes away (``sprites-async list |
+head -1``), the tool stops quietly as ``cat`` does: any running command is
+terminated, then it dies of SIGPIPE (a shell reports 141); ``main(argv)``
+called from Python returns 141 instead.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -50,6 +54,8 @@ EXIT_API = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""What a shell reports for a process that died of SIGPIPE (141 on Linux)."""
 
 SPRITE_FILE = ".sprite"
 PROG = "sprites-async"
@@ -276,6 +282,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.note("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # By now everything has unwound (a running command was terminated).
+        return _stdout_gone(real_process=argv is None)
+
+
+def _stdout_gone(*, real_process: bool) -> int:
+    """The reader of stdout left: no traceback, no message; die as ``cat`` would."""
+    try:
+        # Whatever is still buffered must not fail again at interpreter exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a replaced sys.stdout without a descriptor
+        pass
+    if real_process:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    return EXIT_BROKEN_PIPE
 
 
 def _exit_code(run: Callable[[], int]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import stat as _stat
 import sys
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import EXIT_API, EXIT_OK, Context, Handler, UsageError
+from . import EXIT_API, EXIT_OK, PROG, Context, Handler, UsageError
 
 if TYPE_CHECKING:
     from sprites_async._models import SpriteInfo
@@ -333,7 +334,7 @@ async def cmd_checkpoint(ctx: Context) -> int:
             async for event in op:
                 if isinstance(event, (CheckpointInfo, CheckpointComplete)):
                     text = event.data.strip()
-                    if text:
+                    if text and not _server_advice(text):
                         progress.message(text.splitlines()[0])
         result = await op
     finally:
@@ -343,9 +344,22 @@ async def cmd_checkpoint(ctx: Context) -> int:
             out.json(result)
         else:
             out.line(f"created checkpoint {result.id} of {name}")
+            out.note(f"restore it with: {PROG} checkpoint restore {name} {result.id}")
     else:
         out.line(f"restored {name} from {args.checkpoint}")
     return EXIT_OK
+
+
+_ADVICE = re.compile(r"(?i)^(sprite|sprites|curl)\s|^to restore\b")
+
+
+def _server_advice(line: str) -> bool:
+    """A line of the server's stream that tells how to use another tool.
+
+    The service ends a checkpoint with ``To restore this checkpoint:``, the
+    official CLI's command line and a ``curl`` one: this tool prints its own.
+    """
+    return bool(_ADVICE.match(line))
 
 
 # ------------------------------------------------------------------ filesystem
@@ -572,16 +586,29 @@ async def cmd_fleet(ctx: Context) -> int:
             rows.append(
                 [
                     o.sprite,
-                    out.status(o.status),
+                    out.status(_exec_status(o)),
                     str(res.exit_code) if res is not None else "-",
                     f"{o.duration:.2f}s" if o.duration is not None else "-",
                     tail.splitlines()[-1] if tail else "",
                 ]
             )
         out.table(["SPRITE", "STATUS", "EXIT", "TIME", "LAST LINE"], rows)
-        out.note(result.summary())
-    clean = result.ok and all(o.value is not None and o.value.exit_code == 0 for o in result)
+        counts: dict[str, int] = {}
+        for o in result:
+            status = "exit non-zero" if _exec_status(o).startswith("exit ") else o.status
+            counts[status] = counts.get(status, 0) + 1
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+        out.note(f"{summary or 'nothing'} in {result.duration:.1f} s")
+    clean = all(_exec_status(o) == "ok" for o in result)
     return EXIT_OK if clean else EXIT_API
+
+
+def _exec_status(outcome: Any) -> str:
+    """``ok`` only for a command that ran and exited 0; ``exit N`` when it exited N."""
+    res = outcome.value
+    if outcome.status == "ok" and res is not None and res.exit_code != 0:
+        return f"exit {res.exit_code}"
+    return str(outcome.status)
 
 
 # ---------------------------------------------------------------------- forward

@@ -338,6 +338,10 @@ class Doctor:
             if counters.running_limit and counters.running >= counters.running_limit:
                 step.status = "warn"
                 step.detail += "; at the running limit"
+            if counters.name and client.org and counters.name != client.org:
+                # The token's first segment is the organisation's slug.
+                step.status = "warn"
+                step.detail += f"; the token names organisation {client.org!r}"
 
         await self.step("organisation", org, timeout=10)
         name = ctx.args.name

@@ -27,6 +27,9 @@ logger = logging.getLogger("sprites_async.cli")
 # What `timeout(1)` exits with when the limit expires; scripts know it.
 EXIT_TIMEOUT = 124
 
+FORWARDED_SIGNALS = {signal.SIGINT: "INT", signal.SIGTERM: "TERM"}
+"""Signals ``exec`` passes on to the remote command (a second one abandons it)."""
+
 
 def add_commands(command: AddCommand) -> None:
     """Register ``exec`` and ``console``."""
@@ -191,17 +194,20 @@ async def _run_exec(
     interrupts = 0
     async with proc:
 
-        def on_interrupt() -> None:
-            # Like ssh: the first Ctrl-C goes to the remote command, a second
-            # one gives up on it (leaving the block then terminates it).
+        def on_signal(name: str) -> None:
+            # Like ssh: the first Ctrl-C (or TERM, from `timeout`, `kill` or a
+            # supervisor) goes to the remote command, a second one gives up on
+            # it (leaving the block then terminates it). Python's default for
+            # TERM would kill this process and leave the command running.
             nonlocal interrupts
             interrupts += 1
             if interrupts == 1:
-                _spawn(proc.signal("INT"))
+                _spawn(proc.signal(name))
             elif main_task is not None:
                 main_task.cancel()
 
-        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        for signum, name in FORWARDED_SIGNALS.items():
+            loop.add_signal_handler(signum, on_signal, name)
         feeder = None
         if args.interactive:
             feeder = asyncio.ensure_future(
@@ -222,7 +228,8 @@ async def _run_exec(
                 return EXIT_INTERRUPTED
             raise
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum in FORWARDED_SIGNALS:
+                loop.remove_signal_handler(signum)
             if feeder is not None:
                 feeder.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

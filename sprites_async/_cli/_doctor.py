@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from sprites_async._errors import APIError, SpritesConnectionError, SpritesError
 
-from . import EXIT_API, EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, Context, Handler
+from . import EXIT_API, EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, Context, Handler, examples
 
 __all__ = ["Step", "add_commands"]
 
@@ -36,6 +36,7 @@ def add_commands(command: AddCommand) -> None:
     p = command("doctor", cmd_doctor, "check token, network, API and a sprite, step by step")
     p.add_argument("name", metavar="NAME", nargs="?", help="also check this sprite")
     p.add_argument("--json", action="store_true", help="the steps and diagnosis as JSON")
+    examples(p, "doctor", "doctor demo", "doctor demo --json")
 
 
 @dataclass

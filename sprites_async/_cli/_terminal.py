@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from . import EXIT_INTERRUPTED, Context, Handler, UsageError
+from . import EXIT_INTERRUPTED, Context, Handler, UsageError, examples
 
 if TYPE_CHECKING:
     from sprites_async._exec import ExecSession
@@ -44,13 +44,22 @@ def add_commands(command: AddCommand) -> None:
     p.add_argument("-e", "--env", action="append", metavar="KEY=VALUE", help="repeatable")
     p.add_argument("-w", "--workdir", metavar="DIR", help="absolute working directory")
     p.add_argument("--timeout", type=float, metavar="S", help="TERM then KILL after S seconds")
-    p.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.usage = "%(prog)s [options] [NAME] [--] CMD [ARG ...]"
+    examples(
+        p,
+        "exec demo -- uname -a",
+        "exec demo -w /tmp -e CI=1 -- sh -c 'pwd; echo $CI'",
+        "exec -s demo --timeout 30 ls -la /home",
+        "exec demo python3 -c 'print(6 * 7)'",
+    )
 
     p = command("console", cmd_console, "open an interactive shell in a sprite")
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument(
         "-c", "--command", metavar="CMD", help="run CMD (with sh -c) instead of a login shell"
     )
+    examples(p, "console demo  # on a terminal", "console demo -c 'uname -a'  # on a terminal")
 
 
 def _env(pairs: list[str] | None) -> dict[str, str] | None:

@@ -331,7 +331,7 @@ def test_exec_forwards_sigterm_and_leaves_nothing_running(emu: Emulator) -> None
     ids=["list", "exec", "fs-get"],
 )
 def test_a_closed_stdout_ends_quietly_like_cat(emu: Emulator, argv: tuple[str, ...]) -> None:
-    emu.seed(300)
+    emu.seed(1500)  # more output than a pipe holds: it cannot all fit before the close
     assert cli(emu, "create", "pipe").returncode == 0
     fill = cli(emu, "exec", "pipe", "--", "sh", "-c", "seq 1 200000 > /home/sprite/big.txt")
     assert fill.returncode == 0, fill.stderr

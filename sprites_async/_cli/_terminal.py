@@ -44,7 +44,7 @@ def add_commands(command: AddCommand) -> None:
     p.add_argument("-e", "--env", action="append", metavar="KEY=VALUE", help="repeatable")
     p.add_argument("-w", "--workdir", metavar="DIR", help="absolute working directory")
     p.add_argument("--timeout", type=float, metavar="S", help="TERM then KILL after S seconds")
-    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the sprite (else --sprite or .sprite)")
     p.usage = "%(prog)s [options] [NAME] [--] CMD [ARG ...]"
     examples(
         p,

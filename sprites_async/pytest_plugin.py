@@ -10,7 +10,8 @@ enough. Fixtures:
     ``sprites_emulator_scope = session`` (or ``module`` ...) to share one.
 ``sprites_emulator_options``
     Keyword arguments for the ``Emulator`` constructor; override it in a
-    ``conftest.py`` to change them (same scope as ``sprites_emulator``).
+    ``conftest.py`` to change them (same scope as ``sprites_emulator``). One
+    more key, ``retry_after``, sets ``faults.retry_after`` (default 0).
 ``sprites_emulator`` quirks
     The ini option ``sprites_emulator_quirks`` (quirk or profile names,
     whitespace- or comma-separated, e.g. ``real-world``) turns quirks on for

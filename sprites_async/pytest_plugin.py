@@ -96,20 +96,25 @@ def _ini_quirks(config: pytest.Config) -> list[str]:
     return [str(q) for q in config.getini(QUIRKS_INI) or []]
 
 
-@pytest.hookimpl(wrapper=True, trylast=True)
+@pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_pycollect_makeitem(
     collector: pytest.Module | pytest.Class, name: str, obj: object
-) -> Generator[None, Any, Any]:
+) -> Generator[None, Any, None]:
     """Mark ``async def`` tests that request this plugin's fixtures for pytest-asyncio.
 
     pytest-asyncio turns a collected function into an asyncio test in its own
     wrapper of this hook, after this (``trylast``, so inner) one returns, and
     only if it is marked by then (strict mode, its default). Later hooks such
-    as ``pytest_collection_modifyitems`` are too late.
+    as ``pytest_collection_modifyitems`` are too late. An old-style wrapper,
+    so that the plugin loads with any pytest a user may have.
     """
-    result = yield
+    outcome = yield
     if not collector.config.pluginmanager.hasplugin("asyncio"):
-        return result
+        return
+    try:
+        result = outcome.get_result()
+    except BaseException:  # collection failed: pytest reports it, nothing to mark
+        return
     items = result if isinstance(result, list) else [result]
     for item in items:
         if (
@@ -120,7 +125,6 @@ def pytest_pycollect_makeitem(
             and item.get_closest_marker("anyio") is None
         ):
             item.add_marker(pytest.mark.asyncio)
-    return result
 
 
 def _emulator_scope(fixture_name: str, config: pytest.Config) -> Any:

@@ -170,6 +170,16 @@ def test_sync_is_untouched(sprites_emulator):
     assert sprites_emulator.token
 
 
+@pytest.mark.parametrize("prefix", ["a", "b"])
+async def test_parametrized(sprites_client, prefix):
+    assert (await sprites_client.sprites.list(prefix=prefix)).items == []
+
+
+class TestInAClass:
+    async def test_method(self, sprites_client):
+        assert not sprites_client.closed
+
+
 async def test_injected_faults_do_not_sleep(sprites_client, sprites_emulator):
     sprites_emulator.faults.update({"error_status": 503, "error_count": 2})
     started = time.monotonic()
@@ -190,7 +200,7 @@ def test_async_tests_run_in_strict_mode_without_any_ini(pytester: pytest.Pyteste
     pytester.makepyfile(test_strict=STRICT_USER_TESTS)
     # pytest-asyncio's own advice to set its loop scope is not ours to silence.
     result = pytester.runpytest("-s", "-W", "error", "-W", LOOP_SCOPE_ADVICE, *FAST)
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=8)
     out = result.stdout.str()
     assert "not natively supported" not in out
     result.stdout.fnmatch_lines(["*RETRY_AFTER 0*", "*BASE_DELAY 0.005*"])

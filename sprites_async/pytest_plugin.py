@@ -10,15 +10,25 @@ enough. Fixtures:
     ``sprites_emulator_scope = session`` (or ``module`` ...) to share one.
 ``sprites_emulator_options``
     Keyword arguments for the ``Emulator`` constructor; override it in a
-    ``conftest.py`` to change them (same scope as ``sprites_emulator``).
+    ``conftest.py`` to change them (same scope as ``sprites_emulator``). One
+    more key, ``retry_after``, sets ``faults.retry_after`` (default 0).
 ``sprites_emulator`` quirks
     The ini option ``sprites_emulator_quirks`` (quirk or profile names,
     whitespace- or comma-separated, e.g. ``real-world``) turns quirks on for
     every emulator; a ``@pytest.mark.sprites_quirks("null-arrays", ...)``
     marker adds some for one test (function-scoped emulators only).
 ``sprites_client``
-    A ``SpritesClient`` for that emulator, closed after the test (needs
-    pytest-asyncio or an ``async``-aware runner for the async fixture).
+    A ``SpritesClient`` for that emulator, closed after the test. It is a
+    pytest-asyncio fixture, so it needs pytest-asyncio installed, but no ini
+    setting: ``async def`` tests that request ``sprites_client`` or
+    ``sprites_emulator`` are marked ``asyncio`` by this plugin, so they run in
+    pytest-asyncio's default strict mode too (instead of failing with "async
+    def functions are not natively supported", or being skipped).
+
+Injected faults do not make a user's tests sleep: the emulator sends
+``Retry-After: 0`` with injected 429s and 503s (set ``emu.faults.retry_after``,
+or the ``retry_after`` option, to test a real wait), and ``sprites_client``
+retries after a few milliseconds instead of the default backoff.
 
 When an emulator of the run had no sandbox (bubblewrap missing, or
 ``sandbox="none"``), the terminal summary says so in one line: the code
@@ -30,7 +40,8 @@ instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import inspect
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -44,6 +55,12 @@ QUIRKS_INI = "sprites_emulator_quirks"
 QUIRKS_MARKER = "sprites_quirks"
 _SCOPES = ("function", "class", "module", "package", "session")
 _UNSANDBOXED = pytest.StashKey[str]()
+FIXTURES = frozenset({"sprites_emulator", "sprites_client"})
+"""Requesting one of these makes an ``async def`` test an asyncio test."""
+FAULT_RETRY_AFTER = 0
+"""``Retry-After`` of injected faults, unless the options say otherwise."""
+CLIENT_RETRY_DELAYS = (0.005, 0.05)
+"""``base_delay``/``max_delay`` of ``sprites_client``'s retries: the default attempts, no wait."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,6 +104,37 @@ def _ini_quirks(config: pytest.Config) -> list[str]:
     return [str(q) for q in config.getini(QUIRKS_INI) or []]
 
 
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> Generator[None, Any, None]:
+    """Mark ``async def`` tests that request this plugin's fixtures for pytest-asyncio.
+
+    pytest-asyncio turns a collected function into an asyncio test in its own
+    wrapper of this hook, after this (``trylast``, so inner) one returns, and
+    only if it is marked by then (strict mode, its default). Later hooks such
+    as ``pytest_collection_modifyitems`` are too late. An old-style wrapper,
+    so that the plugin loads with any pytest a user may have.
+    """
+    outcome = yield
+    if not collector.config.pluginmanager.hasplugin("asyncio"):
+        return
+    try:
+        result = outcome.get_result()
+    except BaseException:  # collection failed: pytest reports it, nothing to mark
+        return
+    items = result if isinstance(result, list) else [result]
+    for item in items:
+        if (
+            isinstance(item, pytest.Function)
+            and (inspect.iscoroutinefunction(item.obj) or inspect.isasyncgenfunction(item.obj))
+            and FIXTURES.intersection(item.fixturenames)
+            and item.get_closest_marker("asyncio") is None
+            and item.get_closest_marker("anyio") is None
+        ):
+            item.add_marker(pytest.mark.asyncio)
+
+
 def _emulator_scope(fixture_name: str, config: pytest.Config) -> Any:
     return _configured_scope(config)
 
@@ -112,9 +160,11 @@ def sprites_emulator(
             quirks.extend(str(name) for name in marker.args)
     if quirks:
         options["quirks"] = quirks
+    retry_after = options.pop("retry_after", FAULT_RETRY_AFTER)
     with Emulator(**options) as emulator:
         if not emulator.sandboxed:
             request.config.stash[_UNSANDBOXED] = emulator.sandbox_status
+        emulator.faults.retry_after = retry_after
         yield emulator
 
 
@@ -142,7 +192,12 @@ def _make_client_fixture() -> Any:
     @pytest_asyncio.fixture(name="sprites_client")
     async def client_fixture(sprites_emulator: Emulator) -> AsyncIterator[SpritesClient]:
         """A ``SpritesClient`` talking to ``sprites_emulator``, closed after the test."""
-        client = sprites_emulator.client()
+        from sprites_async import RetryPolicy
+
+        base_delay, max_delay = CLIENT_RETRY_DELAYS
+        client = sprites_emulator.client(
+            retry=RetryPolicy(base_delay=base_delay, max_delay=max_delay)
+        )
         try:
             yield client
         finally:

@@ -187,7 +187,8 @@ def test_doctor_all_good(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> N
     assert code == EXIT_OK and report["diagnosis"] == "ok"
     by_name = steps(report)
     assert by_name["exec round trip"]["status"] == "ok"
-    assert by_name["token"]["data"] == {"variable": "SPRITES_TOKEN", "org": "local", "parts": 4}
+    assert by_name["token"]["data"] == {"variable": "SPRITES_TOKEN", "org": "local-org", "parts": 4}
+    assert by_name["organisation"]["status"] == "ok"
     assert all(isinstance(s["ms"], float) for s in by_name.values() if s["status"] != "skip")
     # Never the token, only its organisation.
     assert emu.token.rsplit("/", 1)[1] not in json.dumps(report)
@@ -312,3 +313,112 @@ def test_fleet_exec_and_destroy(emu: Emulator, capsys: pytest.CaptureFixture[str
         ["destroyed", "job-a", "destroyed", "job-b", "destroyed", "other"]
     )
     assert sorted(emu.state.sprites) == ["job-c"]
+
+
+def test_doctor_and_get_agree_on_the_organisation(
+    emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "create", "org-check")[0] == EXIT_OK
+    _, out, _ = run(capsys, "get", "org-check", "--json")
+    organization = json.loads(out)["organization"]
+    _, report = doctor(capsys, "org-check")
+    by_name = steps(report)
+    assert by_name["token"]["data"]["org"] == organization  # type: ignore[index]
+    assert organization in str(by_name["organisation"]["detail"])
+
+
+def test_doctor_warns_when_the_token_names_another_organisation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with Emulator(token="someone-else/1/tok/secret", exit_linger=0.0) as emulator:
+        monkeypatch.setenv("SPRITES_API_URL", emulator.url)
+        monkeypatch.setenv("SPRITES_TOKEN", emulator.token)
+        monkeypatch.chdir(tmp_path)
+        _, report = doctor(capsys)
+    org = steps(report)["organisation"]
+    assert org["status"] == "warn"
+    assert "'someone-else'" in str(org["detail"]) and "local-org" in str(org["detail"])
+
+
+def test_fleet_exec_shows_non_zero_exits(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("nz-a", "nz-b"):
+        assert run(capsys, "create", name)[0] == EXIT_OK
+    script = "[ -e /home/sprite/.a ] && exit 0; exit 3"
+    assert run(capsys, "exec", "nz-a", "--", "touch", "/home/sprite/.a")[0] == EXIT_OK
+    code, out, err = run(capsys, "fleet", "exec", "--prefix", "nz-", "--", "sh", "-c", script)
+    assert code == EXIT_API
+    rows = sorted(line.split("\t")[:3] for line in out.splitlines())
+    assert rows == [["nz-a", "ok", "0"], ["nz-b", "exit 3", "3"]]
+    assert "1 ok, 1 exit non-zero" in err or "1 exit non-zero, 1 ok" in err
+
+
+def test_checkpoint_create_prints_our_own_advice(
+    emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "create", "cp-advice")[0] == EXIT_OK
+    code, out, err = run(capsys, "checkpoint", "create", "-s", "cp-advice")
+    assert code == EXIT_OK
+    assert out == "created checkpoint v1 of cp-advice\n"
+    assert "sprite checkpoint restore" not in err and "curl" not in err
+    assert "To restore" not in err
+    assert "sprites-async checkpoint restore cp-advice v1" in err
+
+
+# ----------------------------------------------------------- argument order
+
+
+def test_options_may_follow_the_sprite_name(
+    emu: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert run(capsys, "create", "order")[0] == EXIT_OK
+    for argv in (
+        ("exec", "order", "-w", "/tmp", "--", "pwd"),
+        ("exec", "-w", "/tmp", "order", "--", "pwd"),
+        ("exec", "order", "-w", "/tmp", "pwd"),
+        ("exec", "-s", "order", "-w", "/tmp", "pwd"),
+        ("exec", "-w", "/tmp", "-s", "order", "--", "pwd"),
+    ):
+        assert run(capsys, *argv)[:2] == (EXIT_OK, "/tmp\n"), argv
+    # A `--` after the command's own words belongs to the command.
+    code, out, _ = run(capsys, "exec", "order", "sh", "-c", 'echo "$@"', "sh", "--", "x")
+    assert (code, out) == (EXIT_OK, "-- x\n")
+    code, _, err = run(capsys, "exec", "order", "other", "--", "true")
+    assert code == EXIT_USAGE and "at most one sprite NAME" in err
+
+
+def test_subcommands_take_the_sprite_name_first(
+    emu: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert run(capsys, "create", "named")[0] == EXIT_OK
+    (tmp_path / "n.txt").write_text("n\n")
+    assert run(capsys, "checkpoint", "create", "named", "-m", "one")[0] == EXIT_OK
+    assert run(capsys, "checkpoint", "create", "-m", "two", "named")[0] == EXIT_OK
+    code, out, _ = run(capsys, "checkpoint", "list", "named")
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["v2", "v1", "v0"]
+    assert run(capsys, "checkpoint", "restore", "named", "v1")[0] == EXIT_OK
+    assert run(capsys, "checkpoint", "delete", "named", "v2")[0] == EXIT_OK
+    assert run(capsys, "fs", "put", "named", "n.txt", "/home/sprite/n.txt")[0] == EXIT_OK
+    code, out, _ = run(capsys, "fs", "ls", "named", "--json")
+    assert [e["name"] for e in json.loads(out)] == ["n.txt"]
+    assert run(capsys, "fs", "get", "named", "/home/sprite/n.txt", "-")[:2] == (EXIT_OK, "n\n")
+    code, out, _ = run(capsys, "fs", "get", "/home/sprite/n.txt", "copy.txt", "-s", "named")
+    assert code == EXIT_OK and (tmp_path / "copy.txt").read_text() == "n\n"
+    assert run(capsys, "services", "list", "named")[0] == EXIT_OK
+    code, _, err = run(capsys, "checkpoint", "create", "named", "-s", "other")
+    assert code == EXIT_USAGE and "two sprites" in err
+    code, _, err = run(capsys, "checkpoint", "restore", "named", "v1", "v0")
+    assert code == EXIT_USAGE and "too many arguments: v0" in err
+
+
+def test_services_create_in_the_shape_of_its_help(
+    emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "create", "svc")[0] == EXIT_OK
+    argv = ("services", "create", "-s", "svc", "web", "--http-port", "8768", "sleep", "600")
+    code, _, err = run(capsys, *argv)
+    assert code == EXIT_OK, err
+    code, _, err = run(capsys, "services", "create", "svc", "job", "--", "sleep", "601")
+    assert code == EXIT_OK, err
+    code, out, _ = run(capsys, "services", "list", "svc", "--json")
+    found = {s["name"]: (s["cmd"], s["args"], s["http_port"]) for s in json.loads(out)}
+    assert found == {"web": ("sleep", ["600"], 8768), "job": ("sleep", ["601"], None)}

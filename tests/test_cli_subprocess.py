@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -276,3 +277,81 @@ def test_exec_tty_interactive_on_a_terminal(emu: Emulator) -> None:
             proc.wait()
         os.close(master)
         os.close(slave)
+
+
+def _sessions(emu: Emulator, name: str) -> list[str]:
+    async def listed() -> list[str]:
+        async with emu.client() as client:
+            return [s.command for s in await client.sprite(name).sessions.list()]
+
+    return asyncio.run(listed())
+
+
+def _no_sessions_left(emu: Emulator, name: str, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while _sessions(emu, name):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_exec_forwards_sigterm_and_leaves_nothing_running(emu: Emulator) -> None:
+    # `timeout 2 sprites-async exec ...` sends TERM: the remote command must get
+    # it (and end) instead of running on after this process died.
+    assert cli(emu, "create", "sigterm").returncode == 0
+    script = 'trap "echo got-term; exit 7" TERM; echo ready; while :; do sleep 0.1; done'
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sprites_async", "exec", "sigterm", "--", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env_for(emu),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 7, err
+    assert out == b"got-term\n"
+    assert _no_sessions_left(emu, "sigterm")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("list",),
+        ("exec", "pipe", "--", "sh", "-c", "seq 1 200000"),
+        ("fs", "get", "-s", "pipe", "/home/sprite/big.txt", "-"),
+    ],
+    ids=["list", "exec", "fs-get"],
+)
+def test_a_closed_stdout_ends_quietly_like_cat(emu: Emulator, argv: tuple[str, ...]) -> None:
+    emu.seed(1500)  # more output than a pipe holds: it cannot all fit before the close
+    assert cli(emu, "create", "pipe").returncode == 0
+    fill = cli(emu, "exec", "pipe", "--", "sh", "-c", "seq 1 200000 > /home/sprite/big.txt")
+    assert fill.returncode == 0, fill.stderr
+    reader_r, reader_w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sprites_async", *argv],
+        stdout=reader_w,
+        stderr=subprocess.PIPE,
+        env=env_for(emu),
+    )
+    os.close(reader_w)
+    try:
+        with os.fdopen(reader_r, "rb") as reader:
+            assert reader.read(1)  # like `head -c 1`: read a little, then leave
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert err == b""  # no traceback, no "Exception ignored" at exit
+    assert proc.returncode == -signal.SIGPIPE  # died of SIGPIPE, as `cat` does
+    if argv[0] == "exec":
+        assert _no_sessions_left(emu, "pipe")

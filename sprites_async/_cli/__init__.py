@@ -10,7 +10,10 @@ emulator; ``sprites-async emulator`` serves one that lives on.
 Exit statuses: 0 success; ``exec`` and ``console`` exit with the command's
 own status; 1 the API answered with an error; 2 usage or configuration
 error; 3 the API could not be reached (connection, DNS, timeout); 130
-interrupted.
+interrupted. When the reader of stdout goes away (``sprites-async list |
+head -1``), the tool stops quietly as ``cat`` does: any running command is
+terminated, then it dies of SIGPIPE (a shell reports 141); ``main(argv)``
+called from Python returns 141 instead.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -50,6 +54,8 @@ EXIT_API = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""What a shell reports for a process that died of SIGPIPE (141 on Linux)."""
 
 SPRITE_FILE = ".sprite"
 PROG = "sprites-async"
@@ -75,12 +81,15 @@ the sprite to act on: NAME, else --sprite, else a .sprite file
 exit status: 0 ok, 1 API error, 2 usage error, 3 cannot reach the API,
   130 interrupted; exec and console exit with the command's own status
 
-try it locally:
-  sprites-async --emulator doctor     one command against a throw-away emulator
-  sprites-async emulator              a local emulator that keeps state; it prints
-                                      two `export` lines: run them in another shell,
-                                      then e.g. `sprites-async create demo` and
-                                      `sprites-async exec demo -- uname -a`
+options may come before or after the sprite's NAME; a command to run goes
+  after -- (or after NAME: `exec demo ls -la`); see COMMAND --help
+
+examples:
+  $ sprites-async --emulator doctor  # against a throw-away emulator
+  $ sprites-async emulator --port 0  # until Ctrl-C; keeps state, prints two
+                                     # `export` lines: run them in another shell
+  $ sprites-async create mybox
+  $ sprites-async exec mybox -- uname -a
 """
 
 
@@ -200,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_sprite_option(p)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, parser=p)
         return p
 
     _commands.add_commands(command)
@@ -218,18 +227,184 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------ main
 
 
-def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    """Split ``... exec [NAME] -- CMD ...`` at the first ``--`` after ``exec``.
+COMMAND_TAKING: dict[tuple[str, ...], int] = {
+    ("exec",): 1,
+    ("services", "create"): 1,
+    ("fleet", "exec"): 0,
+}
+"""Commands that end with a command line, and how many words of ours may precede it.
 
-    argparse cannot tell an optional NAME from the start of the command, so
-    everything after ``--`` is set aside before parsing (``fleet exec`` too).
+``exec [NAME] -- CMD``, ``services create SERVICE -- CMD``, ``fleet exec -- CMD``.
+"""
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of ``parser`` that take a value (``-w DIR``)."""
+    return {s for a in parser._actions if a.nargs != 0 for s in a.option_strings}
+
+
+def _split_command(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[list[str], list[str] | None]:
+    """Set aside the command line of ``exec``, ``services create`` and ``fleet exec``.
+
+    argparse cannot tell our options and words from the command's, so the
+    command is found first: everything after ``--``, or, without ``--``,
+    everything from the first word beyond the ones these commands take
+    (``exec NAME``, ``services create SERVICE``). Options of ours may come
+    before or after those words (``exec demo -w /tmp -- pwd``).
     """
-    if "exec" not in argv or "--" not in argv:
-        return argv, None
-    cut = argv.index("--")
-    if argv.index("exec") > cut:
-        return argv, None
-    return argv[:cut], argv[cut + 1 :]
+    current = parser
+    path: tuple[str, ...] = ()
+    words: int | None = None  # words still expected before the command line
+    sprite_given = False
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--" and words is None:
+            return argv, None
+        if token.startswith("-") and token != "-":
+            if token in ("-s", "--sprite") or token.startswith("--sprite="):
+                sprite_given = True
+            i += 2 if token in _value_options(current) else 1
+            continue
+        if words is None:
+            choices = _subcommands(current)
+            if token not in choices:
+                return argv, None  # not a command that takes a command line
+            current = choices[token]
+            path = (*path, token)
+            words = COMMAND_TAKING.get(path)
+            i += 1
+            if words is not None:
+                # An explicit `--` wins when only our words (and perhaps the
+                # sprite's NAME) precede it; otherwise it belongs to the
+                # command (`exec demo git log -- file`).
+                named = path != ("fleet", "exec") and not sprite_given
+                cut = _double_dash(argv, i, current, limit=words + named)
+                if cut is not None:
+                    return argv[:cut], argv[cut + 1 :]
+            continue
+        if words == 0 or (path == ("exec",) and sprite_given):
+            # With --sprite, exec's first word is already the command.
+            return argv[:i], argv[i:]
+        words -= 1
+        i += 1
+    return argv, ([] if words is not None else None)
+
+
+def _double_dash(
+    argv: list[str], start: int, parser: argparse.ArgumentParser, *, limit: int
+) -> int | None:
+    """The index of the ``--`` after at most ``limit`` words from ``start``, or None."""
+    values = _value_options(parser)
+    seen = 0
+    i = start
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return i
+        if token.startswith("-") and token != "-":
+            i += 2 if token in values else 1
+            continue
+        seen += 1
+        if seen > limit:
+            return None
+        i += 1
+    return None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A positional argument of a command that may also be preceded by the sprite's NAME."""
+
+    dest: str
+    metavar: str
+    required: bool = True
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The positional words of a command: ``[NAME] SLOT ...``.
+
+    A word more than the slots is the sprite's NAME (``checkpoint restore demo
+    v1``). ``prefer_name`` decides the ambiguous cases where the optional slots
+    are not all filled (``fs ls demo``: a sprite, ``fs ls /tmp``: a path).
+    """
+
+    slots: tuple[Slot, ...] = ()
+    name: bool = True
+    prefer_name: Callable[[list[str]], bool] | None = None
+
+    def usage(self) -> str:
+        """The positional part of the usage line."""
+        parts = ["[NAME]"] if self.name else []
+        parts += [s.metavar if s.required else f"[{s.metavar}]" for s in self.slots]
+        return " ".join(parts)
+
+
+def positionals(parser: argparse.ArgumentParser, layout: Layout) -> None:
+    """Give ``parser`` the positional words of ``layout`` (placed after parsing)."""
+    parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    parser.set_defaults(layout=layout)
+    parser.usage = f"%(prog)s [options] {layout.usage()}".rstrip()
+
+
+def examples(parser: argparse.ArgumentParser, *lines: str) -> None:
+    """Add an ``examples:`` section to the help; tests run every one of them."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    body = "\n".join(f"  $ {PROG} {line}" for line in lines)
+    parser.epilog = f"examples:\n{body}"
+
+
+def _place_words(args: argparse.Namespace, extra: list[str]) -> str | None:
+    """Put the positional words where they belong; an error message, or None."""
+    unknown = [w for w in extra if w.startswith("-") and w != "-"]
+    if unknown:
+        return f"unrecognized arguments: {' '.join(unknown)}"
+    layout: Layout | None = getattr(args, "layout", None)
+    if layout is None:
+        if args.command == "exec" and extra:
+            return "exec: give at most one sprite NAME before -- (exec [NAME] -- CMD ...)"
+        return f"unrecognized arguments: {' '.join(extra)}" if extra else None
+    words = [*args.words, *extra]
+    del args.words
+    slots = layout.slots
+    name = None
+    needed = sum(s.required for s in slots)
+    if layout.name and (
+        len(words) == len(slots) + 1
+        or (len(words) > needed and layout.prefer_name is not None and layout.prefer_name(words))
+    ):
+        name, words = words[0], words[1:]
+    if len(words) > len(slots):
+        extra_words = words[len(slots) + (1 if layout.name and name is None else 0) :]
+        return f"too many arguments: {' '.join(extra_words)} (usage: {layout.usage()})"
+    if len(words) < needed:
+        missing = [s.metavar for s in slots if s.required][len(words) :]
+        return f"missing {' '.join(missing)} (usage: {layout.usage()})"
+    optional = len(words) - needed  # how many optional slots get a word, left to right
+    for slot in slots:
+        if slot.required or optional > 0:
+            if not slot.required:
+                optional -= 1
+            setattr(args, slot.dest, words.pop(0))
+        else:
+            setattr(args, slot.dest, slot.default)
+    if name is not None:
+        given = getattr(args, "sprite", None)
+        if given and given != name:
+            return f"two sprites given: {name!r} and --sprite {given!r}"
+        args.sprite = name
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,34 +416,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _exit_code(lambda: emulator_main(args_list[1:]))
     out = Output()
-    head, tail = _split_command(args_list)
     parser = build_parser()
+    head, tail = _split_command(parser, args_list)
     try:
-        args = parser.parse_args(head)
+        args, extra = parser.parse_known_args(head)
+        problem = _place_words(args, extra)
+        if problem is not None:
+            getattr(args, "parser", parser).error(problem)
     except SystemExit as exc:  # --help, --version, or a usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "emulator":
         from sprites_async.emulator.__main__ import main as emulator_main
 
         return _exit_code(lambda: emulator_main(args.emulator_args))
-    if args.command == "fleet" and args.action == "exec" and tail is not None:
-        if args.argv:
-            out.error("fleet exec: put the command after --")
-            return EXIT_USAGE
-        args.argv = tail
-    if args.command == "exec":
-        words = list(args.argv or [])
-        if tail is None:
-            # ``exec NAME CMD ...`` without ``--``: the first word is the sprite.
-            args.name, args.argv = (words[0], words[1:]) if words else (None, [])
-        elif len(words) > 1:
-            out.error("exec: give at most one sprite NAME before --")
-            return EXIT_USAGE
-        else:
-            args.name, args.argv = (words[0] if words else None), tail
-        if not args.argv:
-            out.error("exec: no command given (usage: exec [NAME] -- CMD [ARG ...])")
-            return EXIT_USAGE
+    if args.command in ("exec", "fleet", "services"):
+        args.argv = tail or []
+    if args.command == "exec" and not args.argv:
+        out.error("exec: no command given (usage: exec [NAME] -- CMD [ARG ...])")
+        return EXIT_USAGE
     if args.debug:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
@@ -276,6 +441,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.note("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # By now everything has unwound (a running command was terminated).
+        return _stdout_gone(real_process=argv is None)
+
+
+def _stdout_gone(*, real_process: bool) -> int:
+    """The reader of stdout left: no traceback, no message; die as ``cat`` would."""
+    try:
+        # Whatever is still buffered must not fail again at interpreter exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a replaced sys.stdout without a descriptor
+        pass
+    if real_process:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    return EXIT_BROKEN_PIPE
 
 
 def _exit_code(run: Callable[[], int]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import stat as _stat
 import sys
@@ -13,7 +14,18 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import EXIT_API, EXIT_OK, Context, Handler, UsageError
+from . import (
+    EXIT_API,
+    EXIT_OK,
+    PROG,
+    Context,
+    Handler,
+    Layout,
+    Slot,
+    UsageError,
+    examples,
+    positionals,
+)
 
 if TYPE_CHECKING:
     from sprites_async._models import SpriteInfo
@@ -25,19 +37,44 @@ __all__ = ["add_commands"]
 AddCommand = Callable[[str, Handler, str], argparse.ArgumentParser]
 
 
-def _actions(parser: argparse.ArgumentParser) -> Callable[[str, str], argparse.ArgumentParser]:
-    """Sub-subcommands (``checkpoint create`` ...) that also accept ``-s NAME``."""
+def _actions(parser: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
+    """Sub-subcommands (``checkpoint create`` ...) that accept ``[NAME]`` or ``-s NAME``."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
 
-    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+    def action(
+        name: str,
+        help_text: str,
+        *slots: Slot,
+        prefer_name: Callable[[list[str]], bool] | None = None,
+        name_first: bool = True,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument(
             "-s", "--sprite", metavar="NAME", default=argparse.SUPPRESS, help="the sprite"
         )
+        p.set_defaults(parser=p)
+        positionals(p, Layout(slots, name=name_first, prefer_name=prefer_name))
         return p
 
     return action
+
+
+_SPRITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def _ls_names_a_sprite(words: list[str]) -> bool:
+    # `fs ls demo` lists demo's home; a path has a slash (`fs ls /tmp`, `fs ls ./data`).
+    return len(words) == 1 and _SPRITE_NAME.fullmatch(words[0]) is not None
+
+
+def _get_names_a_sprite(words: list[str]) -> bool:
+    # `fs get demo /etc/hostname`, not `fs get /etc/hostname out.txt`.
+    return (
+        len(words) == 2
+        and _SPRITE_NAME.fullmatch(words[0]) is not None
+        and words[1].startswith("/")
+    )
 
 
 def add_commands(command: AddCommand) -> None:
@@ -46,6 +83,7 @@ def add_commands(command: AddCommand) -> None:
     p.add_argument("--prefix", help="only names starting with this")
     p.add_argument("--limit", type=int, metavar="N", help="at most N sprites")
     p.add_argument("--json", action="store_true", help="a JSON array of sprite objects")
+    examples(p, "list", "list --prefix de --json")
 
     p = command("create", cmd_create, "create a sprite")
     p.add_argument("name", metavar="NAME", nargs="?")
@@ -53,10 +91,12 @@ def add_commands(command: AddCommand) -> None:
     p.add_argument("--public", action="store_true", help="anyone may open its URL")
     p.add_argument("--wait-for-capacity", action="store_true")
     p.add_argument("--json", action="store_true")
+    examples(p, "create box", "create --label ci --public box-2")
 
     p = command("get", cmd_get, "show one sprite")
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("--json", action="store_true")
+    examples(p, "get demo", "get demo --json")
 
     p = command("update", cmd_update, "change a sprite's URL access or labels")
     p.add_argument("name", metavar="NAME", nargs="?")
@@ -69,75 +109,140 @@ def add_commands(command: AddCommand) -> None:
     )
     labels.add_argument("--clear-labels", action="store_true")
     p.add_argument("--json", action="store_true")
+    examples(p, "update demo --public --label web", "update demo --private --clear-labels")
 
     p = command("destroy", cmd_destroy, "delete sprites and all their checkpoints")
     p.add_argument("names", metavar="NAME", nargs="*")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
     p.add_argument("--missing-ok", action="store_true", help="a missing sprite is not an error")
+    examples(p, "destroy demo --yes", "destroy demo gone --yes --missing-ok")
 
     p = command("upgrade", cmd_upgrade, "upgrade a sprite's in-VM software")
     p.add_argument("name", metavar="NAME", nargs="?")
+    examples(p, "upgrade demo")
 
     p = command("checkpoint", cmd_checkpoint, "create, list, restore or delete checkpoints")
+    examples(
+        p,
+        'checkpoint create demo -m "before upgrade"',
+        "checkpoint list demo",
+        "checkpoint restore demo v1",
+        "checkpoint delete -s demo v2",
+    )
     action = _actions(p)
     c = action("create", "checkpoint the sprite's filesystem")
     c.add_argument("-m", "--comment")
     c.add_argument("--json", action="store_true")
+    examples(c, 'checkpoint create demo -m "before upgrade"', "checkpoint create -s demo --json")
     c = action("list", "list checkpoints, newest first")
     c.add_argument("--all", action="store_true", help="include automatic checkpoints")
     c.add_argument("--json", action="store_true")
-    c = action("restore", "restore the filesystem from a checkpoint")
-    c.add_argument("checkpoint", metavar="ID")
-    c = action("delete", "delete a checkpoint")
-    c.add_argument("checkpoint", metavar="ID")
+    examples(c, "checkpoint list demo", "checkpoint list demo --all --json")
+    c = action("restore", "restore the filesystem from a checkpoint", Slot("checkpoint", "ID"))
+    examples(c, "checkpoint restore demo v1", "checkpoint restore -s demo v1")
+    c = action("delete", "delete a checkpoint", Slot("checkpoint", "ID"))
+    examples(c, "checkpoint delete demo v1")
 
     p = command("fs", cmd_fs, "list, download or upload files")
+    examples(
+        p,
+        "fs ls demo",
+        "fs put demo notes.txt /home/sprite/notes.txt",
+        "fs get demo /home/sprite/notes.txt -",
+    )
     action = _actions(p)
-    c = action("ls", "list a directory")
-    c.add_argument("path", nargs="?", default="/home/sprite")
+    c = action(
+        "ls",
+        "list a directory (one word: a PATH if it has a '/', else the sprite's NAME)",
+        Slot("path", "PATH", required=False, default="/home/sprite"),
+        prefer_name=_ls_names_a_sprite,
+    )
     c.add_argument("--json", action="store_true")
-    c = action("get", "download a file (LOCAL '-' writes to stdout)")
-    c.add_argument("remote", metavar="REMOTE")
-    c.add_argument("local", metavar="LOCAL", nargs="?")
-    c = action("put", "upload a file (LOCAL '-' reads stdin)")
-    c.add_argument("local", metavar="LOCAL")
-    c.add_argument("remote", metavar="REMOTE")
+    examples(c, "fs ls demo", "fs ls demo /home --json", "fs ls -s demo /tmp")
+    c = action(
+        "get",
+        "download a file (LOCAL '-' writes to stdout)",
+        Slot("remote", "REMOTE"),
+        Slot("local", "LOCAL", required=False),
+        prefer_name=_get_names_a_sprite,
+    )
+    examples(
+        c,
+        "fs get demo /home/sprite/notes.txt",
+        "fs get demo /home/sprite/notes.txt copy.txt",
+        "fs get -s demo /home/sprite/notes.txt -",
+    )
+    c = action(
+        "put",
+        "upload a file (LOCAL '-' reads stdin)",
+        Slot("local", "LOCAL"),
+        Slot("remote", "REMOTE"),
+    )
+    examples(c, "fs put demo notes.txt /home/sprite/notes.txt", "fs put -s demo notes.txt /tmp/n")
 
     p = command("services", cmd_services, "list and control services")
+    examples(
+        p,
+        "services create demo site --http-port 8765 -- python3 -m http.server 8765",
+        "services list demo",
+        "services restart demo site",
+    )
     action = _actions(p)
     c = action("list", "list services")
     c.add_argument("--json", action="store_true")
+    examples(c, "services list demo", "services list -s demo --json")
     for verb in ("start", "stop", "restart", "delete"):
-        c = action(verb, f"{verb} a service")
-        c.add_argument("service", metavar="SERVICE")
-    c = action("create", "define a service and start it: create NAME [--http-port N] CMD ...")
+        c = action(verb, f"{verb} a service", Slot("service", "SERVICE"))
+        examples(c, f"services {verb} demo web")
+    c = action(
+        "create",
+        "define a service and start it: create [NAME] SERVICE [--http-port N] [--] CMD ...",
+        Slot("service", "SERVICE"),
+    )
     c.add_argument("--http-port", type=int, metavar="N", help="route the sprite's URL here")
-    c.add_argument("service", metavar="SERVICE")
-    c.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD")
-    c = action("logs", "show a service's log")
-    c.add_argument("service", metavar="SERVICE")
+    c.usage = "%(prog)s [options] [NAME] SERVICE [--] CMD [ARG ...]"
+    examples(
+        c,
+        "services create -s demo api --http-port 8766 python3 -m http.server 8766",
+        "services create demo worker -- sh -c 'while sleep 60; do :; done'",
+    )
+    c = action("logs", "show a service's log", Slot("service", "SERVICE"))
     c.add_argument("--lines", type=int, default=100)
     c.add_argument("-f", "--follow", action="store_true", help="keep showing new lines")
+    examples(c, "services logs demo web", "services logs demo web --lines 10")
 
     p = command("fleet", cmd_fleet, "run a command on many sprites, or delete many sprites")
+    examples(
+        p,
+        "fleet exec --prefix ci- -- uname -r",
+        "fleet exec --label ci --timeout 60 sh -c 'echo $HOME'",
+        "fleet destroy --label ci --yes",
+    )
     action = _actions(p)
-    c = action("exec", "run CMD on every matching sprite: fleet exec --prefix P -- CMD ...")
+    c = action(
+        "exec",
+        "run CMD on every matching sprite: fleet exec --prefix P -- CMD ...",
+        name_first=False,
+    )
     c.add_argument("--prefix", help="sprites whose name starts with this")
     c.add_argument("--label", action="append", dest="labels", metavar="LABEL")
     c.add_argument("-c", "--concurrency", type=int, default=10, metavar="N")
     c.add_argument("--timeout", type=float, metavar="S", help="per-sprite limit in seconds")
     c.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
     c.add_argument("--json", action="store_true")
-    c.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    c = action("destroy", "delete every sprite matching --prefix and/or --label")
+    c.usage = "%(prog)s [options] [--] CMD [ARG ...]"
+    examples(c, "fleet exec --prefix ci- -- uname -r", "fleet exec --label ci --json -- true")
+    c = action("destroy", "delete every sprite matching --prefix and/or --label", name_first=False)
     c.add_argument("--prefix")
     c.add_argument("--label", action="append", dest="labels", metavar="LABEL")
     c.add_argument("-c", "--concurrency", type=int, default=8, metavar="N")
     c.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    examples(c, "fleet destroy --prefix ci- --yes")
 
     p = command("forward", cmd_forward, "forward a local port to a port in the sprite")
-    p.add_argument("port", metavar="PORT[:REMOTE]", help="local port, optionally :remote port")
+    positionals(p, Layout((Slot("port", "PORT[:REMOTE]"),)))
     p.add_argument("--host", default="127.0.0.1", help="local address to listen on")
+    examples(p, "forward demo 8765  # until Ctrl-C", "forward -s demo 0:8765  # until Ctrl-C")
 
 
 # ------------------------------------------------------------------ formatting
@@ -333,7 +438,7 @@ async def cmd_checkpoint(ctx: Context) -> int:
             async for event in op:
                 if isinstance(event, (CheckpointInfo, CheckpointComplete)):
                     text = event.data.strip()
-                    if text:
+                    if text and not _server_advice(text):
                         progress.message(text.splitlines()[0])
         result = await op
     finally:
@@ -343,9 +448,22 @@ async def cmd_checkpoint(ctx: Context) -> int:
             out.json(result)
         else:
             out.line(f"created checkpoint {result.id} of {name}")
+            out.note(f"restore it with: {PROG} checkpoint restore {name} {result.id}")
     else:
         out.line(f"restored {name} from {args.checkpoint}")
     return EXIT_OK
+
+
+_ADVICE = re.compile(r"(?i)^(sprite|sprites|curl)\s|^to restore\b")
+
+
+def _server_advice(line: str) -> bool:
+    """A line of the server's stream that tells how to use another tool.
+
+    The service ends a checkpoint with ``To restore this checkpoint:``, the
+    official CLI's command line and a ``curl`` one: this tool prints its own.
+    """
+    return bool(_ADVICE.match(line))
 
 
 # ------------------------------------------------------------------ filesystem
@@ -572,16 +690,29 @@ async def cmd_fleet(ctx: Context) -> int:
             rows.append(
                 [
                     o.sprite,
-                    out.status(o.status),
+                    out.status(_exec_status(o)),
                     str(res.exit_code) if res is not None else "-",
                     f"{o.duration:.2f}s" if o.duration is not None else "-",
                     tail.splitlines()[-1] if tail else "",
                 ]
             )
         out.table(["SPRITE", "STATUS", "EXIT", "TIME", "LAST LINE"], rows)
-        out.note(result.summary())
-    clean = result.ok and all(o.value is not None and o.value.exit_code == 0 for o in result)
+        counts: dict[str, int] = {}
+        for o in result:
+            status = "exit non-zero" if _exec_status(o).startswith("exit ") else o.status
+            counts[status] = counts.get(status, 0) + 1
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+        out.note(f"{summary or 'nothing'} in {result.duration:.1f} s")
+    clean = all(_exec_status(o) == "ok" for o in result)
     return EXIT_OK if clean else EXIT_API
+
+
+def _exec_status(outcome: Any) -> str:
+    """``ok`` only for a command that ran and exited 0; ``exit N`` when it exited N."""
+    res = outcome.value
+    if outcome.status == "ok" and res is not None and res.exit_code != 0:
+        return f"exit {res.exit_code}"
+    return str(outcome.status)
 
 
 # ---------------------------------------------------------------------- forward

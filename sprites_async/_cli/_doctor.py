@@ -24,7 +24,7 @@ import msgspec
 
 from sprites_async._errors import APIError, SpritesConnectionError, SpritesError
 
-from . import EXIT_API, EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, Context, Handler
+from . import EXIT_API, EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, Context, Handler, examples
 
 __all__ = ["Step", "add_commands"]
 
@@ -39,6 +39,7 @@ def add_commands(command: AddCommand) -> None:
     p = command("doctor", cmd_doctor, "check token, network, API and a sprite, step by step")
     p.add_argument("name", metavar="NAME", nargs="?", help="also check this sprite")
     p.add_argument("--json", action="store_true", help="the steps and diagnosis as JSON")
+    examples(p, "doctor", "doctor demo", "doctor demo --json")
 
 
 @dataclass
@@ -341,6 +342,10 @@ class Doctor:
             if counters.running_limit and counters.running >= counters.running_limit:
                 step.status = "warn"
                 step.detail += "; at the running limit"
+            if counters.name and client.org and counters.name != client.org:
+                # The token's first segment is the organisation's slug.
+                step.status = "warn"
+                step.detail += f"; the token names organisation {client.org!r}"
 
         await self.step("organisation", org, timeout=10)
         await self._sandbox()

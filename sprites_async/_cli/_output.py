@@ -77,7 +77,7 @@ class Output:
             "fail": _RED,
             "failed": _RED,
             "timeout": _RED,
-        }.get(text)
+        }.get(text, _RED if text.startswith("exit ") else None)
         return self.style(text, colour) if colour else text
 
     # ----------------------------------------------------------------- writing

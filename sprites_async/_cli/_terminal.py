@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from . import EXIT_INTERRUPTED, Context, Handler, UsageError
+from . import EXIT_INTERRUPTED, Context, Handler, UsageError, examples
 
 if TYPE_CHECKING:
     from sprites_async._exec import ExecSession
@@ -26,6 +26,9 @@ logger = logging.getLogger("sprites_async.cli")
 
 # What `timeout(1)` exits with when the limit expires; scripts know it.
 EXIT_TIMEOUT = 124
+
+FORWARDED_SIGNALS = {signal.SIGINT: "INT", signal.SIGTERM: "TERM"}
+"""Signals ``exec`` passes on to the remote command (a second one abandons it)."""
 
 
 def add_commands(command: AddCommand) -> None:
@@ -41,13 +44,22 @@ def add_commands(command: AddCommand) -> None:
     p.add_argument("-e", "--env", action="append", metavar="KEY=VALUE", help="repeatable")
     p.add_argument("-w", "--workdir", metavar="DIR", help="absolute working directory")
     p.add_argument("--timeout", type=float, metavar="S", help="TERM then KILL after S seconds")
-    p.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("name", metavar="NAME", nargs="?", help="the sprite (else --sprite or .sprite)")
+    p.usage = "%(prog)s [options] [NAME] [--] CMD [ARG ...]"
+    examples(
+        p,
+        "exec demo -- uname -a",
+        "exec demo -w /tmp -e CI=1 -- sh -c 'pwd; echo $CI'",
+        "exec -s demo --timeout 30 ls -la /home",
+        "exec demo python3 -c 'print(6 * 7)'",
+    )
 
     p = command("console", cmd_console, "open an interactive shell in a sprite")
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument(
         "-c", "--command", metavar="CMD", help="run CMD (with sh -c) instead of a login shell"
     )
+    examples(p, "console demo  # on a terminal", "console demo -c 'uname -a'  # on a terminal")
 
 
 def _env(pairs: list[str] | None) -> dict[str, str] | None:
@@ -191,17 +203,20 @@ async def _run_exec(
     interrupts = 0
     async with proc:
 
-        def on_interrupt() -> None:
-            # Like ssh: the first Ctrl-C goes to the remote command, a second
-            # one gives up on it (leaving the block then terminates it).
+        def on_signal(name: str) -> None:
+            # Like ssh: the first Ctrl-C (or TERM, from `timeout`, `kill` or a
+            # supervisor) goes to the remote command, a second one gives up on
+            # it (leaving the block then terminates it). Python's default for
+            # TERM would kill this process and leave the command running.
             nonlocal interrupts
             interrupts += 1
             if interrupts == 1:
-                _spawn(proc.signal("INT"))
+                _spawn(proc.signal(name))
             elif main_task is not None:
                 main_task.cancel()
 
-        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        for signum, name in FORWARDED_SIGNALS.items():
+            loop.add_signal_handler(signum, on_signal, name)
         feeder = None
         if args.interactive:
             feeder = asyncio.ensure_future(
@@ -222,7 +237,8 @@ async def _run_exec(
                 return EXIT_INTERRUPTED
             raise
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum in FORWARDED_SIGNALS:
+                loop.remove_signal_handler(signum)
             if feeder is not None:
                 feeder.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -62,7 +62,9 @@ _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EmulatorConfig)) -
 
 def default_token() -> str:
     """A fresh token in the real four-part shape ``org/org-id/token-id/secret``."""
-    return f"local/0/emulator/{secrets.token_hex(16)}"
+    # The first segment is the organisation, as on the real service, where it
+    # matches the sprites' ``organization``: keep it equal to EmulatorConfig.org.
+    return f"local-org/0/emulator/{secrets.token_hex(16)}"
 
 
 def is_loopback(host: str) -> bool:

@@ -308,7 +308,7 @@ def smoke(venv: Path, ver: str, cwd: Path) -> None:
         api = dict(env, SPRITES_API_URL=served["url"], SPRITES_TOKEN=served["token"])
         run([cli, "create", "wheel-smoke"], cwd=cwd, env=api)
         shell = "printf 'hello from the wheel\\n'; echo oops >&2; exit 3"
-        exec_args = [cli, "exec", "wheel-smoke", "--", "sh", "-c", shell]
+        exec_args: list[str | Path] = [cli, "exec", "wheel-smoke", "--", "sh", "-c", shell]
         done = run(exec_args, cwd=cwd, env=api, expect=3)
         expect_in(done.stdout, "hello from the wheel", "exec stdout")
         expect_in(done.stderr, "oops", "exec stderr")

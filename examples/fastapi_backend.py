@@ -102,7 +102,7 @@ async def api_failed(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SpritesError)
     body: dict[str, object] = {"error": type(exc).__name__, "detail": str(exc)}
     if isinstance(exc, APIError):
-        body["upstream_status"] = exc.status
+        body["upstream_status"] = exc.status_code
         body["request_id"] = exc.request_id
     return JSONResponse(body, status_code=502)
 

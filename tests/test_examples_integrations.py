@@ -51,6 +51,11 @@ async def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def gone(sprite: Sprite, marker: str) -> bool:
+    """No session of the sprite runs a command containing ``marker``."""
+    return not [s for s in await sprite.sessions.list() if marker in s.command]
+
+
 # ------------------------------------------------------------------ FastAPI
 
 
@@ -150,7 +155,9 @@ async def test_fastapi_stream_client_that_leaves_ends_the_command(
         return not await ours_running()
 
     await wait_for(ours_gone, "the command to end after the client left")
-    assert time.monotonic() - started < 60  # not its own 120 s
+    # Ended by the app (well under a second here), not by its own 120 s, nor by the
+    # server's timer for commands whose connection closed (10 s for non-TTY ones).
+    assert time.monotonic() - started < 8
 
 
 async def test_fastapi_timeouts_are_clean_errors_and_kill_the_command(
@@ -166,13 +173,13 @@ async def test_fastapi_timeouts_are_clean_errors_and_kill_the_command(
     assert answer["error"] == "timeout"
     assert "1 s" in answer["detail"]
     assert time.monotonic() - started < 60
-    assert not [s for s in await sprite.sessions.list() if "run-timeout-marker" in s.command]
+    await wait_for(lambda: gone(sprite, "run-timeout-marker"), "the timed-out command to end", 8)
 
     body = {"cmd": ["sh", "-c", "echo partial; sleep 120", "stream-timeout-marker"], "timeout": 1}
     async with http.post(url + "/stream", json=body) as resp:
         assert resp.status == 200
         assert await resp.read() == b"partial\n\n[timed out after 1 s]\n"
-    assert not [s for s in await sprite.sessions.list() if "stream-timeout-marker" in s.command]
+    await wait_for(lambda: gone(sprite, "stream-timeout-marker"), "the streamed command to end", 8)
 
 
 async def test_fastapi_api_failure_is_a_502_with_the_upstream_status(
@@ -243,7 +250,7 @@ async def test_agent_tool_timeout_is_killed_and_rolled_back(tool: Any) -> None:
     assert "timed out after" in outcome.to_text()
     sprite = tool.sprite_of("c1")
     assert not await (sprite.fs("/home/sprite/work") / "t.txt").exists()
-    assert not [s for s in await sprite.sessions.list() if "main.py" in s.command]
+    await wait_for(lambda: gone(sprite, "main.py"), "the timed-out run to end", 8)
     # The timeout asked for is capped by the tool's limit.
     capped = await tool.run("c1", command=["true"], timeout=10_000)
     assert capped.ok

@@ -159,7 +159,12 @@ class CodeExecutionTool:
         return conv.sprite if conv else None
 
     async def call(self, conversation_id: str, arguments: Mapping[str, Any]) -> str:
-        """The tool as the framework calls it: the model's arguments in, text for the model out."""
+        """The tool as the framework calls it: the model's arguments in, text for the model out.
+
+        Raises:
+            SpritesError: The sandbox itself failed (not the model's code); in
+                particular a failed restore, which the operator must see.
+        """
         try:
             outcome = await self.run(
                 conversation_id,
@@ -224,6 +229,7 @@ class CodeExecutionTool:
     async def end(self, conversation_id: str) -> None:
         """The conversation is over: delete its sprite (and its checkpoints)."""
         conv = self._conversations.pop(conversation_id, None)
+        self._creating.pop(conversation_id, None)
         if conv is not None:
             async with conv.lock:  # let a call in progress finish first
                 await self.limiter.delete(self.client, conv.sprite.name)

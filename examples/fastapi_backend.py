@@ -15,8 +15,9 @@ Sprites API is a 502 saying what failed, with its request id.
 
 ``POST /stream`` answers a chunked ``text/plain`` stream: stdout and stderr as
 they are produced, then a last line ``[exit N]``, or ``[timed out after S s]``
-once the command has been killed (the 200 status is sent before the output,
-so the end of the stream is where a timeout can be told). When the HTTP
+once the command has been killed, or ``[error: ...]`` (the 200 status is sent
+before the output, so the end of the stream is where a timeout or an API
+failure can be told). When the HTTP
 client goes away the command is ended in the sprite: Starlette cancels the
 response's iterator (uvicorn; with a server of ASGI spec 2.4 at the next
 write) and leaving ``sprite.process()`` sends TERM, then KILL.
@@ -139,40 +140,43 @@ async def stream_output(sprite: Sprite, body: RunRequest) -> AsyncIterator[bytes
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.timeout
     end = f"\n[timed out after {body.timeout:g} s]\n"
-    async with sprite.process(*body.cmd, stdin=body.stdin is not None) as proc:
-        if body.stdin is not None:
-            await proc.write(body.stdin.encode())
-            await proc.close_stdin()
-        chunks: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_CHUNKS)
+    try:
+        async with sprite.process(*body.cmd, stdin=body.stdin is not None) as proc:
+            if body.stdin is not None:
+                await proc.write(body.stdin.encode())
+                await proc.close_stdin()
+            chunks: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_CHUNKS)
 
-        async def pump() -> None:
-            try:
-                async for event in proc:
-                    if isinstance(event, OutputEvent) and event.data:
-                        await chunks.put(event.data)
-            except Exception:
-                await chunks.put(None)  # the error is read from the task
-                raise
-            await chunks.put(None)
-
-        pumping = asyncio.create_task(pump())
-        try:
-            while True:
+            async def pump() -> None:
                 try:
-                    chunk = await asyncio.wait_for(chunks.get(), deadline - loop.time())
-                except asyncio.TimeoutError:
-                    break  # leaving the block kills the command
-                if chunk is None:
+                    async for event in proc:
+                        if isinstance(event, OutputEvent) and event.data:
+                            await chunks.put(event.data)
+                except Exception:
+                    await chunks.put(None)  # the error is read from the task
+                    raise
+                await chunks.put(None)
+
+            pumping = asyncio.create_task(pump())
+            try:
+                while True:
                     try:
+                        chunk = await asyncio.wait_for(chunks.get(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break  # leaving the block kills the command
+                    if chunk is None:
                         await pumping  # raises what ended the output early, if anything
                         end = f"\n[exit {await proc.wait()}]\n"
-                    except SpritesError as exc:
-                        end = f"\n[error: {exc}]\n"  # exit codes are never made up
-                    break
-                yield chunk
-        finally:
-            pumping.cancel()
-            await asyncio.gather(pumping, return_exceptions=True)
+                        break
+                    yield chunk
+            finally:
+                pumping.cancel()
+                await asyncio.gather(pumping, return_exceptions=True)
+    except SpritesError as exc:
+        # The 200 went out before the command started, so an API failure (the
+        # sprite is gone) or a lost connection (exit unknown: never made up)
+        # can only be told here.
+        end = f"\n[error: {exc}]\n"
     yield end.encode()
 
 

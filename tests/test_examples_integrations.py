@@ -182,7 +182,7 @@ async def test_fastapi_timeouts_are_clean_errors_and_kill_the_command(
     await wait_for(lambda: gone(sprite, "stream-timeout-marker"), "the streamed command to end", 8)
 
 
-async def test_fastapi_api_failure_is_a_502_with_the_upstream_status(
+async def test_fastapi_api_failure_is_a_502_or_the_streams_last_line(
     backend: tuple[str, Any, aiohttp.ClientSession], client: SpritesClient
 ) -> None:
     url, app, http = backend
@@ -193,6 +193,11 @@ async def test_fastapi_api_failure_is_a_502_with_the_upstream_status(
     assert answer["error"] == "NotFoundError"
     assert answer["upstream_status"] == 404
     assert answer["request_id"]
+    # A stream has sent its 200 before the command starts: the failure is its last line.
+    async with http.post(url + "/stream", json={"cmd": ["true"]}) as resp:
+        assert resp.status == 200
+        text = (await resp.read()).decode()
+    assert text.startswith("\n[error: 404") and text.endswith("]\n"), text
 
 
 # ------------------------------------------------------------------ agent tool

@@ -1,4 +1,5 @@
-"""Developer tasks: ``nox -s lint``, ``typecheck``, ``tests``, ``bench``, ``soak``, ``soak-quirks``.
+"""Developer tasks: ``nox -s lint``, ``typecheck``, ``tests``, ``wheel``, ``bench``, ``soak``,
+``soak-quirks``.
 
 Each session installs the project with its extras into its own virtualenv.
 Interpreters that are not installed are skipped, not failed.
@@ -35,8 +36,17 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite (extra pytest arguments pass through: nox -s tests -- -k exec)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,fastapi]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def wheel(session: nox.Session) -> None:
+    """Build the sdist and wheel, check their metadata and contents, install the wheel into a
+    clean virtualenv and smoke-test its CLI and emulator (``tools/check_wheel.py``; pass
+    ``-- --deps-from-env`` to work offline)."""
+    session.install("build", "hatchling", "twine")
+    session.run("python", "tools/check_wheel.py", *session.posargs)
 
 
 @nox.session

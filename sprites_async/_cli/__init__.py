@@ -8,7 +8,8 @@ nearest parent. ``--emulator`` runs the command against a throw-away local
 emulator; ``sprites-async emulator`` serves one that lives on.
 
 Exit statuses: 0 success; ``exec`` and ``console`` exit with the command's
-own status; 1 the API answered with an error; 2 usage or configuration
+own status, or as a shell does when the sprite cannot start it (127 no
+such command, 126 not executable or no such working directory); 1 the API answered with an error; 2 usage or configuration
 error; 3 the API could not be reached (connection, DNS, timeout); 130
 interrupted.
 """
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sprites_async._errors import (
     APIError,
+    CommandStartError,
     ConfigurationError,
     ExitStatusUnknownError,
     SpritesConnectionError,
@@ -306,6 +308,10 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     except ConfigurationError as exc:
         out.error(str(exc))
         return EXIT_USAGE
+    except CommandStartError as exc:
+        # As a shell: 127 no such command, 126 cannot run it; one line.
+        out.error(f"sprites-async: {exc.message}")
+        return exc.exit_code
     except APIError as exc:
         out.error(_describe_api_error(exc))
         return EXIT_API

@@ -7,8 +7,13 @@
 * ``POST /exec``: HTTP exec, a framed ``application/octet-stream`` body.
 
 Exit bytes of signal deaths are ``128 + N`` (see ``_framing.exit_status``).
-A command that cannot start (no such executable or directory) is answered
-``500 failed to start process: ...`` before any upgrade. The kill endpoint
+A command that cannot start (no such executable or directory, not
+executable) is answered ``500 failed to start process: <Go's exec error>``
+before any upgrade, on ``GET`` and ``POST /exec`` alike. The real service
+says ``failed to start process`` on ``POST /exec``; on a direct upgrade the
+2025 server accepted the socket and closed it without an exit (Section
+3.8), which no client can tell from an outage, so the emulator answers the
+upgrade as it answers ``POST``. The kill endpoint
 with ``timeout=0`` signals without ever escalating (GO uses it to forward
 Ctrl-C) and waits at most a second for the exit before ``complete``.
 Port notifications are best effort: every ``PORT_POLL_INTERVAL`` seconds the

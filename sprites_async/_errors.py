@@ -481,7 +481,12 @@ class CommandTimeoutError(ExecError, TimeoutError):
 # official SDKs match nothing here, and the real wording may change.
 _START_PREFIX = "failed to start process"
 _NOT_FOUND_WORDS = ("executable file not found", "no such file or directory", "command not found")
-_CANNOT_EXECUTE_WORDS = ("permission denied", "exec format error", "is a directory", "not executable")
+_CANNOT_EXECUTE_WORDS = (
+    "permission denied",
+    "exec format error",
+    "is a directory",
+    "not executable",
+)
 
 
 def start_failure_kind(text: str, *, prefixed: bool) -> str | None:

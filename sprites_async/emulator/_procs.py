@@ -423,11 +423,10 @@ def resolve_executable(root: Path, path: str, env: dict[str, str], cwd: str) -> 
         if not host.is_file() or not os.access(host, os.X_OK):
             raise StartError(f"fork/exec {path}: permission denied")
         return cand, host
-    else:
-        search = env.get("PATH", DEFAULT_PATH)
-        candidates = [
-            sprite_abspath(posixpath.join(d or ".", path), cwd) for d in search.split(":")
-        ]
+    search = env.get("PATH", DEFAULT_PATH)
+    candidates = [
+        sprite_abspath(posixpath.join(d or ".", path), cwd) for d in search.split(":")
+    ]
     for cand in candidates:
         host = host_path(root, cand)
         if host.is_file() and os.access(host, os.X_OK):

@@ -10,8 +10,8 @@ emulator; ``sprites-async emulator`` serves one that lives on.
 Exit statuses: 0 success; ``exec`` and ``console`` exit with the command's
 own status, or as a shell does when the sprite cannot start it (127 no
 such command, 126 not executable or no such working directory); 1 the API
-answered with an error; 2 usage or configuration error; 3 the API could not be reached (connection, DNS, timeout); 130
-interrupted.
+answered with an error; 2 usage or configuration error; 3 the API could
+not be reached (connection, DNS, timeout); 130 interrupted.
 """
 
 from __future__ import annotations

@@ -424,9 +424,7 @@ def resolve_executable(root: Path, path: str, env: dict[str, str], cwd: str) -> 
             raise StartError(f"fork/exec {path}: permission denied")
         return cand, host
     search = env.get("PATH", DEFAULT_PATH)
-    candidates = [
-        sprite_abspath(posixpath.join(d or ".", path), cwd) for d in search.split(":")
-    ]
+    candidates = [sprite_abspath(posixpath.join(d or ".", path), cwd) for d in search.split(":")]
     for cand in candidates:
         host = host_path(root, cand)
         if host.is_file() and os.access(host, os.X_OK):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from typing import Any
 
@@ -66,6 +67,7 @@ HTTP_DISCONNECT_POLL = 0.25
 """Seconds between checks that an HTTP exec client is still connected."""
 GONE_POLL = 0.05
 """Seconds between checks that a client the server no longer reads from is still connected."""
+log = logging.getLogger(__name__)
 MANAGER_KEY: web.AppKey[SessionManager] = web.AppKey("sprites_exec_sessions", SessionManager)
 
 
@@ -309,6 +311,20 @@ async def exec_kill(request: web.Request) -> web.StreamResponse:
         return text_error(400, str(exc))
 
     writer = NDJSONWriter(request, state)
+    try:
+        return await _kill_stream(writer, state, session, sig, timeout)
+    except ConnectionError:
+        log.debug("kill of session %s: the client left the stream", session.id)
+        return writer.response
+
+
+async def _kill_stream(
+    writer: NDJSONWriter,
+    state: EmulatorState,
+    session: Session,
+    sig: signal.Signals,
+    timeout: float,
+) -> web.StreamResponse:
     await writer.prepare()
     # Quirk: the Python SDK's reading (section 4.4) - text in `data`,
     # failures in `error`, no `message` at all.

@@ -579,7 +579,10 @@ class CommandStartError(ExecError):
             head = f"{name}: cannot start in {self.cwd or 'the working directory'}"
         else:
             head = f"{name}: the sprite could not start the command"
-        return f"{head} [{self.server_message}]" if self.server_message else head
+        detail = self.server_message
+        if detail.lower().startswith(_START_PREFIX) and detail[len(_START_PREFIX) :].strip(" :"):
+            detail = detail[len(_START_PREFIX) :].strip(" :")  # the line says so already
+        return f"{head} [{detail}]" if detail else head
 
     def __str__(self) -> str:
         details = [

@@ -310,7 +310,7 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
         return EXIT_USAGE
     except CommandStartError as exc:
         # As a shell: 127 no such command, 126 cannot run it; one line.
-        out.error(f"sprites-async: {exc.message}")
+        out.error(exc.message)
         return exc.exit_code
     except APIError as exc:
         out.error(_describe_api_error(exc))

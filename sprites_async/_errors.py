@@ -480,7 +480,8 @@ class CommandTimeoutError(ExecError, TimeoutError):
 # HTTP answer's ``failed to start process`` prefix. Matched loosely: the
 # official SDKs match nothing here, and the real wording may change.
 _START_PREFIX = "failed to start process"
-_NOT_FOUND_WORDS = ("executable file not found", "no such file or directory", "command not found")
+_NOT_FOUND_WORDS = ("executable file not found", "command not found")
+_NO_SUCH_FILE = "no such file or directory"
 _CANNOT_EXECUTE_WORDS = (
     "permission denied",
     "exec format error",
@@ -489,7 +490,7 @@ _CANNOT_EXECUTE_WORDS = (
 )
 
 
-def start_failure_kind(text: str, *, prefixed: bool) -> str | None:
+def start_failure_kind(text: str, *, prefixed: bool, name: str = "") -> str | None:
     """What a server's error text says about a command that did not start.
 
     Returns ``"not_found"``, ``"not_executable"``, ``"cwd"`` (the working
@@ -499,12 +500,14 @@ def start_failure_kind(text: str, *, prefixed: bool) -> str | None:
     start failure only with a leading ``failed to start process``; anything
     else there (``failed to create runner``, an outage) is not one. That
     prefix alone (the real service gives no detail on ``POST /exec``) is
-    ``"other"``.
+    ``"other"``. ``name`` (the executable asked for) guards the generic
+    words: "no such file" or "permission denied" count only in an exec
+    error (``exec: ...``, ``fork/exec ...``) or next to that name.
     """
     low = text.strip().lower()
-    if prefixed:
-        if not low.startswith(_START_PREFIX):
-            return None
+    if prefixed and not low.startswith(_START_PREFIX):
+        return None
+    if low.startswith(_START_PREFIX):
         low = low[len(_START_PREFIX) :].lstrip(" :")
         if not low:
             return "other"
@@ -512,7 +515,12 @@ def start_failure_kind(text: str, *, prefixed: bool) -> str | None:
         return "cwd"
     if any(w in low for w in _NOT_FOUND_WORDS):
         return "not_found"
-    if any(w in low for w in _CANNOT_EXECUTE_WORDS):
+    about_exec = low.startswith(("exec:", "exec ", "fork/exec")) or bool(
+        name and name.lower() in low
+    )
+    if about_exec and _NO_SUCH_FILE in low:
+        return "not_found"
+    if about_exec and any(w in low for w in _CANNOT_EXECUTE_WORDS):
         return "not_executable"
     # Unknown words (a fork that failed for want of memory ...) may well be
     # an outage: left as the error the transport gave.
@@ -617,7 +625,7 @@ def command_start_error(
     sprite: str | None = None,
 ) -> CommandStartError | None:
     """The typed error for a server's start-failure text, or None if it is not one."""
-    kind = start_failure_kind(text, prefixed=prefixed)
+    kind = start_failure_kind(text, prefixed=prefixed, name=argv[0] if argv else "")
     if kind is None:
         return None
     cls = CommandNotFoundError if kind == "not_found" else CommandStartError

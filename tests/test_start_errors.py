@@ -111,6 +111,7 @@ def test_only_start_failures_are_start_errors() -> None:
     assert of(500, b"failed to create runner\n") is None
     assert of(500, b'{"error":"failed to retrieve sprite"}') is None
     assert of(500, b"failed to start process: fork: resource temporarily unavailable") is None
+    assert of(500, b"failed to start process: netns: no such file or directory") is None
     assert of(502, b"failed to start process") is None
     assert of(503, b"Process not ready after 30s") is None
 
@@ -123,7 +124,15 @@ def test_control_texts() -> None:
     assert of("fork/exec /x/tool: permission denied").reason == "not_executable"
     assert of("chdir /w: no such file or directory").reason == "cwd"
     assert of("failed to start process: exec format error").reason == "not_executable"
-    for other in ("session not found: 12", "No command specified", "operation already running"):
+    assert of("failed to start process: tool: Permission denied").reason == "not_executable"
+    for other in (
+        "session not found: 12",
+        "No command specified",
+        "operation already running",
+        # Generic words about something else than the command: not a start error.
+        "the sprite's network is unavailable: [Errno 2] No such file or directory",
+        "open /dev/pts/ptmx: permission denied",
+    ):
         assert of(other) is None
 
 

@@ -9,8 +9,12 @@
 then a last line ``[exit N]``. The code runs in one sandbox sprite made when
 the server starts and deleted when it stops; at most ``--max-concurrent``
 programs run at once (the rest wait), each for at most ``--timeout``
-seconds. A client that hangs up stops its program (at its next output, or
-when its time is up).
+seconds. A client that hangs up stops its program at once, even a silent
+one: the server runs with ``handler_cancellation=True``, so aiohttp
+cancels the handler when its client goes away, and leaving the
+``async with sprite.process(...)`` block terminates the program in the
+sandbox. (Without that flag aiohttp lets a handler run on until it next
+writes, and a program that prints nothing would run until its timeout.)
 
 Without SPRITES_TOKEN it runs against a local emulator (see ``_common.py``).
 """
@@ -50,7 +54,8 @@ async def run_code(request: web.Request) -> web.StreamResponse:
     async with request.app[SLOTS_KEY]:
         await response.prepare(request)
         # stdin=True: the program arrives on stdin, so it needs no file and no quoting.
-        # Leaving the block early (client gone, timeout) terminates the program.
+        # Leaving the block early terminates the program: a timeout, a failed
+        # write, or the cancellation aiohttp delivers when the client hangs up.
         async with sprite.process("python3", "-u", "-", stdin=True) as proc:
             await proc.write(code)
             await proc.close_stdin()
@@ -67,6 +72,8 @@ async def run_code(request: web.Request) -> web.StreamResponse:
                 exit_line = f"\n[exit {await asyncio.wait_for(relay(), limit)}]\n"
             except asyncio.TimeoutError:
                 exit_line = f"\n[killed after {limit:g} s]\n"
+            except ConnectionResetError:
+                return response  # the client left mid-write; the block stops the program
     await response.write(exit_line.encode())
     await response.write_eof()
     return response
@@ -138,7 +145,8 @@ async def main() -> int:
     args = parser.parse_args()
     async with connect() as session:
         app = make_app(session, max_concurrent=args.max_concurrent, timeout=args.timeout)
-        runner = web.AppRunner(app, handle_signals=False)
+        # handler_cancellation: a client that hangs up cancels its handler (see run_code).
+        runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await runner.setup()
         try:
             site = web.TCPSite(runner, args.host, 0 if args.self_test else args.port)

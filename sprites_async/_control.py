@@ -13,8 +13,12 @@ Rules this pool keeps:
   anything else closes it.
 * Dials run concurrently; a slot is reserved before dialling so that the
   limits hold without a lock. At most ``max_per_sprite`` sockets per sprite
-  and ``max_total`` per client; callers beyond wait in FIFO order (at most
-  ``max_waiters``). A returned socket is handed straight to the first waiter
+  and ``max_total`` per client. A caller that finds them all busy runs its
+  command on a direct ``/exec`` socket (``when_full="direct"``, the
+  default), so 200 concurrent commands run at once, not in two batches;
+  with ``when_full="wait"`` it waits in FIFO order (at most
+  ``max_waiters``) instead, and a DEBUG line on the ``sprites_async``
+  logger says so. A returned socket is handed straight to the first waiter
   of its sprite; a waiter cancelled at the wrong moment hands it back.
 * While idle, each socket is watched: a close from the server, or
   ``idle_timeout`` without use, removes it. Above ``max_idle`` idle sockets
@@ -50,7 +54,7 @@ import logging
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -81,9 +85,14 @@ class ControlOptions:
 
     Attributes:
         enabled: Use control sockets at all (False: always direct ``/exec``).
-        max_per_sprite: Most sockets (open or dialling) per sprite.
-        max_total: Most sockets per client, all sprites together.
-        max_waiters: Most callers waiting for a socket; one more raises.
+        max_per_sprite: Most pooled sockets (open or dialling) per sprite.
+        max_total: Most pooled sockets per client, all sprites together.
+        when_full: What a command does when every pooled socket it may use
+            is busy: ``"direct"`` runs it on its own ``/exec`` socket at
+            once (no queueing; WebSockets are not otherwise limited),
+            ``"wait"`` queues it for the next free pooled socket.
+        max_waiters: Most callers waiting for a socket (``when_full="wait"``);
+            one more raises.
         max_idle: Idle sockets kept per sprite before draining ...
         drain_to: ... down to this many (least recently used closed first).
         idle_timeout: Seconds an idle socket is kept.
@@ -98,6 +107,7 @@ class ControlOptions:
     enabled: bool = True
     max_per_sprite: int = 100
     max_total: int = 1000
+    when_full: Literal["direct", "wait"] = "direct"
     max_waiters: int = 10_000
     max_idle: int = 20
     drain_to: int = 10
@@ -264,7 +274,22 @@ class ControlPool:
                 state.count += 1
                 self._total += 1
                 outcome: Any = _DIAL
+            elif self.options.when_full == "direct":
+                logger.debug(
+                    "sprite %s: all %d pooled control sockets are busy; "
+                    "this command uses a direct socket",
+                    sprite,
+                    state.count,
+                )
+                return None
             else:
+                logger.debug(
+                    "sprite %s: all %d pooled control sockets are busy; waiting for one "
+                    "(%d callers already waiting)",
+                    sprite,
+                    state.count,
+                    len(self._waiters),
+                )
                 outcome = await self._wait(sprite)
             if outcome is _UNSUPPORTED:
                 return None

@@ -19,6 +19,8 @@ The tree::
     ├── ProtocolError                             the server sent something we cannot use
     │   └── StreamError                           a stream reported failure or ended early
     └── ExecError                                 a command's outcome is not a clean exit
+        ├── CommandStartError                     the sprite could not start the command
+        │   └── CommandNotFoundError              ... because there is no such executable
         ├── ExitStatusUnknownError                the connection ended before an exit status
         ├── CommandFailedError                    check=True and the exit code was not 0
         └── CommandTimeoutError (also TimeoutError)  the command's own timeout expired
@@ -42,6 +44,8 @@ __all__ = [
     "BadRequestError",
     "ClientClosedError",
     "CommandFailedError",
+    "CommandNotFoundError",
+    "CommandStartError",
     "CommandTimeoutError",
     "ConfigurationError",
     "ConflictError",
@@ -468,3 +472,170 @@ class CommandTimeoutError(ExecError, TimeoutError):
         super().__init__(message)
         self.session_id = session_id
         self.timeout = timeout
+
+
+# How a sprite says a command could not be started: the text of Go's exec
+# errors (``exec: "x": executable file not found in $PATH``, ``fork/exec /x:
+# permission denied``, ``chdir /d: no such file or directory``), after the
+# HTTP answer's ``failed to start process`` prefix. Matched loosely: the
+# official SDKs match nothing here, and the real wording may change.
+_START_PREFIX = "failed to start process"
+_NOT_FOUND_WORDS = ("executable file not found", "command not found")
+_NO_SUCH_FILE = "no such file or directory"
+_CANNOT_EXECUTE_WORDS = (
+    "permission denied",
+    "exec format error",
+    "is a directory",
+    "not executable",
+)
+
+
+def start_failure_kind(text: str, *, prefixed: bool, name: str = "") -> str | None:
+    """What a server's error text says about a command that did not start.
+
+    Returns ``"not_found"``, ``"not_executable"``, ``"cwd"`` (the working
+    directory is missing or unusable), ``"other"`` (a start failure of no
+    known kind), or None when ``text`` is not about starting a command.
+    ``prefixed``: the text comes from an HTTP answer, which says it is a
+    start failure only with a leading ``failed to start process``; anything
+    else there (``failed to create runner``, an outage) is not one. That
+    prefix alone (the real service gives no detail on ``POST /exec``) is
+    ``"other"``. ``name`` (the executable asked for) guards the generic
+    words: "no such file" or "permission denied" count only in an exec
+    error (``exec: ...``, ``fork/exec ...``) or next to that name.
+    """
+    low = text.strip().lower()
+    if prefixed and not low.startswith(_START_PREFIX):
+        return None
+    if low.startswith(_START_PREFIX):
+        low = low[len(_START_PREFIX) :].lstrip(" :")
+        if not low:
+            return "other"
+    if low.startswith("chdir ") or " chdir " in low:
+        return "cwd"
+    if any(w in low for w in _NOT_FOUND_WORDS):
+        return "not_found"
+    about_exec = low.startswith(("exec:", "exec ", "fork/exec")) or bool(
+        name and name.lower() in low
+    )
+    if about_exec and _NO_SUCH_FILE in low:
+        return "not_found"
+    if about_exec and any(w in low for w in _CANNOT_EXECUTE_WORDS):
+        return "not_executable"
+    # Unknown words (a fork that failed for want of memory ...) may well be
+    # an outage: left as the error the transport gave.
+    return None
+
+
+class CommandStartError(ExecError):
+    """The sprite could not start the command: nothing ran.
+
+    Raised instead of a generic failure when the server reports that the
+    executable or the working directory is missing or unusable. Not an
+    outage, and not an unknown outcome: the command never started, and the
+    SDK does not send it again.
+
+    Attributes:
+        argv: The command as given.
+        cwd: The working directory asked for (None: the sprite's default).
+        reason: ``"not_found"``, ``"not_executable"``, ``"cwd"`` or ``"other"``.
+        server_message: The server's own words.
+        exit_code: What a shell reports for such a command: 127 when there
+            is no such executable, else 126. A convention for callers that
+            act like a shell (the CLI exits with it); the sprite sent no
+            exit status.
+        status_code: The HTTP status when the answer was an HTTP error
+            (500), None over a control socket.
+        request_id: The ``x-request-id`` header of that answer, if any.
+        fly_request_id: The ``fly-request-id`` header, if any.
+        operation: What the SDK was doing (``"exec"``, ``"exec (http)"``).
+        sprite: The sprite's name.
+    """
+
+    def __init__(
+        self,
+        server_message: str,
+        *,
+        argv: tuple[str, ...] = (),
+        cwd: str | None = None,
+        reason: str = "other",
+        status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        operation: str | None = "exec",
+        sprite: str | None = None,
+    ) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.reason = reason
+        self.server_message = server_message.strip()
+        self.exit_code = 127 if reason == "not_found" else 126
+        self.status_code = status_code
+        self.request_id = _header(headers, "x-request-id")
+        self.fly_request_id = _header(headers, "fly-request-id")
+        self.operation = operation
+        self.sprite = sprite
+        self.message = self._summary()
+        super().__init__(self.message)
+
+    def _summary(self) -> str:
+        name = self.argv[0] if self.argv else "command"
+        if self.reason == "not_found":
+            head = f"{name}: command not found"
+        elif self.reason == "not_executable":
+            head = f"{name}: cannot execute (not an executable file)"
+        elif self.reason == "cwd":
+            head = f"{name}: cannot start in {self.cwd or 'the working directory'}"
+        else:
+            head = f"{name}: the sprite could not start the command"
+        detail = self.server_message
+        if detail.lower().startswith(_START_PREFIX) and detail[len(_START_PREFIX) :].strip(" :"):
+            detail = detail[len(_START_PREFIX) :].strip(" :")  # the line says so already
+        return f"{head} [{detail}]" if detail else head
+
+    def __str__(self) -> str:
+        details = [
+            f"{k}={v}"
+            for k, v in (
+                ("sprite", self.sprite),
+                ("status", self.status_code),
+                ("request_id", self.request_id),
+                ("fly_request_id", self.fly_request_id),
+            )
+            if v
+        ]
+        return self.message + (f" ({', '.join(details)})" if details else "")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_error, (type(self), self.__dict__.copy()))
+
+
+class CommandNotFoundError(CommandStartError):
+    """There is no such executable in the sprite (``exit_code`` 127, as a shell says)."""
+
+
+def command_start_error(
+    text: str,
+    *,
+    prefixed: bool,
+    argv: tuple[str, ...],
+    cwd: str | None,
+    status_code: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    operation: str | None = "exec",
+    sprite: str | None = None,
+) -> CommandStartError | None:
+    """The typed error for a server's start-failure text, or None if it is not one."""
+    kind = start_failure_kind(text, prefixed=prefixed, name=argv[0] if argv else "")
+    if kind is None:
+        return None
+    cls = CommandNotFoundError if kind == "not_found" else CommandStartError
+    return cls(
+        text,
+        argv=argv,
+        cwd=cwd,
+        reason=kind,
+        status_code=status_code,
+        headers=headers,
+        operation=operation,
+        sprite=sprite,
+    )

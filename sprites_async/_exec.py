@@ -26,6 +26,15 @@ connection raises :class:`ExitStatusUnknownError`, never a second run. Only
 a start the server refused with ``op.error`` (``op.busy``, ``op.not_found``)
 is tried again (on another control socket, then a direct one).
 
+A command the sprite could not start (no such executable, not executable,
+no such working directory) raises :class:`CommandStartError`
+(:class:`CommandNotFoundError` for a missing executable) on every path: the
+``500 failed to start process: ...`` answer to an ``/exec`` upgrade or to
+``POST /exec``, or an ``op.complete`` with ``ok: false`` and the start error's
+text over ``/control``. It is a known outcome (nothing ran), never an
+:class:`ExitStatusUnknownError`, and is not sent again. Any other 500 stays a
+:class:`ServerError`.
+
 Sockets are closed by sending the close frame and dropping the connection;
 the server's close reply is never awaited (Section 12 item 11).
 """
@@ -53,6 +62,7 @@ from ._control import close_now
 from ._errors import (
     APIError,
     CommandFailedError,
+    CommandStartError,
     CommandTimeoutError,
     ExecError,
     ExitStatusUnknownError,
@@ -62,6 +72,7 @@ from ._errors import (
     SpritesConnectionError,
     SpritesTimeoutError,
     StreamError,
+    command_start_error,
 )
 from ._models import JSONDecoder, UnreadableEntry, attach_raw, decode_any, raw_of, salvage
 from ._session import (
@@ -866,6 +877,14 @@ class ExecSession:
                 options=self._options,
             )
         except BaseException as exc:
+            started = (
+                _start_error_of(exc, self._request, self._sprite.name)
+                if isinstance(exc, APIError)
+                else None
+            )
+            if started is not None:
+                started.__cause__ = exc
+                exc = started
             if not opened.done():
                 opened.set_exception(exc)
                 opened.exception()  # start() re-raises it; never "not retrieved"
@@ -1267,7 +1286,19 @@ class ExecSession:
         if self._op_failed is not None:
             # Even without session_info this is no proof that nothing ran
             # (pkg/wsexec-like handlers send none): report it, never re-run.
-            self._finish(ExecError(f"the command failed: {self._op_failed}"))
+            # A start error's text with no exit status seen is the server
+            # saying it could not start the command (Section 3.8).
+            request = self._request
+            started = None
+            if self.exit_code is None and request is not None and self._attach_id is None:
+                started = command_start_error(
+                    self._op_failed,
+                    prefixed=False,
+                    argv=request.argv,
+                    cwd=request.cwd,
+                    sprite=self._sprite.name,
+                )
+            self._finish(started or ExecError(f"the command failed: {self._op_failed}"))
             return
         code = env.args.get("exitCode")
         if isinstance(code, int) and not isinstance(code, bool):
@@ -1809,6 +1840,28 @@ async def run_http(
     path = sprite.path + "/exec"
     parser = _frames.HttpExecParser()
     collector = _Collector(limit)
+    try:
+        return await _run_http_stream(
+            client, path, request, body, parser, collector, check, options, sprite
+        )
+    except APIError as exc:
+        started = _start_error_of(exc, request, sprite.name, "exec (http)")
+        if started is None:
+            raise
+        raise started from exc
+
+
+async def _run_http_stream(
+    client: SpritesClient,
+    path: str,
+    request: ExecRequest,
+    body: Any,
+    parser: _frames.HttpExecParser,
+    collector: _Collector,
+    check: bool,
+    options: RequestOptions | None,
+    sprite: Sprite,
+) -> ExecResult:
     from ._session import _TRANSPORT_ERRORS, _translate
 
     async with client._stream(
@@ -1853,6 +1906,24 @@ async def run_http(
     if check:
         result.check()
     return result
+
+
+def _start_error_of(
+    exc: APIError, request: ExecRequest | None, sprite: str, operation: str = "exec"
+) -> CommandStartError | None:
+    """The :class:`CommandStartError` a 500 ``failed to start process`` means, if it is one."""
+    if request is None or exc.status_code != 500:
+        return None
+    return command_start_error(
+        exc.message,
+        prefixed=True,
+        argv=request.argv,
+        cwd=request.cwd,
+        status_code=exc.status_code,
+        headers=exc.headers,
+        operation=operation,
+        sprite=sprite,
+    )
 
 
 # ----------------------------------------------------------------------- sessions

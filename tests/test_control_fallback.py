@@ -146,7 +146,7 @@ async def test_concurrent_execs_share_one_probe_of_a_hanging_control(emu: Emu) -
 
 
 async def test_a_caller_waiting_for_a_slot_goes_direct_when_the_dial_fails(emu: Emu) -> None:
-    client = emu.client(max_per_sprite=2, probe_timeout=1.0)
+    client = emu.client(max_per_sprite=2, probe_timeout=1.0, when_full="wait")
     sprite = client.sprite("box")
     busy = asyncio.ensure_future(sprite.exec("sh", "-c", "sleep 1.5; echo a"))  # socket 1
     await asyncio.sleep(0.3)

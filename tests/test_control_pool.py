@@ -112,7 +112,7 @@ async def test_200_concurrent_execs_on_one_sprite(client: SpritesClient) -> None
 
 
 async def test_limits_are_respected(emu: Any) -> None:
-    client = make_client(emu, max_per_sprite=3)
+    client = make_client(emu, max_per_sprite=3, when_full="wait")
     sprite = client.sprite("box")
     pool = pool_for(client)
     peak = 0
@@ -130,7 +130,7 @@ async def test_limits_are_respected(emu: Any) -> None:
 
 
 async def test_cancelled_waiter_leaves_the_pool_consistent(emu: Any) -> None:
-    client = make_client(emu, max_per_sprite=1)
+    client = make_client(emu, max_per_sprite=1, when_full="wait")
     sprite = client.sprite("box")
     pool = pool_for(client)
     first = asyncio.ensure_future(sprite.exec("sleep", "0.4"))
@@ -149,7 +149,7 @@ async def test_cancelled_waiter_leaves_the_pool_consistent(emu: Any) -> None:
 
 
 async def test_hand_off_races_with_cancellation(emu: Any) -> None:
-    client = make_client(emu, max_per_sprite=2)
+    client = make_client(emu, max_per_sprite=2, when_full="wait")
     sprite = client.sprite("box")
     tasks = [asyncio.ensure_future(sprite.exec("sh", "-c", "sleep 0.02")) for _ in range(30)]
     for i, task in enumerate(tasks):
@@ -431,7 +431,7 @@ async def test_sprite_not_found_on_control_is_not_cached(fake: FakeSprites) -> N
 
 async def test_per_client_limit_spans_sprites(emu: Any) -> None:
     emu.add_sprite("box2")
-    client = make_client(emu, max_total=2)
+    client = make_client(emu, max_total=2, when_full="wait")
     pool = pool_for(client)
     peak = 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -116,3 +117,61 @@ def test_fleet_example_cleans_up_on_ctrl_c(emulator: Emulator) -> None:
     assert proc.returncode == 130, err
     assert "interrupted: cleaning up" in err
     assert not [n for n in emulator.state.sprites if n.startswith("intr-")]
+
+
+SILENT_CODE = b"""\
+import time
+print("started", flush=True)
+time.sleep(120)
+"""
+
+
+def test_web_backend_stops_the_program_when_the_client_hangs_up() -> None:
+    """A silent program must not outlive its HTTP client (until its 30 s timeout)."""
+    with Emulator(exit_linger=0.0) as emulator:
+        env = env_without_token()
+        env["SPRITES_API_URL"] = emulator.url
+        env["SPRITES_TOKEN"] = emulator.token
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "web_backend.py"), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=EXAMPLES.parent,
+        )
+        try:
+            assert proc.stderr is not None
+            url = None
+            for line in proc.stderr:
+                found = re.search(r"listening on http://([\d.]+):(\d+)", line)
+                if found:
+                    url = (found[1], int(found[2]))
+                    break
+            assert url is not None, proc.communicate(timeout=30)
+            (sprite,) = [n for n in emulator.state.sprites if n.startswith("web-sandbox-")]
+            sessions = emulator.state.sessions
+
+            with socket.create_connection(url, timeout=30) as conn:
+                conn.sendall(
+                    b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(SILENT_CODE), SILENT_CODE)
+                )
+                got = b""
+                while b"started" not in got:
+                    piece = conn.recv(4096)
+                    assert piece, got
+                    got += piece
+                assert sessions.list(sprite), "the program should be running"
+            # Hung up: the program goes well before its 30 s timeout.
+            deadline = time.monotonic() + 10
+            while sessions.list(sprite):
+                assert time.monotonic() < deadline, "the program outlived its client"
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            assert "Traceback" not in err, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()

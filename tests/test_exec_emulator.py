@@ -11,6 +11,7 @@ import pytest
 
 from sprites_async import (
     CommandFailedError,
+    CommandNotFoundError,
     CommandTimeoutError,
     ExitStatusUnknownError,
     NotFoundError,
@@ -234,9 +235,9 @@ async def test_env_and_cwd(sprite: Any) -> None:
 
 async def test_missing_program(sprite: Any) -> None:
     # Both modes report a command that cannot start the same way.
-    with pytest.raises(Exception) as info:
+    with pytest.raises(CommandNotFoundError) as info:
         await sprite.exec("no-such-program-xyz")
-    assert "failed to start" in str(info.value)
+    assert "executable file not found" in info.value.server_message
     assert (await sprite.exec("sh", "-c", "no-such-program-xyz")).exit_code == 127
 
 

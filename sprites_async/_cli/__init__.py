@@ -8,12 +8,14 @@ nearest parent. ``--emulator`` runs the command against a throw-away local
 emulator; ``sprites-async emulator`` serves one that lives on.
 
 Exit statuses: 0 success; ``exec`` and ``console`` exit with the command's
-own status; 1 the API answered with an error; 2 usage or configuration
-error; 3 the API could not be reached (connection, DNS, timeout); 130
-interrupted. When the reader of stdout goes away (``sprites-async list |
-head -1``), the tool stops quietly as ``cat`` does: any running command is
-terminated, then it dies of SIGPIPE (a shell reports 141); ``main(argv)``
-called from Python returns 141 instead.
+own status, or as a shell does when the sprite cannot start it (127 no
+such command, 126 not executable or no such working directory); 1 the API
+answered with an error; 2 usage or configuration error; 3 the API could
+not be reached (connection, DNS, timeout); 130 interrupted. When the reader
+of stdout goes away (``sprites-async list | head -1``), the tool stops
+quietly as ``cat`` does: any running command is terminated, then it dies of
+SIGPIPE (a shell reports 141); ``main(argv)`` called from Python returns 141
+instead.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from sprites_async._errors import (
     APIError,
+    CommandStartError,
     ConfigurationError,
     ExitStatusUnknownError,
     SpritesConnectionError,
@@ -489,6 +492,10 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     except ConfigurationError as exc:
         out.error(str(exc))
         return EXIT_USAGE
+    except CommandStartError as exc:
+        # As a shell: 127 no such command, 126 cannot run it; one line.
+        out.error(exc.message)
+        return exc.exit_code
     except APIError as exc:
         out.error(_describe_api_error(exc))
         return EXIT_API

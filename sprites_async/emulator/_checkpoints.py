@@ -505,6 +505,16 @@ async def _create(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict) or not isinstance(comment, (str, type(None))):
         return text_error(400, "invalid request body")
     stream = NDJSONWriter(request, state)
+    try:
+        return await _create_stream(stream, state, name, comment)
+    except ConnectionError:
+        log.debug("checkpoint of sprite %s: the client left the stream", name)
+        return stream.response
+
+
+async def _create_stream(
+    stream: NDJSONWriter, state: EmulatorState, name: str, comment: str | None
+) -> web.StreamResponse:
     await stream.prepare()
     await stream.send(_info("Creating checkpoint..."))
     try:
@@ -562,6 +572,16 @@ async def _restore(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     cp_id = request.match_info["cp"]
     stream = NDJSONWriter(request, state)
+    try:
+        return await _restore_stream(stream, state, name, cp_id)
+    except ConnectionError:
+        log.debug("restore of sprite %s: the client left the stream", name)
+        return stream.response
+
+
+async def _restore_stream(
+    stream: NDJSONWriter, state: EmulatorState, name: str, cp_id: str
+) -> web.StreamResponse:
     await stream.prepare()
     await stream.send(_info(f"Restoring from checkpoint {cp_id}..."))
     try:

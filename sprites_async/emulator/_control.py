@@ -201,10 +201,12 @@ class ControlConnection:
                 try:
                     session = await self.manager.create(self.sprite, params.spec(), params.max_run)
                 except StartError as exc:
-                    # The direct path's words (500 "failed to start process: ..."),
-                    # so that both transports report it alike.
-                    error = f"failed to start process: {exc}"
-                    await self._complete(op, {"ok": False, "error": error, "exitCode": 127})
+                    # As the real control handler: the op fails with the exec
+                    # error's own text (Section 3.8). exitCode, which the real
+                    # one omits, is the shell's status: PY and JS read only it.
+                    await self._complete(
+                        op, {"ok": False, "error": str(exc), "exitCode": exc.shell_status}
+                    )
                     return
             att = WSAttachment(self.sink, tty=session.tty, faults=self.state.faults)
             op.session, op.attachment = session, att

@@ -7,8 +7,13 @@
 * ``POST /exec``: HTTP exec, a framed ``application/octet-stream`` body.
 
 Exit bytes of signal deaths are ``128 + N`` (see ``_framing.exit_status``).
-A command that cannot start (no such executable or directory) is answered
-``500 failed to start process: ...`` before any upgrade. The kill endpoint
+A command that cannot start (no such executable or directory, not
+executable) is answered ``500 failed to start process: <Go's exec error>``
+before any upgrade, on ``GET`` and ``POST /exec`` alike. The real service
+says ``failed to start process`` on ``POST /exec``; on a direct upgrade the
+2025 server accepted the socket and closed it without an exit (Section
+3.8), which no client can tell from an outage, so the emulator answers the
+upgrade as it answers ``POST``. The kill endpoint
 with ``timeout=0`` signals without ever escalating (GO uses it to forward
 Ctrl-C) and waits at most a second for the exit before ``complete``.
 Port notifications are best effort: every ``PORT_POLL_INTERVAL`` seconds the
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from typing import Any
 
@@ -61,6 +67,7 @@ HTTP_DISCONNECT_POLL = 0.25
 """Seconds between checks that an HTTP exec client is still connected."""
 GONE_POLL = 0.05
 """Seconds between checks that a client the server no longer reads from is still connected."""
+log = logging.getLogger(__name__)
 MANAGER_KEY: web.AppKey[SessionManager] = web.AppKey("sprites_exec_sessions", SessionManager)
 
 
@@ -304,6 +311,20 @@ async def exec_kill(request: web.Request) -> web.StreamResponse:
         return text_error(400, str(exc))
 
     writer = NDJSONWriter(request, state)
+    try:
+        return await _kill_stream(writer, state, session, sig, timeout)
+    except ConnectionError:
+        log.debug("kill of session %s: the client left the stream", session.id)
+        return writer.response
+
+
+async def _kill_stream(
+    writer: NDJSONWriter,
+    state: EmulatorState,
+    session: Session,
+    sig: signal.Signals,
+    timeout: float,
+) -> web.StreamResponse:
     await writer.prepare()
     # Quirk: the Python SDK's reading (section 4.4) - text in `data`,
     # failures in `error`, no `message` at all.

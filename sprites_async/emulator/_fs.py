@@ -25,6 +25,7 @@ EINVAL, EEXIST, ELOOP; 403 EACCES; 500 EIO).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import posixpath
 import shutil
@@ -42,6 +43,8 @@ from ._paths import FsError, Resolved, child, display_name, resolve_in
 from ._sandbox import SPRITE_UID, file_owner, give_to_sprite
 from ._state import STATE_KEY, EmulatorState
 from ._wire import BodyTooLarge, go_json, in_thread, read_capped, rfc3339_seconds
+
+log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 """Bytes per disk read/write while streaming file contents."""
@@ -294,13 +297,17 @@ async def _read(request: web.Request) -> web.StreamResponse:
         resp.content_length = end - start
         await resp.prepare(request)
         pos = start
-        while pos < end:
-            data = await in_thread(os.pread, opened.fd, min(CHUNK, end - pos), pos)
-            if not data:
-                break  # truncated underneath us; the client sees a short body
-            pos += len(data)
-            await resp.write(data)
-        await resp.write_eof()
+        try:
+            while pos < end:
+                data = await in_thread(os.pread, opened.fd, min(CHUNK, end - pos), pos)
+                if not data:
+                    break  # truncated underneath us; the client sees a short body
+                await resp.write(data)
+                pos += len(data)
+            await resp.write_eof()
+        except ConnectionError:
+            # A client that stops a download is normal, not a server error.
+            log.debug("fs read of %s: the client left after %d bytes", opened.path, pos - start)
         return resp
     finally:
         os.close(opened.fd)

@@ -61,7 +61,19 @@ _RESERVED_TOP = {"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
 
 
 class StartError(Exception):
-    """The command could not be started (missing executable or directory)."""
+    """The command could not be started (missing executable or directory).
+
+    The message is Go's ``exec`` error text, as the real service words it
+    (``exec: "x": executable file not found in $PATH``, ``fork/exec /x:
+    permission denied``, ``chdir /d: no such file or directory``).
+    ``shell_status`` is what a shell would exit with: 127 for a missing
+    executable, else 126 (sent as ``exitCode`` over ``/control``, where
+    SDKs that read only ``exitCode`` would otherwise see 0).
+    """
+
+    def __init__(self, message: str, *, shell_status: int = 126) -> None:
+        super().__init__(message)
+        self.shell_status = shell_status
 
 
 @dataclass
@@ -403,17 +415,21 @@ def resolve_executable(root: Path, path: str, env: dict[str, str], cwd: str) -> 
     """
     candidates: list[str]
     if "/" in path:
-        candidates = [sprite_abspath(path, cwd)]
-    else:
-        search = env.get("PATH", DEFAULT_PATH)
-        candidates = [
-            sprite_abspath(posixpath.join(d or ".", path), cwd) for d in search.split(":")
-        ]
+        # Go runs a path as given (no $PATH search): the kernel's answer.
+        cand = sprite_abspath(path, cwd)
+        host = host_path(root, cand)
+        if not host.exists():
+            raise StartError(f"fork/exec {path}: no such file or directory", shell_status=127)
+        if not host.is_file() or not os.access(host, os.X_OK):
+            raise StartError(f"fork/exec {path}: permission denied")
+        return cand, host
+    search = env.get("PATH", DEFAULT_PATH)
+    candidates = [sprite_abspath(posixpath.join(d or ".", path), cwd) for d in search.split(":")]
     for cand in candidates:
         host = host_path(root, cand)
         if host.is_file() and os.access(host, os.X_OK):
             return cand, host
-    raise StartError(f'exec: "{path}": executable file not found in $PATH')
+    raise StartError(f'exec: "{path}": executable file not found in $PATH', shell_status=127)
 
 
 def bwrap_args(
@@ -722,7 +738,8 @@ class SpriteProcess:
             if master is not None:
                 os.close(master)
             if isinstance(exc, OSError):
-                raise StartError(str(exc)) from exc
+                status = 127 if isinstance(exc, FileNotFoundError) else 126
+                raise StartError(str(exc), shell_status=status) from exc
             raise
         finally:
             if slave is not None:

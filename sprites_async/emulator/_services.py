@@ -189,6 +189,7 @@ async def _run_stream(
         return await writer.finish()
     except ConnectionError:
         # Operations that must finish regardless (a stop) run in tasks of their own.
+        log.debug("service %s: the client left its %s stream", name, request.path)
         return writer.response
 
 

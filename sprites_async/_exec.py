@@ -576,6 +576,16 @@ class OutputStream:
         """Everything until the end of the stream, decoded."""
         return (await self.read()).decode(encoding, errors)
 
+    @property
+    def dropped(self) -> int:
+        """Bytes of this stream dropped unread (oldest first) while it was full.
+
+        A stream nobody reads keeps its newest ``ExecSettings.buffer_size``
+        bytes once the other stream is read or :meth:`ExecSession.wait`
+        waits, so that it never blocks them; 0 for a stream that is read.
+        """
+        return self._session._dropped[self._id]
+
 
 class _Collector:
     """Keeps at most ``limit`` bytes per stream and counts the rest."""
@@ -606,12 +616,15 @@ class ExecSession:
 
     Made by ``sprite.process(...)`` or ``sprite.sessions.attach(id)``; use it
     as ``async with ... as proc``. The socket is read from the moment it
-    opens. Output waits in bounded buffers (``ExecSettings.buffer_size``);
-    when they are full the socket is not read until you read, so a slow
-    reader slows the command instead of filling memory. Read ``stdout`` and
-    ``stderr`` (or iterate the session's events) — waiting with
-    :meth:`wait` alone on a command that prints more than the buffer holds
-    blocks, as it would with a subprocess pipe.
+    opens. Each output stream waits in its own buffer of
+    ``ExecSettings.buffer_size`` bytes. When a stream you read is full, the
+    socket is not read until you read on, so a slow reader slows the command
+    instead of filling memory. A stream nobody reads never blocks the other
+    one or :meth:`wait`: once either is in use, its oldest bytes are dropped
+    and counted in ``proc.stderr.dropped`` (or ``proc.stdout.dropped``), and
+    what is left to read is its newest ``buffer_size`` bytes. Before
+    anything is read or waited for, full buffers hold the command back, so
+    nothing is lost while you get ready to read.
 
     ``async for event in proc`` yields :class:`SessionInfoEvent`,
     :class:`OutputEvent`, :class:`PortEvent` and finally one
@@ -645,12 +658,15 @@ class ExecSession:
         "_complete_deadline",
         "_control",
         "_dead",
+        "_demand",
         "_detached",
+        "_dropped",
         "_early",
         "_error",
         "_exit_given",
         "_finished",
         "_grace_deadline",
+        "_held",
         "_info_seen",
         "_lease",
         "_legacy",
@@ -675,6 +691,7 @@ class ExecSession:
         "_started",
         "_stdin_closed",
         "_text_exit",
+        "_waiting",
         "_wake",
         "_watchdog",
         "_ws",
@@ -746,6 +763,13 @@ class ExecSession:
         self._misc: deque[tuple[int, ExecEvent]] = deque(maxlen=self._settings.max_port_events)
         self._early: list[bytes] = []
         self._buffered = 0
+        # Per stream (index 1: stdout, 2: stderr): bytes queued, bytes dropped.
+        self._held = [0, 0, 0]
+        self._dropped = [0, 0, 0]
+        # Streams someone has asked for (the events ask for both), and how
+        # many wait() calls are pending: see _must_pause.
+        self._demand: set[int] = set()
+        self._waiting = 0
         self._seq = 0
         self._readers: set[int] = set()
         self._stdin_closed = False
@@ -1083,7 +1107,7 @@ class ExecSession:
         self._arm_tick(0.0)
         try:
             while not self._reading_done():
-                if self._buffered >= settings.buffer_size and self._sink is None:
+                if self._sink is None and self._must_pause():
                     # Not reading on purpose: the watchdog must not call that dead.
                     self._paused = True
                     self._room.clear()
@@ -1308,6 +1332,7 @@ class ExecSession:
             return
         self._seq += 1
         self._out[stream].append((self._seq, data))
+        self._held[stream] += len(data)
         self._buffered += len(data)
         assert self._wake is not None
         self._wake.set()
@@ -1317,6 +1342,7 @@ class ExecSession:
         for queue in self._out.values():
             queue.clear()
         self._buffered = 0
+        self._held = [0, 0, 0]
         if self._room is not None:
             self._room.set()
 
@@ -1326,10 +1352,57 @@ class ExecSession:
         if self._wake is not None:
             self._wake.set()
 
-    def _consumed(self, n: int) -> None:
+    def _consumed(self, stream: int, n: int) -> None:
+        self._held[stream] -= n
         self._buffered -= n
-        if self._room is not None and self._buffered < self._settings.buffer_size // 2:
+        if self._room is not None and self._held[stream] < self._settings.buffer_size // 2:
             self._room.set()
+
+    def _must_pause(self) -> bool:
+        """Whether the reader must stop reading the socket until output is read.
+
+        Each stream has its own bound (``buffer_size``). A full stream that
+        someone reads holds the socket back (backpressure: the command slows
+        down). A full stream that nobody reads while the other one is read
+        (or :meth:`wait` is waiting) must not block it: its oldest bytes are
+        dropped and counted in ``OutputStream.dropped``. Before anyone reads
+        anything, a full stream holds the socket back, so that nothing is
+        lost before the caller starts reading.
+        """
+        size = self._settings.buffer_size
+        held = self._held
+        if self._buffered - held[1] - held[2] >= size:  # attach: framing not known yet
+            return True
+        interest = bool(self._demand) or self._waiting > 0
+        for stream in (1, 2):
+            if held[stream] < size:
+                continue
+            if stream in self._demand or not interest:
+                return True
+            self._drop_oldest(stream)
+        return False
+
+    def _drop_oldest(self, stream: int) -> None:
+        queue = self._out[stream]
+        size = self._settings.buffer_size
+        dropped = 0
+        while queue and self._held[stream] >= size:
+            _, data = queue.popleft()
+            self._held[stream] -= len(data)
+            dropped += len(data)
+        self._buffered -= dropped
+        if dropped and not self._dropped[stream]:
+            what = "stdout" if stream == 1 else "stderr"
+            logger.debug("%r: nobody reads %s; dropping its oldest output", self, what)
+        self._dropped[stream] += dropped
+
+    def _want(self, *streams: int) -> None:
+        # Someone reads these streams now: the reader may have paused on a
+        # full stream that it can now drop from instead (see _must_pause).
+        if not self._demand.issuperset(streams):
+            self._demand.update(streams)
+            if self._room is not None:
+                self._room.set()
 
     def _check_started(self) -> None:
         if not self._started:
@@ -1350,6 +1423,7 @@ class ExecSession:
     async def _next_output(self, stream: int) -> bytes | None:
         self._check_started()
         self._claim(stream)
+        self._want(stream)
         try:
             queue = self._out[stream]
             while not queue:
@@ -1359,7 +1433,7 @@ class ExecSession:
                     return None
                 await self._wait_wake()
             _, data = queue.popleft()
-            self._consumed(len(data))
+            self._consumed(stream, len(data))
             return data
         finally:
             self._readers.discard(stream)
@@ -1370,6 +1444,7 @@ class ExecSession:
 
     async def _next_event(self) -> ExecEvent | None:
         self._claim(0)
+        self._want(1, 2)
         try:
             return await self._next_event_unguarded()
         finally:
@@ -1384,10 +1459,9 @@ class ExecSession:
             if best is not None:
                 _, item = best.popleft()
                 if best is self._out[1] or best is self._out[2]:
-                    self._consumed(len(item))
-                    name: Literal["stdout", "stderr"] = (
-                        "stdout" if best is self._out[1] else "stderr"
-                    )
+                    stream = 1 if best is self._out[1] else 2
+                    self._consumed(stream, len(item))
+                    name: Literal["stdout", "stderr"] = "stdout" if stream == 1 else "stderr"
                     return OutputEvent(stream=name, data=item)
                 event: ExecEvent = item
                 return event
@@ -1412,7 +1486,15 @@ class ExecSession:
         self._check_started()
         assert self._finished is not None
         if not self._finished.done():
-            done, _ = await asyncio.wait({self._finished}, timeout=timeout)
+            # Nobody may be reading the output: while we wait, full streams
+            # drop their oldest bytes instead of blocking the exit.
+            self._waiting += 1
+            if self._room is not None:
+                self._room.set()
+            try:
+                done, _ = await asyncio.wait({self._finished}, timeout=timeout)
+            finally:
+                self._waiting -= 1
             if not done:
                 raise TimeoutError(f"the command did not exit within {timeout} s")
         if self._error is not None:

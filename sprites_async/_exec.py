@@ -153,6 +153,9 @@ class ExecSettings:
 
 DEFAULT_EXEC_SETTINGS = ExecSettings()
 
+DEFAULT_MAX_OUTPUT = 8 << 20
+"""Bytes of each stream ``exec()`` keeps by default (8 MiB: its first and last 4 MiB)."""
+
 
 def settings_for(client: SpritesClient) -> ExecSettings:
     """The exec settings of ``client`` (``client.exec_settings`` or the default)."""
@@ -217,8 +220,11 @@ class ExecResult:
         exit_code: 0-255 (signal deaths are reported by the server, e.g. 143 or 255).
         stdout: Captured stdout (TTY: the terminal output).
         stderr: Captured stderr (empty for TTY runs).
-        stdout_dropped: Bytes of stdout beyond ``max_output`` (counted, not kept).
-        stderr_dropped: Bytes of stderr beyond ``max_output``.
+        stdout_dropped: Bytes of stdout beyond ``max_output`` (counted, not
+            kept). When not 0, ``stdout`` is the first ``max_output // 2``
+            bytes followed by the last ``max_output - max_output // 2``: the
+            dropped bytes were between them.
+        stderr_dropped: The same for stderr.
         session_id: The server's session id, when it was reported.
         argv: The command.
     """
@@ -587,28 +593,73 @@ class OutputStream:
         return self._session._dropped[self._id]
 
 
-class _Collector:
-    """Keeps at most ``limit`` bytes per stream and counts the rest."""
+class _Kept:
+    """One stream of a finished command: its first and last bytes within a bound.
 
-    __slots__ = ("bufs", "dropped", "limit")
+    The first ``limit // 2`` bytes and the last ``limit - limit // 2`` are
+    kept; what lies between is counted in ``dropped``. The start says what
+    ran, the end why it failed (a build log's error is at its end).
+    """
+
+    __slots__ = ("dropped", "head", "head_limit", "tail", "tail_len", "tail_limit")
 
     def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.bufs = {1: bytearray(), 2: bytearray()}
-        self.dropped = {1: 0, 2: 0}
+        self.head = bytearray()
+        self.head_limit = limit // 2 if limit is not None else None
+        self.tail_limit = limit - limit // 2 if limit is not None else 0
+        # Chunks, not one bytearray: trimming its front would move the
+        # whole tail once per frame.
+        self.tail: deque[bytes] = deque()
+        self.tail_len = 0
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        head = self.head
+        if self.head_limit is None:
+            head += data
+            return
+        room = self.head_limit - len(head)
+        if room > 0:
+            head += data[:room]
+            data = data[room:]
+        if not data:
+            return
+        tail = self.tail
+        tail.append(data)
+        self.tail_len += len(data)
+        excess = self.tail_len - self.tail_limit
+        while excess > 0:
+            first = tail[0]
+            if len(first) <= excess:
+                tail.popleft()
+                cut = len(first)
+            else:
+                tail[0] = first[excess:]
+                cut = excess
+            self.tail_len -= cut
+            self.dropped += cut
+            excess -= cut
+
+    def value(self) -> bytes:
+        return bytes(self.head) + b"".join(self.tail)
+
+
+class _Collector:
+    """What ``exec()`` keeps of each stream: head and tail within ``limit`` (see _Kept)."""
+
+    __slots__ = ("streams",)
+
+    def __init__(self, limit: int | None) -> None:
+        self.streams = {1: _Kept(limit), 2: _Kept(limit)}
 
     def add(self, stream: int, data: bytes) -> None:
-        buf = self.bufs[stream]
-        if self.limit is None:
-            buf += data
-            return
-        room = self.limit - len(buf)
-        if room >= len(data):
-            buf += data
-        else:
-            if room > 0:
-                buf += data[:room]
-            self.dropped[stream] += len(data) - max(room, 0)
+        self.streams[stream].add(data)
+
+    def value(self, stream: int) -> bytes:
+        return self.streams[stream].value()
+
+    def dropped(self, stream: int) -> int:
+        return self.streams[stream].dropped
 
 
 class ExecSession:
@@ -1755,7 +1806,7 @@ async def run(
     stdin: Stdin = None,
     timeout: float | None = None,
     check: bool = False,
-    max_output: int | None = None,
+    max_output: int | None = DEFAULT_MAX_OUTPUT,
     tty: bool = False,
     on_port: PortCallback | None = None,
     control: bool | None = None,
@@ -1791,16 +1842,16 @@ async def run(
             continue
         except ExitStatusUnknownError as exc:
             # The output that did arrive belongs to the caller.
-            exc.stdout = bytes(collector.bufs[1])
-            exc.stderr = bytes(collector.bufs[2])
+            exc.stdout = bytes(collector.value(1))
+            exc.stderr = bytes(collector.value(2))
             raise
         assert proc.exit_code is not None
         result = ExecResult(
             exit_code=proc.exit_code,
-            stdout=bytes(collector.bufs[1]),
-            stderr=bytes(collector.bufs[2]),
-            stdout_dropped=collector.dropped[1],
-            stderr_dropped=collector.dropped[2],
+            stdout=bytes(collector.value(1)),
+            stderr=bytes(collector.value(2)),
+            stdout_dropped=collector.dropped(1),
+            stderr_dropped=collector.dropped(2),
             session_id=proc.session_id,
             argv=request.argv,
         )
@@ -1874,7 +1925,7 @@ async def run_http(
     env_replace: bool = False,
     cwd: str | None = None,
     check: bool = False,
-    max_output: int | None = None,
+    max_output: int | None = DEFAULT_MAX_OUTPUT,
     options: RequestOptions | None = None,
 ) -> ExecResult:
     """Run a command with ``POST /exec``; see :meth:`Sprite.run_http`."""
@@ -1926,10 +1977,10 @@ async def run_http(
         )
     result = ExecResult(
         exit_code=code,
-        stdout=bytes(collector.bufs[1]),
-        stderr=bytes(collector.bufs[2]),
-        stdout_dropped=collector.dropped[1],
-        stderr_dropped=collector.dropped[2],
+        stdout=bytes(collector.value(1)),
+        stderr=bytes(collector.value(2)),
+        stdout_dropped=collector.dropped(1),
+        stderr_dropped=collector.dropped(2),
         argv=request.argv,
     )
     if check:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from sprites_async import SpritesClient
-from sprites_async._exec import ExecSettings, OutputEvent
+from sprites_async._exec import DEFAULT_MAX_OUTPUT, ExecSettings, OutputEvent, _Kept
 from tests.test_exec_helpers import Conn, FakeSprites, emu, fake, no_leftovers
 
 __all__ = ["emu", "fake"]
@@ -147,3 +148,69 @@ async def test_backpressure_holds_for_the_stream_being_read(fake: FakeSprites) -
             assert total == count * frame  # nothing of the read stream is lost
             assert await proc.wait() == 0
             assert proc.stderr.dropped > 0
+
+
+# ------------------------------------------------------------- exec() bounds
+
+
+def test_kept_output_is_the_head_and_the_tail_whatever_the_chunking() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        data = rng.randbytes(rng.randrange(0, 3000))
+        limit = rng.choice([None, 0, 1, 2, 7, 100, 1000, 2999, 5000])
+        kept = _Kept(limit)
+        i = 0
+        while i < len(data):
+            n = rng.randrange(1, 700)
+            kept.add(data[i : i + n])
+            i += n
+        if limit is None or len(data) <= limit:
+            assert (kept.value(), kept.dropped) == (data, 0)
+        else:
+            head, tail = limit // 2, limit - limit // 2
+            assert kept.value() == data[:head] + data[len(data) - tail :]
+            assert kept.dropped == len(data) - limit
+        assert kept.tail_len <= kept.tail_limit
+
+
+async def test_exec_output_is_bounded_by_default(fake: FakeSprites) -> None:
+    frame = 64 * 1024
+    count = 320  # 20 MiB of stdout
+
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        await conn.out(b"first line\n")
+        for _ in range(count):
+            await conn.out(b"." * frame)
+        await conn.out(b"error: the last line\n")
+        await conn.exit_frame(2)
+        await conn.client_closed(timeout=20)
+
+    fake.exec_script = script
+    async with fake.client() as client:
+        result = await client.sprite("box").exec("make")
+    total = count * frame + len(b"first line\n") + len(b"error: the last line\n")
+    assert len(result.stdout) == DEFAULT_MAX_OUTPUT == 8 * 1024 * 1024
+    assert result.stdout_dropped == total - DEFAULT_MAX_OUTPUT
+    assert result.truncated
+    assert result.stdout.startswith(b"first line\n")
+    assert result.stdout.endswith(b".error: the last line\n")
+    assert (result.exit_code, result.stderr, result.stderr_dropped) == (2, b"", 0)
+
+
+async def test_exec_max_output_none_keeps_everything(fake: FakeSprites) -> None:
+    frame = 64 * 1024
+    count = 160  # 10 MiB: beyond the default bound
+
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        for i in range(count):
+            await conn.out(bytes([i]) * frame, stream=2)
+        await conn.exit_frame(0)
+        await conn.client_closed(timeout=20)
+
+    fake.exec_script = script
+    async with fake.client() as client:
+        result = await client.sprite("box").exec("cmd", max_output=None)
+    assert result.stderr == b"".join(bytes([i]) * frame for i in range(count))
+    assert not result.truncated

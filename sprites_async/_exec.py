@@ -60,6 +60,7 @@ from ._errors import (
     NotFoundError,
     ProtocolError,
     SpritesConnectionError,
+    SpritesError,
     SpritesTimeoutError,
     StreamError,
 )
@@ -1562,30 +1563,49 @@ class ExecSession:
     def _open_ws(self) -> WebSocket:
         self._check_started()
         ws = self._ws
-        if ws is None or ws.closed or self._shut:
-            raise SpritesConnectionError(
+        if ws is None or ws.closed or self._shut or (self.done and self._error is not None):
+            error = SpritesConnectionError(
                 "the exec connection is closed", operation="exec", sprite=self._sprite.name
             )
+            error.__cause__ = self._error
+            raise error
         return ws
+
+    async def _send(self, frame: str | bytes, what: str) -> None:
+        """Send one frame; a socket closed or closing under us raises a typed error."""
+        ws = self._open_ws()
+        try:
+            if isinstance(frame, str):
+                await ws.send_str(frame)
+            else:
+                await ws.send_bytes(frame)
+        except (OSError, RuntimeError) as exc:
+            # The client closed (or the peer dropped) the socket meanwhile:
+            # aiohttp raises "Cannot write to closing transport".
+            raise SpritesConnectionError(
+                f"sending {what} failed: {exc}", operation="exec", sprite=self._sprite.name
+            ) from exc
 
     async def write(self, data: bytes | bytearray | memoryview | str) -> None:
         """Send bytes to the command's stdin (a str is UTF-8 encoded).
 
         Waits while the socket's send buffer is full. Raises
-        :class:`BrokenPipeError` once the command has exited or stdin was closed.
+        :class:`BrokenPipeError` once the command has exited or stdin was
+        closed, and :class:`SpritesConnectionError` once the connection is
+        gone (lost, or its client closed).
         """
         if isinstance(data, str):
             data = data.encode()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() takes bytes or str, not {type(data).__name__}")
-        if self.done or self._stdin_closed:
+        self._check_started()
+        if self._stdin_closed or (self.done and self._error is None):
             raise BrokenPipeError("stdin is closed (the command exited or close_stdin was called)")
-        ws = self._open_ws()
         view = memoryview(bytes(data))
         step = self._settings.stdin_chunk
         for i in range(0, len(view), step):
             piece = bytes(view[i : i + step])
-            await ws.send_bytes(piece if self.tty else _frames.stdin_frame(piece))
+            await self._send(piece if self.tty else _frames.stdin_frame(piece), "stdin")
 
     async def close_stdin(self) -> None:
         """Signal end of input (non-TTY: the ``04`` frame). Idempotent.
@@ -1598,13 +1618,12 @@ class ExecSession:
         self._stdin_closed = True
         if self.done:
             return
-        ws = self._open_ws()
-        await ws.send_bytes(_frames.EOF_FRAME)
+        await self._send(_frames.EOF_FRAME, "the end of stdin")
 
     async def resize(self, cols: int, rows: int) -> None:
         """Set the terminal size (TTY sessions; ignored by the server otherwise)."""
         msg = _frames.resize_message(_check_size(cols, "cols"), _check_size(rows, "rows"))
-        await self._open_ws().send_str(msg)
+        await self._send(msg, "a resize")
 
     async def signal(self, sig: str | int) -> None:
         """Send a signal (``"TERM"``, ``"SIGINT"``, ``9`` ...) to the command.
@@ -1618,7 +1637,7 @@ class ExecSession:
         if self.done:
             return
         if "signal" in self.capabilities and not self._control and not self._shut:
-            await self._open_ws().send_str(_frames.signal_message(name))
+            await self._send(_frames.signal_message(name), f"signal {name}")
             return
         sid = await self._session_id_soon()
         if sid is None:
@@ -1644,9 +1663,9 @@ class ExecSession:
             return None  # never connected: nothing to signal through
         try:
             if "signal" in self.capabilities and not self._control and not self._shut:
-                await self._open_ws().send_str(_frames.signal_message("TERM"))
+                await self._send(_frames.signal_message("TERM"), "signal TERM")
                 if not await self._wait_done(grace):
-                    await self._open_ws().send_str(_frames.signal_message("KILL"))
+                    await self._send(_frames.signal_message("KILL"), "signal KILL")
                     await self._wait_done(settings.kill_wait)
             else:
                 sid = await self._session_id_soon()
@@ -1661,7 +1680,7 @@ class ExecSession:
                 if not done:
                     await stream.aclose()
                 await self._wait_done(settings.kill_wait)
-        except (APIError, SpritesConnectionError, StreamError) as exc:
+        except SpritesError as exc:  # also ClientClosedError: the app is shutting down
             logger.warning("could not terminate %r: %s", self, exc)
         return self.exit_code if self._is_done() else None
 
@@ -1706,7 +1725,7 @@ class ExecSession:
                 await self.close_stdin()
             else:
                 await self.write(data)
-        except (BrokenPipeError, SpritesConnectionError, aiohttp.ClientError, OSError) as exc:
+        except (BrokenPipeError, SpritesConnectionError) as exc:
             logger.debug("stopped sending stdin: %s", exc)
             return False
         return True

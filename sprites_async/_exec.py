@@ -133,8 +133,10 @@ class ExecSettings:
         session_info_timeout: Attach: how long to wait for ``session_info``.
         op_complete_timeout: Control: how long to wait for ``op.complete``
             after the exit before giving up on reusing the socket.
-        buffer_size: Bytes of unread output a live session buffers before it
-            stops reading the socket (the server then slows down).
+        buffer_size: Bytes of unread output a live session buffers per
+            stream. A full stream that is read stops the reading of the
+            socket (the server then slows down); a full one nobody reads
+            drops its oldest bytes (see :class:`ExecSession`).
         stdin_chunk: Largest stdin frame sent.
         max_port_events: Unread port/session events kept (oldest dropped).
     """

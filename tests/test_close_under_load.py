@@ -126,6 +126,17 @@ async def pool_exec(client: SpritesClient, started: asyncio.Event, _: int) -> No
     await sprite.exec("sleep", "30")
 
 
+async def direct_exec(client: SpritesClient, started: asyncio.Event, _: int) -> None:
+    client.control = False
+    started.set()
+    await client.sprite("box").exec("sh", "-c", "echo hi; exec sleep 30")
+
+
+async def http_exec(client: SpritesClient, started: asyncio.Event, _: int) -> None:
+    started.set()
+    await client.sprite("box").run_http("sh", "-c", "echo hi; exec sleep 30")
+
+
 async def forward(client: SpritesClient, started: asyncio.Event, port: int) -> None:
     async with client.sprite("box").forward(port) as fwd:
         reader, writer = await asyncio.open_connection("127.0.0.1", fwd.local_port)
@@ -167,6 +178,11 @@ async def checkpoint_stream(client: SpritesClient, started: asyncio.Event, _: in
         started.set()
 
 
+async def checkpoint_awaited(client: SpritesClient, started: asyncio.Event, _: int) -> None:
+    started.set()
+    await client.sprite("box").checkpoints.create(comment="x")
+
+
 EMULATED = [
     process_waiting,
     process_reading,
@@ -174,10 +190,12 @@ EMULATED = [
     process_signalling,
     attach,
     pool_exec,
+    direct_exec,
+    http_exec,
     forward,
     open_connection,
 ]
-STREAMED = [logs_follow, checkpoint_stream]
+STREAMED = [logs_follow, checkpoint_stream, checkpoint_awaited]
 
 
 def assert_typed(exc: BaseException | None) -> None:

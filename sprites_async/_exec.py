@@ -676,7 +676,7 @@ class ExecSession:
     instead of filling memory. A stream nobody reads never blocks the other
     one or :meth:`wait`: once either is in use, its oldest bytes are dropped
     and counted in ``proc.stderr.dropped`` (or ``proc.stdout.dropped``), and
-    what is left to read is its newest ``buffer_size`` bytes. Before
+    what is left to read is at most its newest ``buffer_size`` bytes. Before
     anything is read or waited for, full buffers hold the command back, so
     nothing is lost while you get ready to read.
 

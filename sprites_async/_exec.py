@@ -70,6 +70,7 @@ from ._errors import (
     NotFoundError,
     ProtocolError,
     SpritesConnectionError,
+    SpritesError,
     SpritesTimeoutError,
     StreamError,
     command_start_error,
@@ -143,8 +144,10 @@ class ExecSettings:
         session_info_timeout: Attach: how long to wait for ``session_info``.
         op_complete_timeout: Control: how long to wait for ``op.complete``
             after the exit before giving up on reusing the socket.
-        buffer_size: Bytes of unread output a live session buffers before it
-            stops reading the socket (the server then slows down).
+        buffer_size: Bytes of unread output a live session buffers per
+            stream. A full stream that is read stops the reading of the
+            socket (the server then slows down); a full one nobody reads
+            drops its oldest bytes (see :class:`ExecSession`).
         stdin_chunk: Largest stdin frame sent.
         max_port_events: Unread port/session events kept (oldest dropped).
     """
@@ -163,6 +166,9 @@ class ExecSettings:
 
 
 DEFAULT_EXEC_SETTINGS = ExecSettings()
+
+DEFAULT_MAX_OUTPUT = 8 << 20
+"""Bytes of each stream ``exec()`` keeps by default (8 MiB: its first and last 4 MiB)."""
 
 
 def settings_for(client: SpritesClient) -> ExecSettings:
@@ -228,8 +234,11 @@ class ExecResult:
         exit_code: 0-255 (signal deaths are reported by the server, e.g. 143 or 255).
         stdout: Captured stdout (TTY: the terminal output).
         stderr: Captured stderr (empty for TTY runs).
-        stdout_dropped: Bytes of stdout beyond ``max_output`` (counted, not kept).
-        stderr_dropped: Bytes of stderr beyond ``max_output``.
+        stdout_dropped: Bytes of stdout beyond ``max_output`` (counted, not
+            kept). When not 0, ``stdout`` is the first ``max_output // 2``
+            bytes followed by the last ``max_output - max_output // 2``: the
+            dropped bytes were between them.
+        stderr_dropped: The same for stderr.
         session_id: The server's session id, when it was reported.
         argv: The command.
     """
@@ -587,29 +596,84 @@ class OutputStream:
         """Everything until the end of the stream, decoded."""
         return (await self.read()).decode(encoding, errors)
 
+    @property
+    def dropped(self) -> int:
+        """Bytes of this stream dropped unread (oldest first) while it was full.
 
-class _Collector:
-    """Keeps at most ``limit`` bytes per stream and counts the rest."""
+        A stream nobody reads keeps its newest ``ExecSettings.buffer_size``
+        bytes once the other stream is read or :meth:`ExecSession.wait`
+        waits, so that it never blocks them; 0 for a stream that is read.
+        """
+        return self._session._dropped[self._id]
 
-    __slots__ = ("bufs", "dropped", "limit")
+
+class _Kept:
+    """One stream of a finished command: its first and last bytes within a bound.
+
+    The first ``limit // 2`` bytes and the last ``limit - limit // 2`` are
+    kept; what lies between is counted in ``dropped``. The start says what
+    ran, the end why it failed (a build log's error is at its end).
+    """
+
+    __slots__ = ("dropped", "head", "head_limit", "tail", "tail_len", "tail_limit")
 
     def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.bufs = {1: bytearray(), 2: bytearray()}
-        self.dropped = {1: 0, 2: 0}
+        self.head = bytearray()
+        self.head_limit = limit // 2 if limit is not None else None
+        self.tail_limit = limit - limit // 2 if limit is not None else 0
+        # Chunks, not one bytearray: trimming its front would move the
+        # whole tail once per frame.
+        self.tail: deque[bytes] = deque()
+        self.tail_len = 0
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        head = self.head
+        if self.head_limit is None:
+            head += data
+            return
+        room = self.head_limit - len(head)
+        if room > 0:
+            head += data[:room]
+            data = data[room:]
+        if not data:
+            return
+        tail = self.tail
+        tail.append(data)
+        self.tail_len += len(data)
+        excess = self.tail_len - self.tail_limit
+        while excess > 0:
+            first = tail[0]
+            if len(first) <= excess:
+                tail.popleft()
+                cut = len(first)
+            else:
+                tail[0] = first[excess:]
+                cut = excess
+            self.tail_len -= cut
+            self.dropped += cut
+            excess -= cut
+
+    def value(self) -> bytes:
+        return bytes(self.head) + b"".join(self.tail)
+
+
+class _Collector:
+    """What ``exec()`` keeps of each stream: head and tail within ``limit`` (see _Kept)."""
+
+    __slots__ = ("streams",)
+
+    def __init__(self, limit: int | None) -> None:
+        self.streams = {1: _Kept(limit), 2: _Kept(limit)}
 
     def add(self, stream: int, data: bytes) -> None:
-        buf = self.bufs[stream]
-        if self.limit is None:
-            buf += data
-            return
-        room = self.limit - len(buf)
-        if room >= len(data):
-            buf += data
-        else:
-            if room > 0:
-                buf += data[:room]
-            self.dropped[stream] += len(data) - max(room, 0)
+        self.streams[stream].add(data)
+
+    def value(self, stream: int) -> bytes:
+        return self.streams[stream].value()
+
+    def dropped(self, stream: int) -> int:
+        return self.streams[stream].dropped
 
 
 class ExecSession:
@@ -617,12 +681,15 @@ class ExecSession:
 
     Made by ``sprite.process(...)`` or ``sprite.sessions.attach(id)``; use it
     as ``async with ... as proc``. The socket is read from the moment it
-    opens. Output waits in bounded buffers (``ExecSettings.buffer_size``);
-    when they are full the socket is not read until you read, so a slow
-    reader slows the command instead of filling memory. Read ``stdout`` and
-    ``stderr`` (or iterate the session's events) — waiting with
-    :meth:`wait` alone on a command that prints more than the buffer holds
-    blocks, as it would with a subprocess pipe.
+    opens. Each output stream waits in its own buffer of
+    ``ExecSettings.buffer_size`` bytes. When a stream you read is full, the
+    socket is not read until you read on, so a slow reader slows the command
+    instead of filling memory. A stream nobody reads never blocks the other
+    one or :meth:`wait`: once either is in use, its oldest bytes are dropped
+    and counted in ``proc.stderr.dropped`` (or ``proc.stdout.dropped``), and
+    what is left to read is at most its newest ``buffer_size`` bytes. Before
+    anything is read or waited for, full buffers hold the command back, so
+    nothing is lost while you get ready to read.
 
     ``async for event in proc`` yields :class:`SessionInfoEvent`,
     :class:`OutputEvent`, :class:`PortEvent` and finally one
@@ -656,12 +723,15 @@ class ExecSession:
         "_complete_deadline",
         "_control",
         "_dead",
+        "_demand",
         "_detached",
+        "_dropped",
         "_early",
         "_error",
         "_exit_given",
         "_finished",
         "_grace_deadline",
+        "_held",
         "_info_seen",
         "_lease",
         "_legacy",
@@ -686,6 +756,7 @@ class ExecSession:
         "_started",
         "_stdin_closed",
         "_text_exit",
+        "_waiting",
         "_wake",
         "_watchdog",
         "_ws",
@@ -757,6 +828,13 @@ class ExecSession:
         self._misc: deque[tuple[int, ExecEvent]] = deque(maxlen=self._settings.max_port_events)
         self._early: list[bytes] = []
         self._buffered = 0
+        # Per stream (index 1: stdout, 2: stderr): bytes queued, bytes dropped.
+        self._held = [0, 0, 0]
+        self._dropped = [0, 0, 0]
+        # Streams someone has asked for (the events ask for both), and how
+        # many wait() calls are pending: see _must_pause.
+        self._demand: set[int] = set()
+        self._waiting = 0
         self._seq = 0
         self._readers: set[int] = set()
         self._stdin_closed = False
@@ -1102,7 +1180,7 @@ class ExecSession:
         self._arm_tick(0.0)
         try:
             while not self._reading_done():
-                if self._buffered >= settings.buffer_size and self._sink is None:
+                if self._sink is None and self._must_pause():
                     # Not reading on purpose: the watchdog must not call that dead.
                     self._paused = True
                     self._room.clear()
@@ -1339,6 +1417,7 @@ class ExecSession:
             return
         self._seq += 1
         self._out[stream].append((self._seq, data))
+        self._held[stream] += len(data)
         self._buffered += len(data)
         assert self._wake is not None
         self._wake.set()
@@ -1348,6 +1427,7 @@ class ExecSession:
         for queue in self._out.values():
             queue.clear()
         self._buffered = 0
+        self._held = [0, 0, 0]
         if self._room is not None:
             self._room.set()
 
@@ -1357,10 +1437,57 @@ class ExecSession:
         if self._wake is not None:
             self._wake.set()
 
-    def _consumed(self, n: int) -> None:
+    def _consumed(self, stream: int, n: int) -> None:
+        self._held[stream] -= n
         self._buffered -= n
-        if self._room is not None and self._buffered < self._settings.buffer_size // 2:
+        if self._room is not None and self._held[stream] < self._settings.buffer_size // 2:
             self._room.set()
+
+    def _must_pause(self) -> bool:
+        """Whether the reader must stop reading the socket until output is read.
+
+        Each stream has its own bound (``buffer_size``). A full stream that
+        someone reads holds the socket back (backpressure: the command slows
+        down). A full stream that nobody reads while the other one is read
+        (or :meth:`wait` is waiting) must not block it: its oldest bytes are
+        dropped and counted in ``OutputStream.dropped``. Before anyone reads
+        anything, a full stream holds the socket back, so that nothing is
+        lost before the caller starts reading.
+        """
+        size = self._settings.buffer_size
+        held = self._held
+        if self._buffered - held[1] - held[2] >= size:  # attach: framing not known yet
+            return True
+        interest = bool(self._demand) or self._waiting > 0
+        for stream in (1, 2):
+            if held[stream] < size:
+                continue
+            if stream in self._demand or not interest:
+                return True
+            self._drop_oldest(stream)
+        return False
+
+    def _drop_oldest(self, stream: int) -> None:
+        queue = self._out[stream]
+        size = self._settings.buffer_size
+        dropped = 0
+        while queue and self._held[stream] >= size:
+            _, data = queue.popleft()
+            self._held[stream] -= len(data)
+            dropped += len(data)
+        self._buffered -= dropped
+        if dropped and not self._dropped[stream]:
+            what = "stdout" if stream == 1 else "stderr"
+            logger.debug("%r: nobody reads %s; dropping its oldest output", self, what)
+        self._dropped[stream] += dropped
+
+    def _want(self, *streams: int) -> None:
+        # Someone reads these streams now: the reader may have paused on a
+        # full stream that it can now drop from instead (see _must_pause).
+        if not self._demand.issuperset(streams):
+            self._demand.update(streams)
+            if self._room is not None:
+                self._room.set()
 
     def _check_started(self) -> None:
         if not self._started:
@@ -1381,6 +1508,7 @@ class ExecSession:
     async def _next_output(self, stream: int) -> bytes | None:
         self._check_started()
         self._claim(stream)
+        self._want(stream)
         try:
             queue = self._out[stream]
             while not queue:
@@ -1390,7 +1518,7 @@ class ExecSession:
                     return None
                 await self._wait_wake()
             _, data = queue.popleft()
-            self._consumed(len(data))
+            self._consumed(stream, len(data))
             return data
         finally:
             self._readers.discard(stream)
@@ -1401,6 +1529,7 @@ class ExecSession:
 
     async def _next_event(self) -> ExecEvent | None:
         self._claim(0)
+        self._want(1, 2)
         try:
             return await self._next_event_unguarded()
         finally:
@@ -1415,10 +1544,9 @@ class ExecSession:
             if best is not None:
                 _, item = best.popleft()
                 if best is self._out[1] or best is self._out[2]:
-                    self._consumed(len(item))
-                    name: Literal["stdout", "stderr"] = (
-                        "stdout" if best is self._out[1] else "stderr"
-                    )
+                    stream = 1 if best is self._out[1] else 2
+                    self._consumed(stream, len(item))
+                    name: Literal["stdout", "stderr"] = "stdout" if stream == 1 else "stderr"
                     return OutputEvent(stream=name, data=item)
                 event: ExecEvent = item
                 return event
@@ -1443,7 +1571,15 @@ class ExecSession:
         self._check_started()
         assert self._finished is not None
         if not self._finished.done():
-            done, _ = await asyncio.wait({self._finished}, timeout=timeout)
+            # Nobody may be reading the output: while we wait, full streams
+            # drop their oldest bytes instead of blocking the exit.
+            self._waiting += 1
+            if self._room is not None:
+                self._room.set()
+            try:
+                done, _ = await asyncio.wait({self._finished}, timeout=timeout)
+            finally:
+                self._waiting -= 1
             if not done:
                 raise TimeoutError(f"the command did not exit within {timeout} s")
         if self._error is not None:
@@ -1460,30 +1596,49 @@ class ExecSession:
     def _open_ws(self) -> WebSocket:
         self._check_started()
         ws = self._ws
-        if ws is None or ws.closed or self._shut:
-            raise SpritesConnectionError(
+        if ws is None or ws.closed or self._shut or (self.done and self._error is not None):
+            error = SpritesConnectionError(
                 "the exec connection is closed", operation="exec", sprite=self._sprite.name
             )
+            error.__cause__ = self._error
+            raise error
         return ws
+
+    async def _send(self, frame: str | bytes, what: str) -> None:
+        """Send one frame; a socket closed or closing under us raises a typed error."""
+        ws = self._open_ws()
+        try:
+            if isinstance(frame, str):
+                await ws.send_str(frame)
+            else:
+                await ws.send_bytes(frame)
+        except (OSError, RuntimeError) as exc:
+            # The client closed (or the peer dropped) the socket meanwhile:
+            # aiohttp raises "Cannot write to closing transport".
+            raise SpritesConnectionError(
+                f"sending {what} failed: {exc}", operation="exec", sprite=self._sprite.name
+            ) from exc
 
     async def write(self, data: bytes | bytearray | memoryview | str) -> None:
         """Send bytes to the command's stdin (a str is UTF-8 encoded).
 
         Waits while the socket's send buffer is full. Raises
-        :class:`BrokenPipeError` once the command has exited or stdin was closed.
+        :class:`BrokenPipeError` once the command has exited or stdin was
+        closed, and :class:`SpritesConnectionError` once the connection is
+        gone (lost, or its client closed).
         """
         if isinstance(data, str):
             data = data.encode()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() takes bytes or str, not {type(data).__name__}")
-        if self.done or self._stdin_closed:
+        self._check_started()
+        if self._stdin_closed or (self.done and self._error is None):
             raise BrokenPipeError("stdin is closed (the command exited or close_stdin was called)")
-        ws = self._open_ws()
         view = memoryview(bytes(data))
         step = self._settings.stdin_chunk
         for i in range(0, len(view), step):
             piece = bytes(view[i : i + step])
-            await ws.send_bytes(piece if self.tty else _frames.stdin_frame(piece))
+            await self._send(piece if self.tty else _frames.stdin_frame(piece), "stdin")
 
     async def close_stdin(self) -> None:
         """Signal end of input (non-TTY: the ``04`` frame). Idempotent.
@@ -1496,13 +1651,12 @@ class ExecSession:
         self._stdin_closed = True
         if self.done:
             return
-        ws = self._open_ws()
-        await ws.send_bytes(_frames.EOF_FRAME)
+        await self._send(_frames.EOF_FRAME, "the end of stdin")
 
     async def resize(self, cols: int, rows: int) -> None:
         """Set the terminal size (TTY sessions; ignored by the server otherwise)."""
         msg = _frames.resize_message(_check_size(cols, "cols"), _check_size(rows, "rows"))
-        await self._open_ws().send_str(msg)
+        await self._send(msg, "a resize")
 
     async def signal(self, sig: str | int) -> None:
         """Send a signal (``"TERM"``, ``"SIGINT"``, ``9`` ...) to the command.
@@ -1516,7 +1670,7 @@ class ExecSession:
         if self.done:
             return
         if "signal" in self.capabilities and not self._control and not self._shut:
-            await self._open_ws().send_str(_frames.signal_message(name))
+            await self._send(_frames.signal_message(name), f"signal {name}")
             return
         sid = await self._session_id_soon()
         if sid is None:
@@ -1542,9 +1696,9 @@ class ExecSession:
             return None  # never connected: nothing to signal through
         try:
             if "signal" in self.capabilities and not self._control and not self._shut:
-                await self._open_ws().send_str(_frames.signal_message("TERM"))
+                await self._send(_frames.signal_message("TERM"), "signal TERM")
                 if not await self._wait_done(grace):
-                    await self._open_ws().send_str(_frames.signal_message("KILL"))
+                    await self._send(_frames.signal_message("KILL"), "signal KILL")
                     await self._wait_done(settings.kill_wait)
             else:
                 sid = await self._session_id_soon()
@@ -1559,7 +1713,7 @@ class ExecSession:
                 if not done:
                     await stream.aclose()
                 await self._wait_done(settings.kill_wait)
-        except (APIError, SpritesConnectionError, StreamError) as exc:
+        except SpritesError as exc:  # also ClientClosedError: the app is shutting down
             logger.warning("could not terminate %r: %s", self, exc)
         return self.exit_code if self._is_done() else None
 
@@ -1604,7 +1758,7 @@ class ExecSession:
                 await self.close_stdin()
             else:
                 await self.write(data)
-        except (BrokenPipeError, SpritesConnectionError, aiohttp.ClientError, OSError) as exc:
+        except (BrokenPipeError, SpritesConnectionError) as exc:
             logger.debug("stopped sending stdin: %s", exc)
             return False
         return True
@@ -1704,7 +1858,7 @@ async def run(
     stdin: Stdin = None,
     timeout: float | None = None,
     check: bool = False,
-    max_output: int | None = None,
+    max_output: int | None = DEFAULT_MAX_OUTPUT,
     tty: bool = False,
     on_port: PortCallback | None = None,
     control: bool | None = None,
@@ -1740,16 +1894,16 @@ async def run(
             continue
         except ExitStatusUnknownError as exc:
             # The output that did arrive belongs to the caller.
-            exc.stdout = bytes(collector.bufs[1])
-            exc.stderr = bytes(collector.bufs[2])
+            exc.stdout = bytes(collector.value(1))
+            exc.stderr = bytes(collector.value(2))
             raise
         assert proc.exit_code is not None
         result = ExecResult(
             exit_code=proc.exit_code,
-            stdout=bytes(collector.bufs[1]),
-            stderr=bytes(collector.bufs[2]),
-            stdout_dropped=collector.dropped[1],
-            stderr_dropped=collector.dropped[2],
+            stdout=bytes(collector.value(1)),
+            stderr=bytes(collector.value(2)),
+            stdout_dropped=collector.dropped(1),
+            stderr_dropped=collector.dropped(2),
             session_id=proc.session_id,
             argv=request.argv,
         )
@@ -1823,7 +1977,7 @@ async def run_http(
     env_replace: bool = False,
     cwd: str | None = None,
     check: bool = False,
-    max_output: int | None = None,
+    max_output: int | None = DEFAULT_MAX_OUTPUT,
     options: RequestOptions | None = None,
 ) -> ExecResult:
     """Run a command with ``POST /exec``; see :meth:`Sprite.run_http`."""
@@ -1897,10 +2051,10 @@ async def _run_http_stream(
         )
     result = ExecResult(
         exit_code=code,
-        stdout=bytes(collector.bufs[1]),
-        stderr=bytes(collector.bufs[2]),
-        stdout_dropped=collector.dropped[1],
-        stderr_dropped=collector.dropped[2],
+        stdout=bytes(collector.value(1)),
+        stderr=bytes(collector.value(2)),
+        stdout_dropped=collector.dropped(1),
+        stderr_dropped=collector.dropped(2),
         argv=request.argv,
     )
     if check:

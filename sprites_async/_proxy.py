@@ -36,6 +36,7 @@ import aiohttp
 import msgspec
 
 from ._checkpoints import OtherEvent, event_decoder
+from ._control import close_now
 from ._errors import NotFoundError, SpritesConnectionError, SpritesTimeoutError
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 
@@ -68,6 +69,8 @@ CONNECT_REPLY_TIMEOUT = 30.0
 """Seconds to wait for ``{"status":"connected"}`` after the init frame."""
 HEARTBEAT = 15.0
 """WebSocket ping interval of a tunnel (section 12, item 6)."""
+CLOSE_TIMEOUT = 1.0
+"""Bound of a close in the rare case it cannot be done at once (see ``close_now``)."""
 
 _CLEAN_CLOSE = frozenset({1000, 1001})
 _UPSTREAM_CLOSED = "upstream closed"
@@ -135,9 +138,10 @@ def _check_host(host: object) -> str:
     return host
 
 
-async def _close_ws(ws: WebSocket, code: int = 1000) -> None:
-    with contextlib.suppress(Exception):
-        await ws.close(code=code)
+async def _close_ws(ws: WebSocket) -> None:
+    # Never wait for the server's close reply (aiohttp's close() waits up
+    # to its timeout for it): say goodbye and drop the connection, as exec does.
+    await close_now(ws, CLOSE_TIMEOUT)
 
 
 async def _open_tunnel(
@@ -153,7 +157,14 @@ async def _open_tunnel(
         options=options,
     )
     try:
-        await ws.send_str(msgspec.json.encode({"host": host, "port": port}).decode())
+        try:
+            await ws.send_str(msgspec.json.encode({"host": host, "port": port}).decode())
+        except (OSError, RuntimeError) as exc:  # closed under us (e.g. the client closed)
+            raise ProxyError(
+                f"sending the proxy request for {target} failed: {exc}",
+                sprite=sprite.name,
+                target=target,
+            ) from exc
         try:
             msg = await ws.receive(timeout=CONNECT_REPLY_TIMEOUT)
         except asyncio.TimeoutError as exc:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._errors import APIError, ConflictError, SpritesError
+from ._exec import DEFAULT_MAX_OUTPUT
 from ._models import SpriteConfig, SpriteInfo, SpritePage, decode_page, decode_sprite
 from ._paging import AsyncPaginator
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
@@ -551,7 +552,7 @@ class Sprite:
         stdin: Stdin = None,
         timeout: float | None = None,
         check: bool = False,
-        max_output: int | None = None,
+        max_output: int | None = DEFAULT_MAX_OUTPUT,
         tty: bool = False,
         on_port: PortCallback | None = None,
         extra_headers: ExtraHeaders = None,
@@ -582,8 +583,9 @@ class Sprite:
                 handshake has its own ``Timeouts.wake`` limit); then it is sent
                 TERM, then KILL, and :class:`CommandTimeoutError` is raised.
             check: Raise :class:`CommandFailedError` for a non-zero exit code.
-            max_output: Bytes kept per stream; the rest is counted in
-                ``stdout_dropped``/``stderr_dropped`` (None: keep everything).
+            max_output: Bytes kept per stream (default 8 MiB): the first and
+                the last half of it; what lies between is counted in
+                ``stdout_dropped``/``stderr_dropped``. None keeps everything.
             tty: Run in a terminal (stdout and stderr merged).
             on_port: Called with each :class:`PortEvent`.
 
@@ -671,7 +673,7 @@ class Sprite:
         env_replace: bool = False,
         cwd: str | None = None,
         check: bool = False,
-        max_output: int | None = None,
+        max_output: int | None = DEFAULT_MAX_OUTPUT,
         extra_headers: ExtraHeaders = None,
         extra_query: ExtraQuery = None,
         extra_body: ExtraBody = None,

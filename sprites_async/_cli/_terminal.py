@@ -13,6 +13,8 @@ import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
+from sprites_async._errors import SpritesConnectionError
+
 from . import EXIT_INTERRUPTED, Context, Handler, UsageError, examples
 
 if TYPE_CHECKING:
@@ -149,10 +151,10 @@ async def _forward_stdin(proc: ExecSession, fd: int, *, close: bool) -> None:
         async for chunk in chunks:
             try:
                 await proc.write(chunk)
-            except BrokenPipeError:
-                return  # the command exited or stopped reading
+            except (BrokenPipeError, SpritesConnectionError):
+                return  # the command exited or its connection ended: the reader reports it
         if close:
-            with contextlib.suppress(BrokenPipeError):
+            with contextlib.suppress(BrokenPipeError, SpritesConnectionError):
                 await proc.close_stdin()
     finally:
         await chunks.aclose()

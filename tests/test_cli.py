@@ -350,6 +350,12 @@ def test_fleet_exec_shows_non_zero_exits(emu: Emulator, capsys: pytest.CaptureFi
     rows = sorted(line.split("\t")[:3] for line in out.splitlines())
     assert rows == [["nz-a", "ok", "0"], ["nz-b", "exit 3", "3"]]
     assert "1 ok, 1 exit non-zero" in err or "1 exit non-zero, 1 ok" in err
+    code, out, err = run(
+        capsys, "fleet", "exec", "--prefix", "nz-", "--json", "--", "sh", "-c", script
+    )
+    assert code == EXIT_API
+    rows = sorted((r["sprite"], r["status"], r["exit_code"]) for r in json.loads(out))
+    assert rows == [("nz-a", "ok", 0), ("nz-b", "exit", 3)]
 
 
 def test_checkpoint_create_prints_our_own_advice(

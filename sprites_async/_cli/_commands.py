@@ -672,7 +672,8 @@ async def cmd_fleet(ctx: Context) -> int:
             [
                 {
                     "sprite": o.sprite,
-                    "status": o.status,
+                    # "exit" when the command ran and exited non-zero: never "ok" then.
+                    "status": "exit" if _exec_status(o).startswith("exit ") else o.status,
                     "exit_code": o.value.exit_code if o.value is not None else None,
                     "stdout": o.value.stdout_text if o.value is not None else None,
                     "stderr": o.value.stderr_text if o.value is not None else None,

@@ -20,7 +20,8 @@ to give back to the model. Everything around it is bounded and undoable:
   known state.
 * **Bounded time and output**: ``timeout`` is capped at
   :attr:`Limits.max_timeout`; a command still running then is killed. At most
-  :attr:`Limits.max_output` bytes of each stream are kept, the rest counted.
+  :attr:`Limits.max_output` bytes of each stream are kept (its first and last
+  halves), the rest counted.
   Exit codes are reported as the sprite gave them, and as unknown when it did
   not.
 

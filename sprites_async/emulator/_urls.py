@@ -33,12 +33,13 @@ import logging
 import re
 import socket
 import weakref
+from collections.abc import Callable
 
 from aiohttp import web
 
 from ._netns import SpriteNetwork
 from ._proxy import ProxyInitError, dial_inside, sprite_network
-from ._services import http_service_port
+from ._services import http_service_port, http_service_watch
 from ._state import EmulatorState, SpriteRecord
 
 log = logging.getLogger(__name__)
@@ -204,10 +205,13 @@ class UrlRouter:
         except ProxyInitError as exc:
             await _answer(writer, 502, exc.reason)
             return
-        upstream = await _connect(network, port)
+        problem_now = http_service_watch(state, name)
+        upstream = await _connect(network, port, problem_now)
         if upstream is None:
             where = "in the sprite" if network is not None else "on the host's loopback"
-            await _answer(writer, 502, f"nothing listens on port {port} {where}")
+            problem = problem_now()
+            why = f" ({problem})" if problem else ""
+            await _answer(writer, 502, f"nothing listens on port {port} {where}{why}")
             return
         up_reader, up_writer = upstream
         try:
@@ -247,9 +251,9 @@ def _authorized(head: bytes, token: str) -> bool:
 
 
 async def _connect(
-    network: SpriteNetwork | None, port: int
+    network: SpriteNetwork | None, port: int, problem: Callable[[], str | None]
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    """Dial the app, waiting a little for a service that is still starting."""
+    """Dial the app, waiting a little for a service that is still starting (not one that died)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CONNECT_WAIT
     while True:
@@ -260,7 +264,7 @@ async def _connect(
         else:
             with contextlib.suppress(OSError):
                 return await asyncio.open_connection("127.0.0.1", port)
-        if loop.time() >= deadline:
+        if loop.time() >= deadline or problem() is not None:
             return None
         await asyncio.sleep(0.1)
 

@@ -160,6 +160,17 @@ async def test_without_an_app_the_url_answers_502(
     assert "8080" in body  # the documented default port
 
 
+async def test_a_crashing_app_gets_a_502_that_says_why(emu: RunningEmulator) -> None:
+    url = (await create(emu, "crashy"))["url"]
+    crash = {"cmd": "sh", "args": ["-c", "sleep 0.3; exit 3"], "http_port": 8000}
+    await service(emu, "crashy", "site", crash)
+    # Well within CONNECT_WAIT: the router stops waiting when the process ends.
+    status, body = await fetch(emu, url + "/", timeout=8)
+    assert status == 502
+    assert "nothing listens on port 8000" in body
+    assert "service site is failed: exited with code 3" in body
+
+
 async def test_two_sprites_each_serve_port_8000(emu: RunningEmulator) -> None:
     needs_own_network(emu)
     urls = {name: (await create(emu, name))["url"] for name in ("left", "right")}
@@ -255,3 +266,4 @@ async def test_port_taken_on_a_shared_network_is_named(
     assert rt.error is not None
     assert "exited with code 1" in rt.error
     assert f"port {busy_port} is already in use" in rt.error
+    assert "share the host's network" in rt.error

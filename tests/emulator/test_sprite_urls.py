@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sprites_async.emulator import EmulatorConfig, _urls
+from sprites_async._cli import main as cli_main
+from sprites_async.emulator import Emulator, EmulatorConfig, _urls
 from sprites_async.emulator._sandbox import jail_for
 from sprites_async.emulator._supervisor import supervisor_for
 from tests.emulator.conftest import RunningEmulator, serve
@@ -267,3 +268,17 @@ async def test_port_taken_on_a_shared_network_is_named(
     assert "exited with code 1" in rt.error
     assert f"port {busy_port} is already in use" in rt.error
     assert "share the host's network" in rt.error
+
+
+@pytest.mark.parametrize("network", ["host", "auto"])
+def test_doctor_says_whether_sprites_share_ports(
+    network: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Emulator(sprite_network=network, exit_linger=0.0) as emu:
+        monkeypatch.setenv("SPRITES_API_URL", emu.url)
+        monkeypatch.setenv("SPRITES_TOKEN", emu.token)
+        cli_main(["doctor", "--json"])
+        shared = not (emu.sandboxed and jail_for(emu.state).own_networks)
+    report = json.loads(capsys.readouterr().out)
+    step = {s["name"]: s for s in report["steps"]}["emulator sandbox"]
+    assert ("sprites share the host's ports" in step["detail"]) == shared

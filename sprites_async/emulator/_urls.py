@@ -122,6 +122,9 @@ class UrlRouter:
     def _accepted(
         self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if name not in self._servers:  # accepted just as the listener closed
+            writer.close()
+            return
         task = asyncio.ensure_future(self._serve(name, reader, writer))
         conns = self._conns.setdefault(name, set())
         conns.add(task)
@@ -160,6 +163,9 @@ class UrlRouter:
             await self._route(name, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
             log.debug("sprite URL connection of %s ended: %s", name, exc)
+        except Exception:
+            # A connection task has nobody to report to; keep the listener serving.
+            log.exception("sprite URL connection of %s failed", name)
         finally:
             writer.close()
             with contextlib.suppress(OSError):

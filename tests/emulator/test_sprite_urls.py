@@ -106,6 +106,15 @@ async def test_url_carries_a_websocket(emu: RunningEmulator) -> None:
         msg = await asyncio.wait_for(ws.receive(), 30)
         assert msg.type == aiohttp.WSMsgType.TEXT
         assert msg.data == "echo:ping"
+        # The open connection keeps the sprite running past warm_after (0.5 s).
+        await asyncio.sleep(1.5)
+        assert emu.state.sprites["wsapp"].status == "running"
+        assert emu.state.lifecycle.active("wsapp") >= 1
+    for _ in range(100):
+        if not emu.state.lifecycle.active("wsapp"):
+            break
+        await asyncio.sleep(0.05)
+    assert emu.state.lifecycle.active("wsapp") == 0
 
 
 async def test_auth_sprite_needs_the_token_public_does_not(emu: RunningEmulator) -> None:
@@ -215,6 +224,28 @@ async def test_port_is_kept_across_restarts(emulator_config: EmulatorConfig) -> 
         await writer.wait_closed()
         status, doc = await second.api("GET", "/v1/sprites/steady")
         assert (status, doc["url"]) == (200, url)
+
+
+async def test_shutdown_cuts_open_url_connections(emulator_config: EmulatorConfig) -> None:
+    async with serve(emulator_config) as emu:
+        url = (await create(emu, "busy", auth="public"))["url"]
+        await service(
+            emu, "busy", "ws", {"cmd": "python3", "args": ["-c", WS_APP], "http_port": 8000}
+        )
+        port = int(url.rsplit(":", 1)[1])
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        idle_writer.write(b"GET / HTTP/1.1\r\n")  # a head never finished
+        ws = await emu.http.ws_connect(url + "/ws")
+    try:
+        assert await asyncio.wait_for(idle_reader.read(), 10) == b""
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    finally:
+        await ws.close()
+        idle_writer.close()
+        await idle_writer.wait_closed()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
 
 
 @pytest.fixture

@@ -403,6 +403,8 @@ class Doctor:
                 line = str(doc.get("status", "")) if isinstance(doc, dict) else ""
             step.data = {"sandboxed": sandboxed}
             step.detail = line
+            if not sandboxed or "the host's network" in line:
+                step.detail += "; sprites share the host's ports: two cannot serve on one port"
             if not sandboxed:
                 step.status = "warn"
 

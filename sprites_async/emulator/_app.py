@@ -49,6 +49,7 @@ from . import (
     _proxy,
     _services,
     _sprites,
+    _urls,
 )
 from ._sprites import sprite_layer_name
 from ._state import STATE_KEY, EmulatorConfig, EmulatorState, json_error
@@ -197,6 +198,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
         _proxy,
         _services,
         _ports,
+        _urls,
     ):
         module.setup(app, state)
     app.on_response_prepare.append(_on_prepare)

@@ -128,7 +128,7 @@ async def dial(
             "(the emulator only proxies to localhost, 127.0.0.1 and ::1)",
         )
     if network is not None:
-        inside = await _dial_inside(network, host, port)
+        inside = await dial_inside(network, host, port)
         if inside is not None:
             return inside
     try:
@@ -146,7 +146,7 @@ async def dial(
     return reader, writer, target
 
 
-async def _dial_inside(
+async def dial_inside(
     network: SpriteNetwork, host: str, port: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str] | None:
     """Connect in the sprite's namespace; None when nothing listens there."""

@@ -8,8 +8,9 @@ whose events carry ``timestamp`` in Unix milliseconds.
 
 Wiring: ``create_app`` calls :func:`setup`; whoever restores a sprite's
 files calls :func:`stop_all` first and :func:`start_all` after. Deleting a
-sprite is handled through ``state.sprite_deleted_hooks``. A router for the
-sprite's URL would call :func:`http_service_port` (it starts the service).
+sprite is handled through ``state.sprite_deleted_hooks``. The sprite's URL
+(``_urls``) calls :func:`http_service_port` (it starts the service) and
+:func:`http_service_watch` to say why the app does not answer.
 
 Streams end early, and quietly, when the client goes away; a stop then still
 completes (it runs in a task of its own).
@@ -50,7 +51,14 @@ from ._supervisor import (
 )
 from ._wire import BodyTooLarge, go_json, read_capped
 
-__all__ = ["http_service_port", "setup", "start_all", "stop_all", "supervisor_for"]
+__all__ = [
+    "http_service_port",
+    "http_service_watch",
+    "setup",
+    "start_all",
+    "stop_all",
+    "supervisor_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +142,31 @@ async def http_service_port(state: EmulatorState, sprite: str) -> int | None:
                     log.warning("HTTP service %s of %s did not start: %s", rt.name, sprite, exc)
             return port
     return None
+
+
+def http_service_watch(state: EmulatorState, sprite: str) -> Callable[[], str | None]:
+    """A check for the URL router: why the ``http_port`` service is not serving.
+
+    Call after :func:`http_service_port`. The returned function gives None
+    while the process running now lives (or when no service has an HTTP
+    port), else the reason, read as the process ended: a crash restart soon
+    clears the service's error, and the router must still be able to say why.
+    """
+    runtimes = supervisor_for(state).services(sprite).values()
+    rt = next((r for r in runtimes if r.definition.http_port is not None), None)
+    if rt is None:
+        return lambda: None
+    done = rt.done
+    if rt.proc is None or done is None:
+        reason = _not_serving(rt)
+        return lambda: reason
+    seen: list[str] = []
+    done.add_done_callback(lambda _: seen.append(_not_serving(rt)))
+    return lambda: seen[0] if seen else None
+
+
+def _not_serving(rt: ServiceRuntime) -> str:
+    return f"service {rt.name} is {rt.status}" + (f": {rt.error}" if rt.error else "")
 
 
 # --------------------------------------------------------------------- helpers

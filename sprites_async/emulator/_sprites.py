@@ -26,6 +26,7 @@ from aiohttp import web
 
 from ._lifecycle import utcnow
 from ._state import STATE_KEY, EmulatorState, SpriteRecord, json_error, json_response
+from ._urls import url_for
 from ._wire import BodyTooLarge, read_capped
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -68,8 +69,13 @@ def _ts_seconds(value: datetime | None) -> str | None:
     return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def sprite_json(rec: SpriteRecord) -> dict[str, Any]:
-    """The April-2026 shape: every key present (nulls too), ``labels`` only when set."""
+def sprite_json(rec: SpriteRecord, state: EmulatorState | None = None) -> dict[str, Any]:
+    """The April-2026 shape: every key present (nulls too), ``labels`` only when set.
+
+    With ``state``, ``url`` is the sprite's local URL (its listener opens now, see ``_urls``).
+    """
+    if state is not None:
+        url_for(state, rec)
     out: dict[str, Any] = {
         "id": rec.id,
         "name": rec.name,
@@ -291,7 +297,7 @@ async def create_sprite(request: web.Request) -> web.StreamResponse:
     state.creation_log.append(time.monotonic())
     for hook in list(state.sprite_created_hooks):
         await hook(name)
-    return json_response(sprite_json(rec), 201, api_layer=True)
+    return json_response(sprite_json(rec, state), 201, api_layer=True)
 
 
 def _decode_token(token: str) -> str:
@@ -354,7 +360,7 @@ async def list_sprites(request: web.Request) -> web.StreamResponse:
             **counts,
             "running_limit": state.config.running_limit,
             "warm_limit": state.config.warm_limit,
-            "sprites": [sprite_json(state.sprites[n]) for n in page],
+            "sprites": [sprite_json(state.sprites[n], state) for n in page],
             "next_continuation_token": next_token,
             "has_more": has_more,
         },
@@ -368,7 +374,7 @@ async def get_sprite(request: web.Request) -> web.StreamResponse:
     rec = state.sprites.get(request.match_info["name"])
     if rec is None:
         return _missing(state, "failed to retrieve sprite")
-    return json_response(sprite_json(rec), api_layer=True)
+    return json_response(sprite_json(rec, state), api_layer=True)
 
 
 async def update_sprite(request: web.Request) -> web.StreamResponse:
@@ -393,7 +399,7 @@ async def update_sprite(request: web.Request) -> web.StreamResponse:
         rec.labels = []
     rec.updated_at = utcnow()
     state.save_sprite(rec)
-    return json_response(sprite_json(rec), api_layer=True)
+    return json_response(sprite_json(rec, state), api_layer=True)
 
 
 async def delete_sprite(request: web.Request) -> web.StreamResponse:

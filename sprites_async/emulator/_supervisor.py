@@ -615,9 +615,28 @@ class Supervisor:
             rt.error = None
             return
         rt.status = "failed"
-        rt.error = f"exited with code {code}"
+        rt.error = f"exited with code {code}" + self._port_in_use(rt)
         if not rt.sticky:
             self._schedule_restart(rt)
+
+    def _port_in_use(self, rt: ServiceRuntime) -> str:
+        """``": port N is already in use ..."`` when the last run's log says so, else ``""``."""
+        since = (rt.started_ns or 0) // 1_000_000
+        tail = [
+            str(ev.get("data", ""))
+            for ev in list(rt.lines)[-20:]
+            if ev.get("type") in ("stdout", "stderr") and ev.get("timestamp", 0) >= since
+        ]
+        if not any(
+            "EADDRINUSE" in line or "address already in use" in line.lower() for line in tail
+        ):
+            return ""
+        port = rt.definition.http_port
+        reason = f": port {port} is already in use" if port else ": its port is already in use"
+        state = self._state
+        if not (use_sandbox(state.config.sandbox) and jail_for(state).own_networks):
+            reason += " (sprites share the host's network here, so their ports collide)"
+        return reason
 
     # -- crash restarts
 

@@ -71,7 +71,8 @@ async def test_create_returns_201_with_the_april_2026_shape(emu: RunningEmulator
     assert body["name"] == "alpha"
     assert body["status"] == "cold"
     assert body["version"] is None
-    assert re.fullmatch(r"https://alpha-[a-z]{5}\.sprites\.app", body["url"])
+    # The emulator's URL is a loopback listener of the sprite's own (test_sprite_urls.py).
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", body["url"])
     assert body["url_settings"] == {"auth": "sprite"}
     assert TS_MICRO.match(body["created_at"])
     assert body["updated_at"] == body["created_at"]

@@ -221,7 +221,7 @@ class UrlRouter:
             return
         up_reader, up_writer = upstream
         try:
-            up_writer.write(head)
+            up_writer.write(_for_the_app(head, state.config.token))
             await _pipe_both(reader, writer, up_reader, up_writer)
         finally:
             up_writer.close()
@@ -244,6 +244,34 @@ def _listen(port: int) -> socket.socket | None:
             continue
         return sock
     return None
+
+
+def _for_the_app(head: bytes, token: str) -> bytes:
+    """The request head as the sprite's app gets it: without the emulator's token.
+
+    The token is the organisation's key and the app is untrusted code, so an
+    ``Authorization`` header carrying it is removed. A plain request is also
+    made the connection's last (``Connection: close``): the relay reads only
+    the first head, and a keep-alive client would send the token again in
+    the next one. A WebSocket upgrade keeps its headers (frames follow).
+    """
+    lines = head.split(b"\r\n")
+    upgrade = any(
+        k.strip().lower() == b"upgrade" for k, _, _ in (line.partition(b":") for line in lines[1:])
+    )
+    kept = [lines[0]]
+    for line in lines[1:]:
+        key, _, value = line.partition(b":")
+        name = key.strip().lower()
+        if name == b"authorization" and token.encode() in value:
+            continue
+        if name == b"connection" and not upgrade:
+            continue
+        kept.append(line)
+    if not upgrade:
+        # The head ends with an empty line pair; the header goes before it.
+        kept.insert(len(kept) - 2, b"Connection: close")
+    return b"\r\n".join(kept)
 
 
 def _authorized(head: bytes, token: str) -> bool:

@@ -313,3 +313,34 @@ def test_doctor_says_whether_sprites_share_ports(
     report = json.loads(capsys.readouterr().out)
     step = {s["name"]: s for s in report["steps"]}["emulator sandbox"]
     assert ("sprites share the host's ports" in step["detail"]) == shared
+
+
+HEADERS_APP = r"""
+import http.server
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = "".join(f"{k.lower()}: {v}\n" for k, v in self.headers.items()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+http.server.HTTPServer(("127.0.0.1", 8000), H).serve_forever()
+"""
+"""Answers with the request headers it received."""
+
+
+async def test_the_app_never_sees_the_token(emu: RunningEmulator) -> None:
+    # The token is the organisation's key; the app in the sprite is untrusted.
+    url = (await create(emu, "headers"))["url"]
+    body = {"cmd": "python3", "args": ["-c", HEADERS_APP], "http_port": 8000}
+    await service(emu, "headers", "echo", body)
+    for _ in range(2):  # a second request on a kept-alive connection too
+        status, seen = await fetch(emu, url + "/")
+        assert status == 200
+        assert "authorization" not in seen
+        assert emu.token not in seen
+        assert "connection: close" in seen

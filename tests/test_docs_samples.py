@@ -41,8 +41,6 @@ def test_a_failing_sample_fails_its_test(tmp_path: Path) -> None:
         run_sample(bad, tmp_path)
 
 
-@pytest.mark.parametrize(
-    "block", docs_blocks(), ids=lambda b: f"{Path(b.source).stem}-{b.ident}"
-)
+@pytest.mark.parametrize("block", docs_blocks(), ids=lambda b: f"{Path(b.source).stem}-{b.ident}")
 def test_docs_sample_runs_as_written(block: Block, tmp_path: Path) -> None:
     run_sample(block, tmp_path)

@@ -8,6 +8,7 @@ behind; a block that cannot run on its own says so on its first line,
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,20 @@ def test_the_docs_have_runnable_samples() -> None:
         "docs/guides/web-backends.md",
         "docs/guides/testing.md",
     }
+
+
+def test_ci_builds_the_docs_strictly_and_offline() -> None:
+    # mkdocs --quiet hides the warnings that --strict turns into a failure (mkdocs 1.6), so a
+    # quiet build passes with broken references; the plugins below fetch from the network.
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    build = [line for line in ci.splitlines() if "mkdocs build" in line]
+    assert len(build) == 1 and "--strict" in build[0]
+    assert not re.search(r"\s(-q|--quiet)\b", build[0])
+    assert ci.index("mypy --strict") < ci.index("mkdocs build") < ci.index("-m pytest")
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert "strict: true" in config
+    assert not re.search(r"^\s*-\s*(social|privacy|optimize)\b", config, re.MULTILINE)
+    assert re.search(r"^\s*font:\s*false\s*$", config, re.MULTILINE)
 
 
 def test_a_failing_sample_fails_its_test(tmp_path: Path) -> None:

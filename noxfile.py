@@ -1,5 +1,5 @@
-"""Developer tasks: ``nox -s lint``, ``typecheck``, ``tests``, ``wheel``, ``bench``, ``soak``,
-``soak-quirks``.
+"""Developer tasks: ``nox -s lint``, ``typecheck``, ``tests``, ``docs``, ``wheel``, ``bench``,
+``soak``, ``soak-quirks``.
 
 Each session installs the project with its extras into its own virtualenv.
 Interpreters that are not installed are skipped, not failed.
@@ -38,6 +38,17 @@ def tests(session: nox.Session) -> None:
     """The test suite (extra pytest arguments pass through: nox -s tests -- -k exec)."""
     session.install("-e", ".[test,fastapi]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs.yml, docs/) in strict mode into ``site/``; pass
+    ``-- serve`` to preview it instead."""
+    session.install("-e", ".[docs]")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session

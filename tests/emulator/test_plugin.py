@@ -244,8 +244,9 @@ async def test_other():
 
 
 def readme_plugin_sample() -> str:
-    """The pytest file of README.md's pytest plugin paragraph."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    """The pytest file of the docs' pytest plugin paragraph (docs/guides/testing.md)."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "guides" / "testing.md"
+    readme = page.read_text(encoding="utf-8")
     section = readme[readme.index("**pytest plugin**") :]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 

@@ -693,7 +693,7 @@ NON_IDEMPOTENT = [
         "signal service",
         _svc_running,
     ),
-    # POSTs whose repetition is not harmless (see README "What is retried").
+    # POSTs whose repetition is not harmless (see docs/guides/reliability.md, "What is retried").
     Once(
         "upgrade",
         "POST",

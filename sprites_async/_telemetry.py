@@ -189,10 +189,10 @@ class Telemetry:
             data = _counted(data, sent)
         resp: Any = None
         error: BaseException | None = None
-        token: object | None = otel_context.attach(trace.set_span_in_context(span))
+        token: Any = otel_context.attach(trace.set_span_in_context(span))
         try:
             async with open_stream(data) as resp:
-                otel_context.detach(token)  # type: ignore[arg-type]
+                otel_context.detach(token)
                 token = None
                 attributes["http.response.status_code"] = resp.status
                 yield resp
@@ -201,7 +201,7 @@ class Telemetry:
             raise
         finally:
             if token is not None:
-                otel_context.detach(token)  # type: ignore[arg-type]
+                otel_context.detach(token)
             received = getattr(getattr(resp, "content", None), "total_bytes", 0)
             received = received if isinstance(received, int) else 0
             self._transferred(span, sent[0], received, operation)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from aioresponses import aioresponses
 
@@ -26,6 +27,7 @@ from sprites_async import (
     NotFoundError,
     RetryPolicy,
     SpritesClient,
+    StreamError,
 )
 from sprites_async._exec import ExecSettings
 from tests.conftest import BASE, TOKEN, sprite_json, url
@@ -327,3 +329,45 @@ def test_a_client_without_telemetry_never_imports_opentelemetry() -> None:
         "assert 'sprites_async._telemetry' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ------------------------------------------------------------------ streams
+
+
+def ndjson(*events: dict[str, Any]) -> bytes:
+    return b"".join(msgspec.json.encode(e) + b"\n" for e in events)
+
+
+async def test_a_stream_span_lasts_until_the_stream_is_read(mock: aioresponses, otel: Otel) -> None:
+    body = ndjson(
+        {"type": "info", "data": "Creating checkpoint..."},
+        {"type": "complete", "data": "Checkpoint v1 created"},
+    )
+    mock.post(url("/v1/sprites/alpha/checkpoint"), body=body, headers={"x-request-id": "r-9"})
+    async with otel.client(base_url=BASE, retry=NO_WAIT) as client:
+        async with client.sprite("alpha").checkpoints.create() as stream:
+            async for _ in stream:
+                assert otel.spans() == []  # still open while the events come
+    span = otel.span("POST create checkpoint")
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.attributes is not None
+    assert span.attributes["sprites.request_id"] == "r-9"
+    assert span.attributes["http.response.body.size"] == len(body)
+    assert span.attributes["http.request.body.size"] > 0
+
+
+async def test_an_error_event_ends_the_stream_span_with_an_error(
+    mock: aioresponses, otel: Otel
+) -> None:
+    body = ndjson(
+        {"type": "info", "data": "Creating checkpoint..."},
+        {"type": "error", "error": "disk full", "time": "2026-01-31T12:24:41Z"},
+    )
+    mock.post(url("/v1/sprites/alpha/checkpoint"), body=body)
+    async with otel.client(base_url=BASE, retry=NO_WAIT) as client:
+        with pytest.raises(StreamError, match="disk full"):
+            await client.sprite("alpha").checkpoints.create()
+    span = otel.span("POST create checkpoint")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "CheckpointError"

@@ -912,7 +912,7 @@ class ExecSession:
             span = self._span = telemetry.exec_span(self, "exec" if self._request else "attach")
             if self._sink is not None:
                 self._sink = span.counting(self._sink)
-            with span.current():
+            with span.current(self):
                 return await self.start(prefer_control=prefer_control)
         self._started = True
         loop = asyncio.get_running_loop()
@@ -1424,7 +1424,7 @@ class ExecSession:
             error = self._unknown("no exit status")
         self._error = error
         if self._span is not None:
-            self._span.end(self.exit_code, error, self.session_id, via_control=self._control)
+            self._span.end(self, error)
         fut.set_result(None)
         if self._wake is not None:
             self._wake.set()

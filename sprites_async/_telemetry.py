@@ -288,13 +288,14 @@ class ExecSpan:
         self.received = 0
 
     @contextmanager
-    def current(self) -> Iterator[None]:
+    def current(self, session: ExecSession) -> Iterator[None]:
         """Make the span current (its handshake becomes a child); end it if this fails."""
         token = otel_context.attach(trace.set_span_in_context(self.span))
         try:
             yield
         except BaseException as exc:
-            self.end(None, exc, None, via_control=False)
+            self.fail(exc)
+            self.end(session, exc)
             raise
         finally:
             otel_context.detach(token)
@@ -313,23 +314,23 @@ class ExecSpan:
         if self._failure is None:
             self._failure = error
 
-    def end(
-        self,
-        exit_code: int | None,
-        error: BaseException | None,
-        session_id: str | None,
-        *,
-        via_control: bool,
-    ) -> None:
+    def end(self, session: ExecSession, error: BaseException | None) -> None:
         """Record the outcome and end the span (once)."""
         if self._ended:
             return
         self._ended = True
         span = self.span
+        exit_code = session.exit_code
+        if session.session_id is not None:
+            span.set_attribute("sprites.exec.session_id", session.session_id)
+        span.set_attribute(
+            "sprites.exec.transport", "control" if session.via_control else "websocket"
+        )
+        if session._detached and self._failure is None:
+            # Left running on purpose: no exit status, and no error either.
+            span.set_attribute("sprites.exec.detached", True)
+            error = None
         error = self._failure or error
-        if session_id is not None:
-            span.set_attribute("sprites.exec.session_id", session_id)
-        span.set_attribute("sprites.exec.transport", "control" if via_control else "websocket")
         if exit_code is not None:
             span.set_attribute("process.exit.code", exit_code)
         if self.received:
@@ -376,6 +377,9 @@ def _pooled_sockets(
     pool = _pools.get(client)
     if pool is None:
         return
-    stats = pool.stats()
+    try:
+        stats = pool.stats()
+    except RuntimeError:  # a reader thread raced the loop changing the pool: skip once
+        return
     yield Observation(stats["idle"], {"sprites.state": "idle"})
     yield Observation(stats["open"] - stats["idle"], {"sprites.state": "busy"})

@@ -371,3 +371,31 @@ async def test_an_error_event_ends_the_stream_span_with_an_error(
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None
     assert span.attributes["error.type"] == "CheckpointError"
+
+
+async def test_a_detached_command_and_its_attach_have_spans_of_their_own(traced: Any) -> None:
+    sprite = traced.sprite
+    async with sprite.process(
+        "sh", "-c", "echo one; sleep 30", max_run_after_disconnect="30s"
+    ) as proc:
+        assert await proc.stdout.__anext__() == b"one\n"
+        session_id = await proc.detach()
+    first = traced.span("sprites exec")
+    assert first.status.status_code is StatusCode.UNSET  # left running on purpose
+    assert first.attributes is not None
+    assert first.attributes["sprites.exec.detached"] is True
+    assert "process.exit.code" not in first.attributes
+    async with sprite.sessions.attach(session_id) as proc:
+        assert await proc.stdout.__anext__() == b"one\n"
+        await proc.kill()
+        await proc.wait()
+    span = traced.span("sprites attach")
+    assert span.attributes is not None
+    assert span.attributes["sprites.exec.session_id"] == session_id
+    assert span.attributes["process.exit.code"] != 0
+    assert span.status.status_code is StatusCode.ERROR
+    handshakes = [s for s in traced.spans() if s.name == "GET attach"]
+    assert handshakes
+    assert all(h.parent is not None for h in handshakes)
+    assert {h.parent.span_id for h in handshakes if h.parent} == {span.context.span_id}
+    assert_no_secret(traced.spans(), traced.emu_token)

@@ -171,6 +171,7 @@ class Telemetry:
         self,
         open_stream: Callable[[Any], AbstractAsyncContextManager[Any]],
         data: Any,
+        json_size: int,
         method: str,
         path: str,
         operation: str,
@@ -184,7 +185,7 @@ class Telemetry:
         span = self._start(method, path, operation, sprite)
         started = time.monotonic()
         attributes = self._attributes(method, operation)
-        sent = [len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0]
+        sent = [len(data) if isinstance(data, (bytes, bytearray, memoryview)) else json_size]
         if isinstance(data, AsyncIterable):
             data = _counted(data, sent)
         resp: Any = None

@@ -16,6 +16,7 @@ request ids, a query string, a command line or an environment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
@@ -98,13 +99,18 @@ class Telemetry:
             unit="By",
             description="Bytes sent and received in bodies, streams and command output.",
         )
-        ref = weakref.ref(client)
-        meter.create_observable_up_down_counter(
-            "sprites.control.sockets",
-            callbacks=[lambda options: _pooled_sockets(ref, options)],
-            unit="{socket}",
-            description="Open pooled /control sockets (state: idle or busy).",
-        )
+        clients = _watched.get(meter)
+        if clients is None:
+            # One gauge per meter for all its clients: a meter keeps the
+            # callbacks of an instrument's first registration only.
+            clients = _watched[meter] = weakref.WeakSet()
+            meter.create_observable_up_down_counter(
+                "sprites.control.sockets",
+                callbacks=[functools.partial(_pooled_sockets, clients)],
+                unit="{socket}",
+                description="Open pooled /control sockets (state: idle or busy).",
+            )
+        clients.add(client)
 
     # ----------------------------------------------------------------- HTTP
 
@@ -269,7 +275,7 @@ class Telemetry:
         attributes: dict[str, str] = {"sprites.sprite": session.sprite.name}
         attributes["sprites.operation"] = operation
         span = self._tracer.start_span(
-            f"sprites {operation}", kind=SpanKind.CLIENT, attributes=attributes
+            f"sprites {operation}", kind=SpanKind.INTERNAL, attributes=attributes
         )
         return ExecSpan(self, span, operation)
 
@@ -367,20 +373,26 @@ async def _counted(data: AsyncIterable[Any], sent: list[int]) -> AsyncIterator[A
         yield chunk
 
 
+_watched: weakref.WeakKeyDictionary[Any, weakref.WeakSet[SpritesClient]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per meter: the clients whose pooled sockets its gauge reports."""
+
+
 def _pooled_sockets(
-    ref: weakref.ReferenceType[SpritesClient], options: CallbackOptions
+    clients: weakref.WeakSet[SpritesClient], options: CallbackOptions
 ) -> Iterator[Observation]:
-    client = ref()
-    if client is None:
-        return
     from ._control import _pools
 
-    pool = _pools.get(client)
-    if pool is None:
-        return
+    idle = busy = 0
     try:
-        stats = pool.stats()
-    except RuntimeError:  # a reader thread raced the loop changing the pool: skip once
+        for client in list(clients):
+            pool = _pools.get(client)
+            if pool is not None:
+                stats = pool.stats()
+                idle += stats["idle"]
+                busy += stats["open"] - stats["idle"]
+    except RuntimeError:  # a reader thread raced the loop changing a pool: skip once
         return
-    yield Observation(stats["idle"], {"sprites.state": "idle"})
-    yield Observation(stats["open"] - stats["idle"], {"sprites.state": "busy"})
+    yield Observation(idle, {"sprites.state": "idle"})
+    yield Observation(busy, {"sprites.state": "busy"})

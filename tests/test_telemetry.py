@@ -399,3 +399,15 @@ async def test_a_detached_command_and_its_attach_have_spans_of_their_own(traced:
     assert all(h.parent is not None for h in handshakes)
     assert {h.parent.span_id for h in handshakes if h.parent} == {span.context.span_id}
     assert_no_secret(traced.spans(), traced.emu_token)
+
+
+async def test_the_pooled_socket_gauge_counts_every_client_of_a_meter(emu: Any, otel: Otel) -> None:
+    clients = [otel.client(emu.token, base_url=emu.url, exec_settings=SETTINGS) for _ in range(2)]
+    try:
+        for client in clients:
+            assert (await client.sprite("box").exec("true")).exit_code == 0
+        points = otel.metrics()["sprites.control.sockets"]
+        assert {p.attributes["sprites.state"]: p.value for p in points} == {"idle": 2, "busy": 0}
+    finally:
+        await clients[1].aclose()
+        await no_leftovers(emu, clients[0])

@@ -71,9 +71,8 @@ class Telemetry:
         if parts.port is not None:
             netloc += f":{parts.port}"
         self._base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self._server: dict[str, str | int] = {"server.address": host}
-        if parts.port is not None:
-            self._server["server.port"] = parts.port
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._server: dict[str, str | int] = {"server.address": host, "server.port": port}
         self.http_duration = meter.create_histogram(
             "http.client.request.duration",
             unit="s",

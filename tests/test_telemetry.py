@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 from aioresponses import aioresponses
@@ -27,6 +28,7 @@ from sprites_async import (
     NotFoundError,
     RetryPolicy,
     SpritesClient,
+    SpritesConnectionError,
     StreamError,
 )
 from sprites_async._exec import ExecSettings
@@ -125,6 +127,7 @@ async def test_a_call_is_one_client_span_under_the_callers_span(
     assert attrs["http.request.method"] == "GET"
     assert attrs["url.full"] == BASE + "/v1/sprites/alpha"
     assert attrs["server.address"] == "api.test"
+    assert attrs["server.port"] == 443
     assert attrs["http.response.status_code"] == 200
     assert attrs["sprites.sprite"] == "alpha"
     assert attrs["sprites.operation"] == "get sprite"
@@ -172,6 +175,32 @@ async def test_a_failed_call_ends_its_span_with_an_error(mock: aioresponses, ote
     assert span.attributes is not None
     assert span.attributes["error.type"] == "404"
     assert span.attributes["http.response.status_code"] == 404
+    assert_no_secret(otel.spans(), TOKEN)
+
+
+async def test_connection_failures_are_retries_then_an_error_type(
+    mock: aioresponses, otel: Otel
+) -> None:
+    refused = aiohttp.ClientConnectionError("connection refused")
+    mock.get(url("/v1/sprites/alpha"), exception=refused)
+    mock.get(url("/v1/sprites/alpha"), payload=sprite_json("alpha"))
+    for _ in range(3):
+        mock.get(url("/v1/sprites/beta"), exception=refused)
+    async with otel.client(base_url=BASE, retry=NO_WAIT) as client:
+        await client.sprites.get("alpha")
+        with pytest.raises(SpritesConnectionError):
+            await client.sprites.get("beta")
+    alpha, beta = otel.spans()
+    assert alpha.attributes is not None
+    assert alpha.attributes["http.request.resend_count"] == 1
+    assert alpha.status.status_code is StatusCode.UNSET
+    assert beta.attributes is not None
+    assert beta.attributes["http.request.resend_count"] == 2
+    assert beta.attributes["error.type"] == "SpritesConnectionError"
+    assert "http.response.status_code" not in beta.attributes
+    assert beta.status.status_code is StatusCode.ERROR
+    (retries,) = otel.metrics()["sprites.retries"]
+    assert retries.value == 3
     assert_no_secret(otel.spans(), TOKEN)
 
 

@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
     from ._exec import ExecSession
     from ._session import Response, SpritesClient, WebSocket
-
-T = TypeVar("T")
 
 SCOPE = "sprites_async"
 

@@ -294,6 +294,9 @@ class EventOperation(Generic[E, R]):
                             on_event(event)
                         yield event
             self._on_end()
+        except Exception as exc:
+            await stream._close(exc)  # the stream's span (if any) ends with it
+            raise
         finally:
             await stream.aclose()
 

@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     from ._control import ControlLease
     from ._session import SpritesClient, WebSocket
     from ._sprites import Sprite
+    from ._telemetry import ExecSpan
 
 __all__ = [
     "DEFAULT_PATH",
@@ -752,6 +753,7 @@ class ExecSession:
         "_settings",
         "_shut",
         "_sink",
+        "_span",
         "_sprite",
         "_started",
         "_stdin_closed",
@@ -793,6 +795,7 @@ class ExecSession:
         self.kill_on_exit = kill_on_exit
         self._settings = settings or settings_for(sprite.client)
         self._sink = sink
+        self._span: ExecSpan | None = None
         self.session_id: str | None = attach_id
         self.exit_code: int | None = None
         self.info: SessionInfoEvent | None = None
@@ -883,6 +886,8 @@ class ExecSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None and self._span is not None:
+            self._span.fail(exc)
         try:
             if self._started and not self.done and self.kill_on_exit and not self._detached:
                 # Nobody reads the output any more: drop it, so that a reader
@@ -900,6 +905,15 @@ class ExecSession:
         """
         if self._started:
             raise RuntimeError("this session was already started")
+        telemetry = self._client._telemetry
+        if telemetry is not None and self._span is None:
+            # The command's span is current while it starts: the handshake
+            # (or a pooled socket's) becomes its child.
+            span = self._span = telemetry.exec_span(self, "exec" if self._request else "attach")
+            if self._sink is not None:
+                self._sink = span.counting(self._sink)
+            with span.current(self):
+                return await self.start(prefer_control=prefer_control)
         self._started = True
         loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
@@ -938,7 +952,9 @@ class ExecSession:
         self._reader = asyncio.ensure_future(self._connect_and_read(opened))
         try:
             await asyncio.shield(opened)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            if self._span is not None:
+                self._span.fail(exc)
             await self._cancelled_in_handshake(opened)
             raise
         return self
@@ -1407,6 +1423,8 @@ class ExecSession:
         if error is None and self.exit_code is None:
             error = self._unknown("no exit status")
         self._error = error
+        if self._span is not None:
+            self._span.end(self, error)
         fut.set_result(None)
         if self._wake is not None:
             self._wake.set()
@@ -1943,14 +1961,19 @@ async def _run_one(
             if not done:
                 if proc._finished.done():
                     break  # it exited in time; only the socket's close is slow
-                await _shielded(proc.terminate())
                 assert timeout is not None
-                raise CommandTimeoutError(
+                timed_out = CommandTimeoutError(
                     f"the command did not finish within {timeout} s and was terminated",
                     session_id=proc.session_id,
                     timeout=timeout,
                 )
-    except asyncio.CancelledError:
+                if proc._span is not None:
+                    proc._span.fail(timed_out)
+                await _shielded(proc.terminate())
+                raise timed_out
+    except asyncio.CancelledError as exc:
+        if proc._span is not None:
+            proc._span.fail(exc)
         await _shielded(proc.terminate())
         raise
     finally:

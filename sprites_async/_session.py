@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from ._exec import ExecSettings
     from ._models import SpriteInfo
     from ._sprites import Sprite, SpritesResource
+    from ._telemetry import Telemetry
 
     WebSocket: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[True]]
 
@@ -476,6 +477,14 @@ class SpritesClient:
             ``False`` **disables verification**: anyone on the path can then
             impersonate the API and read the token. Use it only against a
             local test server, never in production.
+        tracer_provider: An OpenTelemetry ``TracerProvider``: spans for every
+            call, handshake, stream and command go to it (needs the ``otel``
+            extra). See the README's "Telemetry" section.
+        meter_provider: An OpenTelemetry ``MeterProvider`` for the metrics.
+        telemetry: ``True`` turns telemetry on with the global providers (for
+            those not given), which record nothing until the application
+            configures OpenTelemetry. Off by default: a client given neither
+            this nor a provider creates no span at all.
 
     Use it as ``async with SpritesClient() as client:``, or call
     :meth:`aclose` when done. A closed client cannot be reopened.
@@ -497,6 +506,9 @@ class SpritesClient:
         exec_settings: ExecSettings | None = None,
         proxy: ProxySetting = None,
         ssl: SSLSetting = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        telemetry: bool = False,
     ) -> None:
         self._token = _resolve_token(token)
         self.base_url = _resolve_base_url(base_url)
@@ -539,6 +551,9 @@ class SpritesClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http_slots: asyncio.Semaphore | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._telemetry: Telemetry | None = None
+        if telemetry or tracer_provider is not None or meter_provider is not None:
+            self._telemetry = _load_telemetry(self, tracer_provider, meter_provider)
 
     def __repr__(self) -> str:
         proxy = f" proxy={self.proxy!r}" if self.proxy else ""
@@ -689,6 +704,7 @@ class SpritesClient:
         idempotent: bool | None = None,
         ok: Container[int] | None = None,
         options: RequestOptions | None = None,
+        _traced: bool = False,
     ) -> Response:
         """Send one request and return its status, headers and whole body.
 
@@ -698,6 +714,29 @@ class SpritesClient:
         ``json`` is an already encoded JSON body. ``options`` (the caller's
         ``extra_*`` arguments) are applied here.
         """
+        if self._telemetry is not None and not _traced:
+            return await self._telemetry.request(
+                self._request(
+                    method,
+                    path,
+                    operation=operation,
+                    sprite=sprite,
+                    params=params,
+                    json=json,
+                    data=data,
+                    content_type=content_type,
+                    timeout=timeout,
+                    idempotent=idempotent,
+                    ok=ok,
+                    options=options,
+                    _traced=True,
+                ),
+                method,
+                path,
+                operation,
+                sprite,
+                len(json or data or b""),
+            )
         session = self._ensure_session()
         json = _with_body(json, options, operation)
         params = _with_query(params, options)
@@ -765,6 +804,7 @@ class SpritesClient:
         timeout: TimeoutKind = "stream",
         idempotent: bool | None = None,
         options: RequestOptions | None = None,
+        _traced: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request and yield the response while its body streams in.
 
@@ -776,6 +816,33 @@ class SpritesClient:
         requests are retried on connection failures and on the policy's
         ``retry_statuses`` (429/5xx); others only on failed connects.
         """
+        if self._telemetry is not None and not _traced:
+            traced = self._telemetry.stream(
+                lambda body: self._stream(
+                    method,
+                    path,
+                    operation=operation,
+                    sprite=sprite,
+                    params=params,
+                    json=json,
+                    data=body,
+                    content_type=content_type,
+                    headers=headers,
+                    timeout=timeout,
+                    idempotent=idempotent,
+                    options=options,
+                    _traced=True,
+                ),
+                data,
+                len(json or b""),
+                method,
+                path,
+                operation,
+                sprite,
+            )
+            async with traced as traced_resp:
+                yield traced_resp
+            return
         session = self._ensure_session()
         json = _with_body(json, options, operation)
         params = _with_query(params, options)
@@ -876,6 +943,7 @@ class SpritesClient:
         max_msg_size: int = 16 * 1024 * 1024,
         retry_handshake: bool = True,
         options: RequestOptions | None = None,
+        _traced: bool = False,
     ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
         """Upgrade to a WebSocket; return it with the upgrade response headers.
 
@@ -885,6 +953,28 @@ class SpritesClient:
         connection could not be made are retried by the policy (the command
         cannot have started); a handshake that timed out is not.
         """
+        if self._telemetry is not None and not _traced:
+            return cast(
+                "tuple[WebSocket, CIMultiDictProxy[str]]",
+                await self._telemetry.handshake(
+                    self._ws_connect(
+                        path,
+                        operation=operation,
+                        sprite=sprite,
+                        params=params,
+                        headers=headers,
+                        autoping=autoping,
+                        heartbeat=heartbeat,
+                        max_msg_size=max_msg_size,
+                        retry_handshake=retry_handshake,
+                        options=options,
+                        _traced=True,
+                    ),
+                    path,
+                    operation,
+                    sprite,
+                ),
+            )
         session = self._ensure_session()
         _with_body(None, options, operation)  # a WebSocket upgrade has no body
         params = _with_query(params, options)
@@ -990,6 +1080,8 @@ class SpritesClient:
         *,
         error: BaseException | None = None,
     ) -> None:
+        if self._telemetry is not None:
+            self._telemetry.attempt(status, attempt, headers, method)
         if not logger.isEnabledFor(logging.DEBUG if error is None else logging.INFO):
             return
         extra = {
@@ -1021,6 +1113,16 @@ class SpritesClient:
                 extra["request_id"],
                 extra={"sprites": extra},
             )
+
+
+def _load_telemetry(client: SpritesClient, tracer_provider: Any, meter_provider: Any) -> Telemetry:
+    try:
+        from ._telemetry import Telemetry
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "telemetry needs OpenTelemetry: pip install 'sprites-async[otel]'"
+        ) from exc
+    return Telemetry(client, tracer_provider, meter_provider)
 
 
 # On Python 3.10 asyncio.TimeoutError is not the builtin TimeoutError.

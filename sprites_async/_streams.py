@@ -279,12 +279,19 @@ class NDJSONStream(Generic[T, R]):
 
     async def aclose(self) -> None:
         """Release the response. Idempotent; the server-side operation may go on."""
+        await self._close(None)
+
+    async def _close(self, error: BaseException | None) -> None:
         self._closed = True
         self._eof = True
         cm, self._cm = self._cm, None
         self._resp = None
         if cm is not None:
-            await cm.__aexit__(None, None, None)
+            if error is not None and self._client._telemetry is not None:
+                # The stream's span ends with the error that ended the stream.
+                await cm.__aexit__(type(error), error, error.__traceback__)
+            else:
+                await cm.__aexit__(None, None, None)
 
     async def __aenter__(self) -> NDJSONStream[T, R]:
         await self._open()
@@ -326,8 +333,8 @@ class NDJSONStream(Generic[T, R]):
                     if outcome is not NOT_FINAL:
                         self._result = outcome
             return batch
-        except BaseException:
-            await self.aclose()
+        except BaseException as exc:
+            await self._close(exc)
             raise
 
     async def __anext__(self) -> T:
@@ -345,8 +352,8 @@ class NDJSONStream(Generic[T, R]):
             return event
         except StopAsyncIteration:
             raise
-        except BaseException:
-            await self.aclose()
+        except BaseException as exc:
+            await self._close(exc)
             raise
 
     async def _finish(self) -> None:

@@ -29,7 +29,7 @@ import os
 import shutil
 import stat
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -361,13 +361,102 @@ def _transaction(db: Any) -> Iterator[None]:
 
 
 # --- snapshots on disk (blocking; run in worker threads) ---------------------
+#
+# Cost in proportion to what changed, with hard links on a plain filesystem:
+#
+# * A snapshot is a tree of its own whose unchanged files are hard links to
+#   the files of the previous snapshot (the *base*) and whose changed files
+#   are copies of the live ones. Snapshots share inodes among themselves
+#   only, and nothing ever writes a snapshot's file after it is made.
+# * The live root never shares an inode with a snapshot: a process writing
+#   into a file in place would change the snapshot too. A restore builds a
+#   new root of copies from the snapshot, except for files the live root
+#   already holds unchanged: those are hard links *from the live root* (its
+#   old tree is then removed, so they are never shared with anything).
+# * "Unchanged" is decided by the inode change time, which no process can
+#   set back: the sprite directory's marker file records the base snapshot
+#   and a filesystem timestamp taken when the live root last matched it
+#   (the start of the last create, the end of the last restore). A live
+#   file whose ctime is older than the mark, and whose size, mtime, mode,
+#   owner match the base's file at the same path, is that file. Without a
+#   usable mark (first checkpoint, base deleted) every file is copied.
+
+_MARK = "checkpoint-base"
 
 
-def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) -> None:
-    """Copy a directory tree, keeping symlinks as symlinks.
+def _read_mark(sprite_dir: Path) -> tuple[Path, int] | None:
+    """The base snapshot and the time the live root matched it, if still valid."""
+    try:
+        cp_id, ns = (sprite_dir / _MARK).read_text().split()
+        since = int(ns)
+    except (OSError, ValueError):
+        return None
+    base = sprite_dir / "checkpoints" / cp_id
+    if "/" in cp_id or cp_id in (".", "..") or not base.is_dir():
+        return None
+    return base, since
 
-    Sockets, FIFOs and devices are skipped (they cannot be copied and would
-    block ``open``); files that vanish during the copy are skipped too, since
+
+def _write_mark(sprite_dir: Path, cp_id: str, since: int) -> None:
+    tmp = sprite_dir / (_MARK + ".tmp")
+    tmp.write_text(f"{cp_id} {since}\n")
+    os.replace(tmp, sprite_dir / _MARK)
+
+
+def _fs_now(directory: Path) -> int:
+    """The filesystem's current timestamp (its clock may lag ``time.time``)."""
+    probe = directory / (_MARK + ".now")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        return os.fstat(fd).st_ctime_ns
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (
+        a.st_size == b.st_size
+        and a.st_mtime_ns == b.st_mtime_ns
+        and a.st_mode == b.st_mode
+        and a.st_uid == b.st_uid
+        and a.st_gid == b.st_gid
+    )
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _link_or_copy(linked: str | None, source: str, target: str) -> bool:
+    """Hard-link ``linked`` as ``target`` (False if impossible), else copy ``source``."""
+    if linked is not None:
+        try:
+            os.link(linked, target, follow_symlinks=False)
+            return True
+        except OSError:
+            pass  # EMLINK (too many links) and the like: a copy is always right
+    shutil.copy2(source, target, follow_symlinks=False)
+    return False
+
+
+def _build_tree(
+    src: str,
+    dst: str,
+    *,
+    prior: Callable[[str, str, os.stat_result], str | None],
+    rel: str = "",
+    exclude: frozenset[str] = frozenset(),
+) -> None:
+    """Make ``dst`` a copy of ``src``, hard-linking the files ``prior`` names.
+
+    ``prior(rel_path, src_path, src_stat)`` returns an existing file with the
+    same content and metadata, or None to copy. Symlinks stay symlinks;
+    sockets, FIFOs and devices are skipped (they cannot be copied and would
+    block ``open``); files that vanish meanwhile are skipped too, since
     processes in the sprite may still be running. Ownership is kept when the
     emulator runs as root. ``exclude`` names top-level entries to leave out.
     """
@@ -378,15 +467,17 @@ def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) ->
     for entry in entries:
         if entry.name in exclude:
             continue
-        source, target = Path(entry.path), dst / entry.name
+        source, target = entry.path, os.path.join(dst, entry.name)
+        rel_path = rel + "/" + entry.name
         try:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(source), target)
             elif stat.S_ISDIR(st.st_mode):
-                copy_tree(source, target)
+                _build_tree(source, target, prior=prior, rel=rel_path)
             elif stat.S_ISREG(st.st_mode):
-                shutil.copy2(source, target, follow_symlinks=False)
+                if _link_or_copy(prior(rel_path, source, st), source, target):
+                    continue  # the same inode: owner and times are already right
             else:
                 continue
         except FileNotFoundError:
@@ -400,9 +491,16 @@ def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) ->
         os.lchown(dst, st.st_uid, st.st_gid)
 
 
+def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) -> None:
+    """Copy a directory tree, keeping symlinks as symlinks (a full copy, nothing shared)."""
+    _build_tree(str(src), str(dst), prior=lambda *_: None, exclude=exclude)
+
+
 def _make_v0(checkpoints: Path, owner: tuple[int, int] | None) -> None:
     # Leftovers of a deleted sprite with the same name, or of lost metadata.
     shutil.rmtree(checkpoints, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(checkpoints.parent / _MARK)
     v0 = checkpoints / "v0"
     (v0 / "home" / "sprite").mkdir(parents=True)
     # Restores keep ownership: a restored /home/sprite must be the sprite user's.
@@ -412,27 +510,60 @@ def _make_v0(checkpoints: Path, owner: tuple[int, int] | None) -> None:
 
 
 def _snapshot(root: Path, dest: Path) -> None:
+    """Snapshot ``root`` as ``dest``: links to the base snapshot for unchanged files."""
     partial = dest.with_name(dest.name + ".partial")
     for leftover in (partial, dest):
         # Only an interrupted earlier attempt can have left these: the id is
         # not in the database, so nothing refers to them.
         shutil.rmtree(leftover, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sprite_dir = root.parent
+    mark = _read_mark(sprite_dir)
+    # Taken before the walk: whatever changes during it is newer than the mark.
+    started = _fs_now(sprite_dir)
+
+    def prior(rel: str, _source: str, st: os.stat_result) -> str | None:
+        if mark is None or st.st_ctime_ns >= mark[1]:
+            return None
+        candidate = str(mark[0]) + rel
+        old = _lstat(candidate)
+        return candidate if old is not None and _same(st, old) else None
+
     try:
-        copy_tree(root, partial, exclude=frozenset({_PLATFORM_DIR}))
+        _build_tree(str(root), str(partial), prior=prior, exclude=frozenset({_PLATFORM_DIR}))
         os.rename(partial, dest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    _write_mark(sprite_dir, dest.name, started)
 
 
 def _replace_root(root: Path, snapshot: Path) -> None:
+    """Make ``root`` the snapshot's tree again: copies, or links to unchanged live files."""
     staging = root.with_name(root.name + ".restoring")
     old = root.with_name(root.name + ".old")
     for leftover in (staging, old):
         shutil.rmtree(leftover, ignore_errors=True)
+    sprite_dir = root.parent
+    mark = _read_mark(sprite_dir)
+    snap = str(snapshot)
+
+    def prior(rel: str, _source: str, st: os.stat_result) -> str | None:
+        # The live file is the base's (ctime), and the base's file is the
+        # snapshot's very inode: then the live file has the snapshot's content.
+        if mark is None:
+            return None
+        live_path = str(root) + rel
+        live = _lstat(live_path)
+        if live is None or live.st_ctime_ns >= mark[1] or not _same(live, st):
+            return None
+        based = st if mark[0] == snapshot else _lstat(str(mark[0]) + rel)
+        if based is None or (based.st_ino, based.st_dev) != (st.st_ino, st.st_dev):
+            return None
+        return live_path
+
     try:
-        copy_tree(snapshot, staging)
+        _build_tree(snap, str(staging), prior=prior)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -445,6 +576,8 @@ def _replace_root(root: Path, snapshot: Path) -> None:
         os.rename(root, old)
     os.rename(staging, root)
     shutil.rmtree(old, ignore_errors=True)
+    # After the links (which change ctimes): the new root matches the snapshot now.
+    _write_mark(sprite_dir, snapshot.name, _fs_now(sprite_dir))
 
 
 def recover(state_dir: Path) -> None:

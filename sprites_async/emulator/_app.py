@@ -209,6 +209,7 @@ async def _shutdown(app: web.Application) -> None:
     # Runs before aiohttp waits for in-flight handlers: end sessions so their
     # sockets close, then cut what is still open (long-lived WebSockets).
     state = app[STATE_KEY]
+    state.lifecycle.thaw_all()  # frozen (warm) processes could not end
     await state.sessions.aclose()
     inflight = app[_INFLIGHT]
     if inflight:

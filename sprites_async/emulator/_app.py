@@ -187,6 +187,8 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app[STATE_KEY] = state
     app[_INFLIGHT] = set()
     _faults.setup(app)
+    # Before every module's shutdown handler: a frozen (warm) process cannot end.
+    app.on_shutdown.append(_thaw)
     for module in (
         _sprites,
         _exec,
@@ -205,11 +207,14 @@ def create_app(config: EmulatorConfig) -> web.Application:
     return app
 
 
+async def _thaw(app: web.Application) -> None:
+    app[STATE_KEY].lifecycle.close()
+
+
 async def _shutdown(app: web.Application) -> None:
     # Runs before aiohttp waits for in-flight handlers: end sessions so their
     # sockets close, then cut what is still open (long-lived WebSockets).
     state = app[STATE_KEY]
-    state.lifecycle.thaw_all()  # frozen (warm) processes could not end
     await state.sessions.aclose()
     inflight = app[_INFLIGHT]
     if inflight:

@@ -54,6 +54,7 @@ class Lifecycle:
         self._cooling: dict[str, asyncio.Task[Any]] = {}
         self._frozen: dict[str, list[int]] = {}
         """Frozen sprites → the pids stopped by signal (empty: the cgroup freezer)."""
+        self._closed = False
 
     def active(self, name: str) -> int:
         """How many activities are held on ``name`` right now."""
@@ -131,7 +132,7 @@ class Lifecycle:
 
     def freeze(self, name: str) -> None:
         """Stop the sprite's processes where they are (see the module docstring)."""
-        if name in self._frozen:
+        if name in self._frozen or self._closed:
             return
         from ._procs import proc_table, session_members
         from ._sandbox import existing_jail
@@ -169,8 +170,9 @@ class Lifecycle:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
 
-    def thaw_all(self) -> None:
-        """Thaw every frozen sprite (emulator shutdown: frozen processes must be able to end)."""
+    def close(self) -> None:
+        """Thaw every frozen sprite and freeze none any more (shutdown: processes must end)."""
+        self._closed = True
         for name in list(self._frozen):
             self.thaw(name)
 

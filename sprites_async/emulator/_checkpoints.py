@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -332,7 +333,9 @@ class CheckpointStore:
                 "UPDATE emu_checkpoint_heads SET active = ? WHERE sprite = ?", (cp_id, name)
             )
             await _services.start_all(self._state, name)
-            return cp
+        # Off the restore's path (but still emulator-owned): the old root's removal.
+        _ = self._state.spawn(asyncio.to_thread(_remove_trash, self._state.sprite_dir(name)))
+        return cp
 
 
 def _from_row(row: tuple[Any, ...]) -> Checkpoint:
@@ -575,9 +578,23 @@ def _replace_root(root: Path, snapshot: Path) -> None:
     if root.exists():
         os.rename(root, old)
     os.rename(staging, root)
-    shutil.rmtree(old, ignore_errors=True)
     # After the links (which change ctimes): the new root matches the snapshot now.
     _write_mark(sprite_dir, snapshot.name, _fs_now(sprite_dir))
+    # Removing the old tree costs as much as it has files: done after the
+    # restore (``_remove_trash``), as it is no longer part of the sprite.
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(old, sprite_dir / f"{_TRASH}{time.monotonic_ns()}")
+
+
+_TRASH = "root.trash-"
+
+
+def _remove_trash(sprite_dir: Path) -> None:
+    """Remove old roots left by restores."""
+    with contextlib.suppress(OSError):
+        for path in sprite_dir.iterdir():
+            if path.name.startswith(_TRASH):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def recover(state_dir: Path) -> None:
@@ -592,6 +609,7 @@ def recover(state_dir: Path) -> None:
             os.rename(old, root)
         for leftover in (sprite_dir / "root.restoring", old):
             shutil.rmtree(leftover, ignore_errors=True)
+        _remove_trash(sprite_dir)
         checkpoints = sprite_dir / "checkpoints"
         if checkpoints.is_dir():
             for path in checkpoints.iterdir():

@@ -446,22 +446,39 @@ def _link_or_copy(linked: str | None, source: str, target: str) -> bool:
     return False
 
 
+Prior = Callable[[tuple[str | None, ...], str, os.stat_result], str | None]
+"""``(parallel directories, name, stat of the source file)`` → a file to link, or None."""
+
+
+def _subdir(parent: str | None, name: str) -> str | None:
+    """``parent/name`` if it is a directory itself, not a symlink to one (else None)."""
+    if parent is None:
+        return None
+    path = os.path.join(parent, name)
+    st = _lstat(path)
+    return path if st is not None and stat.S_ISDIR(st.st_mode) else None
+
+
 def _build_tree(
     src: str,
     dst: str,
     *,
-    prior: Callable[[str, str, os.stat_result], str | None],
-    rel: str = "",
+    prior: Prior,
+    others: tuple[str | None, ...] = (),
     exclude: frozenset[str] = frozenset(),
 ) -> None:
     """Make ``dst`` a copy of ``src``, hard-linking the files ``prior`` names.
 
-    ``prior(rel_path, src_path, src_stat)`` returns an existing file with the
-    same content and metadata, or None to copy. Symlinks stay symlinks;
-    sockets, FIFOs and devices are skipped (they cannot be copied and would
-    block ``open``); files that vanish meanwhile are skipped too, since
-    processes in the sprite may still be running. Ownership is kept when the
-    emulator runs as root. ``exclude`` names top-level entries to leave out.
+    ``others`` are the directories at the same place in other trees (the base
+    snapshot, the live root), walked along with ``src``; a place where one of
+    them has no directory of its own (none, a file, a symlink: a path
+    through a symlink could lead anywhere on the host) becomes None.
+    ``prior(others, name, src_stat)`` returns an existing file with the same
+    content and metadata, or None to copy. Symlinks stay symlinks; sockets,
+    FIFOs and devices are skipped (they cannot be copied and would block
+    ``open``); files that vanish meanwhile are skipped too, since processes
+    in the sprite may still be running. Ownership is kept when the emulator
+    runs as root. ``exclude`` names top-level entries to leave out.
     """
     os.mkdir(dst, 0o700)
     as_root = os.geteuid() == 0
@@ -471,15 +488,15 @@ def _build_tree(
         if entry.name in exclude:
             continue
         source, target = entry.path, os.path.join(dst, entry.name)
-        rel_path = rel + "/" + entry.name
         try:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(source), target)
             elif stat.S_ISDIR(st.st_mode):
-                _build_tree(source, target, prior=prior, rel=rel_path)
+                inner = tuple(_subdir(o, entry.name) for o in others)
+                _build_tree(source, target, prior=prior, others=inner)
             elif stat.S_ISREG(st.st_mode):
-                if _link_or_copy(prior(rel_path, source, st), source, target):
+                if _link_or_copy(prior(others, entry.name, st), source, target):
                     continue  # the same inode: owner and times are already right
             else:
                 continue
@@ -525,15 +542,21 @@ def _snapshot(root: Path, dest: Path) -> None:
     # Taken before the walk: whatever changes during it is newer than the mark.
     started = _fs_now(sprite_dir)
 
-    def prior(rel: str, _source: str, st: os.stat_result) -> str | None:
-        if mark is None or st.st_ctime_ns >= mark[1]:
+    def prior(dirs: tuple[str | None, ...], name: str, st: os.stat_result) -> str | None:
+        if mark is None or dirs[0] is None or st.st_ctime_ns >= mark[1]:
             return None
-        candidate = str(mark[0]) + rel
+        candidate = os.path.join(dirs[0], name)
         old = _lstat(candidate)
         return candidate if old is not None and _same(st, old) else None
 
     try:
-        _build_tree(str(root), str(partial), prior=prior, exclude=frozenset({_PLATFORM_DIR}))
+        _build_tree(
+            str(root),
+            str(partial),
+            prior=prior,
+            others=(str(mark[0]) if mark else None,),
+            exclude=frozenset({_PLATFORM_DIR}),
+        )
         os.rename(partial, dest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -550,23 +573,26 @@ def _replace_root(root: Path, snapshot: Path) -> None:
     sprite_dir = root.parent
     mark = _read_mark(sprite_dir)
     snap = str(snapshot)
+    same_base = mark is not None and mark[0] == snapshot
 
-    def prior(rel: str, _source: str, st: os.stat_result) -> str | None:
+    def prior(dirs: tuple[str | None, ...], name: str, st: os.stat_result) -> str | None:
         # The live file is the base's (ctime), and the base's file is the
         # snapshot's very inode: then the live file has the snapshot's content.
-        if mark is None:
+        live_dir, base_dir = dirs
+        if mark is None or live_dir is None or base_dir is None:
             return None
-        live_path = str(root) + rel
+        live_path = os.path.join(live_dir, name)
         live = _lstat(live_path)
         if live is None or live.st_ctime_ns >= mark[1] or not _same(live, st):
             return None
-        based = st if mark[0] == snapshot else _lstat(str(mark[0]) + rel)
+        based = st if same_base else _lstat(os.path.join(base_dir, name))
         if based is None or (based.st_ino, based.st_dev) != (st.st_ino, st.st_dev):
             return None
         return live_path
 
     try:
-        _build_tree(snap, str(staging), prior=prior)
+        others = (str(root), str(mark[0])) if mark else (None, None)
+        _build_tree(snap, str(staging), prior=prior, others=others)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

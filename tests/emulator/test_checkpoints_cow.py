@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -241,6 +242,52 @@ def test_a_failed_snapshot_leaves_no_partial_tree_and_the_base_usable(
     v2 = snap(sprite, "v2")
     assert manifest(v2) == manifest(root)
     assert os.lstat(v2 / "home/sprite/a.txt").st_ino == os.lstat(v1 / "home/sprite/a.txt").st_ino
+
+
+def _decoy(host: Path, fake: Path) -> None:
+    """``fake``: a file with all the metadata of ``host`` but other content."""
+    fake.write_text("x" * len(host.read_text()))
+    st = os.lstat(host)
+    os.chmod(fake, stat.S_IMODE(st.st_mode))
+    if AS_ROOT:
+        os.lchown(fake, st.st_uid, st.st_gid)
+    os.utime(fake, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_snapshot_never_links_a_file_through_a_symlink(sprite: Path, tmp_path: Path) -> None:
+    """A directory swapped for a symlink in the base cannot lead a link out of the tree."""
+    home = sprite / "root" / "home" / "sprite"
+    (tmp_path / "host").mkdir()
+    (tmp_path / "host" / "secret").write_text("host secret")
+    os.symlink(tmp_path / "host", home / "x")
+    (home / "y").mkdir()
+    _decoy(tmp_path / "host" / "secret", home / "y" / "secret")
+    time.sleep(0.05)
+    snap(sprite, "v1")  # has x -> host
+    os.unlink(home / "x")
+    os.rename(home / "y", home / "x")  # the files inside keep their old ctime
+    v2 = snap(sprite, "v2")
+    linked = os.lstat(v2 / "home/sprite/x/secret")
+    assert linked.st_ino != os.lstat(tmp_path / "host" / "secret").st_ino
+    assert (v2 / "home/sprite/x/secret").read_text() == "x" * len("host secret")
+
+
+def test_a_restore_never_links_a_file_through_a_symlink(sprite: Path, tmp_path: Path) -> None:
+    """A live directory swapped for a symlink cannot put a host file into the new root."""
+    home = sprite / "root" / "home" / "sprite"
+    (tmp_path / "host").mkdir()
+    (tmp_path / "host" / "secret").write_text("host secret")
+    (home / "x").mkdir()
+    _decoy(tmp_path / "host" / "secret", home / "x" / "secret")
+    time.sleep(0.05)
+    snap(sprite, "v1")
+    shutil.rmtree(home / "x")
+    os.symlink(tmp_path / "host", home / "x")
+    restore(sprite, "v1")
+    restored = os.lstat(home / "x" / "secret")
+    assert stat.S_ISDIR(os.lstat(home / "x").st_mode)
+    assert restored.st_ino != os.lstat(tmp_path / "host" / "secret").st_ino
+    assert (home / "x" / "secret").read_text() == "x" * len("host secret")
 
 
 # --- through the routes and the sandbox ---------------------------------------

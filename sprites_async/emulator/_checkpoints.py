@@ -434,14 +434,20 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _link_or_copy(linked: str | None, source: str, target: str) -> bool:
-    """Hard-link ``linked`` as ``target`` (False if impossible), else copy ``source``."""
-    if linked is not None:
-        try:
-            os.link(linked, target, follow_symlinks=False)
-            return True
-        except OSError:
-            pass  # EMLINK (too many links) and the like: a copy is always right
+def _hard_link(existing: str, target: str) -> bool:
+    try:
+        os.link(existing, target, follow_symlinks=False)
+    except OSError:
+        return False  # EMLINK (too many links) and the like: a copy is always right
+    return True
+
+
+def _link_or_copy(
+    linked: str | None, source: str, target: str, attach: Callable[[str, str], bool] = _hard_link
+) -> bool:
+    """Put ``linked`` at ``target`` with ``attach`` (False if impossible), else copy ``source``."""
+    if linked is not None and attach(linked, target):
+        return True
     shutil.copy2(source, target, follow_symlinks=False)
     return False
 
@@ -466,6 +472,7 @@ def _build_tree(
     prior: Prior,
     others: tuple[str | None, ...] = (),
     exclude: frozenset[str] = frozenset(),
+    attach: Callable[[str, str], bool] = _hard_link,
 ) -> None:
     """Make ``dst`` a copy of ``src``, hard-linking the files ``prior`` names.
 
@@ -474,7 +481,8 @@ def _build_tree(
     them has no directory of its own (none, a file, a symlink: a path
     through a symlink could lead anywhere on the host) becomes None.
     ``prior(others, name, src_stat)`` returns an existing file with the same
-    content and metadata, or None to copy. Symlinks stay symlinks; sockets,
+    content and metadata, or None to copy; ``attach(file, target)`` puts it
+    in place (a hard link by default). Symlinks stay symlinks; sockets,
     FIFOs and devices are skipped (they cannot be copied and would block
     ``open``); files that vanish meanwhile are skipped too, since processes
     in the sprite may still be running. Ownership is kept when the emulator
@@ -494,9 +502,9 @@ def _build_tree(
                 os.symlink(os.readlink(source), target)
             elif stat.S_ISDIR(st.st_mode):
                 inner = tuple(_subdir(o, entry.name) for o in others)
-                _build_tree(source, target, prior=prior, others=inner)
+                _build_tree(source, target, prior=prior, others=inner, attach=attach)
             elif stat.S_ISREG(st.st_mode):
-                if _link_or_copy(prior(others, entry.name, st), source, target):
+                if _link_or_copy(prior(others, entry.name, st), source, target, attach):
                     continue  # the same inode: owner and times are already right
             else:
                 continue
@@ -565,7 +573,15 @@ def _snapshot(root: Path, dest: Path) -> None:
 
 
 def _replace_root(root: Path, snapshot: Path) -> None:
-    """Make ``root`` the snapshot's tree again: copies, or links to unchanged live files."""
+    """Make ``root`` the snapshot's tree again, keeping the live files that did not change.
+
+    A new tree is built from the snapshot: unchanged live files are *moved*
+    into it (a rename; a hard link would do too, but removing the old tree
+    would then change their ctime, and the next checkpoint would copy them
+    all), the others copied. Until the new tree takes the root's place, a
+    failure moves the files back; a crash is finished by :func:`recover`
+    from the journal file, which names the snapshot.
+    """
     staging = root.with_name(root.name + ".restoring")
     old = root.with_name(root.name + ".old")
     for leftover in (staging, old):
@@ -590,28 +606,46 @@ def _replace_root(root: Path, snapshot: Path) -> None:
             return None
         return live_path
 
+    moved: list[tuple[str, str]] = []
+
+    def move(existing: str, target: str) -> bool:
+        try:
+            os.rename(existing, target)
+        except OSError:
+            return False
+        moved.append((target, existing))
+        return True
+
+    journal = sprite_dir / _JOURNAL
+    journal.write_text(snapshot.name + "\n")
     try:
         others = (str(root), str(mark[0])) if mark else (None, None)
-        _build_tree(snap, str(staging), prior=prior, others=others)
+        _build_tree(snap, str(staging), prior=prior, others=others, attach=move)
     except BaseException:
+        for target, existing in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(target, existing)
         shutil.rmtree(staging, ignore_errors=True)
+        journal.unlink(missing_ok=True)
         raise
     platform = root / _PLATFORM_DIR
     if platform.is_dir() and not platform.is_symlink():
         os.rename(platform, staging / _PLATFORM_DIR)
-    # Two renames: the root is never a half-copied tree. recover() finishes
-    # or undoes a restore interrupted between them.
+    # Two renames: the root is never a half-made tree. recover() finishes a
+    # restore interrupted between them.
     if root.exists():
         os.rename(root, old)
     os.rename(staging, root)
-    # After the links (which change ctimes): the new root matches the snapshot now.
+    # After the moves (which change ctimes): the new root matches the snapshot now.
     _write_mark(sprite_dir, snapshot.name, _fs_now(sprite_dir))
+    journal.unlink()
     # Removing the old tree costs as much as it has files: done after the
     # restore (``_remove_trash``), as it is no longer part of the sprite.
     with contextlib.suppress(FileNotFoundError):
         os.rename(old, sprite_dir / f"{_TRASH}{time.monotonic_ns()}")
 
 
+_JOURNAL = "restoring"
 _TRASH = "root.trash-"
 
 
@@ -631,11 +665,27 @@ def recover(state_dir: Path) -> None:
     for sprite_dir in sprites.iterdir():
         root = sprite_dir / "root"
         old = sprite_dir / "root.old"
-        if not root.exists() and old.is_dir():
-            os.rename(old, root)
-        for leftover in (sprite_dir / "root.restoring", old):
+        staging = sprite_dir / "root.restoring"
+        try:
+            restoring: str | None = (sprite_dir / _JOURNAL).read_text().strip()
+        except OSError:
+            restoring = None
+        if not root.exists():
+            if restoring and staging.is_dir():
+                os.rename(staging, root)  # built completely: only the swap was left
+            elif old.is_dir():
+                os.rename(old, root)
+        for leftover in (staging, old):
             shutil.rmtree(leftover, ignore_errors=True)
         _remove_trash(sprite_dir)
+        if restoring is not None:
+            # Some live files may have been moved into the lost new tree:
+            # finish the restore (they come from the snapshot again).
+            snapshot = sprite_dir / "checkpoints" / restoring
+            if root.is_dir() and restoring and "/" not in restoring and snapshot.is_dir():
+                _replace_root(root, snapshot)
+                _remove_trash(sprite_dir)
+            (sprite_dir / _JOURNAL).unlink(missing_ok=True)
         checkpoints = sprite_dir / "checkpoints"
         if checkpoints.is_dir():
             for path in checkpoints.iterdir():

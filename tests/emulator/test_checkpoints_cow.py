@@ -244,6 +244,73 @@ def test_a_failed_snapshot_leaves_no_partial_tree_and_the_base_usable(
     assert os.lstat(v2 / "home/sprite/a.txt").st_ino == os.lstat(v1 / "home/sprite/a.txt").st_ino
 
 
+def test_a_checkpoint_after_a_restore_shares_the_unchanged_files(sprite: Path) -> None:
+    """The restore, and the removal of the old root after it, leave unchanged files unchanged."""
+    v1 = snap(sprite, "v1")
+    (sprite / "root/home/sprite/a.txt").write_text("changed")
+    restore(sprite, "v1")
+    _checkpoints._remove_trash(sprite)
+    time.sleep(0.05)
+    v2 = snap(sprite, "v2")
+    deep = "home/sprite/src/deep/b.bin"
+    assert os.lstat(v2 / deep).st_ino == os.lstat(v1 / deep).st_ino
+    assert os.lstat(v2 / "home/sprite/a.txt").st_ino == os.lstat(v1 / "home/sprite/a.txt").st_ino
+
+
+def test_a_failed_restore_leaves_the_live_root_as_it_was(
+    sprite: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = sprite / "root"
+    v1 = snap(sprite, "v1")
+    (root / "home/sprite/new").write_text("only live")
+    before = manifest(root)
+    files = sum(1 for entry in manifest(v1).values() if entry[0] == "file")
+    real = _checkpoints._link_or_copy
+    calls = 0
+
+    def failing_last(*args: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == files:
+            raise OSError(28, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(_checkpoints, "_link_or_copy", failing_last)
+    with pytest.raises(OSError):
+        restore(sprite, "v1")
+    assert calls == files
+    assert manifest(root) == before
+    assert sorted(p.name for p in sprite.iterdir()) == ["checkpoint-base", "checkpoints", "root"]
+
+
+def test_recover_finishes_a_restore_that_moved_files_away(sprite: Path) -> None:
+    root = sprite / "root"
+    v1 = snap(sprite, "v1")
+    (root / "home/sprite/a.txt").write_text("changed")
+    # The crash came after a live file was moved into the half-built tree.
+    staging = sprite / "root.restoring"
+    (staging / "home/sprite/src/deep").mkdir(parents=True)
+    os.rename(root / "home/sprite/src/deep/b.bin", staging / "home/sprite/src/deep/b.bin")
+    (sprite / "restoring").write_text("v1\n")
+    _checkpoints.recover(sprite.parent.parent)
+    assert manifest(root) == manifest(v1)
+    assert sorted(p.name for p in sprite.iterdir()) == ["checkpoint-base", "checkpoints", "root"]
+
+
+def test_recover_finishes_a_restore_stopped_between_the_renames(sprite: Path) -> None:
+    root = sprite / "root"
+    v1 = snap(sprite, "v1")
+    (root / "home/sprite/a.txt").write_text("changed")
+    _checkpoints.copy_tree(v1, sprite / "root.restoring")
+    os.rename(root / ".sprite", sprite / "root.restoring" / ".sprite")
+    os.rename(root, sprite / "root.old")
+    (sprite / "restoring").write_text("v1\n")
+    _checkpoints.recover(sprite.parent.parent)
+    assert manifest(root) == manifest(v1)
+    assert (root / ".sprite" / "policy").is_dir()
+    assert not (sprite / "restoring").exists()
+
+
 def _decoy(host: Path, fake: Path) -> None:
     """``fake``: a file with all the metadata of ``host`` but other content."""
     fake.write_text("x" * len(host.read_text()))

@@ -9,7 +9,10 @@ non-sparse data), then measures, on the same tree:
 * the full copy the emulator used to make for every create and restore (baseline);
 * the first checkpoint (nothing to share yet: a full copy too);
 * a checkpoint after one small file changed;
-* a restore of that checkpoint after one more file changed.
+* a restore of that checkpoint after one more file changed (``--reps`` pairs).
+
+Each timed step starts after ``sync``, so that it does not pay for writing
+back the previous step's data.
 
 New disk space is counted with ``st_blocks`` over the inodes an operation
 added (hard links to existing inodes cost nothing but directory entries).
@@ -28,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from sprites_async.emulator._checkpoints import _replace_root, _snapshot, copy_tree
+from sprites_async.emulator._checkpoints import _remove_trash, _replace_root, _snapshot, copy_tree
 
 _PER_DIR = 100
 _SMALL = 1024
@@ -71,6 +74,8 @@ def added(before: dict[tuple[int, int], int], after: Iterable[Path]) -> int:
 
 
 def timed(fn: Callable[[], None]) -> float:
+    # The previous step's dirty pages would otherwise be written back during this one.
+    os.sync()
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=50_000)
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--reps", type=int, default=3, help="create/restore pairs after v1")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="sprites-cp-bench-", dir=args.dir))
@@ -112,15 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         t = timed(lambda: _snapshot(root, cps / "v1"))
         rows.append(("first checkpoint (v1, nothing to share)", t, added(before, [cps / "v1"])))
 
-        touch_one(root / "home/sprite/src/d0000/f00000.txt")
-        before = blocks([root, cps])
-        t = timed(lambda: _snapshot(root, cps / "v2"))
-        rows.append(("checkpoint v2, one file changed", t, added(before, [cps / "v2"])))
+        for n in range(2, 2 + args.reps):
+            cp = cps / f"v{n}"
+            touch_one(root / "home/sprite/src/d0000/f00000.txt")
+            before = blocks([root, cps])
+            t = timed(lambda cp=cp: _snapshot(root, cp))  # type: ignore[misc]
+            rows.append((f"checkpoint v{n}, one file changed", t, added(before, [cp])))
 
-        touch_one(root / "home/sprite/src/d0001/f00100.txt")
-        before = blocks([root, cps])
-        t = timed(lambda: _replace_root(root, cps / "v2"))
-        rows.append(("restore v2, one file changed", t, added(before, [root])))
+            touch_one(root / "home/sprite/src/d0001/f00100.txt")
+            before = blocks([root, cps])
+            t = timed(lambda cp=cp: _replace_root(root, cp))  # type: ignore[misc]
+            rows.append((f"restore v{n}, one file changed", t, added(before, [root])))
+            _remove_trash(sprite)  # done in the background after a restore
 
         for what, seconds, new in rows:
             print(f"{what:42} {seconds:7.3f} s  {_mib(new)} new")

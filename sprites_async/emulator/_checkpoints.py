@@ -1,10 +1,13 @@
 """Checkpoints of the sprite layer (section 6).
 
-A checkpoint is a full copy of the sprite's root directory under
-``sprite_dir(name)/checkpoints/<id>``, made with a symlink-preserving copy
-in a worker thread. Hard links or shared files would be wrong: a later write
-in the sprite would change the snapshot too. Metadata lives in SQLite, so
-both survive an emulator restart.
+A checkpoint is a snapshot of the sprite's root directory under
+``sprite_dir(name)/checkpoints/<id>``, made in a worker thread, whose
+unchanged files are hard links to the previous snapshot's: creating and
+restoring cost a walk of the tree plus the changed bytes (see "snapshots on
+disk" below). The live root never shares a file with a snapshot: a later
+write in the sprite would change the snapshot too. Under bubblewrap the
+snapshots are mounted read-only at ``/.sprite/checkpoints`` (``_procs``).
+Metadata lives in SQLite, so both survive an emulator restart.
 
 Ids are ``v0``, ``v1``, ... per sprite. ``v0`` is the sprite as created (an
 empty ``/home/sprite`` and ``/tmp``); it is made lazily the first time a
@@ -374,8 +377,8 @@ def _transaction(db: Any) -> Iterator[None]:
 # * The live root never shares an inode with a snapshot: a process writing
 #   into a file in place would change the snapshot too. A restore builds a
 #   new root of copies from the snapshot, except for files the live root
-#   already holds unchanged: those are hard links *from the live root* (its
-#   old tree is then removed, so they are never shared with anything).
+#   already holds unchanged: those are moved over from the live root (never
+#   shared with anything; see ``_replace_root`` for why not hard links).
 # * "Unchanged" is decided by the inode change time, which no process can
 #   set back: the sprite directory's marker file records the base snapshot
 #   and a filesystem timestamp taken when the live root last matched it
@@ -415,6 +418,23 @@ def _fs_now(directory: Path) -> int:
     finally:
         os.close(fd)
         os.unlink(probe)
+
+
+def _next_tick(directory: Path) -> int:
+    """A filesystem timestamp later than every change made before this call.
+
+    The clock stamping files is coarse: changes made just now may carry the
+    very value :func:`_fs_now` reads, and a mark equal to their ctime would
+    count them as changed (a big file moved by a restore, copied again by
+    the next checkpoint). Waiting for the next tick (a few ms) avoids it.
+    """
+    first = _fs_now(directory)
+    deadline = time.monotonic() + 1.0
+    while True:
+        now = _fs_now(directory)
+        if now > first or time.monotonic() > deadline:
+            return now
+        time.sleep(0.001)
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -547,8 +567,8 @@ def _snapshot(root: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     sprite_dir = root.parent
     mark = _read_mark(sprite_dir)
-    # Taken before the walk: whatever changes during it is newer than the mark.
-    started = _fs_now(sprite_dir)
+    # Taken before the walk: whatever changes during it is not older than the mark.
+    started = _next_tick(sprite_dir)
 
     def prior(dirs: tuple[str | None, ...], name: str, st: os.stat_result) -> str | None:
         if mark is None or dirs[0] is None or st.st_ctime_ns >= mark[1]:
@@ -628,6 +648,9 @@ def _replace_root(root: Path, snapshot: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         journal.unlink(missing_ok=True)
         raise
+    # After the moves (which change ctimes), before anyone else can reach
+    # the new tree: it matches the snapshot.
+    built = _next_tick(sprite_dir)
     platform = root / _PLATFORM_DIR
     if platform.is_dir() and not platform.is_symlink():
         os.rename(platform, staging / _PLATFORM_DIR)
@@ -636,8 +659,7 @@ def _replace_root(root: Path, snapshot: Path) -> None:
     if root.exists():
         os.rename(root, old)
     os.rename(staging, root)
-    # After the moves (which change ctimes): the new root matches the snapshot now.
-    _write_mark(sprite_dir, snapshot.name, _fs_now(sprite_dir))
+    _write_mark(sprite_dir, snapshot.name, built)
     journal.unlink()
     # Removing the old tree costs as much as it has files: done after the
     # restore (``_remove_trash``), as it is no longer part of the sprite.

@@ -257,6 +257,20 @@ def test_a_checkpoint_after_a_restore_shares_the_unchanged_files(sprite: Path) -
     assert os.lstat(v2 / "home/sprite/a.txt").st_ino == os.lstat(v1 / "home/sprite/a.txt").st_ino
 
 
+def test_changes_just_before_a_checkpoint_or_by_a_restore_count_once(sprite: Path) -> None:
+    """File times tick coarsely: the mark is taken past the tick of the last change."""
+    home = sprite / "root" / "home" / "sprite"
+    (home / "fresh").write_text("written right before")
+    snap(sprite, "v1")
+    v2 = snap(sprite, "v2")  # nothing changed since v1: all shared
+    files = [rel for rel, entry in manifest(v2).items() if entry[0] == "file"]
+    assert all(os.lstat(v2 / rel).st_nlink == 2 for rel in files)
+    restore(sprite, "v2")
+    mark = int((sprite / "checkpoint-base").read_text().split()[1])
+    # Every file the restore moved or copied is older than the mark.
+    assert all(os.lstat(p).st_ctime_ns < mark for p in home.rglob("*") if not p.is_symlink())
+
+
 def test_a_failed_restore_leaves_the_live_root_as_it_was(
     sprite: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -480,7 +480,7 @@ def _subdir(parent: str | None, name: str) -> str | None:
     """``parent/name`` if it is a directory itself, not a symlink to one (else None)."""
     if parent is None:
         return None
-    path = os.path.join(parent, name)
+    path = f"{parent}/{name}"
     st = _lstat(path)
     return path if st is not None and stat.S_ISDIR(st.st_mode) else None
 
@@ -515,7 +515,7 @@ def _build_tree(
     for entry in entries:
         if entry.name in exclude:
             continue
-        source, target = entry.path, os.path.join(dst, entry.name)
+        source, target = entry.path, f"{dst}/{entry.name}"
         try:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
@@ -573,7 +573,7 @@ def _snapshot(root: Path, dest: Path) -> None:
     def prior(dirs: tuple[str | None, ...], name: str, st: os.stat_result) -> str | None:
         if mark is None or dirs[0] is None or st.st_ctime_ns >= mark[1]:
             return None
-        candidate = os.path.join(dirs[0], name)
+        candidate = f"{dirs[0]}/{name}"
         old = _lstat(candidate)
         return candidate if old is not None and _same(st, old) else None
 
@@ -617,11 +617,11 @@ def _replace_root(root: Path, snapshot: Path) -> None:
         live_dir, base_dir = dirs
         if mark is None or live_dir is None or base_dir is None:
             return None
-        live_path = os.path.join(live_dir, name)
+        live_path = f"{live_dir}/{name}"
         live = _lstat(live_path)
         if live is None or live.st_ctime_ns >= mark[1] or not _same(live, st):
             return None
-        based = st if same_base else _lstat(os.path.join(base_dir, name))
+        based = st if same_base else _lstat(f"{base_dir}/{name}")
         if based is None or (based.st_ino, based.st_dev) != (st.st_ino, st.st_dev):
             return None
         return live_path

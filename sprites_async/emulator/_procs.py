@@ -500,7 +500,7 @@ def _checkpoints_mount(root: Path, sprite_dir: Path, source: Path) -> list[str]:
     if not (sprite_dir / "checkpoints").is_dir():
         return []
     platform = root / ".sprite"
-    if platform.is_dir():
+    if platform.is_dir() and not platform.is_symlink():
         # Bound read-write from the host above: the mount point must exist
         # there, since the sprite user may not create it.
         try:

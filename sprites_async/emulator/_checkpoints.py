@@ -386,6 +386,8 @@ def _transaction(db: Any) -> Iterator[None]:
 #   file whose ctime is older than the mark, and whose size, mtime, mode,
 #   owner match the base's file at the same path, is that file. Without a
 #   usable mark (first checkpoint, base deleted) every file is copied.
+#   Lookups in the base and live trees never pass through a symlinked
+#   directory (``_subdir``): a link could otherwise reach any host file.
 
 _MARK = "checkpoint-base"
 

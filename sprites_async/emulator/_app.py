@@ -188,6 +188,8 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app[STATE_KEY] = state
     app[_INFLIGHT] = set()
     _faults.setup(app)
+    # Before every module's shutdown handler: a frozen (warm) process cannot end.
+    app.on_shutdown.append(_thaw)
     for module in (
         _sprites,
         _exec,
@@ -205,6 +207,10 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
+
+
+async def _thaw(app: web.Application) -> None:
+    app[STATE_KEY].lifecycle.close()
 
 
 async def _shutdown(app: web.Application) -> None:

@@ -1,10 +1,13 @@
 """Checkpoints of the sprite layer (section 6).
 
-A checkpoint is a full copy of the sprite's root directory under
-``sprite_dir(name)/checkpoints/<id>``, made with a symlink-preserving copy
-in a worker thread. Hard links or shared files would be wrong: a later write
-in the sprite would change the snapshot too. Metadata lives in SQLite, so
-both survive an emulator restart.
+A checkpoint is a snapshot of the sprite's root directory under
+``sprite_dir(name)/checkpoints/<id>``, made in a worker thread, whose
+unchanged files are hard links to the previous snapshot's: creating and
+restoring cost a walk of the tree plus the changed bytes (see "snapshots on
+disk" below). The live root never shares a file with a snapshot: a later
+write in the sprite would change the snapshot too. Under bubblewrap the
+snapshots are mounted read-only at ``/.sprite/checkpoints`` (``_procs``).
+Metadata lives in SQLite, so both survive an emulator restart.
 
 Ids are ``v0``, ``v1``, ... per sprite. ``v0`` is the sprite as created (an
 empty ``/home/sprite`` and ``/tmp``); it is made lazily the first time a
@@ -28,8 +31,9 @@ import logging
 import os
 import shutil
 import stat
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -332,7 +336,9 @@ class CheckpointStore:
                 "UPDATE emu_checkpoint_heads SET active = ? WHERE sprite = ?", (cp_id, name)
             )
             await _services.start_all(self._state, name)
-            return cp
+        # Off the restore's path (but still emulator-owned): the old root's removal.
+        _ = self._state.spawn(asyncio.to_thread(_remove_trash, self._state.sprite_dir(name)))
+        return cp
 
 
 def _from_row(row: tuple[Any, ...]) -> Checkpoint:
@@ -361,15 +367,148 @@ def _transaction(db: Any) -> Iterator[None]:
 
 
 # --- snapshots on disk (blocking; run in worker threads) ---------------------
+#
+# Cost in proportion to what changed, with hard links on a plain filesystem:
+#
+# * A snapshot is a tree of its own whose unchanged files are hard links to
+#   the files of the previous snapshot (the *base*) and whose changed files
+#   are copies of the live ones. Snapshots share inodes among themselves
+#   only, and nothing ever writes a snapshot's file after it is made.
+# * The live root never shares an inode with a snapshot: a process writing
+#   into a file in place would change the snapshot too. A restore builds a
+#   new root of copies from the snapshot, except for files the live root
+#   already holds unchanged: those are moved over from the live root (never
+#   shared with anything; see ``_replace_root`` for why not hard links).
+# * "Unchanged" is decided by the inode change time, which no process can
+#   set back: the sprite directory's marker file records the base snapshot
+#   and a filesystem timestamp taken when the live root last matched it
+#   (the start of the last create, the end of the last restore). A live
+#   file whose ctime is older than the mark, and whose size, mtime, mode,
+#   owner match the base's file at the same path, is that file. Without a
+#   usable mark (first checkpoint, base deleted) every file is copied.
+#   Lookups in the base and live trees never pass through a symlinked
+#   directory (``_subdir``): a link could otherwise reach any host file.
+
+_MARK = "checkpoint-base"
 
 
-def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) -> None:
-    """Copy a directory tree, keeping symlinks as symlinks.
+def _read_mark(sprite_dir: Path) -> tuple[Path, int] | None:
+    """The base snapshot and the time the live root matched it, if still valid."""
+    try:
+        cp_id, ns = (sprite_dir / _MARK).read_text().split()
+        since = int(ns)
+    except (OSError, ValueError):
+        return None
+    base = sprite_dir / "checkpoints" / cp_id
+    if "/" in cp_id or cp_id in (".", "..") or not base.is_dir():
+        return None
+    return base, since
 
-    Sockets, FIFOs and devices are skipped (they cannot be copied and would
-    block ``open``); files that vanish during the copy are skipped too, since
-    processes in the sprite may still be running. Ownership is kept when the
-    emulator runs as root. ``exclude`` names top-level entries to leave out.
+
+def _write_mark(sprite_dir: Path, cp_id: str, since: int) -> None:
+    tmp = sprite_dir / (_MARK + ".tmp")
+    tmp.write_text(f"{cp_id} {since}\n")
+    os.replace(tmp, sprite_dir / _MARK)
+
+
+def _fs_now(directory: Path) -> int:
+    """The filesystem's current timestamp (its clock may lag ``time.time``)."""
+    probe = directory / (_MARK + ".now")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        return os.fstat(fd).st_ctime_ns
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def _next_tick(directory: Path) -> int:
+    """A filesystem timestamp later than every change made before this call.
+
+    The clock stamping files is coarse: changes made just now may carry the
+    very value :func:`_fs_now` reads, and a mark equal to their ctime would
+    count them as changed (a big file moved by a restore, copied again by
+    the next checkpoint). Waiting for the next tick (a few ms) avoids it.
+    """
+    first = _fs_now(directory)
+    deadline = time.monotonic() + 1.0
+    while True:
+        now = _fs_now(directory)
+        if now > first or time.monotonic() > deadline:
+            return now
+        time.sleep(0.001)
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (
+        a.st_size == b.st_size
+        and a.st_mtime_ns == b.st_mtime_ns
+        and a.st_mode == b.st_mode
+        and a.st_uid == b.st_uid
+        and a.st_gid == b.st_gid
+    )
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _hard_link(existing: str, target: str) -> bool:
+    try:
+        os.link(existing, target, follow_symlinks=False)
+    except OSError:
+        return False  # EMLINK (too many links) and the like: a copy is always right
+    return True
+
+
+def _link_or_copy(
+    linked: str | None, source: str, target: str, attach: Callable[[str, str], bool] = _hard_link
+) -> bool:
+    """Put ``linked`` at ``target`` with ``attach`` (False if impossible), else copy ``source``."""
+    if linked is not None and attach(linked, target):
+        return True
+    shutil.copy2(source, target, follow_symlinks=False)
+    return False
+
+
+Prior = Callable[[tuple[str | None, ...], str, os.stat_result], str | None]
+"""``(parallel directories, name, stat of the source file)`` → a file to link, or None."""
+
+
+def _subdir(parent: str | None, name: str) -> str | None:
+    """``parent/name`` if it is a directory itself, not a symlink to one (else None)."""
+    if parent is None:
+        return None
+    path = f"{parent}/{name}"
+    st = _lstat(path)
+    return path if st is not None and stat.S_ISDIR(st.st_mode) else None
+
+
+def _build_tree(
+    src: str,
+    dst: str,
+    *,
+    prior: Prior,
+    others: tuple[str | None, ...] = (),
+    exclude: frozenset[str] = frozenset(),
+    attach: Callable[[str, str], bool] = _hard_link,
+) -> None:
+    """Make ``dst`` a copy of ``src``, hard-linking the files ``prior`` names.
+
+    ``others`` are the directories at the same place in other trees (the base
+    snapshot, the live root), walked along with ``src``; a place where one of
+    them has no directory of its own (none, a file, a symlink: a path
+    through a symlink could lead anywhere on the host) becomes None.
+    ``prior(others, name, src_stat)`` returns an existing file with the same
+    content and metadata, or None to copy; ``attach(file, target)`` puts it
+    in place (a hard link by default). Symlinks stay symlinks; sockets,
+    FIFOs and devices are skipped (they cannot be copied and would block
+    ``open``); files that vanish meanwhile are skipped too, since processes
+    in the sprite may still be running. Ownership is kept when the emulator
+    runs as root. ``exclude`` names top-level entries to leave out.
     """
     os.mkdir(dst, 0o700)
     as_root = os.geteuid() == 0
@@ -378,15 +517,17 @@ def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) ->
     for entry in entries:
         if entry.name in exclude:
             continue
-        source, target = Path(entry.path), dst / entry.name
+        source, target = entry.path, f"{dst}/{entry.name}"
         try:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(source), target)
             elif stat.S_ISDIR(st.st_mode):
-                copy_tree(source, target)
+                inner = tuple(_subdir(o, entry.name) for o in others)
+                _build_tree(source, target, prior=prior, others=inner, attach=attach)
             elif stat.S_ISREG(st.st_mode):
-                shutil.copy2(source, target, follow_symlinks=False)
+                if _link_or_copy(prior(others, entry.name, st), source, target, attach):
+                    continue  # the same inode: owner and times are already right
             else:
                 continue
         except FileNotFoundError:
@@ -400,9 +541,16 @@ def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) ->
         os.lchown(dst, st.st_uid, st.st_gid)
 
 
+def copy_tree(src: Path, dst: Path, *, exclude: frozenset[str] = frozenset()) -> None:
+    """Copy a directory tree, keeping symlinks as symlinks (a full copy, nothing shared)."""
+    _build_tree(str(src), str(dst), prior=lambda *_: None, exclude=exclude)
+
+
 def _make_v0(checkpoints: Path, owner: tuple[int, int] | None) -> None:
     # Leftovers of a deleted sprite with the same name, or of lost metadata.
     shutil.rmtree(checkpoints, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(checkpoints.parent / _MARK)
     v0 = checkpoints / "v0"
     (v0 / "home" / "sprite").mkdir(parents=True)
     # Restores keep ownership: a restored /home/sprite must be the sprite user's.
@@ -412,39 +560,125 @@ def _make_v0(checkpoints: Path, owner: tuple[int, int] | None) -> None:
 
 
 def _snapshot(root: Path, dest: Path) -> None:
+    """Snapshot ``root`` as ``dest``: links to the base snapshot for unchanged files."""
     partial = dest.with_name(dest.name + ".partial")
     for leftover in (partial, dest):
         # Only an interrupted earlier attempt can have left these: the id is
         # not in the database, so nothing refers to them.
         shutil.rmtree(leftover, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sprite_dir = root.parent
+    mark = _read_mark(sprite_dir)
+    # Taken before the walk: whatever changes during it is not older than the mark.
+    started = _next_tick(sprite_dir)
+
+    def prior(dirs: tuple[str | None, ...], name: str, st: os.stat_result) -> str | None:
+        if mark is None or dirs[0] is None or st.st_ctime_ns >= mark[1]:
+            return None
+        candidate = f"{dirs[0]}/{name}"
+        old = _lstat(candidate)
+        return candidate if old is not None and _same(st, old) else None
+
     try:
-        copy_tree(root, partial, exclude=frozenset({_PLATFORM_DIR}))
+        _build_tree(
+            str(root),
+            str(partial),
+            prior=prior,
+            others=(str(mark[0]) if mark else None,),
+            exclude=frozenset({_PLATFORM_DIR}),
+        )
         os.rename(partial, dest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    _write_mark(sprite_dir, dest.name, started)
 
 
 def _replace_root(root: Path, snapshot: Path) -> None:
+    """Make ``root`` the snapshot's tree again, keeping the live files that did not change.
+
+    A new tree is built from the snapshot: unchanged live files are *moved*
+    into it (a rename; a hard link would do too, but removing the old tree
+    would then change their ctime, and the next checkpoint would copy them
+    all), the others copied. Until the new tree takes the root's place, a
+    failure moves the files back; a crash is finished by :func:`recover`
+    from the journal file, which names the snapshot.
+    """
     staging = root.with_name(root.name + ".restoring")
     old = root.with_name(root.name + ".old")
     for leftover in (staging, old):
         shutil.rmtree(leftover, ignore_errors=True)
+    sprite_dir = root.parent
+    mark = _read_mark(sprite_dir)
+    snap = str(snapshot)
+    same_base = mark is not None and mark[0] == snapshot
+
+    def prior(dirs: tuple[str | None, ...], name: str, st: os.stat_result) -> str | None:
+        # The live file is the base's (ctime), and the base's file is the
+        # snapshot's very inode: then the live file has the snapshot's content.
+        live_dir, base_dir = dirs
+        if mark is None or live_dir is None or base_dir is None:
+            return None
+        live_path = f"{live_dir}/{name}"
+        live = _lstat(live_path)
+        if live is None or live.st_ctime_ns >= mark[1] or not _same(live, st):
+            return None
+        based = st if same_base else _lstat(f"{base_dir}/{name}")
+        if based is None or (based.st_ino, based.st_dev) != (st.st_ino, st.st_dev):
+            return None
+        return live_path
+
+    moved: list[tuple[str, str]] = []
+
+    def move(existing: str, target: str) -> bool:
+        try:
+            os.rename(existing, target)
+        except OSError:
+            return False
+        moved.append((target, existing))
+        return True
+
+    journal = sprite_dir / _JOURNAL
+    journal.write_text(snapshot.name + "\n")
     try:
-        copy_tree(snapshot, staging)
+        others = (str(root), str(mark[0])) if mark else (None, None)
+        _build_tree(snap, str(staging), prior=prior, others=others, attach=move)
     except BaseException:
+        for target, existing in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(target, existing)
         shutil.rmtree(staging, ignore_errors=True)
+        journal.unlink(missing_ok=True)
         raise
+    # After the moves (which change ctimes), before anyone else can reach
+    # the new tree: it matches the snapshot.
+    built = _next_tick(sprite_dir)
     platform = root / _PLATFORM_DIR
     if platform.is_dir() and not platform.is_symlink():
         os.rename(platform, staging / _PLATFORM_DIR)
-    # Two renames: the root is never a half-copied tree. recover() finishes
-    # or undoes a restore interrupted between them.
+    # Two renames: the root is never a half-made tree. recover() finishes a
+    # restore interrupted between them.
     if root.exists():
         os.rename(root, old)
     os.rename(staging, root)
-    shutil.rmtree(old, ignore_errors=True)
+    _write_mark(sprite_dir, snapshot.name, built)
+    journal.unlink()
+    # Removing the old tree costs as much as it has files: done after the
+    # restore (``_remove_trash``), as it is no longer part of the sprite.
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(old, sprite_dir / f"{_TRASH}{time.monotonic_ns()}")
+
+
+_JOURNAL = "restoring"
+_TRASH = "root.trash-"
+
+
+def _remove_trash(sprite_dir: Path) -> None:
+    """Remove old roots left by restores."""
+    with contextlib.suppress(OSError):
+        for path in sprite_dir.iterdir():
+            if path.name.startswith(_TRASH):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def recover(state_dir: Path) -> None:
@@ -455,10 +689,27 @@ def recover(state_dir: Path) -> None:
     for sprite_dir in sprites.iterdir():
         root = sprite_dir / "root"
         old = sprite_dir / "root.old"
-        if not root.exists() and old.is_dir():
-            os.rename(old, root)
-        for leftover in (sprite_dir / "root.restoring", old):
+        staging = sprite_dir / "root.restoring"
+        try:
+            restoring: str | None = (sprite_dir / _JOURNAL).read_text().strip()
+        except OSError:
+            restoring = None
+        if not root.exists():
+            if restoring and staging.is_dir():
+                os.rename(staging, root)  # built completely: only the swap was left
+            elif old.is_dir():
+                os.rename(old, root)
+        for leftover in (staging, old):
             shutil.rmtree(leftover, ignore_errors=True)
+        _remove_trash(sprite_dir)
+        if restoring is not None:
+            # Some live files may have been moved into the lost new tree:
+            # finish the restore (they come from the snapshot again).
+            snapshot = sprite_dir / "checkpoints" / restoring
+            if root.is_dir() and restoring and "/" not in restoring and snapshot.is_dir():
+                _replace_root(root, snapshot)
+                _remove_trash(sprite_dir)
+            (sprite_dir / _JOURNAL).unlink(missing_ok=True)
         checkpoints = sprite_dir / "checkpoints"
         if checkpoints.is_dir():
             for path in checkpoints.iterdir():

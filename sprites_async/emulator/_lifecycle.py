@@ -7,12 +7,28 @@ handler runs as long as its socket is open), and modules may hold more through
 after ``config.warm_after`` seconds the sprite becomes ``warm``, after
 ``config.cold_after`` more it becomes ``cold`` and its sessions are ended.
 Management calls (``GET /v1/sprites/{name}`` ...) never touch this clock.
+
+A warm sprite's processes are frozen, as a suspended VM's are, and go on
+where they were when it wakes: sessions stay listed and keep their ids. The
+cgroup freezer does it when the sprite has cgroups (sandboxed, with limits):
+every process of the sprite, services included, stops at once. Otherwise the
+exec sessions' processes get ``SIGSTOP`` and later ``SIGCONT`` (a process
+can see that, and services keep running). The emulator's own helpers (the
+sprite's network namespace holder, ``slirp4netns``) run outside the
+sprite's cgroups and are never frozen: they hold no state of the sprite.
+Frozen processes are thawed before anything ends them (cold, delete,
+shutdown): a cgroup-v1-frozen process cannot even die. Going cold ends the
+sessions; services, which outlive a cold sprite here (``_supervisor``), are
+frozen again and resume on wake.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +52,9 @@ class Lifecycle:
         self._active: dict[str, int] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._cooling: dict[str, asyncio.Task[Any]] = {}
+        self._frozen: dict[str, list[int]] = {}
+        """Frozen sprites → the pids stopped by signal (empty: the cgroup freezer)."""
+        self._closed = False
 
     def active(self, name: str) -> int:
         """How many activities are held on ``name`` right now."""
@@ -69,6 +88,7 @@ class Lifecycle:
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
+        self.thaw(name)
         rec = self._state.sprites.get(name)
         if rec is not None and rec.status != "running":
             rec.status = "running"
@@ -94,6 +114,7 @@ class Lifecycle:
 
     def forget(self, name: str) -> None:
         """Stop tracking a deleted sprite."""
+        self.thaw(name)
         self._active.pop(name, None)
         timer = self._timers.pop(name, None)
         if timer is not None:
@@ -104,6 +125,56 @@ class Lifecycle:
         self._state.store.save_many(
             rec for rec in self._state.sprites.values() if rec.status != "cold"
         )
+
+    def frozen(self, name: str) -> bool:
+        """Whether the sprite's processes are frozen (it is warm)."""
+        return name in self._frozen
+
+    def freeze(self, name: str) -> None:
+        """Stop the sprite's processes where they are (see the module docstring)."""
+        if name in self._frozen or self._closed:
+            return
+        from ._procs import proc_table, session_members
+        from ._sandbox import existing_jail
+
+        jail = existing_jail(self._state)
+        if jail is not None and jail.freeze(name):
+            self._frozen[name] = []
+            return
+        sids: set[int] = set()
+        # The registry protocol does not list sessions; the real one (``_sessions``) does.
+        listing = getattr(self._state.sessions, "list", None)
+        for session in listing(name) if callable(listing) else []:
+            if getattr(session, "inline", False):
+                continue  # answered by the emulator itself: no process
+            own = getattr(session.proc, "_sids", None)
+            sids.update(own() if callable(own) else [session.proc.pid])
+        stopped: list[int] = []
+        for info in session_members(proc_table(), sids):
+            with contextlib.suppress(OSError):
+                os.kill(info.pid, signal.SIGSTOP)
+                stopped.append(info.pid)
+        self._frozen[name] = stopped
+
+    def thaw(self, name: str) -> None:
+        """Let a frozen sprite's processes run again (no-op when not frozen)."""
+        stopped = self._frozen.pop(name, None)
+        if stopped is None:
+            return
+        from ._sandbox import existing_jail
+
+        jail = existing_jail(self._state)
+        if jail is not None:
+            jail.thaw(name)
+        for pid in stopped:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        """Thaw every frozen sprite and freeze none any more (shutdown: processes must end)."""
+        self._closed = True
+        for name in list(self._frozen):
+            self.thaw(name)
 
     def _start_timer(self, name: str) -> None:
         self._timers[name] = self._state.spawn(self._idle(name))
@@ -118,6 +189,10 @@ class Lifecycle:
             rec.status = "warm"
             rec.last_warming_at = utcnow()
             self._save(rec)
+            try:
+                self.freeze(name)
+            except Exception:
+                log.exception("freezing %s failed", name)
         await asyncio.sleep(config.cold_after)
         rec = self._state.sprites.get(name)
         if rec is None or self.active(name):
@@ -131,11 +206,16 @@ class Lifecycle:
         try:
             rec.status = "cold"
             self._save(rec)
+            self.thaw(name)
             try:
                 await self._state.sessions.terminate_all(name)
             except Exception:
                 # A background timer has nobody to report to; keep the clock going.
                 log.exception("ending the sessions of %s failed", name)
+            if name in self._state.sprites and not self.active(name):
+                # Services outlive a cold sprite here (``_supervisor``): they
+                # stay frozen and resume on wake, as they would restart.
+                self.freeze(name)
         finally:
             if self._cooling.get(name) is this:
                 del self._cooling[name]

@@ -506,8 +506,24 @@ def bwrap_args(
                 continue
             if (root / entry).is_dir() and not (root / entry).is_symlink():
                 args += ["--bind", str(view / entry), "/" + entry]
+    args += _checkpoints_mount(root, sprite_dir, view.parent)
     args += ["--chdir", cwd]
     return args
+
+
+def _checkpoints_mount(root: Path, sprite_dir: Path, source: Path) -> list[str]:
+    """Checkpoints appear read-only at ``/.sprite/checkpoints`` inside the sprite (section 6)."""
+    if not (sprite_dir / "checkpoints").is_dir():
+        return []
+    platform = root / ".sprite"
+    if platform.is_dir() and not platform.is_symlink():
+        # Bound read-write from the host above: the mount point must exist
+        # there, since the sprite user may not create it.
+        try:
+            (platform / "checkpoints").mkdir(exist_ok=True)
+        except OSError:
+            return []
+    return ["--ro-bind", str(source / "checkpoints"), "/.sprite/checkpoints"]
 
 
 def set_winsize(fd: int, cols: int, rows: int) -> None:

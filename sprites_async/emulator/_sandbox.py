@@ -581,6 +581,15 @@ class Cgroups:
                 if base is not None:
                     found.append(_Controller(controller, base, v1_files[controller](files)))
                 break
+        if found:
+            # Warm sprites are frozen (``_lifecycle``): v1 has a hierarchy for it.
+            for point, kind, options in mounts:
+                if kind == "cgroup" and "freezer" in options:
+                    parent = Path(point) / own.get("freezer", "/").lstrip("/")
+                    base = _writable_dir(parent, self._tag)
+                    if base is not None:
+                        found.append(_Controller("freezer", base, {}))
+                    break
         if any(c.name == "pids" for c in found) or "pids" not in wanted:
             self.version = 1 if found else 0
             self.controllers = found
@@ -616,8 +625,41 @@ class Cgroups:
             self._sprites[sprite] = dirs
         return [str(d / "cgroup.procs") for d in dirs]
 
+    def _freezer(self, sprite: str) -> tuple[Path, str, str] | None:
+        """The sprite's freezer file and its frozen and thawed values, if it has one."""
+        dirs = self._sprites.get(sprite)
+        if not dirs:
+            return None
+        if self.version == 2:
+            return dirs[0] / "cgroup.freeze", "1", "0"
+        for c in self.controllers:
+            if c.name == "freezer":
+                return c.base / _safe(sprite) / "freezer.state", "FROZEN", "THAWED"
+        return None
+
+    def freeze(self, sprite: str) -> bool:
+        """Freeze every process in the sprite's cgroups; False if there is no freezer."""
+        freezer = self._freezer(sprite)
+        if freezer is None:
+            return False
+        try:
+            freezer[0].write_text(freezer[1])
+        except OSError as exc:
+            log.warning("cgroup %s: cannot freeze: %s", freezer[0].parent, exc)
+            return False
+        return True
+
+    def thaw(self, sprite: str) -> None:
+        """Let the sprite's frozen processes run again (no-op when not frozen)."""
+        freezer = self._freezer(sprite)
+        if freezer is not None:
+            with contextlib.suppress(OSError):
+                freezer[0].write_text(freezer[2])
+
     def kill(self, sprite: str) -> None:
         """SIGKILL whatever still runs in the sprite's cgroups."""
+        # A v1-frozen process only dies once thawed.
+        self.thaw(sprite)
         for d in self._sprites.get(sprite, []):
             for pid in _pids(d):
                 with contextlib.suppress(OSError):
@@ -625,6 +667,7 @@ class Cgroups:
 
     def remove(self, sprite: str) -> None:
         """Kill the sprite's processes and remove its cgroups."""
+        self.thaw(sprite)
         dirs = self._sprites.pop(sprite, [])
         for d in dirs:
             for _ in range(100):
@@ -754,6 +797,15 @@ class Jail:
             prefix += [prlimit, *rlimits, "--"]
         return prefix
 
+    def freeze(self, sprite: str) -> bool:
+        """Freeze the sprite's processes with the cgroup freezer; False if that is impossible."""
+        return self._cgroups is not None and self._cgroups.freeze(sprite)
+
+    def thaw(self, sprite: str) -> None:
+        """Undo :meth:`freeze`."""
+        if self._cgroups is not None:
+            self._cgroups.thaw(sprite)
+
     def describe(self) -> str:
         """How sprites are bounded, in a few words."""
         lim = self.limits
@@ -832,6 +884,11 @@ def jail_for(state: EmulatorState) -> Jail:
         limits = Limits(config.max_processes, config.memory_limit, config.cpu_limit)
         jail = _jails[state] = Jail(limits, config.sprite_network)
     return jail
+
+
+def existing_jail(state: EmulatorState) -> Jail | None:
+    """The jail of an emulator if one was made (a sprite command ran), else None."""
+    return _jails.get(state)
 
 
 def sandbox_status(mode: str, jail: Jail | None = None) -> tuple[bool, str]:

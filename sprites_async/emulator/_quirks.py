@@ -53,9 +53,10 @@ QUIRKS: dict[str, str] = {
     ),
     # Exec.
     "exec-wsexec": (
-        "exec sockets behave like Fly's October 2025 pkg/wsexec handler: no "
+        "exec sockets that start a command behave like Fly's October 2025 pkg/wsexec handler: no "
         "session_info, no text exit message (only the binary exit frame), the socket "
-        "is not read once stdin is closed, so a close frame is never answered"
+        "is not read once stdin is closed, so a close frame is never answered (attach keeps "
+        "its session_info: without it a client cannot tell the framing)"
     ),
     # Filesystem.
     "fs-range-ignored": "/fs/read ignores Range and always answers 200 with the whole file",

@@ -603,6 +603,13 @@ class Cgroups:
         """Whether sprites get cgroups (with at least the process limit)."""
         return bool(self.controllers)
 
+    @property
+    def can_freeze(self) -> bool:
+        """Whether a warm sprite can be frozen whole (v2 ``cgroup.freeze`` or v1 ``freezer``)."""
+        if self.version == 2:
+            return bool(self.controllers)
+        return any(c.name == "freezer" for c in self.controllers)
+
     def procs_files(self, sprite: str) -> list[str]:
         """The ``cgroup.procs`` files a new process of ``sprite`` must join (created now)."""
         dirs = self._sprites.get(sprite)
@@ -923,5 +930,13 @@ def _sandboxed_line(jail: Jail) -> str:
         f"sandbox: bubblewrap, user {SPRITE_USER} (uid {SPRITE_UID}, host uid "
         f"{sprite_host_ids()[0]}) without capabilities, "
         f"own /etc, hostname, IPC and PID namespaces, {network}; limits per sprite: "
-        f"{jail.describe()}"
+        f"{jail.describe()}; warm sprites: {_freezing(jail)}"
     )
+
+
+def _freezing(jail: Jail) -> str:
+    # What going warm does here (``_lifecycle``): the freezer stops every
+    # process of the sprite; the fallback only stops exec sessions' processes.
+    if jail.cgroups.can_freeze:
+        return "frozen by the cgroup freezer"
+    return "exec sessions stopped with SIGSTOP (no cgroup freezer; services keep running)"

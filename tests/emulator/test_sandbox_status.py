@@ -144,3 +144,19 @@ def test_text_startup_lines_end_with_the_sandbox_status() -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=15)
+
+
+@pytest.mark.parametrize(
+    ("freezer", "words"),
+    [(True, "frozen by the cgroup freezer"), (False, "exec sessions stopped with SIGSTOP")],
+)
+def test_status_line_says_how_warm_sprites_are_frozen(
+    monkeypatch: pytest.MonkeyPatch, freezer: bool, words: str
+) -> None:
+    # doctor and the startup line show this line: what going warm does here.
+    if not _sandbox.probe_bwrap()[0]:
+        pytest.skip("bubblewrap is not usable here")
+    monkeypatch.setattr(_sandbox.Cgroups, "can_freeze", property(lambda self: freezer))
+    sandboxed, line = sandbox_status("auto")
+    assert sandboxed is True
+    assert f"warm sprites: {words}" in line

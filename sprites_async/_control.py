@@ -56,12 +56,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 from aiohttp import WSMsgType
 
 from ._errors import APIError, ClientClosedError, SpritesConnectionError
 from ._frames import decode_envelope
-from ._session import _timeout, quote_segment
+from ._session import SOCKET_ERRORS, _timeout, quote_segment
 
 if TYPE_CHECKING:
     from ._session import SpritesClient, WebSocket
@@ -168,6 +167,7 @@ class _Sentinel:
 _DIAL = _Sentinel("dial")  # a slot was reserved for the waiter: go and dial
 _UNSUPPORTED = _Sentinel("unsupported")  # /control failed for the sprite: go direct
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)  # distinct classes on Python 3.10
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_TIMEOUTS, *SOCKET_ERRORS)
 
 
 class _Waiter:
@@ -515,7 +515,7 @@ class ControlPool:
                     continue
                 else:
                     break  # closed by the server or failed
-        except (aiohttp.ClientError, OSError, RuntimeError):
+        except SOCKET_ERRORS:
             pass
         if lease._idle_task is asyncio.current_task():
             lease._idle_task = None
@@ -567,7 +567,7 @@ async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
         try:
             async with _timeout(limit):
                 await ws.close()
-        except (*_TIMEOUTS, aiohttp.ClientError, OSError, RuntimeError):
+        except _CLOSE_ERRORS:
             pass
         if ws.closed:
             return

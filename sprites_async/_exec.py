@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import msgspec
 from aiohttp import WSMsgType
 
@@ -77,6 +76,7 @@ from ._errors import (
 )
 from ._models import JSONDecoder, UnreadableEntry, attach_raw, decode_any, raw_of, salvage
 from ._session import (
+    SOCKET_ERRORS,
     ExtraBody,
     ExtraHeaders,
     ExtraQuery,
@@ -939,7 +939,7 @@ class ExecSession:
                             "op.start", op="exec", args=self._request.control_args()
                         )
                     )
-                except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+                except SOCKET_ERRORS as exc:
                     # Part of the frame may be out (a failed drain comes after
                     # the write): the command may have started.
                     self._finish(self._unknown(f"sending op.start failed: {exc}", cause=exc))
@@ -1830,7 +1830,7 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 async def _ping(ws: WebSocket) -> None:
     try:
         await ws.ping()
-    except (aiohttp.ClientError, OSError, RuntimeError):
+    except SOCKET_ERRORS:
         pass  # the reader sees the broken connection and reports it
 
 

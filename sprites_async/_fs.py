@@ -59,7 +59,14 @@ from ._models import (
     salvage_list,
     share_raw,
 )
-from ._session import ExtraBody, ExtraHeaders, ExtraQuery, RequestOptions, request_options
+from ._session import (
+    SOCKET_ERRORS,
+    ExtraBody,
+    ExtraHeaders,
+    ExtraQuery,
+    RequestOptions,
+    request_options,
+)
 
 if TYPE_CHECKING:
     from ._session import Response
@@ -1361,8 +1368,7 @@ def _lists_itself(listing: _Listing) -> bool:
 
 
 _BODY_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,
+    *SOCKET_ERRORS,
     asyncio.TimeoutError,
     TimeoutError,
 )

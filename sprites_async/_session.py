@@ -431,6 +431,12 @@ def _user_agent() -> str:
     )
 
 
+SOCKET_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, RuntimeError)
+"""What a send, ping or close on an open WebSocket can raise (aiohttp raises
+RuntimeError for a write to a closing transport). Modules that must swallow
+or translate such a failure name this, never aiohttp's classes."""
+
+
 def quote_segment(value: str) -> str:
     """Percent-encode one path segment (sprite names, ids, service names)."""
     return quote(value, safe="")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -30,26 +29,10 @@ from sprites_async._checkpoints import CheckpointNotFoundError
 from sprites_async._proxy import PortsWatchNotSupportedError
 from sprites_async._services import ServiceNotFoundError
 from sprites_async.emulator import Emulator
+from tests._wire import Sent
 
 # Retries on, with no waiting: a re-send would happen, and be seen, at once.
 RETRY = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0)
-
-
-class Sent:
-    """Counts the requests the client put on the wire, by method and path."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.trace = aiohttp.TraceConfig()
-        self.trace.on_request_start.append(self._on_start)
-
-    async def _on_start(
-        self, session: Any, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
-    ) -> None:
-        self.calls.append((params.method, params.url.path))
-
-    def count(self, method: str, suffix: str) -> int:
-        return sum(1 for m, p in self.calls if m == method and p.endswith(suffix))
 
 
 @pytest.fixture

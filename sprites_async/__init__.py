@@ -22,7 +22,7 @@ from ._checkpoints import (
     EventOperation,
     OtherEvent,
 )
-from ._control import ControlOptions
+from ._config import ControlOptions, ExecSettings, RetryPolicy, Timeouts
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -52,7 +52,6 @@ from ._exec import (
     ExecSession,
     ExecSessionInfo,
     ExecSessions,
-    ExecSettings,
     ExitEvent,
     KillEvent,
     OutputEvent,
@@ -100,7 +99,6 @@ from ._proxy import (
     forward,
     open_connection,
 )
-from ._retry import RetryPolicy
 from ._services import (
     Service,
     ServiceComplete,
@@ -119,7 +117,7 @@ from ._services import (
     ServiceStopped,
     ServiceStopping,
 )
-from ._session import DEFAULT_BASE_URL, SpritesClient, Timeouts
+from ._session import DEFAULT_BASE_URL, SpritesClient
 from ._sprites import DeleteReport, Sprite, SpritesResource
 from ._version import __version__
 

@@ -53,11 +53,11 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType
 
+from ._config import ControlOptions, options_for
 from ._errors import APIError, ClientClosedError, SpritesConnectionError
 from ._frames import decode_envelope
 from ._session import SOCKET_ERRORS, _timeout, quote_segment
@@ -66,75 +66,13 @@ if TYPE_CHECKING:
     from ._session import SpritesClient, WebSocket
 
 __all__ = [
-    "DEFAULT_CONTROL_OPTIONS",
     "ControlLease",
-    "ControlOptions",
     "ControlPool",
     "close_now",
-    "control_enabled",
     "pool_for",
 ]
 
 logger = logging.getLogger("sprites_async")
-
-
-@dataclass(frozen=True)
-class ControlOptions:
-    """How a client pools ``/control`` sockets.
-
-    Attributes:
-        enabled: Use control sockets at all (False: always direct ``/exec``).
-        max_per_sprite: Most pooled sockets (open or dialling) per sprite.
-        max_total: Most pooled sockets per client, all sprites together.
-        when_full: What a command does when every pooled socket it may use
-            is busy: ``"direct"`` runs it on its own ``/exec`` socket at
-            once (no queueing; WebSockets are not otherwise limited),
-            ``"wait"`` queues it for the next free pooled socket.
-        max_waiters: Most callers waiting for a socket (``when_full="wait"``);
-            one more raises.
-        max_idle: Idle sockets kept per sprite before draining ...
-        drain_to: ... down to this many (least recently used closed first).
-        idle_timeout: Seconds an idle socket is kept.
-        close_timeout: Bounds the rare close that cannot be done at once; the
-            server's close reply is never awaited (see :func:`close_now`).
-        probe_timeout: Seconds a ``/control`` handshake may take before the
-            command goes to a direct ``/exec`` socket instead.
-        fallback_ttl: Seconds a sprite whose ``/control`` dial failed uses
-            direct sockets before ``/control`` is probed again.
-    """
-
-    enabled: bool = True
-    max_per_sprite: int = 100
-    max_total: int = 1000
-    when_full: Literal["direct", "wait"] = "direct"
-    max_waiters: int = 10_000
-    max_idle: int = 20
-    drain_to: int = 10
-    idle_timeout: float = 30.0
-    close_timeout: float = 1.0
-    probe_timeout: float = 3.0
-    fallback_ttl: float = 300.0
-
-
-DEFAULT_CONTROL_OPTIONS = ControlOptions()
-
-
-_CONTROL_DISABLED = ControlOptions(enabled=False)
-
-
-def options_for(client: SpritesClient) -> ControlOptions:
-    """The pool options of ``client`` (its ``control=`` argument)."""
-    value = client.control
-    if value is True:
-        return DEFAULT_CONTROL_OPTIONS
-    if value is False:
-        return _CONTROL_DISABLED
-    return value
-
-
-def control_enabled(client: SpritesClient) -> bool:
-    """Whether ``client`` runs commands over pooled control sockets."""
-    return options_for(client).enabled
 
 
 class ControlLease:

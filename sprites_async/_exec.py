@@ -44,8 +44,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
-import signal as _signal
 import weakref
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
@@ -57,6 +55,7 @@ import msgspec
 from aiohttp import WSMsgType
 
 from . import _frames
+from ._config import ExecSettings, settings_for
 from ._control import close_now
 from ._errors import (
     APIError,
@@ -85,6 +84,18 @@ from ._session import (
     request_options,
 )
 from ._streams import NOT_FINAL, NDJSONStream, NotFinal
+from ._validation import (
+    check_argv,
+    check_cwd,
+    check_duration,
+    check_env,
+    check_max_output,
+    check_size,
+    check_stdin,
+    check_timeout,
+    go_duration,
+    signal_name,
+)
 
 if TYPE_CHECKING:
     from ._control import ControlLease
@@ -99,7 +110,6 @@ __all__ = [
     "ExecSession",
     "ExecSessionInfo",
     "ExecSessions",
-    "ExecSettings",
     "ExitEvent",
     "KillEvent",
     "OutputEvent",
@@ -124,57 +134,8 @@ PortCallback = Callable[["PortEvent"], Any]
 # ----------------------------------------------------------------------- settings
 
 
-@dataclass(frozen=True)
-class ExecSettings:
-    """Timing and buffering of exec connections (seconds and bytes).
-
-    The defaults follow the official SDKs; tests use small values. A client
-    uses ``client.exec_settings`` when set, else :data:`DEFAULT_EXEC_SETTINGS`.
-
-    Attributes:
-        exit_grace: After a text ``exit`` (non-TTY), how long to wait for
-            trailing output and the authoritative ``03`` frame.
-        ping_interval: Seconds between WebSocket pings (None: never ping).
-        dead_after: A connection with no frame and no pong for this long is
-            dead (None: never). Pongs keep a silent command alive.
-        kill_grace: After TERM, how long the command has before KILL.
-        kill_wait: After KILL, how long to wait for the exit.
-        close_timeout: How long closing may take in the rare case where it
-            cannot be done at once (the server's close reply is never
-            awaited; see ``close_now``).
-        session_info_timeout: Attach: how long to wait for ``session_info``.
-        op_complete_timeout: Control: how long to wait for ``op.complete``
-            after the exit before giving up on reusing the socket.
-        buffer_size: Bytes of unread output a live session buffers per
-            stream. A full stream that is read stops the reading of the
-            socket (the server then slows down); a full one nobody reads
-            drops its oldest bytes (see :class:`ExecSession`).
-        stdin_chunk: Largest stdin frame sent.
-        max_port_events: Unread port/session events kept (oldest dropped).
-    """
-
-    exit_grace: float = 1.5
-    ping_interval: float | None = 15.0
-    dead_after: float | None = 45.0
-    kill_grace: float = 3.0
-    kill_wait: float = 3.0
-    close_timeout: float = 1.0
-    session_info_timeout: float = 10.0
-    op_complete_timeout: float = 2.0
-    buffer_size: int = 1 << 20
-    stdin_chunk: int = 64 * 1024
-    max_port_events: int = 256
-
-
-DEFAULT_EXEC_SETTINGS = ExecSettings()
-
 DEFAULT_MAX_OUTPUT = 8 << 20
 """Bytes of each stream ``exec()`` keeps by default (8 MiB: its first and last 4 MiB)."""
-
-
-def settings_for(client: SpritesClient) -> ExecSettings:
-    """The exec settings of ``client`` (``client.exec_settings`` or the default)."""
-    return client.exec_settings or DEFAULT_EXEC_SETTINGS
 
 
 # ------------------------------------------------------------------------- events
@@ -285,119 +246,6 @@ class ExecResult:
 
 # ---------------------------------------------------------------------- validation
 
-_ENV_KEY_RE = re.compile(r"[^=\x00]+")
-_DURATION_RE = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^0$")
-
-
-def go_duration(seconds: float) -> str:
-    """Seconds as a Go duration string (``10s``, ``1.5s``, ``0s``)."""
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"{text or '0'}s"
-
-
-def _check_argv(argv: Sequence[object]) -> tuple[str, ...]:
-    if not argv:
-        raise ValueError("no command: pass the program and its arguments, e.g. exec('ls', '-l')")
-    out = []
-    for i, arg in enumerate(argv):
-        if not isinstance(arg, str):
-            raise TypeError(f"argument {i} must be a str, not {type(arg).__name__}: {arg!r}")
-        if "\x00" in arg:
-            raise ValueError(f"argument {i} contains a NUL byte: {arg!r}")
-        out.append(arg)
-    if not out[0]:
-        raise ValueError("the program name (first argument) is empty")
-    return tuple(out)
-
-
-def _check_env(env: object) -> dict[str, str]:
-    if not isinstance(env, Mapping):
-        raise TypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
-    out = {}
-    for key, value in env.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"env keys and values must be str: {key!r}={value!r}")
-        if not _ENV_KEY_RE.fullmatch(key):
-            raise ValueError(f"invalid environment variable name {key!r} (empty, '=' or NUL)")
-        if "\x00" in value:
-            raise ValueError(f"environment variable {key} contains a NUL byte")
-        out[key] = value
-    return out
-
-
-def _check_cwd(cwd: object) -> str:
-    if not isinstance(cwd, str):
-        raise TypeError(f"cwd must be a str, not {type(cwd).__name__}")
-    if "\x00" in cwd:
-        raise ValueError("cwd contains a NUL byte")
-    if not cwd.startswith("/"):
-        raise ValueError(f"cwd must be an absolute path, got {cwd!r}")
-    return cwd
-
-
-def _check_size(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int")
-    if not 1 <= value <= 65535:
-        raise ValueError(f"{what} must be between 1 and 65535, got {value}")
-    return value
-
-
-def _check_duration(value: object, what: str) -> str:
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be seconds or a Go duration string")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{what} must be >= 0")
-        return go_duration(float(value))
-    if isinstance(value, str) and _DURATION_RE.match(value):
-        return value
-    raise ValueError(
-        f"{what} must be seconds or a Go duration such as '10s' or '5m', got {value!r}"
-    )
-
-
-def _check_timeout(value: object, what: str = "timeout") -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None")
-    if value <= 0:
-        raise ValueError(f"{what} must be > 0")
-    return float(value)
-
-
-def _check_max_output(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("max_output must be an int (bytes) or None")
-    if value < 0:
-        raise ValueError("max_output must be >= 0")
-    return value
-
-
-_SIGNALS = frozenset(s.name[3:] for s in _signal.Signals if not s.name.startswith("SIG_"))
-
-
-def signal_name(sig: str | int) -> str:
-    """Normalise ``"TERM"``, ``"SIGTERM"``, ``"term"`` or ``15`` to ``"TERM"``."""
-    if isinstance(sig, bool):
-        raise TypeError("signal must be a name such as 'TERM' or a number")
-    if isinstance(sig, int):
-        try:
-            return _signal.Signals(sig).name[3:]
-        except ValueError:
-            raise ValueError(f"unknown signal number {sig}") from None
-    if not isinstance(sig, str):
-        raise TypeError("signal must be a name such as 'TERM' or a number")
-    name = sig.strip().upper()
-    if name.startswith("SIG"):
-        name = name[3:]
-    if name not in _SIGNALS:
-        raise ValueError(f"unknown signal {sig!r}")
-    return name
-
 
 def _stdin_bytes(stdin: Stdin) -> bytes | None:
     if isinstance(stdin, str):
@@ -405,16 +253,6 @@ def _stdin_bytes(stdin: Stdin) -> bytes | None:
     if isinstance(stdin, (bytes, bytearray, memoryview)):
         return bytes(stdin)
     return None
-
-
-def _check_stdin(stdin: object) -> None:
-    if stdin is None or isinstance(stdin, (bytes, bytearray, memoryview, str)):
-        return
-    if isinstance(stdin, AsyncIterable):
-        return
-    raise TypeError(
-        f"stdin must be bytes, str or an async iterable of bytes, not {type(stdin).__name__}"
-    )
 
 
 @dataclass(frozen=True)
@@ -445,23 +283,23 @@ class ExecRequest:
         max_run_after_disconnect: float | str | None = None,
     ) -> ExecRequest:
         """Validate everything before anything is sent (ValueError/TypeError)."""
-        args = _check_argv(argv)
+        args = check_argv(argv)
         env_list: tuple[str, ...] | None = None
         if env is not None:
-            user = _check_env(env)
+            user = check_env(env)
             merged = dict(user) if env_replace else {**BASE_ENV, **(TTY_ENV if tty else {}), **user}
             env_list = tuple(f"{k}={v}" for k, v in merged.items())
         return cls(
             argv=args,
             env=env_list,
-            cwd=None if cwd is None else _check_cwd(cwd),
+            cwd=None if cwd is None else check_cwd(cwd),
             tty=bool(tty),
             stdin=bool(stdin),
-            cols=None if cols is None else _check_size(cols, "cols"),
-            rows=None if rows is None else _check_size(rows, "rows"),
+            cols=None if cols is None else check_size(cols, "cols"),
+            rows=None if rows is None else check_size(rows, "rows"),
             max_run_after_disconnect=None
             if max_run_after_disconnect is None
-            else _check_duration(max_run_after_disconnect, "max_run_after_disconnect"),
+            else check_duration(max_run_after_disconnect, "max_run_after_disconnect"),
         )
 
     def query(self, *, http: bool = False) -> list[tuple[str, str]]:
@@ -1673,7 +1511,7 @@ class ExecSession:
 
     async def resize(self, cols: int, rows: int) -> None:
         """Set the terminal size (TTY sessions; ignored by the server otherwise)."""
-        msg = _frames.resize_message(_check_size(cols, "cols"), _check_size(rows, "rows"))
+        msg = _frames.resize_message(check_size(cols, "cols"), check_size(rows, "rows"))
         await self._send(msg, "a resize")
 
     async def signal(self, sig: str | int) -> None:
@@ -1886,10 +1724,10 @@ async def run(
     request = ExecRequest.build(
         argv, env=env, env_replace=env_replace, cwd=cwd, tty=tty, stdin=stdin is not None
     )
-    _check_stdin(stdin)
-    limit = _check_max_output(max_output)
-    seconds = _check_timeout(timeout)
-    from ._control import control_enabled
+    check_stdin(stdin)
+    limit = check_max_output(max_output)
+    seconds = check_timeout(timeout)
+    from ._config import control_enabled
 
     # Stdin and TTY use a direct socket, where stdin framing is documented
     # (Section 5.4); everything else may borrow a pooled control socket.
@@ -2007,8 +1845,8 @@ async def run_http(
     request = ExecRequest.build(
         argv, env=env, env_replace=env_replace, cwd=cwd, stdin=stdin is not None
     )
-    _check_stdin(stdin)
-    limit = _check_max_output(max_output)
+    check_stdin(stdin)
+    limit = check_max_output(max_output)
     body: Any = None
     if stdin is not None:
         data = _stdin_bytes(stdin)

@@ -19,7 +19,6 @@ are Unix milliseconds.
 from __future__ import annotations
 
 import logging
-import signal as _signal
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ from ._session import (
     request_options,
 )
 from ._streams import NDJSONStream
+from ._validation import go_duration, signal_name
 
 if TYPE_CHECKING:
     from ._sprites import Sprite
@@ -317,41 +317,12 @@ def _check_name(name: object) -> str:
 _QueryParams = list[tuple[str, str]]
 
 
-def go_duration(seconds: object) -> str:
-    """A duration in Go's syntax, in whole milliseconds (``5`` s -> ``"5000ms"``).
-
-    Accepts seconds (int or float) or a :class:`~datetime.timedelta`.
-    """
-    if isinstance(seconds, timedelta):
-        seconds = seconds.total_seconds()
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ValueError(f"a duration must be a non-negative number of seconds, got {seconds!r}")
-    return f"{round(seconds * 1000)}ms"
-
-
 def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
     if high is not None and value > high:
         raise ValueError(f"{what} must be at most {high}, got {value}")
     return value
-
-
-def _signal_name(sig: str | int) -> str:
-    """``"TERM"`` from ``signal.SIGTERM``, ``15``, ``"SIGTERM"`` or ``"term"``."""
-    if isinstance(sig, bool):
-        raise TypeError("sig must be a signal name or number")
-    if isinstance(sig, int):
-        try:
-            return _signal.Signals(sig).name.removeprefix("SIG")
-        except ValueError:
-            raise ValueError(f"unknown signal number {sig}") from None
-    if not isinstance(sig, str):
-        raise TypeError("sig must be a signal name or number")
-    name = sig.strip().upper().removeprefix("SIG")
-    if "SIG" + name not in _signal.Signals.__members__:
-        raise ValueError(f"unknown signal {sig!r}")
-    return name
 
 
 class _Tracker:
@@ -738,7 +709,7 @@ class ServicesResource:
             ConflictError: The service is not running.
         """
         name = _check_name(name)
-        body = {"name": name, "signal": _signal_name(sig)}
+        body = {"name": name, "signal": signal_name(sig)}
         sprite = self._sprite
         try:
             await sprite.client._request(

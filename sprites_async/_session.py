@@ -24,10 +24,10 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypeVar, cast, get_args
 from urllib.parse import quote, urlsplit
 from urllib.request import (  # type: ignore[attr-defined]  # not in typeshed, but public
     getproxies_environment,
@@ -39,6 +39,14 @@ import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ._config import (
+    IDEMPOTENT_METHODS,
+    ControlOptions,
+    ExecSettings,
+    RetryPolicy,
+    TimeoutKind,
+    Timeouts,
+)
 from ._errors import (
     APIError,
     ClientClosedError,
@@ -49,14 +57,11 @@ from ._errors import (
     api_error_from_response,
     parse_retry_after,
 )
-from ._retry import IDEMPOTENT_METHODS, RetryPolicy
 from ._version import __version__
 
 if TYPE_CHECKING:
     from aiohttp.connector import Connection
 
-    from ._control import ControlOptions
-    from ._exec import ExecSettings
     from ._models import SpriteInfo
     from ._sprites import Sprite, SpritesResource
     from ._telemetry import Telemetry
@@ -73,49 +78,9 @@ DEFAULT_BASE_URL = "https://api.sprites.dev"
 TOKEN_ENV_VARS = ("SPRITES_TOKEN", "SPRITE_TOKEN")
 BASE_URL_ENV_VAR = "SPRITES_API_URL"
 
-TimeoutKind = Literal["api", "wake", "create", "stream"]
 Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
 ProxySetting: TypeAlias = str | Literal[False] | None
 SSLSetting: TypeAlias = ssl_module.SSLContext | str | os.PathLike[str] | bool | None
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Timeouts in seconds. None disables one.
-
-    None of them is a total limit on a request: a stream may run for hours as
-    long as bytes keep coming.
-
-    Attributes:
-        connect: Establishing a TCP/TLS connection.
-        read: Waiting for the response (and between reads) on ordinary API calls.
-        wake: Waiting for the response or WebSocket handshake of a call that may
-            wake a cold sprite (exec, files, checkpoints, services, policy).
-            Normally 1-2 s; occasionally far longer.
-        create: Waiting for ``POST /v1/sprites`` (it may wait for capacity).
-        stream_idle: The longest silence allowed between two chunks of a
-            streamed body (NDJSON progress, logs, downloads).
-    """
-
-    connect: float | None = 10.0
-    read: float | None = 30.0
-    wake: float | None = 120.0
-    create: float | None = 120.0
-    stream_idle: float | None = 300.0
-
-    def _client_timeout(self, kind: TimeoutKind) -> aiohttp.ClientTimeout:
-        read = {
-            "api": self.read,
-            "wake": self.wake,
-            "create": self.create,
-            "stream": self.stream_idle,
-        }[kind]
-        if kind == "stream" and self.wake is not None and read is not None:
-            # The first byte of a stream may also have to wait for a wake.
-            read = max(read, self.wake)
-        return aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=self.connect, sock_read=read
-        )
 
 
 class Response(NamedTuple):
@@ -549,8 +514,13 @@ class SpritesClient:
         # the proxy would read the token.
         self._auth = {"Authorization": _Secret(f"Bearer {self._token}")}
         self._client_timeouts = {
-            kind: self.timeouts._client_timeout(kind)
-            for kind in ("api", "wake", "create", "stream")
+            kind: aiohttp.ClientTimeout(
+                total=None,
+                connect=None,
+                sock_connect=self.timeouts.connect,
+                sock_read=self.timeouts.read_timeout(kind),
+            )
+            for kind in get_args(TimeoutKind)
         }
         self._state = _State.UNOPENED
         self._session: aiohttp.ClientSession | None = None

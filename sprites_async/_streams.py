@@ -32,7 +32,8 @@ import msgspec
 from ._errors import APIError, StreamError
 
 if TYPE_CHECKING:
-    from ._session import Params, RequestOptions, SpritesClient, TimeoutKind
+    from ._config import TimeoutKind
+    from ._session import Params, RequestOptions, SpritesClient
 
 __all__ = ["NOT_FINAL", "NDJSONDecoder", "NDJSONStream", "NotFinal"]
 

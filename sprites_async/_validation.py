@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import signal as _signal
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
+from datetime import timedelta
 
 from ._models import URL_AUTH_VALUES
 
@@ -88,3 +90,135 @@ def check_labels(labels: object) -> list[str]:
         if not isinstance(label, str) or not label:
             raise ValueError(f"every label must be a non-empty string, got {label!r}")
     return out
+
+
+_ENV_KEY_RE = re.compile(r"[^=\x00]+")
+_DURATION_RE = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^0$")
+
+
+def go_duration(seconds: object) -> str:
+    """Seconds as a Go duration string: ``10s``, ``1.5s``, ``0s``.
+
+    Takes an int, a float or a :class:`~datetime.timedelta`. Go's
+    ``time.ParseDuration`` reads it; milliseconds are the finest unit kept.
+    """
+    if isinstance(seconds, timedelta):
+        seconds = seconds.total_seconds()
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ValueError(f"a duration must be a non-negative number of seconds, got {seconds!r}")
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    return f"{text or '0'}s"
+
+
+def check_argv(argv: Sequence[object]) -> tuple[str, ...]:
+    if not argv:
+        raise ValueError("no command: pass the program and its arguments, e.g. exec('ls', '-l')")
+    out = []
+    for i, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            raise TypeError(f"argument {i} must be a str, not {type(arg).__name__}: {arg!r}")
+        if "\x00" in arg:
+            raise ValueError(f"argument {i} contains a NUL byte: {arg!r}")
+        out.append(arg)
+    if not out[0]:
+        raise ValueError("the program name (first argument) is empty")
+    return tuple(out)
+
+
+def check_env(env: object) -> dict[str, str]:
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
+    out = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"env keys and values must be str: {key!r}={value!r}")
+        if not _ENV_KEY_RE.fullmatch(key):
+            raise ValueError(f"invalid environment variable name {key!r} (empty, '=' or NUL)")
+        if "\x00" in value:
+            raise ValueError(f"environment variable {key} contains a NUL byte")
+        out[key] = value
+    return out
+
+
+def check_cwd(cwd: object) -> str:
+    if not isinstance(cwd, str):
+        raise TypeError(f"cwd must be a str, not {type(cwd).__name__}")
+    if "\x00" in cwd:
+        raise ValueError("cwd contains a NUL byte")
+    if not cwd.startswith("/"):
+        raise ValueError(f"cwd must be an absolute path, got {cwd!r}")
+    return cwd
+
+
+def check_size(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int")
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{what} must be between 1 and 65535, got {value}")
+    return value
+
+
+def check_duration(value: object, what: str) -> str:
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be seconds or a Go duration string")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"{what} must be >= 0")
+        return go_duration(float(value))
+    if isinstance(value, str) and _DURATION_RE.match(value):
+        return value
+    raise ValueError(
+        f"{what} must be seconds or a Go duration such as '10s' or '5m', got {value!r}"
+    )
+
+
+def check_timeout(value: object, what: str = "timeout") -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None")
+    if value <= 0:
+        raise ValueError(f"{what} must be > 0")
+    return float(value)
+
+
+def check_max_output(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("max_output must be an int (bytes) or None")
+    if value < 0:
+        raise ValueError("max_output must be >= 0")
+    return value
+
+
+_SIGNALS = frozenset(s.name[3:] for s in _signal.Signals if not s.name.startswith("SIG_"))
+
+
+def signal_name(sig: str | int) -> str:
+    """Normalise ``"TERM"``, ``"SIGTERM"``, ``"term"`` or ``15`` to ``"TERM"``."""
+    if isinstance(sig, bool):
+        raise TypeError("signal must be a name such as 'TERM' or a number")
+    if isinstance(sig, int):
+        try:
+            return _signal.Signals(sig).name[3:]
+        except ValueError:
+            raise ValueError(f"unknown signal number {sig}") from None
+    if not isinstance(sig, str):
+        raise TypeError("signal must be a name such as 'TERM' or a number")
+    name = sig.strip().upper()
+    if name.startswith("SIG"):
+        name = name[3:]
+    if name not in _SIGNALS:
+        raise ValueError(f"unknown signal {sig!r}")
+    return name
+
+
+def check_stdin(stdin: object) -> None:
+    if stdin is None or isinstance(stdin, (bytes, bytearray, memoryview, str)):
+        return
+    if isinstance(stdin, AsyncIterable):
+        return
+    raise TypeError(
+        f"stdin must be bytes, str or an async iterable of bytes, not {type(stdin).__name__}"
+    )

@@ -12,8 +12,8 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from sprites_async import SpritesClient
+from sprites_async._config import ExecSettings
 from sprites_async._control import close_now
-from sprites_async._exec import ExecSettings
 from tests.conftest import TOKEN
 
 

@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from sprites_async import SpritesClient, SpritesError
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ExecSettings
 from tests.test_exec_helpers import emu
 
 __all__ = ["emu"]

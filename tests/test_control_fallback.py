@@ -27,8 +27,8 @@ from sprites_async import (
     RetryPolicy,
     SpritesClient,
 )
-from sprites_async._control import ControlOptions, pool_for
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ControlOptions, ExecSettings
+from sprites_async._control import pool_for
 from sprites_async.emulator import EmulatorConfig, create_app
 from tests.emulator.conftest import RunningEmulator, serve
 from tests.test_exec_helpers import no_leftovers

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from sprites_async import SpritesClient
-from sprites_async._control import ControlOptions, pool_for
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ControlOptions, ExecSettings
+from sprites_async._control import pool_for
 from tests.test_exec_helpers import emu, no_leftovers
 
 __all__ = ["emu"]

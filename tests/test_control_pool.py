@@ -17,8 +17,8 @@ from sprites_async import (
     RetryPolicy,
     SpritesClient,
 )
-from sprites_async._control import ControlOptions, pool_for
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ControlOptions, ExecSettings
+from sprites_async._control import pool_for
 from tests.test_exec_helpers import Conn, FakeSprites, emu, fake, no_leftovers, our_tasks
 
 __all__ = ["emu", "fake"]

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from sprites_async import SpritesClient
-from sprites_async._exec import DEFAULT_MAX_OUTPUT, ExecSettings, OutputEvent, _Kept
+from sprites_async._config import ExecSettings
+from sprites_async._exec import DEFAULT_MAX_OUTPUT, OutputEvent, _Kept
 from tests.test_exec_helpers import Conn, FakeSprites, emu, fake, no_leftovers
 
 __all__ = ["emu", "fake"]

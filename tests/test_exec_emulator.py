@@ -17,7 +17,8 @@ from sprites_async import (
     NotFoundError,
     SpritesClient,
 )
-from sprites_async._exec import ExecSettings, OutputEvent, PortEvent
+from sprites_async._config import ExecSettings
+from sprites_async._exec import OutputEvent, PortEvent
 from tests.test_exec_helpers import emu, no_leftovers
 
 __all__ = ["emu"]

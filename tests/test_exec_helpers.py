@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from sprites_async import SpritesClient
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ExecSettings
 from tests.conftest import TOKEN
 
 FAST = ExecSettings(

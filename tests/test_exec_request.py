@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sprites_async import CommandFailedError, ExecResult
-from sprites_async._exec import DEFAULT_PATH, ExecRequest, go_duration, signal_name
+from sprites_async._exec import DEFAULT_PATH, ExecRequest
+from sprites_async._validation import go_duration, signal_name
 
 
 def test_query_for_a_plain_command() -> None:

@@ -41,8 +41,8 @@ from sprites_async._services import (
     ServiceStdout,
     ServiceStopped,
     ServiceStopping,
-    go_duration,
 )
+from sprites_async._validation import go_duration
 
 LOGS = {
     "combined": "/.sprite/logs/services/{}.log",
@@ -238,7 +238,7 @@ async def test_create_streams_events_and_awaits_a_result(
     assert events[0].time is not None and events[0].time.year >= 2026
     assert [e.type for e in events] == ["started", "stdout", "stderr", "heartbeat", "complete"]
     method, path, body = fake.requests[0]
-    assert (method, path) == ("PUT", "/v1/sprites/box/services/web?duration=2500ms")
+    assert (method, path) == ("PUT", "/v1/sprites/box/services/web?duration=2.5s")
     assert body == {
         "cmd": "python3",
         "args": ["-m", "http.server", "3000"],
@@ -275,12 +275,12 @@ async def test_start_stop_restart(services: ServicesResource, fake: Fake) -> Non
     await services.create("web", cmd="python3")
     stopped = await services.stop("web", timeout=timedelta(seconds=3))
     assert stopped.exit_code == 143
-    assert fake.requests[-1][1] == "/v1/sprites/box/services/web/stop?timeout=3000ms"
+    assert fake.requests[-1][1] == "/v1/sprites/box/services/web/stop?timeout=3s"
     with pytest.raises(ConflictError):
         await services.stop("web")
     started = await services.start("web", duration=1)
     assert started.log_files
-    assert fake.requests[-1][1] == "/v1/sprites/box/services/web/start?duration=1000ms"
+    assert fake.requests[-1][1] == "/v1/sprites/box/services/web/start?duration=1s"
     events = [e async for e in services.restart("web")]
     assert isinstance(events[0], ServiceStopping) and isinstance(events[1], ServiceStopped)
     assert isinstance(events[-1], ServiceComplete)
@@ -338,7 +338,7 @@ async def test_logs(services: ServicesResource, fake: Fake) -> None:
         await asyncio.wait_for(follow(), 10)
     assert followed[-1].data == "later" and isinstance(followed[-1], ServiceStderr)
     assert followed[-1].time.year == 2026
-    assert "duration=86400000ms" in fake.requests[-1][1]
+    assert "duration=86400s" in fake.requests[-1][1]
 
     with pytest.raises(ServiceNotFoundError):
         [e async for e in services.logs("ghost")]
@@ -378,9 +378,9 @@ def test_arguments_are_checked_before_the_network(services: ServicesResource) ->
 
 
 def test_go_duration() -> None:
-    assert go_duration(5) == "5000ms"
-    assert go_duration(0.0005) == "0ms"
-    assert go_duration(timedelta(minutes=1)) == "60000ms"
+    assert go_duration(5) == "5s"
+    assert go_duration(0.0004) == "0s"
+    assert go_duration(timedelta(minutes=1)) == "60s"
     with pytest.raises(ValueError, match="duration"):
         go_duration("5s")
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from sprites_async import APIError, NotFoundError, ProtocolError, SpritesClient, StreamError
-from sprites_async._exec import ExecSessionInfo, ExecSettings, KillEvent, OutputEvent
+from sprites_async._config import ExecSettings
+from sprites_async._exec import ExecSessionInfo, KillEvent, OutputEvent
 from tests.test_exec_helpers import Conn, FakeSprites, emu, fake, ndjson_response, no_leftovers
 
 __all__ = ["emu", "fake"]

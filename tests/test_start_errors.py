@@ -17,8 +17,9 @@ from sprites_async import (
     SpritesClient,
 )
 from sprites_async._cli import main
+from sprites_async._config import ExecSettings
 from sprites_async._errors import api_error_from_response, command_start_error
-from sprites_async._exec import ExecRequest, ExecSettings, _start_error_of
+from sprites_async._exec import ExecRequest, _start_error_of
 from sprites_async.emulator import Emulator
 from tests.test_exec_helpers import emu, no_leftovers
 

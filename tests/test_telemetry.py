@@ -31,7 +31,7 @@ from sprites_async import (
     SpritesConnectionError,
     StreamError,
 )
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ExecSettings
 from tests.conftest import BASE, TOKEN, sprite_json, url
 from tests.test_exec_helpers import emu, no_leftovers
 

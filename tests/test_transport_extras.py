@@ -23,7 +23,8 @@ from aiohttp import web
 
 from sprites_async import RetryPolicy, SpritesClient
 from sprites_async._checkpoints import CheckpointsResource
-from sprites_async._exec import ExecSessions, ExecSettings
+from sprites_async._config import ExecSettings
+from sprites_async._exec import ExecSessions
 from sprites_async._fs import SpriteFS, SpritePath
 from sprites_async._policy import PolicyResource
 from sprites_async._proxy import PortsResource

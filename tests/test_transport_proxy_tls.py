@@ -25,7 +25,7 @@ import trustme
 from aiohttp import web
 
 from sprites_async import ConfigurationError, RetryPolicy, SpritesClient, SpritesConnectionError
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ExecSettings
 from sprites_async._session import _resolve_proxy
 from sprites_async.emulator import EmulatorConfig, create_app
 from sprites_async.emulator._sprites import insert_sprite, new_record

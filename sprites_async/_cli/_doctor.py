@@ -305,7 +305,7 @@ class Doctor:
         return step.status != "fail"
 
     async def _api(self) -> None:
-        from sprites_async._retry import RetryPolicy
+        from sprites_async._config import RetryPolicy
 
         ctx = self.ctx
         client = ctx.client

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 
 from sprites_async import SpritesClient
-from sprites_async._exec import ExecSettings, SessionInfoEvent
+from sprites_async._config import ExecSettings
+from sprites_async._exec import SessionInfoEvent
 from tests.test_exec_helpers import emu, no_leftovers
 
 __all__ = ["emu"]

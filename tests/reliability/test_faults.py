@@ -48,7 +48,7 @@ from sprites_async import (
     Timeouts,
 )
 from sprites_async._checkpoints import CheckpointError
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ExecSettings
 from sprites_async._policy import DomainRule
 from sprites_async._services import ServiceError
 from sprites_async._sprites import Sprite

@@ -58,8 +58,8 @@ from sprites_async import (
     SpritesError,
     StreamError,
 )
-from sprites_async._control import ControlOptions, pool_for
-from sprites_async._exec import ExecSettings
+from sprites_async._config import ControlOptions, ExecSettings
+from sprites_async._control import pool_for
 from sprites_async.emulator import Emulator, _faults, _wsio, resolve_quirks
 from sprites_async.emulator._procs import ProcSpec, proc_table, session_members
 from sprites_async.emulator._quirks import CONTROL_REFUSALS

@@ -415,8 +415,9 @@ class BaseClient:
     ``sprite()``) on top and documents the constructor's arguments. This
     class imports no resource module, so every resource module can depend
     on it without an import cycle. Features keep their per-client state in
-    the attributes set at the end of ``__init__``, each made on first use by
-    its own module and closed by :meth:`aclose` through ``_add_closer``.
+    the attributes set at the end of ``__init__``: each feature's module
+    fills its own on first use and registers what must be closed with
+    ``_add_closer``, so the state goes with the client.
     """
 
     def __init__(
@@ -491,8 +492,8 @@ class BaseClient:
         # Per-client state of features, made on first use by the feature's
         # own module (the /control pool by _control.pool_for, the tunnels by
         # _proxy.tunnels_for, the creation limiter by fleet; exec's set of
-        # sprites that refuse attach by id). It lives and dies with this
-        # client; the base client never looks inside.
+        # sprites that refuse attach by id). Unlike a registry keyed weakly
+        # by the client, state held here cannot keep its client alive.
         self._control_pool: ControlPool | None = None
         self._tunnels: Tunnels | None = None
         self._legacy_attach: set[str] = set()

@@ -8,6 +8,8 @@ client.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 from aioresponses import aioresponses
 
@@ -86,3 +88,16 @@ async def test_the_tunnels_are_made_once_per_client_and_ended_with_it() -> None:
     assert relay.cancelled()
     assert second._tunnels is not None and not second._tunnels.tasks
     await second.aclose()
+
+
+async def test_a_closed_client_with_feature_state_can_be_collected() -> None:
+    # A module-level registry keyed weakly by the client never let go of a
+    # client that used /control: its pool, the registry's value, holds it.
+    client = SpritesClient(TOKEN, base_url=BASE)
+    pool_for(client)
+    tunnels_for(client)
+    await client.aclose()
+    ref = weakref.ref(client)
+    del client
+    gc.collect()
+    assert ref() is None

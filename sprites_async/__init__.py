@@ -22,6 +22,7 @@ from ._checkpoints import (
     EventOperation,
     OtherEvent,
 )
+from ._client import SpritesClient
 from ._config import ControlOptions, ExecSettings, RetryPolicy, Timeouts
 from ._errors import (
     APIError,
@@ -83,9 +84,8 @@ from ._policy import (
     PolicyResource,
     Rule,
 )
-from ._proxy import (
+from ._ports import (
     PortClosed,
-    PortForward,
     PortInfo,
     PortList,
     PortOpened,
@@ -93,6 +93,9 @@ from ._proxy import (
     PortsWatchEvent,
     PortsWatchNotSupportedError,
     PortWatch,
+)
+from ._proxy import (
+    PortForward,
     ProxyError,
     ProxyRejectedError,
     ProxyTargetUnreachableError,
@@ -117,7 +120,7 @@ from ._services import (
     ServiceStopped,
     ServiceStopping,
 )
-from ._session import DEFAULT_BASE_URL, SpritesClient
+from ._session import DEFAULT_BASE_URL
 from ._sprites import DeleteReport, Sprite, SpritesResource
 from ._version import __version__
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from ._session import SpritesClient
+    from ._session import BaseClient
 
 __all__ = [
     "DEFAULT_CONTROL_OPTIONS",
@@ -170,7 +170,7 @@ class ExecSettings:
 DEFAULT_EXEC_SETTINGS = ExecSettings()
 
 
-def settings_for(client: SpritesClient) -> ExecSettings:
+def settings_for(client: BaseClient) -> ExecSettings:
     """The exec settings of ``client`` (``client.exec_settings`` or the default)."""
     return client.exec_settings or DEFAULT_EXEC_SETTINGS
 
@@ -219,7 +219,7 @@ DEFAULT_CONTROL_OPTIONS = ControlOptions()
 _CONTROL_DISABLED = ControlOptions(enabled=False)
 
 
-def options_for(client: SpritesClient) -> ControlOptions:
+def options_for(client: BaseClient) -> ControlOptions:
     """The pool options of ``client`` (its ``control=`` argument)."""
     value = client.control
     if value is True:
@@ -229,6 +229,6 @@ def options_for(client: SpritesClient) -> ControlOptions:
     return value
 
 
-def control_enabled(client: SpritesClient) -> bool:
+def control_enabled(client: BaseClient) -> bool:
     """Whether ``client`` runs commands over pooled control sockets."""
     return options_for(client).enabled

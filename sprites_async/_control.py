@@ -1,4 +1,8 @@
-"""A pool of ``/control`` sockets per client and sprite (Section 5).
+"""A pool of ``/control`` sockets per client and sprite.
+
+``/control`` runs operations (a command, for instance) one after another on
+one WebSocket: each starts with an ``op.start`` frame and ends with
+``op.complete`` or ``op.error``.
 
 A control socket runs one operation at a time, so sequential commands can
 reuse one socket instead of paying a WebSocket handshake (and a wake-up
@@ -6,8 +10,9 @@ round trip) each. Concurrency comes from several sockets per sprite.
 
 Rules this pool keeps:
 
-* One pool per :class:`SpritesClient` (so per event loop), closed by
-  ``client.aclose()``; inside it, sockets are grouped per sprite.
+* One pool per client (so per event loop), kept on the client as
+  ``client._control_pool`` and closed by ``client.aclose()``; inside it,
+  sockets are grouped per sprite.
 * A socket is lent to one operation at a time and comes back only if that
   operation ended cleanly (``op.complete`` received, nothing odd seen);
   anything else closes it.
@@ -39,8 +44,8 @@ Rules this pool keeps:
 
 What goes over control: ``sprite.exec()`` without stdin and without a TTY.
 Commands with stdin, TTY sessions, ``process()`` and attach use direct
-sockets, where the stdin framing is documented and the ``signal``
-capability is known (Section 5.4).
+sockets, where the stdin framing is documented (over ``/control`` the
+official SDKs disagree on it) and the ``signal`` capability is known.
 
 Turn the pool off for a client with ``client.control = False`` (or pass
 :class:`ControlOptions`); the default for every client is
@@ -51,7 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +67,7 @@ from ._frames import decode_envelope
 from ._session import SOCKET_ERRORS, _timeout, quote_segment
 
 if TYPE_CHECKING:
-    from ._session import SpritesClient, WebSocket
+    from ._session import BaseClient, WebSocket
 
 __all__ = [
     "ControlLease",
@@ -130,7 +134,7 @@ class _SpriteState:
 class ControlPool:
     """The control sockets of one client. Made by :func:`pool_for`."""
 
-    def __init__(self, client: SpritesClient, options: ControlOptions) -> None:
+    def __init__(self, client: BaseClient, options: ControlOptions) -> None:
         self._client = client
         self.options = options
         self._sprites: dict[str, _SpriteState] = {}
@@ -302,7 +306,7 @@ class ControlPool:
                 probe.set_result(None)
 
     async def _dial_once(
-        self, sprite: str, state: _SpriteState, client: SpritesClient
+        self, sprite: str, state: _SpriteState, client: BaseClient
     ) -> ControlLease | None:
         """Any failure of the dial means direct: nothing was started (the dial
         carries no ``?op=``). Handshakes are not retried here, and one slower
@@ -511,21 +515,18 @@ async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
             return
 
 
-_pools: weakref.WeakKeyDictionary[SpritesClient, ControlPool] = weakref.WeakKeyDictionary()
-
-
-def forget_sprite(client: SpritesClient, sprite: str) -> None:
+def forget_sprite(client: BaseClient, sprite: str) -> None:
     """Have ``client``'s pool probe ``sprite`` afresh, if the client has a pool at all."""
-    pool = _pools.get(client)
+    pool = client._control_pool
     if pool is not None and not pool._closed:
         pool.forget(sprite)
 
 
-def pool_for(client: SpritesClient) -> ControlPool:
+def pool_for(client: BaseClient) -> ControlPool:
     """The control pool of ``client`` (made on first use, closed by ``client.aclose()``)."""
-    pool = _pools.get(client)
+    pool = client._control_pool
     if pool is None or pool._closed:
         pool = ControlPool(client, options_for(client))
         client._add_closer(pool.aclose)
-        _pools[client] = pool
+        client._control_pool = pool
     return pool

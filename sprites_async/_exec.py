@@ -98,8 +98,9 @@ from ._validation import (
 )
 
 if TYPE_CHECKING:
+    from ._client import SpritesClient
     from ._control import ControlLease
-    from ._session import SpritesClient, WebSocket
+    from ._session import WebSocket
     from ._sprites import Sprite
     from ._telemetry import ExecSpan
 

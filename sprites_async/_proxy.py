@@ -1,4 +1,4 @@
-"""TCP tunnels into a sprite (``/proxy``, section 10) and the ports watch (section 11.1).
+"""TCP tunnels into a sprite through its ``/proxy`` WebSocket.
 
 * :func:`open_connection` — ``reader, writer`` asyncio streams for one TCP
   connection to a port inside the sprite, like :func:`asyncio.open_connection`.
@@ -9,13 +9,13 @@
           async with aiohttp.ClientSession() as http:
               await http.get(f"http://127.0.0.1:{fwd.local_port}/")
 
-* :class:`PortsResource` — ``async for event in ports.watch()``: ports being
-  opened and closed by processes in the sprite.
+The ports watch, which tells which ports to tunnel to, is in :mod:`._ports`.
 
 Each tunnel sends the init frame ``{"host":…,"port":…}``, waits for
 ``{"status":"connected"}``, then relays bytes both ways as binary frames of
-at most 32 KiB (section 1.8), reading the next chunk only when the previous
-one was written (backpressure in both directions). The protocol has no
+at most 32 KiB (a server may cap the size of a frame it reads; its own relay
+reads 32 KiB at a time), reading the next chunk only when the previous one
+was written (backpressure in both directions). The protocol has no
 half-close: when the local side finishes sending, the tunnel is closed.
 If the tunnel breaks abnormally, the local socket is reset rather than
 closed, so the local client sees an error instead of a clean end of data.
@@ -35,25 +35,15 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 
-from ._checkpoints import OtherEvent, event_decoder
 from ._control import close_now
-from ._errors import NotFoundError, SpritesConnectionError, SpritesTimeoutError
-from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
+from ._errors import SpritesConnectionError, SpritesTimeoutError
 
 if TYPE_CHECKING:
-    from ._session import RequestOptions, SpritesClient, WebSocket
+    from ._session import BaseClient, RequestOptions, WebSocket
     from ._sprites import Sprite
 
 __all__ = [
-    "PortClosed",
-    "PortsWatchEvent",
     "PortForward",
-    "PortInfo",
-    "PortList",
-    "PortOpened",
-    "PortWatch",
-    "PortsResource",
-    "PortsWatchNotSupportedError",
     "ProxyError",
     "ProxyRejectedError",
     "ProxyTargetUnreachableError",
@@ -68,7 +58,8 @@ FRAME_SIZE = 32 * 1024
 CONNECT_REPLY_TIMEOUT = 30.0
 """Seconds to wait for ``{"status":"connected"}`` after the init frame."""
 HEARTBEAT = 15.0
-"""WebSocket ping interval of a tunnel (section 12, item 6)."""
+"""Ping interval of a tunnel's WebSocket, in seconds: a ping every 15 s keeps a
+silent tunnel open through proxies and finds a dead peer."""
 CLOSE_TIMEOUT = 1.0
 """Bound of a close in the rare case it cannot be done at once (see ``close_now``)."""
 
@@ -110,10 +101,6 @@ class ProxyRejectedError(ProxyError):
 
 class ProxyTargetUnreachableError(ProxyError):
     """Close ``1011`` or a non-``connected`` status: the sprite could not reach the target."""
-
-
-class PortsWatchNotSupportedError(NotFoundError):
-    """``/ports/watch`` answered 404: this sprite's version (or the emulator) lacks it."""
 
 
 # --------------------------------------------------------------------- tunnel
@@ -257,7 +244,7 @@ async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.St
                     writer.write(msg.data)
                     await writer.drain()
             elif msg.type == aiohttp.WSMsgType.TEXT:
-                continue  # carries nothing after the handshake (section 10)
+                continue  # text frames carry nothing once the tunnel is connected
             elif msg.type == aiohttp.WSMsgType.ERROR:
                 logger.debug("proxy WebSocket error: %s", msg.data)
                 return False
@@ -299,8 +286,8 @@ async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.St
 # ------------------------------------------------------------ tunnel registry
 
 
-class _Tunnels:
-    """Relay tasks and forwards of one client, ended when the client closes."""
+class Tunnels:
+    """Relay tasks and forwards of one client (``client._tunnels``), ended when it closes."""
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -315,13 +302,11 @@ class _Tunnels:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-_registries: weakref.WeakKeyDictionary[SpritesClient, _Tunnels] = weakref.WeakKeyDictionary()
-
-
-def _tunnels(client: SpritesClient) -> _Tunnels:
-    found = _registries.get(client)
+def tunnels_for(client: BaseClient) -> Tunnels:
+    """The tunnels of ``client`` (made on first use, ended by ``client.aclose()``)."""
+    found = client._tunnels
     if found is None:
-        found = _registries[client] = _Tunnels()
+        found = client._tunnels = Tunnels()
         client._add_closer(found.aclose)
     return found
 
@@ -384,7 +369,7 @@ async def open_connection(
     """
     port = _check_port(port)
     host = _check_host(host)
-    registry = _tunnels(sprite.client)
+    registry = tunnels_for(sprite.client)
     ws, _ = await _open_tunnel(sprite, host, port, options)
     try:
         ours, theirs = await _tcp_pair()
@@ -473,7 +458,7 @@ class PortForward:
             raise RuntimeError("this PortForward is closed")
         if self._server is not None:
             return self
-        registry = _tunnels(self._sprite.client)
+        registry = tunnels_for(self._sprite.client)
         self._server = await asyncio.start_server(self._handle, self.bind, self._requested_port)
         self.local_port = self._server.sockets[0].getsockname()[1]
         registry.forwards.add(self)
@@ -547,176 +532,3 @@ def forward(
     return PortForward(
         sprite, remote_port, local_port=local_port, host=host, bind=bind, options=options
     )
-
-
-# ----------------------------------------------------------------- ports watch
-
-
-class PortInfo(msgspec.Struct, kw_only=True):
-    """A listening port inside the sprite.
-
-    Attributes:
-        port: The TCP port.
-        address: Where to reach it (an IP in practice; treat as opaque).
-        pid: The listening process.
-    """
-
-    port: int
-    address: str | None = None
-    pid: int | None = None
-
-
-class PortList(msgspec.Struct, tag="port_list", tag_field="type", kw_only=True):
-    """The snapshot sent first: every port open when the watch started."""
-
-    ports: list[PortInfo] = msgspec.field(default_factory=list)
-
-    @property
-    def type(self) -> str:
-        """``"port_list"``."""
-        return "port_list"
-
-
-class PortOpened(PortInfo, tag="port_opened", tag_field="type", kw_only=True):
-    """A process started listening on a port."""
-
-    @property
-    def type(self) -> str:
-        """``"port_opened"``."""
-        return "port_opened"
-
-
-class PortClosed(PortInfo, tag="port_closed", tag_field="type", kw_only=True):
-    """A port stopped listening."""
-
-    @property
-    def type(self) -> str:
-        """``"port_closed"``."""
-        return "port_closed"
-
-
-PortsWatchEvent = PortList | PortOpened | PortClosed | OtherEvent
-"""What :meth:`PortsResource.watch` yields."""
-
-_decode_port_event = event_decoder(
-    PortList | PortOpened | PortClosed,
-    frozenset({"port_list", "port_opened", "port_closed"}),
-    "ports watch",
-)
-
-
-class PortWatch:
-    """An open ports watch: ``async for event in watch``; ``async with`` closes it."""
-
-    def __init__(self, sprite: Sprite, options: RequestOptions | None = None) -> None:
-        self._sprite = sprite
-        self._options = options
-        self._ws: WebSocket | None = None
-        self._closed = False
-
-    async def _connect(self) -> WebSocket:
-        if self._ws is not None:
-            return self._ws
-        if self._closed:
-            raise StopAsyncIteration
-        sprite = self._sprite
-        try:
-            ws, _ = await sprite.client._ws_connect(
-                sprite.path + "/ports/watch",
-                operation="ports watch",
-                sprite=sprite.name,
-                heartbeat=HEARTBEAT,
-                options=self._options,
-            )
-        except NotFoundError as exc:
-            if exc.message.strip() == "sprite not found":
-                raise
-            raise PortsWatchNotSupportedError(
-                "this sprite does not support watching ports (GET /ports/watch answered 404; "
-                "it needs a newer sprite version)",
-                status_code=exc.status_code,
-                body=exc.body,
-                headers=exc.headers,
-                operation="ports watch",
-                sprite=sprite.name,
-            ) from exc
-        self._ws = ws
-        return ws
-
-    def __aiter__(self) -> PortWatch:
-        return self
-
-    async def __anext__(self) -> PortsWatchEvent:
-        try:
-            ws = await self._connect()
-            while True:
-                msg = await ws.receive()
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    try:
-                        event: PortsWatchEvent = _decode_port_event(msg.data.encode())
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        logger.warning("ports watch: skipping a bad message (%s)", exc)
-                        continue
-                    return event
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    continue
-                if msg.type == aiohttp.WSMsgType.ERROR:
-                    raise SpritesConnectionError(
-                        f"the ports watch failed: {msg.data}",
-                        operation="ports watch",
-                        sprite=self._sprite.name,
-                    )
-                code = ws.close_code
-                if code not in _CLEAN_CLOSE:
-                    raise SpritesConnectionError(
-                        f"the ports watch was closed with code {code}",
-                        operation="ports watch",
-                        sprite=self._sprite.name,
-                    )
-                raise StopAsyncIteration
-        except BaseException:
-            await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        """Close the watch. Idempotent."""
-        self._closed = True
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            await _close_ws(ws)
-
-    async def __aenter__(self) -> PortWatch:
-        await self._connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class PortsResource:
-    """Ports of one sprite: ``sprite.ports``."""
-
-    def __init__(self, sprite: Sprite) -> None:
-        self._sprite = sprite
-
-    def __repr__(self) -> str:
-        return f"<PortsResource sprite={self._sprite.name!r}>"
-
-    def watch(
-        self,
-        *,
-        extra_headers: ExtraHeaders = None,
-        extra_query: ExtraQuery = None,
-        extra_body: ExtraBody = None,
-    ) -> PortWatch:
-        """Watch ports being opened and closed, starting with a :class:`PortList` snapshot.
-
-        Raises (when iteration starts):
-            PortsWatchNotSupportedError: The sprite (or emulator) has no ``/ports/watch``.
-        """
-        return PortWatch(self._sprite, request_options(extra_headers, extra_query, extra_body))

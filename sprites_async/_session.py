@@ -1,8 +1,8 @@
 """The core session: configuration, lifecycle and the three I/O seams.
 
-All network I/O of the SDK goes through :meth:`SpritesClient._request` (plain
-HTTP calls, whole body as bytes), :meth:`SpritesClient._stream` (streamed
-bodies: NDJSON, file downloads) and :meth:`SpritesClient._ws_connect`
+All network I/O of the SDK goes through :meth:`BaseClient._request` (plain
+HTTP calls, whole body as bytes), :meth:`BaseClient._stream` (streamed
+bodies: NDJSON, file downloads) and :meth:`BaseClient._ws_connect`
 (WebSocket upgrades). They add auth and client headers, apply timeouts and
 retries, and translate every aiohttp/OS error into the SDK's exceptions at
 one boundary.
@@ -25,7 +25,6 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import replace
-from functools import cached_property
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypeVar, cast, get_args
 from urllib.parse import quote, urlsplit
@@ -62,17 +61,19 @@ from ._version import __version__
 if TYPE_CHECKING:
     from aiohttp.connector import Connection
 
-    from ._models import SpriteInfo
-    from ._sprites import Sprite, SpritesResource
+    from ._control import ControlPool
+    from ._proxy import Tunnels
     from ._telemetry import Telemetry
+    from .fleet import CreationLimiter
 
     WebSocket: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[True]]
 
-__all__ = ["DEFAULT_BASE_URL", "RequestOptions", "SpritesClient", "Timeouts", "request_options"]
+__all__ = ["DEFAULT_BASE_URL", "BaseClient", "RequestOptions", "Timeouts", "request_options"]
 
 logger = logging.getLogger("sprites_async")
 
 T = TypeVar("T")
+_Client = TypeVar("_Client", bound="BaseClient")
 
 DEFAULT_BASE_URL = "https://api.sprites.dev"
 TOKEN_ENV_VARS = ("SPRITES_TOKEN", "SPRITE_TOKEN")
@@ -407,58 +408,16 @@ def quote_segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class SpritesClient:
-    """An asyncio client of the Sprites API.
+class BaseClient:
+    """Configuration, lifecycle and the three I/O seams of a client; no resources.
 
-    ``token`` comes from the argument, else ``SPRITES_TOKEN``, else
-    ``SPRITE_TOKEN``; ``base_url`` from the argument, else ``SPRITES_API_URL``,
-    else ``https://api.sprites.dev``. The aiohttp session is created inside the
-    running loop on first use (or on ``async with``) and belongs to that loop.
-
-    Args:
-        token: The API token (an opaque string; never logged or shown).
-        base_url: Where the API lives (the emulator's URL, for example).
-        timeout: A :class:`Timeouts`, or a number of seconds for ``read``.
-        retry: The :class:`RetryPolicy` for plain calls and handshakes.
-        max_connections: The most HTTP requests in flight at once (0 = no
-            limit). WebSockets are not counted here: a fleet keeps hundreds
-            open for a long time, and they must not starve short calls.
-        max_connections_per_host: The most open connections to one host,
-            HTTP and WebSocket together (0 = no limit). Every API call goes to
-            one host, so this caps everything the client holds open.
-        keepalive_timeout: Seconds an idle pooled connection is kept.
-        trace_configs: aiohttp ``TraceConfig`` objects to observe requests.
-        user_agent: Replaces the default ``User-Agent``.
-        control: Run short commands over pooled ``/control`` sockets when a
-            sprite supports them (``True``, the default), never (``False``),
-            or with explicit pool limits (:class:`ControlOptions`).
-        exec_settings: Exec timing and buffering (:class:`ExecSettings`):
-            exit grace period, ping interval and dead-peer timeout, kill grace.
-        proxy: An ``http://[user:password@]host:port`` proxy for every call,
-            HTTP and WebSocket alike (https:// APIs go through a CONNECT
-            tunnel: the proxy never sees the token); ``False`` ignores the
-            environment. ``None`` (the default) reads ``HTTPS_PROXY``
-            (``HTTP_PROXY`` for an ``http://`` API, then ``ALL_PROXY``; lowercase
-            names win), unless ``NO_PROXY`` names the API host or the API is
-            on loopback (as in Go). Read once, when the client is created.
-        ssl: How the server's certificate is verified: an ``ssl.SSLContext``,
-            or the path of a CA bundle (PEM) that replaces the system's CAs.
-            ``None`` uses the system's CAs, or ``SSL_CERT_FILE`` /
-            ``SSL_CERT_DIR`` when set (``REQUESTS_CA_BUNDLE`` is not read).
-            ``False`` **disables verification**: anyone on the path can then
-            impersonate the API and read the token. Use it only against a
-            local test server, never in production.
-        tracer_provider: An OpenTelemetry ``TracerProvider``: spans for every
-            call, handshake, stream and command go to it (needs the ``otel``
-            extra). See the README's "Telemetry" section.
-        meter_provider: An OpenTelemetry ``MeterProvider`` for the metrics.
-        telemetry: ``True`` turns telemetry on with the global providers (for
-            those not given), which record nothing until the application
-            configures OpenTelemetry. Off by default: a client given neither
-            this nor a provider creates no span at all.
-
-    Use it as ``async with SpritesClient() as client:``, or call
-    :meth:`aclose` when done. A closed client cannot be reopened.
+    :class:`~sprites_async.SpritesClient` adds the resources (``sprites``,
+    ``sprite()``) on top and documents the constructor's arguments. This
+    class imports no resource module, so every resource module can depend
+    on it without an import cycle. Features keep their per-client state in
+    the attributes set at the end of ``__init__``: each feature's module
+    fills its own on first use and registers what must be closed with
+    ``_add_closer``, so the state goes with the client.
     """
 
     def __init__(
@@ -530,10 +489,20 @@ class SpritesClient:
         self._telemetry: Telemetry | None = None
         if telemetry or tracer_provider is not None or meter_provider is not None:
             self._telemetry = _load_telemetry(self, tracer_provider, meter_provider)
+        # Per-client state of features, made on first use by the feature's
+        # own module (the /control pool by _control.pool_for, the tunnels by
+        # _proxy.tunnels_for, the creation limiter by fleet; exec's set of
+        # sprites that refuse attach by id). Unlike a registry keyed weakly
+        # by the client, state held here cannot keep its client alive.
+        self._control_pool: ControlPool | None = None
+        self._tunnels: Tunnels | None = None
+        self._legacy_attach: set[str] = set()
+        self._fleet_limiter: CreationLimiter | None = None
 
     def __repr__(self) -> str:
         proxy = f" proxy={self.proxy!r}" if self.proxy else ""
-        return f"<SpritesClient base_url={self.base_url!r}{proxy} state={self._state.value}>"
+        name = type(self).__name__
+        return f"<{name} base_url={self.base_url!r}{proxy} state={self._state.value}>"
 
     @property
     def proxy(self) -> str | None:
@@ -553,7 +522,7 @@ class SpritesClient:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> SpritesClient:
+    async def __aenter__(self: _Client) -> _Client:
         if self._state is _State.CLOSED:
             raise ClientClosedError("this SpritesClient is closed; create a new one")
         self._ensure_session()
@@ -644,21 +613,6 @@ class SpritesClient:
         if self.max_connections:
             self._http_slots = asyncio.Semaphore(self.max_connections)
         return session
-
-    # ------------------------------------------------------------------ resources
-
-    @cached_property
-    def sprites(self) -> SpritesResource:
-        """Sprite management: ``list``, ``get``, ``create``, ``update``, ``delete`` ..."""
-        from ._sprites import SpritesResource
-
-        return SpritesResource(self)
-
-    def sprite(self, sprite: str | SpriteInfo) -> Sprite:
-        """A handle on one sprite, by name or from a :class:`SpriteInfo`. No I/O."""
-        from ._sprites import Sprite
-
-        return Sprite(self, sprite)
 
     # ---------------------------------------------------------------------- seams
 
@@ -1091,7 +1045,7 @@ class SpritesClient:
             )
 
 
-def _load_telemetry(client: SpritesClient, tracer_provider: Any, meter_provider: Any) -> Telemetry:
+def _load_telemetry(client: BaseClient, tracer_provider: Any, meter_provider: Any) -> Telemetry:
     try:
         from ._telemetry import Telemetry
     except ImportError as exc:  # pragma: no cover - depends on the environment

@@ -27,7 +27,7 @@ from ._validation import (
 )
 
 if TYPE_CHECKING:
-    from ._session import SpritesClient
+    from ._client import SpritesClient
     from .fleet import CreationLimiter
 
 __all__ = ["DeleteReport", "Sprite", "SpritesResource"]
@@ -371,7 +371,7 @@ class SpritesResource:
         the sprite is awake before entering the block. See
         :func:`sprites_async.fleet.temporary_sprite`.
         """
-        from . import fleet  # fleet imports this module at load time
+        from . import fleet  # loaded on first use: most programs never need it
 
         return fleet.temporary_sprite(
             self._client, prefix, labels=labels, url_auth=url_auth, limiter=limiter, ready=ready
@@ -540,7 +540,8 @@ class Sprite:
         from ._exec import ExecResult, ExecSession, ExecSessions, PortCallback, Stdin
         from ._fs import SpriteFS
         from ._policy import PolicyResource
-        from ._proxy import PortForward, PortsResource
+        from ._ports import PortsResource
+        from ._proxy import PortForward
         from ._services import ServicesResource
 
     async def exec(
@@ -747,7 +748,7 @@ class Sprite:
     @property
     def ports(self) -> PortsResource:
         """Ports opened and closed inside the sprite: ``async for e in sprite.ports.watch()``."""
-        from ._proxy import PortsResource
+        from ._ports import PortsResource
 
         return PortsResource(self)
 

@@ -33,7 +33,7 @@ from ._errors import APIError, StreamError
 
 if TYPE_CHECKING:
     from ._config import TimeoutKind
-    from ._session import Params, RequestOptions, SpritesClient
+    from ._session import BaseClient, Params, RequestOptions
 
 __all__ = ["NOT_FINAL", "NDJSONDecoder", "NDJSONStream", "NotFinal"]
 
@@ -183,7 +183,7 @@ class NDJSONStream(Generic[T, R]):
 
     def __init__(
         self,
-        client: SpritesClient,
+        client: BaseClient,
         method: str,
         path: str,
         *,

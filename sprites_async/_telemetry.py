@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._exec import ExecSession
-    from ._session import Response, SpritesClient, WebSocket
+    from ._session import BaseClient, Response, WebSocket
 
 SCOPE = "sprites_async"
 
@@ -56,7 +56,7 @@ class Telemetry:
 
     def __init__(
         self,
-        client: SpritesClient,
+        client: BaseClient,
         tracer_provider: Any = None,
         meter_provider: Any = None,
     ) -> None:
@@ -370,21 +370,21 @@ async def _counted(data: AsyncIterable[Any], sent: list[int]) -> AsyncIterator[A
         yield chunk
 
 
-_watched: weakref.WeakKeyDictionary[Any, weakref.WeakSet[SpritesClient]] = (
-    weakref.WeakKeyDictionary()
-)
-"""Per meter: the clients whose pooled sockets its gauge reports."""
+_watched: weakref.WeakKeyDictionary[Any, weakref.WeakSet[BaseClient]] = weakref.WeakKeyDictionary()
+"""Per meter: the clients whose pooled sockets its gauge reports.
+
+Keyed by the meter, not kept on a client: a meter keeps the callbacks of an
+instrument's first registration only, so all clients sharing a meter must
+share the one callback, and with it this set."""
 
 
 def _pooled_sockets(
-    clients: weakref.WeakSet[SpritesClient], options: CallbackOptions
+    clients: weakref.WeakSet[BaseClient], options: CallbackOptions
 ) -> Iterator[Observation]:
-    from ._control import _pools
-
     idle = busy = 0
     try:
         for client in list(clients):
-            pool = _pools.get(client)
+            pool = client._control_pool
             if pool is not None:
                 stats = pool.stats()
                 idle += stats["idle"]

@@ -51,17 +51,19 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from ._errors import APIError, RateLimitError, SpritesError
 from ._models import SpriteInfo
-from ._sprites import DeleteReport, Sprite
 from ._validation import check_labels, check_prefix
 
+# Types only: _sprites imports this module (for ``client.sprites.temporary``),
+# and this one reaches handles through ``client.sprite()``.
 if TYPE_CHECKING:
+    from ._client import SpritesClient
     from ._exec import ExecResult
-    from ._session import SpritesClient
+    from ._sprites import DeleteReport, Sprite
 
 __all__ = [
     "CREATION_MARGIN",
@@ -520,7 +522,7 @@ class FleetProgress:
 
 ProgressCallback = Callable[[FleetProgress], None]
 """What ``on_progress`` takes: a plain function of a :class:`FleetProgress`."""
-SpriteLike = Sprite | SpriteInfo | str
+SpriteLike: TypeAlias = "Sprite | SpriteInfo | str"
 """A sprite handle, or (with ``client=``) a name or a :class:`SpriteInfo`."""
 
 
@@ -528,12 +530,12 @@ def _handles(sprites: Iterable[SpriteLike], client: SpritesClient | None) -> lis
     out: list[Sprite] = []
     seen: set[str] = set()
     for item in sprites:
-        if isinstance(item, Sprite):
-            handle = item
-        else:
+        if isinstance(item, (str, SpriteInfo)):
             if client is None:
                 raise TypeError("pass client=... to refer to sprites by name or SpriteInfo")
             handle = client.sprite(item)
+        else:
+            handle = item
         if handle.name in seen:
             raise ValueError(f"sprite {handle.name!r} appears twice")
         seen.add(handle.name)

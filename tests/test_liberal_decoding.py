@@ -317,18 +317,18 @@ async def test_stat_of_a_directory_lists_it_then_its_parent(
 
 
 def test_stream_events_of_a_known_type_are_read_field_by_field() -> None:
-    from sprites_async import _checkpoints, _proxy, _services
+    from sprites_async import _checkpoints, _ports, _services
 
-    ports = _proxy._decode_port_event(b'{"type":"port_list","ports":null}')
-    assert isinstance(ports, _proxy.PortList) and ports.ports == []
-    ports = _proxy._decode_port_event(
+    ports = _ports._decode_port_event(b'{"type":"port_list","ports":null}')
+    assert isinstance(ports, _ports.PortList) and ports.ports == []
+    ports = _ports._decode_port_event(
         b'{"type":"port_list","ports":[{"port":"80","address":null,"pid":"x"}]}'
     )
-    assert ports.ports == [_proxy.PortInfo(port=80)]
+    assert ports.ports == [_ports.PortInfo(port=80)]
     done = _services._decode_event(b'{"type":"complete","log_files":null,"timestamp":"17"}')
     assert isinstance(done, _services.ServiceComplete)
     assert (done.log_files, done.timestamp) == ({}, 17)
     info = _checkpoints._decode_event(b'{"type":"info","data":"Creating","time":"soon"}')
     assert isinstance(info, _checkpoints.CheckpointInfo) and info.data == "Creating"
     with pytest.raises(msgspec.DecodeError):
-        _proxy._decode_port_event(b'{"type":"port_opened","port":null}')  # nothing left to say
+        _ports._decode_port_event(b'{"type":"port_opened","port":null}')  # nothing left to say

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from sprites_async import NotFoundError, RetryPolicy, SpritesClient, SpritesConnectionError
 from sprites_async._checkpoints import OtherEvent
-from sprites_async._proxy import (
+from sprites_async._ports import (
     PortClosed,
     PortInfo,
     PortList,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sprites_async import SpritesClient
-from sprites_async._proxy import PortClosed, PortInfo, PortList, PortOpened, PortWatch
+from sprites_async._ports import PortClosed, PortInfo, PortList, PortOpened, PortWatch
 from tests.test_exec_helpers import emu, no_leftovers
 
 __all__ = ["emu"]

@@ -26,7 +26,7 @@ from sprites_async import (
     SpritesConnectionError,
 )
 from sprites_async._checkpoints import CheckpointNotFoundError
-from sprites_async._proxy import PortsWatchNotSupportedError
+from sprites_async._ports import PortsWatchNotSupportedError
 from sprites_async._services import ServiceNotFoundError
 from sprites_async.emulator import Emulator
 from tests._wire import Sent

@@ -47,7 +47,7 @@ from sprites_async._version import __version__
 from ._output import Output
 
 if TYPE_CHECKING:
-    from sprites_async._session import SpritesClient
+    from sprites_async._client import SpritesClient
     from sprites_async.emulator import Emulator
 
 __all__ = ["EXIT_API", "EXIT_CONNECTION", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -512,7 +512,7 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
 
 async def _connect(ctx: Context, stack: AsyncExitStack) -> None:
     """Make the client (or start the embedded emulator) for commands that need one."""
-    from sprites_async._session import SpritesClient
+    from sprites_async._client import SpritesClient
 
     args = ctx.args
     if args.emulator:

@@ -2,10 +2,13 @@
 
 All network I/O of the SDK goes through :meth:`SpritesClient._request` (plain
 HTTP calls, whole body as bytes), :meth:`SpritesClient._stream` (streamed
-bodies: NDJSON, file downloads) and :meth:`SpritesClient._ws_connect`
-(WebSocket upgrades). They add auth and client headers, apply timeouts and
-retries, and translate every aiohttp/OS error into the SDK's exceptions at
-one boundary.
+bodies: NDJSON, file downloads, read through a :class:`Body`) and
+:meth:`SpritesClient._ws_connect` (WebSocket upgrades, used through a
+:class:`~sprites_async._websocket.WebSocket`). They add auth and client
+headers, apply timeouts, retry by one rule (:meth:`SpritesClient._retrying`)
+and translate every aiohttp/OS error into the SDK's exceptions with one
+function (:func:`_translate`), also while a body or a socket is in use: no
+other module has an aiohttp exception to catch.
 """
 
 from __future__ import annotations
@@ -28,7 +31,17 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from dataclasses import replace
 from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypeVar, cast, get_args
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    TypeAlias,
+    TypeVar,
+    cast,
+    get_args,
+)
 from urllib.parse import quote, urlsplit
 from urllib.request import (  # type: ignore[attr-defined]  # not in typeshed, but public
     getproxies_environment,
@@ -190,23 +203,40 @@ class Body:
         except _TRANSPORT_ERRORS as exc:
             raise self._error(exc) from exc
 
-    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
+    def iter_chunked(self, n: int) -> _Pieces[bytes]:
         """The body in pieces of at most ``n`` bytes."""
-        while chunk := await self.read(n):
-            yield chunk
+        return _Pieces(lambda: self.read(n), b"")
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    def iter_any(self) -> _Pieces[bytes]:
         """The body in the pieces it arrives in."""
-        while chunk := await self.readany():
-            yield chunk
+        return _Pieces(self.readany, b"")
 
-    async def iter_chunks(self) -> AsyncIterator[tuple[bytes, bool]]:
+    def iter_chunks(self) -> _Pieces[tuple[bytes, bool]]:
         """``(data, end_of_http_chunk)`` pairs, as aiohttp's ``iter_chunks``."""
-        while True:
-            piece = await self.readchunk()
-            if piece == (b"", False):
-                return
-            yield piece
+        return _Pieces(self.readchunk, (b"", False))
+
+
+class _Pieces(Generic[T]):
+    """An async iterator over ``read()`` results until ``end`` comes.
+
+    A plain iterator, not an async generator: a caller that stops early
+    leaves nothing for the event loop to finalize.
+    """
+
+    __slots__ = ("_end", "_read")
+
+    def __init__(self, read: Callable[[], Awaitable[T]], end: T) -> None:
+        self._read = read
+        self._end = end
+
+    def __aiter__(self) -> _Pieces[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        piece = await self._read()
+        if piece == self._end:
+            raise StopAsyncIteration
+        return piece
 
 
 class _State(enum.Enum):
@@ -738,7 +768,7 @@ class SpritesClient:
         # aiohttp (3.10+) silently re-sends a GET/PUT/DELETE once when the
         # connection drops, whatever the SDK decided: a PUT that starts a
         # service or a WebSocket upgrade that starts a command must not go
-        # twice. The retry loops above decide every repetition instead.
+        # twice. The seams' one retry loop (_retrying) decides every repetition.
         if hasattr(session, "_retry_connection"):
             session._retry_connection = False
         self._session = session

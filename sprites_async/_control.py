@@ -59,12 +59,11 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType
-
 from ._config import ControlOptions, options_for
-from ._errors import APIError, ClientClosedError, SpritesConnectionError
+from ._errors import APIError, ClientClosedError, SpritesConnectionError, SpritesTimeoutError
 from ._frames import decode_envelope
-from ._session import SOCKET_ERRORS, _timeout, quote_segment
+from ._session import SOCKET_LOST, _timeout, quote_segment
+from ._websocket import WSMsgType
 
 if TYPE_CHECKING:
     from ._session import BaseClient, WebSocket
@@ -109,7 +108,7 @@ class _Sentinel:
 _DIAL = _Sentinel("dial")  # a slot was reserved for the waiter: go and dial
 _UNSUPPORTED = _Sentinel("unsupported")  # /control failed for the sprite: go direct
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)  # distinct classes on Python 3.10
-_CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_TIMEOUTS, *SOCKET_ERRORS)
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_TIMEOUTS, *SOCKET_LOST)
 
 
 class _Waiter:
@@ -445,7 +444,7 @@ class ControlPool:
                     break
                 try:
                     msg = await ws.receive(timeout=left)
-                except asyncio.TimeoutError:
+                except SpritesTimeoutError:
                     break
                 if msg.type is WSMsgType.PING:
                     await ws.pong(msg.data)
@@ -457,7 +456,7 @@ class ControlPool:
                     continue
                 else:
                     break  # closed by the server or failed
-        except SOCKET_ERRORS:
+        except SOCKET_LOST:
             pass
         if lease._idle_task is asyncio.current_task():
             lease._idle_task = None

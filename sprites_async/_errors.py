@@ -345,19 +345,31 @@ class SpritesConnectionError(SpritesError, ConnectionError):
     Attributes:
         operation: What the SDK was doing.
         sprite: The sprite's name, when there is one.
+        request_id: The ``x-request-id`` of the response whose body or
+            WebSocket broke off, when there was a response.
+        fly_request_id: Its ``fly-request-id``.
     """
 
     def __init__(
-        self, message: str, *, operation: str | None = None, sprite: str | None = None
+        self,
+        message: str,
+        *,
+        operation: str | None = None,
+        sprite: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.operation = operation
         self.sprite = sprite
+        self.request_id = _header(headers, "x-request-id")
+        self.fly_request_id = _header(headers, "fly-request-id")
 
     def __str__(self) -> str:
         details = [
-            f"{k}={v}" for k, v in (("operation", self.operation), ("sprite", self.sprite)) if v
+            f"{key}={value}"
+            for key in ("operation", "sprite", "request_id", "fly_request_id")
+            if (value := getattr(self, key, None))
         ]
         return self.message + (f" ({', '.join(details)})" if details else "")
 

@@ -35,7 +35,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import aiohttp
 import msgspec
 
 from ._errors import (
@@ -44,8 +43,6 @@ from ._errors import (
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
-    SpritesConnectionError,
-    SpritesTimeoutError,
     _rebuild_error,
 )
 from ._models import (
@@ -60,7 +57,6 @@ from ._models import (
     share_raw,
 )
 from ._session import (
-    SOCKET_ERRORS,
     ExtraBody,
     ExtraHeaders,
     ExtraQuery,
@@ -69,7 +65,7 @@ from ._session import (
 )
 
 if TYPE_CHECKING:
-    from ._session import Response
+    from ._session import Body, Response
     from ._sprites import Sprite
 
 __all__ = [
@@ -896,27 +892,25 @@ class SpritePath:
             ) as resp:
                 skip = await self._bytes_to_skip(resp, offset, ranged)
                 remaining = length
-                try:
-                    async for chunk in resp.content.iter_chunked(chunk_size):
-                        if skip:
-                            if len(chunk) <= skip:
-                                skip -= len(chunk)
-                                continue
-                            chunk, skip = chunk[skip:], 0
-                        if remaining is not None:
-                            if len(chunk) >= remaining:
-                                yield chunk[:remaining]
-                                return
-                            remaining -= len(chunk)
-                        yield chunk
-                except _BODY_ERRORS as exc:
-                    raise _body_error(exc, self.path, sprite.name) from exc
+                # A reset or stall raises the seam's typed error, with the request ids.
+                async for chunk in resp.iter_chunked(chunk_size):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    if remaining is not None:
+                        if len(chunk) >= remaining:
+                            yield chunk[:remaining]
+                            return
+                        remaining -= len(chunk)
+                    yield chunk
         except APIError as exc:
             if exc.status_code == 416 and ranged:
                 return  # the range starts at or past the end of the file
             raise fs_error(exc, self.path) from exc
 
-    async def _bytes_to_skip(self, resp: aiohttp.ClientResponse, offset: int, ranged: bool) -> int:
+    async def _bytes_to_skip(self, resp: Body, offset: int, ranged: bool) -> int:
         """How many leading bytes of the body precede ``offset``."""
         if not ranged:
             return 0
@@ -1364,25 +1358,6 @@ def _lists_itself(listing: _Listing) -> bool:
         and bool(listing.path)
         and entries[0].path == listing.path
         and entries[0].type != "directory"
-    )
-
-
-_BODY_ERRORS: tuple[type[BaseException], ...] = (
-    *SOCKET_ERRORS,
-    asyncio.TimeoutError,
-    TimeoutError,
-)
-
-
-def _body_error(exc: BaseException, path: str, sprite: str) -> SpritesConnectionError:
-    """A transport failure while a body was streaming, as the SDK's own error."""
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return SpritesTimeoutError(
-            f"reading {path} stalled (stream idle timeout)", operation="fs read", sprite=sprite
-        )
-    detail = str(exc) or type(exc).__name__
-    return SpritesConnectionError(
-        f"reading {path} broke off: {detail}", operation="fs read", sprite=sprite
     )
 
 

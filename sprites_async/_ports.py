@@ -16,13 +16,13 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import aiohttp
 import msgspec
 
 from ._checkpoints import OtherEvent, event_decoder
 from ._control import close_now
 from ._errors import NotFoundError, SpritesConnectionError
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
+from ._websocket import WSMsgType
 
 if TYPE_CHECKING:
     from ._session import RequestOptions, WebSocket
@@ -152,16 +152,16 @@ class PortWatch:
             ws = await self._connect()
             while True:
                 msg = await ws.receive()
-                if msg.type == aiohttp.WSMsgType.TEXT:
+                if msg.type == WSMsgType.TEXT:
                     try:
                         event: PortsWatchEvent = _decode_port_event(msg.data.encode())
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         logger.warning("ports watch: skipping a bad message (%s)", exc)
                         continue
                     return event
-                if msg.type == aiohttp.WSMsgType.BINARY:
+                if msg.type == WSMsgType.BINARY:
                     continue
-                if msg.type == aiohttp.WSMsgType.ERROR:
+                if msg.type == WSMsgType.ERROR:
                     raise SpritesConnectionError(
                         f"the ports watch failed: {msg.data}",
                         operation="ports watch",

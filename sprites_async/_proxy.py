@@ -29,14 +29,16 @@ import logging
 import socket
 import struct
 import weakref
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
 from ._control import close_now
 from ._errors import SpritesConnectionError, SpritesTimeoutError
+from ._session import SOCKET_LOST
+from ._websocket import WSMessage, WSMsgType
 
 if TYPE_CHECKING:
     from ._session import BaseClient, RequestOptions, WebSocket
@@ -65,7 +67,7 @@ CLOSE_TIMEOUT = 1.0
 
 _CLEAN_CLOSE = frozenset({1000, 1001})
 _UPSTREAM_CLOSED = "upstream closed"
-_CLOSING = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED})
+_CLOSING = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
 
 
 # --------------------------------------------------------------------- errors
@@ -88,8 +90,9 @@ class ProxyError(SpritesConnectionError):
         target: str | None = None,
         close_code: int | None = None,
         reason: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, operation="proxy", sprite=sprite)
+        super().__init__(message, operation="proxy", sprite=sprite, headers=headers)
         self.close_code = close_code
         self.reason = reason
         self.target = target
@@ -136,7 +139,7 @@ async def _open_tunnel(
 ) -> tuple[WebSocket, str]:
     """Dial ``/proxy``, send the init frame, wait for ``connected``; return (ws, target)."""
     target = f"{host}:{port}"
-    ws, _ = await sprite.client._ws_connect(
+    ws, upgrade = await sprite.client._ws_connect(
         sprite.path + "/proxy",
         operation="proxy",
         sprite=sprite.name,
@@ -146,21 +149,30 @@ async def _open_tunnel(
     try:
         try:
             await ws.send_str(msgspec.json.encode({"host": host, "port": port}).decode())
-        except (OSError, RuntimeError) as exc:  # closed under us (e.g. the client closed)
+        except SOCKET_LOST as exc:  # closed under us (e.g. the client closed)
             raise ProxyError(
-                f"sending the proxy request for {target} failed: {exc}",
+                f"sending the proxy request for {target} failed: {exc.message}",
                 sprite=sprite.name,
                 target=target,
+                headers=upgrade,
             ) from exc
         try:
             msg = await ws.receive(timeout=CONNECT_REPLY_TIMEOUT)
-        except asyncio.TimeoutError as exc:
+        except SpritesTimeoutError as exc:
             raise SpritesTimeoutError(
                 f"no reply from the proxy for {target} within {CONNECT_REPLY_TIMEOUT:g} s",
                 operation="proxy",
                 sprite=sprite.name,
+                headers=upgrade,
             ) from exc
-        if msg.type == aiohttp.WSMsgType.TEXT:
+        except SOCKET_LOST as exc:
+            raise ProxyError(
+                f"waiting for the proxy's reply for {target} failed: {exc.message}",
+                sprite=sprite.name,
+                target=target,
+                headers=upgrade,
+            ) from exc
+        if msg.type == WSMsgType.TEXT:
             try:
                 reply = msgspec.json.decode(msg.data, type=_Reply)
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -173,26 +185,31 @@ async def _open_tunnel(
                 sprite=sprite.name,
                 target=target,
                 reason=why,
+                headers=upgrade,
             )
         if msg.type in _CLOSING:
-            raise _close_error(ws, msg, sprite.name, target)
-        if msg.type == aiohttp.WSMsgType.ERROR:
+            raise _close_error(ws, msg, sprite.name, target, upgrade)
+        if msg.type == WSMsgType.ERROR:
             raise ProxyError(
                 f"the proxy connection for {target} failed: {msg.data}",
                 sprite=sprite.name,
                 target=target,
+                headers=upgrade,
             )
         raise ProxyError(
             f"the proxy sent a {msg.type.name} frame before its connected reply",
             sprite=sprite.name,
             target=target,
+            headers=upgrade,
         )
     except BaseException:
         await _close_ws(ws)
         raise
 
 
-def _close_error(ws: WebSocket, msg: aiohttp.WSMessage, sprite: str, target: str) -> ProxyError:
+def _close_error(
+    ws: WebSocket, msg: WSMessage, sprite: str, target: str, headers: Mapping[str, str]
+) -> ProxyError:
     code = ws.close_code if ws.close_code is not None else msg.data
     code = code if isinstance(code, int) else None
     reason = msg.extra if isinstance(msg.extra, str) else ""
@@ -211,6 +228,7 @@ def _close_error(ws: WebSocket, msg: aiohttp.WSMessage, sprite: str, target: str
         target=target,
         close_code=code,
         reason=reason,
+        headers=headers,
     )
 
 
@@ -239,13 +257,13 @@ async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.St
     async def downstream() -> bool:
         while True:
             msg = await ws.receive()
-            if msg.type == aiohttp.WSMsgType.BINARY:
+            if msg.type == WSMsgType.BINARY:
                 if msg.data:
                     writer.write(msg.data)
                     await writer.drain()
-            elif msg.type == aiohttp.WSMsgType.TEXT:
+            elif msg.type == WSMsgType.TEXT:
                 continue  # text frames carry nothing once the tunnel is connected
-            elif msg.type == aiohttp.WSMsgType.ERROR:
+            elif msg.type == WSMsgType.ERROR:
                 logger.debug("proxy WebSocket error: %s", msg.data)
                 return False
             else:

@@ -2,10 +2,13 @@
 
 All network I/O of the SDK goes through :meth:`BaseClient._request` (plain
 HTTP calls, whole body as bytes), :meth:`BaseClient._stream` (streamed
-bodies: NDJSON, file downloads) and :meth:`BaseClient._ws_connect`
-(WebSocket upgrades). They add auth and client headers, apply timeouts and
-retries, and translate every aiohttp/OS error into the SDK's exceptions at
-one boundary.
+bodies: NDJSON, file downloads, read through a :class:`Body`) and
+:meth:`BaseClient._ws_connect` (WebSocket upgrades, used through a
+:class:`~sprites_async._websocket.WebSocket`). They add auth and client
+headers, apply timeouts, retry by one rule (:meth:`BaseClient._retrying`)
+and translate every aiohttp/OS error into the SDK's exceptions with one
+function (:func:`_translate`), also while a body or a socket is in use: no
+other module has an aiohttp exception to catch.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import copy
 import enum
 import ipaddress
 import logging
@@ -26,7 +30,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mappi
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypeVar, cast, get_args
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    TypeAlias,
+    TypeVar,
+    cast,
+    get_args,
+)
 from urllib.parse import quote, urlsplit
 from urllib.request import (  # type: ignore[attr-defined]  # not in typeshed, but public
     getproxies_environment,
@@ -52,11 +66,13 @@ from ._errors import (
     ConfigurationError,
     ProtocolError,
     SpritesConnectionError,
+    SpritesError,
     SpritesTimeoutError,
     api_error_from_response,
     parse_retry_after,
 )
 from ._version import __version__
+from ._websocket import WebSocket as WebSocket
 
 if TYPE_CHECKING:
     from aiohttp.connector import Connection
@@ -65,8 +81,6 @@ if TYPE_CHECKING:
     from ._proxy import Tunnels
     from ._telemetry import Telemetry
     from .fleet import CreationLimiter
-
-    WebSocket: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[True]]
 
 __all__ = ["DEFAULT_BASE_URL", "BaseClient", "RequestOptions", "Timeouts", "request_options"]
 
@@ -112,6 +126,118 @@ class Response(NamedTuple):
                 operation=self.operation or None,
                 sprite=self.sprite,
             ) from exc
+
+
+class Body:
+    """A response whose body is still streaming in: what the stream seam yields.
+
+    ``status`` and ``headers`` are the response's. Every read (``read``,
+    ``readany``, ``readchunk`` and the ``iter_*`` iterators) raises the SDK's
+    errors: a connection reset or a stall while the body streams in is a
+    :class:`SpritesConnectionError` (:class:`SpritesTimeoutError` for the
+    stall) with the operation, sprite and request ids of this response,
+    chained to what aiohttp raised.
+    """
+
+    __slots__ = ("_method", "_operation", "_path", "_resp", "_sprite", "headers", "status")
+
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        method: str,
+        path: str,
+        operation: str,
+        sprite: str | None,
+    ) -> None:
+        self._resp = resp
+        self._method = method
+        self._path = path
+        self._operation = operation
+        self._sprite = sprite
+        self.status: int = resp.status
+        self.headers: CIMultiDictProxy[str] = resp.headers
+
+    def __repr__(self) -> str:
+        return f"<Body {self._method} {self._path} status={self.status}>"
+
+    @property
+    def content(self) -> Body:
+        """This object, for code that reads aiohttp's ``response.content``."""
+        return self
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of the body received so far."""
+        return self._resp.content.total_bytes
+
+    def _error(self, exc: BaseException) -> SpritesConnectionError:
+        return _translate(
+            exc,
+            self._method,
+            self._path,
+            self._operation,
+            self._sprite,
+            headers=self.headers,
+            during="reading the body",
+        )
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes of the body; the whole rest of it when ``n`` is -1."""
+        try:
+            if n < 0:
+                return await self._resp.read()
+            return await self._resp.content.read(n)
+        except _TRANSPORT_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    async def readany(self) -> bytes:
+        """Whatever part of the body has arrived (waiting for some); b"" at its end."""
+        try:
+            return await self._resp.content.readany()
+        except _TRANSPORT_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    async def readchunk(self) -> tuple[bytes, bool]:
+        """The next piece and whether it ends an HTTP chunk; ``(b"", False)`` at the end."""
+        try:
+            return await self._resp.content.readchunk()
+        except _TRANSPORT_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    def iter_chunked(self, n: int) -> _Pieces[bytes]:
+        """The body in pieces of at most ``n`` bytes."""
+        return _Pieces(lambda: self.read(n), b"")
+
+    def iter_any(self) -> _Pieces[bytes]:
+        """The body in the pieces it arrives in."""
+        return _Pieces(self.readany, b"")
+
+    def iter_chunks(self) -> _Pieces[tuple[bytes, bool]]:
+        """``(data, end_of_http_chunk)`` pairs, as aiohttp's ``iter_chunks``."""
+        return _Pieces(self.readchunk, (b"", False))
+
+
+class _Pieces(Generic[T]):
+    """An async iterator over ``read()`` results until ``end`` comes.
+
+    A plain iterator, not an async generator: a caller that stops early
+    leaves nothing for the event loop to finalize.
+    """
+
+    __slots__ = ("_end", "_read")
+
+    def __init__(self, read: Callable[[], Awaitable[T]], end: T) -> None:
+        self._read = read
+        self._end = end
+
+    def __aiter__(self) -> _Pieces[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        piece = await self._read()
+        if piece == self._end:
+            raise StopAsyncIteration
+        return piece
 
 
 class _State(enum.Enum):
@@ -398,9 +524,16 @@ def _user_agent() -> str:
 
 
 SOCKET_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, RuntimeError)
-"""What a send, ping or close on an open WebSocket can raise (aiohttp raises
-RuntimeError for a write to a closing transport). Modules that must swallow
-or translate such a failure name this, never aiohttp's classes."""
+"""What a send, ping or close on an aiohttp WebSocket can raise (aiohttp raises
+RuntimeError for a write to a closing transport). Only for code still holding
+raw aiohttp sockets; the seam's :class:`WebSocket` raises :data:`SOCKET_LOST`."""
+
+SOCKET_LOST: tuple[type[SpritesConnectionError], ...] = (
+    SpritesConnectionError,
+    SpritesTimeoutError,
+)
+"""What a read of a streamed :class:`Body` or a method of a seam
+:class:`WebSocket` raises when the connection breaks or stalls."""
 
 
 def quote_segment(value: str) -> str:
@@ -604,7 +737,7 @@ class BaseClient:
         # aiohttp (3.10+) silently re-sends a GET/PUT/DELETE once when the
         # connection drops, whatever the SDK decided: a PUT that starts a
         # service or a WebSocket upgrade that starts a command must not go
-        # twice. The retry loops above decide every repetition instead.
+        # twice. The seams' one retry loop (_retrying) decides every repetition.
         if hasattr(session, "_retry_connection"):
             session._retry_connection = False
         self._session = session
@@ -642,7 +775,7 @@ class BaseClient:
         :class:`APIError`; connection failures raise
         :class:`SpritesConnectionError`/:class:`SpritesTimeoutError`.
         ``json`` is an already encoded JSON body. ``options`` (the caller's
-        ``extra_*`` arguments) are applied here.
+        ``extra_*`` arguments) are applied here. Retries: see :meth:`_retrying`.
         """
         if self._telemetry is not None and not _traced:
             return await self._telemetry.request(
@@ -676,47 +809,38 @@ class BaseClient:
         client_timeout = self._client_timeouts[timeout]
         url = self.base_url + path
         slots = self._http_slots
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
+
+        async def once(attempt: int, started: float) -> Response:
+            if slots is not None:
+                await slots.acquire()
             try:
+                async with session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=client_timeout,
+                    **self._proxy_kwargs,
+                ) as resp:
+                    body = await resp.read()
+            finally:
                 if slots is not None:
-                    await slots.acquire()
-                try:
-                    async with session.request(
-                        method,
-                        url,
-                        params=params,
-                        data=data,
-                        headers=headers,
-                        timeout=client_timeout,
-                        **self._proxy_kwargs,
-                    ) as resp:
-                        body = await resp.read()
-                        status = resp.status
-                        resp_headers = resp.headers
-                finally:
-                    if slots is not None:
-                        slots.release()
-            except _TRANSPORT_ERRORS as exc:
-                may_retry = idempotent or _never_sent(exc)
-                await asyncio.sleep(
-                    self._delay_or_raise(
-                        exc, method, path, operation, sprite, attempt, started, may_retry
-                    )
-                )
-                continue
-            self._log(method, path, status, started, attempt, resp_headers)
-            if status < 400 and (ok is None or status in ok):
-                return Response(status, resp_headers, body, operation, sprite)
-            error_obj = _api_error(method, path, status, resp_headers, body, operation, sprite)
-            if idempotent and status in self.retry.retry_statuses:
-                delay = self._status_backoff(error_obj, resp_headers, attempt)
-                if delay is not None:
-                    await asyncio.sleep(delay)
-                    continue
-            raise error_obj
+                    slots.release()
+            self._log(method, path, resp.status, started, attempt, resp.headers)
+            if resp.status < 400 and (ok is None or resp.status in ok):
+                return Response(resp.status, resp.headers, body, operation, sprite)
+            raise _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
+
+        return await self._retrying(
+            once,
+            method,
+            path,
+            operation,
+            sprite,
+            resend=_always if idempotent else _never_sent,
+            statuses=self.retry.retry_statuses if idempotent else (),
+        )
 
     @asynccontextmanager
     async def _stream(
@@ -735,16 +859,15 @@ class BaseClient:
         idempotent: bool | None = None,
         options: RequestOptions | None = None,
         _traced: bool = False,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send a request and yield the response while its body streams in.
+    ) -> AsyncIterator[Body]:
+        """Send a request and yield the response (a :class:`Body`) while its body streams in.
 
         ``headers`` are added to the request (``Range``, for example).
         Errors (status >= 400) are raised before yielding. The body is read by
         the caller under an idle timeout (``stream_idle``), never a total one;
-        the response is released when the block exits, normally or not.
-        Nothing is retried once the body is yielded. Before that, idempotent
-        requests are retried on connection failures and on the policy's
-        ``retry_statuses`` (429/5xx); others only on failed connects.
+        its reads raise the SDK's errors. The response is released when the
+        block exits, normally or not. Nothing is retried once the body is
+        yielded; before that, as :meth:`_retrying` says.
         """
         if self._telemetry is not None and not _traced:
             traced = self._telemetry.stream(
@@ -781,84 +904,41 @@ class BaseClient:
         )
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
+        client_timeout = self._client_timeouts[timeout]
         url = self.base_url + path
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            try:
-                resp = await session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=data,
-                    headers=send_headers,
-                    timeout=self._client_timeouts[timeout],
-                    **self._proxy_kwargs,
-                )
-            except _TRANSPORT_ERRORS as exc:
-                may_retry = idempotent or _never_sent(exc)
-                await asyncio.sleep(
-                    self._delay_or_raise(
-                        exc, method, path, operation, sprite, attempt, started, may_retry
-                    )
-                )
-                continue
-            if idempotent and resp.status in self.retry.retry_statuses:
-                # Nothing was yielded yet: a 429/5xx is retried like in _request.
-                delay = await self._stream_retry_delay(
-                    resp, method, path, operation, sprite, attempt, started
-                )
-                await asyncio.sleep(delay)
-                continue
-            break
-        try:
+
+        async def once(attempt: int, started: float) -> aiohttp.ClientResponse:
+            resp = await session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=send_headers,
+                timeout=client_timeout,
+                **self._proxy_kwargs,
+            )
             self._log(method, path, resp.status, started, attempt, resp.headers)
-            if resp.status >= 400:
-                try:
-                    body = await resp.read()
-                except _TRANSPORT_ERRORS as exc:
-                    raise _translate(exc, method, path, operation, sprite) from exc
-                raise _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
-            yield resp
-        finally:
-            resp.release()
+            if resp.status < 400:
+                return resp
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
+            raise _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
 
-    async def _stream_retry_delay(
-        self,
-        resp: aiohttp.ClientResponse,
-        method: str,
-        path: str,
-        operation: str,
-        sprite: str | None,
-        attempt: int,
-        started: float,
-    ) -> float:
-        """For a retryable status on a stream: the wait before the next attempt, or raise."""
-        self._log(method, path, resp.status, started, attempt, resp.headers)
+        resp = await self._retrying(
+            once,
+            method,
+            path,
+            operation,
+            sprite,
+            resend=_always if idempotent else _never_sent,
+            statuses=self.retry.retry_statuses if idempotent else (),
+        )
         try:
-            body = await resp.read()
-        except _TRANSPORT_ERRORS:
-            body = b""
+            yield Body(resp, method, path, operation, sprite)
         finally:
             resp.release()
-        error_obj = _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
-        delay = self._status_backoff(error_obj, resp.headers, attempt)
-        if delay is None:
-            raise error_obj
-        return delay
-
-    def _status_backoff(
-        self, error: APIError, headers: Mapping[str, str], attempt: int
-    ) -> float | None:
-        """The wait before retrying a request the server refused, or None to give up.
-
-        Honours ``Retry-After`` (the body's ``retry_after_seconds`` for 429s).
-        """
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is None and error.status_code == 503:
-            retry_after = parse_retry_after(headers.get("Retry-After"))
-        return self.retry.backoff(attempt, retry_after)
 
     async def _ws_connect(
         self,
@@ -877,11 +957,15 @@ class BaseClient:
     ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
         """Upgrade to a WebSocket; return it with the upgrade response headers.
 
+        The socket is a :class:`WebSocket`: aiohttp's messages, and every
+        failure of its methods translated here, with the upgrade's request ids.
         The handshake may wake a cold sprite, so it is bounded by the ``wake``
         timeout. A refused upgrade raises the matching :class:`APIError` with
-        the server's body. Handshakes refused with 429/502/503/504 or whose
-        connection could not be made are retried by the policy (the command
-        cannot have started); a handshake that timed out is not.
+        the server's body. With ``retry_handshake``, handshakes refused with
+        429/502/503/504 or whose connection could not be made are retried by
+        the policy: the server starts a command only when it accepts the
+        upgrade, so those cannot have started one. A handshake that timed out
+        or broke off after it was sent is never retried (it may have).
         """
         if self._telemetry is not None and not _traced:
             return cast(
@@ -911,10 +995,8 @@ class BaseClient:
         _, send_headers = _body_and_headers(self._auth, None, None, None, headers, options)
         url = self.base_url + path
         ws_timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
+
+        async def once(attempt: int, started: float) -> tuple[WebSocket, CIMultiDictProxy[str]]:
             seen = _Handshake()
             token = _handshake.set(seen)
             try:
@@ -933,49 +1015,112 @@ class BaseClient:
             except aiohttp.WSServerHandshakeError as exc:
                 _redact_request_info(exc)  # kept as the __cause__ of what is raised
                 self._log("GET", path, exc.status, started, attempt, exc.headers)
-                error_obj: APIError | SpritesConnectionError
                 if exc.status >= 400:
-                    error_obj = _api_error(
+                    raise _api_error(
                         "GET", path, exc.status, exc.headers, seen.body, operation, sprite
-                    )
-                else:
-                    error_obj = SpritesConnectionError(
-                        f"WebSocket handshake failed with status {exc.status}",
-                        operation=operation,
-                        sprite=sprite,
-                    )
-                retryable = retry_handshake and exc.status in (429, 502, 503, 504)
-                retry_after = getattr(error_obj, "retry_after", None)
-                delay = self.retry.backoff(attempt, retry_after) if retryable else None
-                if delay is None:
-                    raise error_obj from exc
-                await asyncio.sleep(delay)
-                continue
-            except _TRANSPORT_ERRORS as exc:
-                if isinstance(exc, _TIMEOUT_ERRORS) and not isinstance(exc, aiohttp.ClientError):
-                    # Our wake timer, not aiohttp's connect timeout: say so. Never
-                    # retried (the command may have started).
-                    where = f"sprite {sprite}" if sprite else path
-                    error = SpritesTimeoutError(
-                        f"WebSocket handshake with {where} timed out after "
-                        f"{self.timeouts.wake} s (Timeouts.wake): the sprite may still be waking",
-                        operation=operation,
-                        sprite=sprite,
-                    )
-                    self._log("GET", path, None, started, attempt, None, error=error)
-                    raise error from exc
-                may_retry = retry_handshake and _never_sent(exc)
-                await asyncio.sleep(
-                    self._delay_or_raise(
-                        exc, "GET", path, operation, sprite, attempt, started, may_retry
-                    )
+                    ) from exc
+                raise SpritesConnectionError(
+                    f"WebSocket handshake failed with status {exc.status}",
+                    operation=operation,
+                    sprite=sprite,
+                    headers=exc.headers,
+                ) from exc
+            except _TIMEOUT_ERRORS as exc:
+                if isinstance(exc, aiohttp.ClientError):
+                    raise  # aiohttp's connect timeout: a transport failure
+                # Our wake timer: say so. Never retried (the command may have started).
+                where = f"sprite {sprite}" if sprite else path
+                error = SpritesTimeoutError(
+                    f"WebSocket handshake with {where} timed out after "
+                    f"{self.timeouts.wake} s (Timeouts.wake): the sprite may still be waking",
+                    operation=operation,
+                    sprite=sprite,
                 )
-                continue
+                self._log("GET", path, None, started, attempt, None, error=error)
+                raise error from exc
             finally:
                 _handshake.reset(token)
             upgrade_headers = seen.headers if seen.headers is not None else _EMPTY_HEADERS
             self._log("GET", path, 101, started, attempt, upgrade_headers)
-            return cast("WebSocket", ws), upgrade_headers
+
+            def translate(exc: BaseException, during: str) -> SpritesConnectionError:
+                return _translate(
+                    exc, "GET", path, operation, sprite, headers=upgrade_headers, during=during
+                )
+
+            raw = cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)
+            return WebSocket(raw, translate), upgrade_headers
+
+        return await self._retrying(
+            once,
+            "GET",
+            path,
+            operation,
+            sprite,
+            resend=_never_sent if retry_handshake else _nothing,
+            statuses=_HANDSHAKE_RETRY_STATUSES if retry_handshake else (),
+        )
+
+    async def _retrying(
+        self,
+        once: Callable[[int, float], Awaitable[T]],
+        method: str,
+        path: str,
+        operation: str,
+        sprite: str | None,
+        *,
+        resend: Callable[[BaseException], bool],
+        statuses: Container[int],
+    ) -> T:
+        """Call ``once(attempt, started)`` until an attempt succeeds: the seams' one retry loop.
+
+        An attempt ends in one of three ways:
+
+        * It returns: that is the result.
+        * It raises an :class:`APIError` (a refusal, logged by ``once``):
+          retried if its status is in ``statuses``, after the policy's backoff
+          or the server's ``Retry-After`` (the body's ``retry_after_seconds``
+          of a 429, the header of a 503); a ``Retry-After`` longer than the
+          policy allows is not waited for and the error is raised.
+        * It raises an aiohttp/OS error (the transport failed): translated to
+          :class:`SpritesConnectionError`/:class:`SpritesTimeoutError`, and
+          retried after the policy's backoff only if ``resend(exc)`` says the
+          request may go again (idempotent, or certainly never sent) and
+          another attempt could end otherwise (not a bad certificate or a
+          proxy's refusal).
+
+        Any other exception (the SDK's own errors, cancellation) ends the
+        call. Every attempt counts against ``retry.max_attempts``.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                return await once(attempt, started)
+            except APIError as error:
+                if error.status_code not in statuses:
+                    raise
+                delay = self._status_backoff(error, attempt)
+                if delay is None:
+                    raise
+            except SpritesError:
+                raise  # already decided (a handshake timeout, a refused upgrade)
+            except _TRANSPORT_ERRORS as exc:
+                delay = self._delay_or_raise(
+                    exc, method, path, operation, sprite, attempt, started, resend(exc)
+                )
+            await asyncio.sleep(delay)
+
+    def _status_backoff(self, error: APIError, attempt: int) -> float | None:
+        """The wait before retrying a request the server refused, or None to give up.
+
+        Honours ``Retry-After`` (the body's ``retry_after_seconds`` for 429s).
+        """
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is None and error.status_code == 503:
+            retry_after = parse_retry_after(CIMultiDict(error.headers).get("Retry-After"))
+        return self.retry.backoff(attempt, retry_after)
 
     def _delay_or_raise(
         self,
@@ -1100,6 +1245,21 @@ def _never_sent(exc: BaseException) -> bool:
     return isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError))
 
 
+def _always(exc: BaseException) -> bool:
+    """An idempotent request may be sent again whatever became of the last one."""
+    return True
+
+
+def _nothing(exc: BaseException) -> bool:
+    """A handshake whose caller retries nothing (a ``/control`` probe goes direct instead)."""
+    return False
+
+
+_HANDSHAKE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+"""Refused upgrades worth another attempt. Not 500: a sprite answers 500 when
+it could not start the command, and that may not be the whole story."""
+
+
 def _permanent(exc: BaseException) -> bool:
     """Whether another attempt would fail the same way (bad certificate, proxy refusal)."""
     if isinstance(exc, aiohttp.ClientSSLError):
@@ -1162,13 +1322,36 @@ def _redact_request_info(exc: aiohttp.ClientResponseError) -> None:
 
 
 def _translate(
-    exc: BaseException, method: str, path: str, operation: str, sprite: str | None
+    exc: BaseException,
+    method: str,
+    path: str,
+    operation: str,
+    sprite: str | None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    during: str | None = None,
 ) -> SpritesConnectionError:
-    """Map an aiohttp/OS error to the SDK's transport errors (one boundary)."""
+    """Map an aiohttp/OS error to the SDK's transport errors (the one boundary).
+
+    ``headers`` are those of the response whose body or WebSocket broke off
+    (the error carries their request ids); ``during`` names that step
+    (``"reading the body"``, ``"WebSocket send"``). An error this function
+    already made (a :class:`Body` read inside a caller's own ``except``)
+    comes back as a copy, so that ``raise ... from exc`` does not chain it
+    to itself.
+    """
+    if isinstance(exc, SpritesConnectionError):
+        return copy.copy(exc)
     if isinstance(exc, aiohttp.ClientResponseError):
         _redact_request_info(exc)  # it stays reachable as the new error's __cause__
+    where = f"{method} {path}: {during}" if during else f"{method} {path}"
     if isinstance(exc, _TIMEOUT_ERRORS):
-        return SpritesTimeoutError(f"{method} {path} timed out", operation=operation, sprite=sprite)
+        timeout_cls = (
+            _AsyncioTimeout if isinstance(exc, asyncio.TimeoutError) else SpritesTimeoutError
+        )
+        return timeout_cls(
+            f"{where} timed out", operation=operation, sprite=sprite, headers=headers
+        )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         detail = (
             f"TLS certificate verification failed for {exc.host}: {exc.certificate_error} "
@@ -1185,5 +1368,19 @@ def _translate(
     else:
         detail = str(exc) or type(exc).__name__
     return SpritesConnectionError(
-        f"{method} {path} failed: {detail}", operation=operation, sprite=sprite
+        f"{where} failed: {detail}", operation=operation, sprite=sprite, headers=headers
     )
+
+
+if sys.version_info >= (3, 11):
+    _AsyncioTimeout = SpritesTimeoutError
+else:
+
+    class _AsyncioTimeout(SpritesTimeoutError, asyncio.TimeoutError):
+        """A translated ``asyncio.TimeoutError`` that still is one.
+
+        From Python 3.11 ``asyncio.TimeoutError`` is the builtin
+        ``TimeoutError``, which every :class:`SpritesTimeoutError` is; on 3.10
+        they differ, and code that catches ``asyncio.TimeoutError`` around a
+        ``receive(timeout=...)`` of the seam's WebSocket must still see it.
+        """

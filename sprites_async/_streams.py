@@ -26,14 +26,13 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import aiohttp
 import msgspec
 
 from ._errors import APIError, StreamError
 
 if TYPE_CHECKING:
     from ._config import TimeoutKind
-    from ._session import BaseClient, Params, RequestOptions
+    from ._session import BaseClient, Body, Params, RequestOptions
 
 __all__ = ["NOT_FINAL", "NDJSONDecoder", "NDJSONStream", "NotFinal"]
 
@@ -227,8 +226,8 @@ class NDJSONStream(Generic[T, R]):
         self._final_hook = final
         self._require_final = require_final
         self._on_api_error = on_api_error
-        self._cm: AbstractAsyncContextManager[aiohttp.ClientResponse] | None = None
-        self._resp: aiohttp.ClientResponse | None = None
+        self._cm: AbstractAsyncContextManager[Body] | None = None
+        self._resp: Body | None = None
         self._pending: deque[T] = deque()
         self._started = False
         self._eof = False
@@ -252,7 +251,7 @@ class NDJSONStream(Generic[T, R]):
         return self._result
 
     @property
-    def response(self) -> aiohttp.ClientResponse | None:
+    def response(self) -> Body | None:
         """The HTTP response while the stream is open (status, headers)."""
         return self._resp
 
@@ -363,17 +362,12 @@ class NDJSONStream(Generic[T, R]):
             raise StreamError(f"{self._operation}: the stream ended without its final event")
 
     async def _read_more(self) -> list[T]:
-        from ._session import _TRANSPORT_ERRORS, _translate
-
         await self._open()
         resp = self._resp
         if resp is None:  # closed, or replaced by on_api_error
             self._eof = True
             return []
-        try:
-            chunk = await resp.content.readany()
-        except _TRANSPORT_ERRORS as exc:
-            raise _translate(exc, self._method, self._path, self._operation, self._sprite) from exc
+        chunk = await resp.readany()  # a reset or stall raises the seam's typed error
         if chunk:
             return self._lines.feed(chunk)
         self._eof = True

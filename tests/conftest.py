@@ -1,50 +1,39 @@
-"""Shared fixtures for the client tests."""
+"""Fixtures shared by every test, and the leak checks every test gets.
+
+Servers a test can script or run (see tests/README.md):
+- ``mock``/``client``: the API mocked with aioresponses, and a client of it;
+- ``fake``: a scripted loopback sprite server (tests/_fakes.py) for exec,
+  control and session protocol tests;
+- ``emu``: an emulator in the test's loop with sprite ``box`` (default config;
+  tests/emulator/conftest.py overrides it for the emulator's own tests);
+- ``emu_client``: a client of ``emu``;
+- ``exec_emu``: the same with exec timings (no sandbox, the real 5 s exit linger);
+- ``cli_emu``: a threaded emulator with ``SPRITES_API_URL``/``SPRITES_TOKEN``
+  pointing at it and a clean working directory, for the CLI.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import aioresponses.core as aioresponses_core
 import pytest
 from aiohttp import ClientResponse
+from aiohttp.test_utils import TestServer
 from aioresponses import aioresponses
 
 from sprites_async import RetryPolicy, SpritesClient
-
-BASE = "https://api.test"
-TOKEN = "my-org/1234/tokid/supersecretvalue"
-
-
-def url(path: str) -> re.Pattern[str]:
-    """Match ``BASE + path`` with any query string."""
-    return re.compile(re.escape(BASE + path) + r"(\?.*)?$")
-
-
-def sprite_json(name: str = "alpha", **extra: Any) -> dict[str, Any]:
-    """A sprite object in the April-2026 shape."""
-    data: dict[str, Any] = {
-        "id": f"sprite-0000-{name}",
-        "name": name,
-        "organization": "my-org",
-        "status": "cold",
-        "version": None,
-        "url": f"https://{name}-abcde.sprites.app",
-        "url_settings": {"auth": "sprite"},
-        "created_at": "2026-04-03T03:02:18.641609Z",
-        "updated_at": "2026-04-03T03:02:18.641609Z",
-        "last_running_at": None,
-        "last_warming_at": None,
-        "environment_version": None,
-    }
-    data.update(extra)
-    return data
+from sprites_async.emulator import Emulator, EmulatorConfig
+from tests._emulator import EMU_TOKEN, RunningEmulator, serve
+from tests._fakes import FakeSprites
+from tests._mock import BASE, TOKEN
 
 
 class _CompatClientResponse(ClientResponse):
@@ -76,13 +65,61 @@ async def client() -> AsyncIterator[SpritesClient]:
         yield c
 
 
-def requests_to(m: aioresponses, method: str, path: str) -> list[Any]:
-    """The recorded calls of one method to one path (any query)."""
-    out = []
-    for (meth, u), calls in m.requests.items():
-        if meth == method and str(u).split("?")[0] == BASE + path:
-            out.extend(calls)
-    return out
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSprites]:
+    """A scripted loopback sprite server (``box``); set its scripts, then ``fake.client()``."""
+    server = FakeSprites()
+    test_server = TestServer(server.app, host="127.0.0.1")
+    await test_server.start_server()
+    server.url = str(test_server.make_url("")).rstrip("/")
+    try:
+        yield server
+    finally:
+        await test_server.close()
+
+
+@pytest.fixture
+async def emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
+    """An emulator on loopback in this loop, default configuration, with sprite ``box``."""
+    config = EmulatorConfig(token=EMU_TOKEN, state_dir=tmp_path / "state")
+    async with serve(config) as running:
+        running.add_sprite("box")
+        yield running
+
+
+@pytest.fixture
+async def emu_client(emu: RunningEmulator) -> AsyncIterator[SpritesClient]:
+    """A client of ``emu`` (default settings)."""
+    async with SpritesClient(emu.token, base_url=emu.url) as c:
+        yield c
+
+
+@pytest.fixture
+async def exec_emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
+    """A real emulator on loopback (plain subprocesses, the real ~5 s exit linger)."""
+    config = EmulatorConfig(
+        token=EMU_TOKEN,
+        state_dir=tmp_path / "state",
+        exit_linger=5.0,  # the real linger: the client must not wait for it
+        warm_after=30.0,
+        cold_after=300.0,
+        sandbox="none",
+    )
+    config.extra["exec_port_poll"] = 0.05
+    async with serve(config) as running:
+        running.add_sprite("box")
+        yield running
+
+
+@pytest.fixture
+def cli_emu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Emulator]:
+    """A threaded emulator, with the environment pointing at it and a clean cwd."""
+    with Emulator(exit_linger=0.0) as emulator:
+        monkeypatch.setenv("SPRITES_API_URL", emulator.url)
+        monkeypatch.setenv("SPRITES_TOKEN", emulator.token)
+        monkeypatch.delenv("SPRITE_TOKEN", raising=False)
+        monkeypatch.chdir(tmp_path)
+        yield emulator
 
 
 # ------------------------------------------------------------------ leak checks

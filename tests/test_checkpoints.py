@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,6 @@ from sprites_async._checkpoints import (
     CheckpointsResource,
 )
 from sprites_async._fs import SpriteFS
-from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
 
 
 async def collect(events: AsyncIterator[object], into: list[object]) -> None:
@@ -28,27 +25,13 @@ async def collect(events: AsyncIterator[object], into: list[object]) -> None:
 
 
 @pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
-    config = EmulatorConfig(token="test-org/1/tok/secret", state_dir=tmp_path / "state")
-    async with serve(config) as running:
-        running.add_sprite("box")
-        yield running
+def checkpoints(emu_client: SpritesClient) -> CheckpointsResource:
+    return CheckpointsResource(emu_client.sprite("box"))
 
 
 @pytest.fixture
-async def client(emu: RunningEmulator) -> AsyncIterator[SpritesClient]:
-    async with SpritesClient(emu.token, base_url=emu.url) as c:
-        yield c
-
-
-@pytest.fixture
-def checkpoints(client: SpritesClient) -> CheckpointsResource:
-    return CheckpointsResource(client.sprite("box"))
-
-
-@pytest.fixture
-def fs(client: SpritesClient) -> SpriteFS:
-    return SpriteFS(client.sprite("box"))
+def fs(emu_client: SpritesClient) -> SpriteFS:
+    return SpriteFS(emu_client.sprite("box"))
 
 
 async def test_checkpoint_change_restore_brings_files_back(
@@ -151,8 +134,8 @@ async def test_guard_restores_on_error_and_reraises(
     assert await (fs / "state.txt").read_text() == "changed"  # nothing restored on success
 
 
-async def test_missing_sprite(client: SpritesClient) -> None:
-    ghost = CheckpointsResource(client.sprite("ghost"))
+async def test_missing_sprite(emu_client: SpritesClient) -> None:
+    ghost = CheckpointsResource(emu_client.sprite("ghost"))
     for call in (ghost.list(), ghost.get("v1"), ghost.create(), ghost.restore("v1")):
         with pytest.raises(NotFoundError) as caught:
             await call

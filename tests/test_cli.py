@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sprites_async._cli import EXIT_API, EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, main
 from sprites_async.emulator import Emulator
-
-
-@pytest.fixture
-def emu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Emulator]:
-    """A threaded emulator, with the environment pointing at it and a clean cwd."""
-    with Emulator(exit_linger=0.0) as emulator:
-        monkeypatch.setenv("SPRITES_API_URL", emulator.url)
-        monkeypatch.setenv("SPRITES_TOKEN", emulator.token)
-        monkeypatch.delenv("SPRITE_TOKEN", raising=False)
-        monkeypatch.chdir(tmp_path)
-        yield emulator
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -60,7 +48,7 @@ def test_embedded_emulator_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     assert "throw-away local emulator" in err
 
 
-def test_manage_sprites(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+def test_manage_sprites(cli_emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "create", "web-1", "--label", "web")[0] == EXIT_OK
     assert run(capsys, "create", "db-1")[0] == EXIT_OK
     code, _, err = run(capsys, "create", "db-1")
@@ -92,11 +80,11 @@ def test_manage_sprites(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> No
     assert code == EXIT_OK and out.split("\n")[:2] == ["destroyed web-1", "destroyed db-1"]
     assert run(capsys, "destroy", "web-1", "--yes")[0] == EXIT_API
     assert run(capsys, "destroy", "web-1", "--yes", "--missing-ok")[0] == EXIT_OK
-    assert not emu.state.sprites
+    assert not cli_emu.state.sprites
 
 
 def test_sprite_file_and_sprite_option(
-    emu: Emulator,
+    cli_emu: Emulator,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -120,7 +108,7 @@ def test_sprite_file_and_sprite_option(
 
 
 def test_exec_streams_and_exits_with_command_status(
-    emu: Emulator, capsys: pytest.CaptureFixture[str]
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, "create", "box")[0] == EXIT_OK
     code, out, err = run(capsys, "exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
@@ -138,7 +126,7 @@ def test_exec_streams_and_exits_with_command_status(
 
 
 def test_checkpoint_and_fs(
-    emu: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert run(capsys, "create", "cp")[0] == EXIT_OK
     local = tmp_path / "hello.txt"
@@ -181,7 +169,7 @@ def steps(report: dict[str, object]) -> dict[str, dict[str, object]]:
     return {s["name"]: s for s in report["steps"]}  # type: ignore[attr-defined,index]
 
 
-def test_doctor_all_good(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_all_good(cli_emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "create", "fine")[0] == EXIT_OK
     code, report = doctor(capsys, "fine")
     assert code == EXIT_OK and report["diagnosis"] == "ok"
@@ -191,13 +179,13 @@ def test_doctor_all_good(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> N
     assert by_name["organisation"]["status"] == "ok"
     assert all(isinstance(s["ms"], float) for s in by_name.values() if s["status"] != "skip")
     # Never the token, only its organisation.
-    assert emu.token.rsplit("/", 1)[1] not in json.dumps(report)
+    assert cli_emu.token.rsplit("/", 1)[1] not in json.dumps(report)
     code, out, _ = run(capsys, "doctor", "fine")
     assert code == EXIT_OK and "Everything checked works" in out
 
 
 def test_doctor_wrong_token(
-    emu: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SPRITES_TOKEN", "local/0/emulator/not-the-right-secret")
     code, report = doctor(capsys)
@@ -208,7 +196,7 @@ def test_doctor_wrong_token(
 
 
 def test_doctor_malformed_token_warns(
-    emu: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SPRITES_TOKEN", "just-one-part")
     _, report = doctor(capsys)
@@ -216,7 +204,7 @@ def test_doctor_malformed_token_warns(
     assert report["diagnosis"] == "bad_token"
 
 
-def test_doctor_missing_sprite(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_missing_sprite(cli_emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     code, report = doctor(capsys, "no-such-sprite")
     assert code == EXIT_API and report["diagnosis"] == "sprite_missing"
     assert steps(report)["sprite"]["http_status"] == 404
@@ -224,10 +212,10 @@ def test_doctor_missing_sprite(emu: Emulator, capsys: pytest.CaptureFixture[str]
     assert "no-such-sprite" in str(report["message"])
 
 
-def test_doctor_service_error(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
-    emu.faults.error_status = 503
-    emu.faults.error_count = 1
-    emu.faults.error_path = r"^/v1/sprites$"
+def test_doctor_service_error(cli_emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_emu.faults.error_status = 503
+    cli_emu.faults.error_count = 1
+    cli_emu.faults.error_path = r"^/v1/sprites$"
     code, report = doctor(capsys)
     assert code == EXIT_API and report["diagnosis"] == "service_error"
     auth = steps(report)["API + authentication"]
@@ -264,7 +252,7 @@ def test_doctor_unreachable(
     assert code == EXIT_CONNECTION and report["diagnosis"] == "dns"
 
 
-def test_services(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+def test_services(cli_emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "create", "svc")[0] == EXIT_OK
     code, out, err = run(capsys, "-s", "svc", "services", "list", "--json")
     if code == EXIT_API and "404" in err:
@@ -287,7 +275,7 @@ def test_services(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == EXIT_API
 
 
-def test_fleet_exec_and_destroy(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fleet_exec_and_destroy(cli_emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("job-a", "job-b", "job-c", "other"):
         assert run(capsys, "create", name, "--label", "ci" if name != "job-c" else "x")[0] == 0
     code, out, err = run(capsys, "fleet", "exec", "--prefix", "job-", "--", "echo", "hello")
@@ -312,11 +300,11 @@ def test_fleet_exec_and_destroy(emu: Emulator, capsys: pytest.CaptureFixture[str
     assert code == EXIT_OK and sorted(out.split()) == sorted(
         ["destroyed", "job-a", "destroyed", "job-b", "destroyed", "other"]
     )
-    assert sorted(emu.state.sprites) == ["job-c"]
+    assert sorted(cli_emu.state.sprites) == ["job-c"]
 
 
 def test_doctor_and_get_agree_on_the_organisation(
-    emu: Emulator, capsys: pytest.CaptureFixture[str]
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, "create", "org-check")[0] == EXIT_OK
     _, out, _ = run(capsys, "get", "org-check", "--json")
@@ -340,7 +328,9 @@ def test_doctor_warns_when_the_token_names_another_organisation(
     assert "'someone-else'" in str(org["detail"]) and "local-org" in str(org["detail"])
 
 
-def test_fleet_exec_shows_non_zero_exits(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fleet_exec_shows_non_zero_exits(
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name in ("nz-a", "nz-b"):
         assert run(capsys, "create", name)[0] == EXIT_OK
     script = "[ -e /home/sprite/.a ] && exit 0; exit 3"
@@ -359,7 +349,7 @@ def test_fleet_exec_shows_non_zero_exits(emu: Emulator, capsys: pytest.CaptureFi
 
 
 def test_checkpoint_create_prints_our_own_advice(
-    emu: Emulator, capsys: pytest.CaptureFixture[str]
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, "create", "cp-advice")[0] == EXIT_OK
     code, out, err = run(capsys, "checkpoint", "create", "-s", "cp-advice")
@@ -374,7 +364,7 @@ def test_checkpoint_create_prints_our_own_advice(
 
 
 def test_options_may_follow_the_sprite_name(
-    emu: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert run(capsys, "create", "order")[0] == EXIT_OK
     for argv in (
@@ -393,7 +383,7 @@ def test_options_may_follow_the_sprite_name(
 
 
 def test_subcommands_take_the_sprite_name_first(
-    emu: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert run(capsys, "create", "named")[0] == EXIT_OK
     (tmp_path / "n.txt").write_text("n\n")
@@ -417,7 +407,7 @@ def test_subcommands_take_the_sprite_name_first(
 
 
 def test_services_create_in_the_shape_of_its_help(
-    emu: Emulator, capsys: pytest.CaptureFixture[str]
+    cli_emu: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, "create", "svc")[0] == EXIT_OK
     argv = ("services", "create", "-s", "svc", "web", "--http-port", "8768", "sleep", "600")

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,16 +79,11 @@ def test_the_example_parser() -> None:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Emulator]:
+def world(cli_emu: Emulator, tmp_path: Path) -> Emulator:
     """The emulator and folder every example assumes."""
-    with Emulator(exit_linger=0.0) as emulator:
-        monkeypatch.setenv("SPRITES_API_URL", emulator.url)
-        monkeypatch.setenv("SPRITES_TOKEN", emulator.token)
-        monkeypatch.delenv("SPRITE_TOKEN", raising=False)
-        monkeypatch.chdir(tmp_path)
-        (tmp_path / "notes.txt").write_text("notes\n")
-        asyncio.run(_populate(emulator))
-        yield emulator
+    (tmp_path / "notes.txt").write_text("notes\n")
+    asyncio.run(_populate(cli_emu))
+    return cli_emu
 
 
 async def _populate(emulator: Emulator) -> None:

@@ -20,7 +20,7 @@ from sprites_async import (
     SpritesTimeoutError,
     Timeouts,
 )
-from tests.conftest import BASE, TOKEN, requests_to, sprite_json, url
+from tests._mock import BASE, TOKEN, requests_to, sprite_json, url
 
 # ------------------------------------------------------------------ configuration
 

@@ -19,7 +19,7 @@ from sprites_async._client import SpritesClient as FacadeClient
 from sprites_async._control import forget_sprite, pool_for
 from sprites_async._proxy import tunnels_for
 from sprites_async._session import BaseClient
-from tests.conftest import BASE, TOKEN, sprite_json, url
+from tests._mock import BASE, TOKEN, sprite_json, url
 
 
 def test_the_facade_is_the_base_client_plus_resources() -> None:

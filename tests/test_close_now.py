@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from sprites_async import SpritesClient
 from sprites_async._config import ExecSettings
 from sprites_async._control import close_now
-from tests.conftest import TOKEN
+from tests._mock import TOKEN
 
 
 class DeafServer:

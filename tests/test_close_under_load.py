@@ -20,9 +20,6 @@ from aiohttp.test_utils import TestServer
 
 from sprites_async import SpritesClient, SpritesError
 from sprites_async._config import ExecSettings
-from tests.test_exec_helpers import emu
-
-__all__ = ["emu"]
 
 SETTINGS = ExecSettings(kill_grace=0.5, kill_wait=1.0, exit_grace=0.5, close_timeout=0.5)
 
@@ -239,15 +236,15 @@ ORDERS = ["close, then cancel", "cancel while closing"]
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("op", EMULATED, ids=lambda op: op.__name__)
 async def test_closing_the_client_under_a_live_operation(
-    emu: Any, echo_port: int, op: Op, order: str
+    exec_emu: Any, echo_port: int, op: Op, order: str
 ) -> None:
-    client = SpritesClient(emu.token, base_url=emu.url)
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     client.exec_settings = SETTINGS
     try:
         await close_under(op, client, echo_port, order)
     finally:
         await client.aclose()
-        await emu.state.sessions.terminate_all("box")  # what a closed client left running
+        await exec_emu.state.sessions.terminate_all("box")  # what a closed client left running
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -30,8 +30,7 @@ from sprites_async import (
 from sprites_async._config import ControlOptions, ExecSettings
 from sprites_async._control import pool_for
 from sprites_async.emulator import EmulatorConfig, create_app
-from tests.emulator.conftest import RunningEmulator, serve
-from tests.test_exec_helpers import no_leftovers
+from tests._emulator import RunningEmulator, no_leftovers, serve
 
 
 @dataclass

@@ -12,24 +12,22 @@ import pytest
 from sprites_async import SpritesClient
 from sprites_async._config import ControlOptions, ExecSettings
 from sprites_async._control import pool_for
-from tests.test_exec_helpers import emu, no_leftovers
-
-__all__ = ["emu"]
+from tests._emulator import no_leftovers
 
 SLEEP = 4.0  # long enough to dominate 200 handshakes and spawns on a busy machine
 
 
-def make_client(emu: Any, **options: Any) -> SpritesClient:
-    client = SpritesClient(emu.token, base_url=emu.url)
+def make_client(exec_emu: Any, **options: Any) -> SpritesClient:
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)
     client.control = ControlOptions(**options)
     return client
 
 
 async def test_200_concurrent_commands_run_as_one_batch(
-    emu: Any, caplog: pytest.LogCaptureFixture
+    exec_emu: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = make_client(emu)
+    client = make_client(exec_emu)
     sprite = client.sprite("box")
     started = time.monotonic()
     assert (await sprite.exec("sleep", str(SLEEP))).exit_code == 0
@@ -46,14 +44,14 @@ async def test_200_concurrent_commands_run_as_one_batch(
     assert elapsed < 1.8 * single, (elapsed, single)
     assert pool_for(client).stats("box")["open"] <= 100
     assert any("uses a direct socket" in r.getMessage() for r in caplog.records)
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
 async def test_waiting_for_a_pooled_socket_is_logged(
-    emu: Any, caplog: pytest.LogCaptureFixture
+    exec_emu: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="sprites_async")
-    client = make_client(emu, max_per_sprite=1, when_full="wait")
+    client = make_client(exec_emu, max_per_sprite=1, when_full="wait")
     sprite = client.sprite("box")
     first = asyncio.ensure_future(sprite.exec("sleep", "0.5"))
     await asyncio.sleep(0.2)
@@ -62,4 +60,4 @@ async def test_waiting_for_a_pooled_socket_is_logged(
     assert (await first).exit_code == 0
     assert any("waiting for one" in r.getMessage() for r in caplog.records)
     assert pool_for(client).dials == 1
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)

@@ -19,23 +19,22 @@ from sprites_async import (
 )
 from sprites_async._config import ControlOptions, ExecSettings
 from sprites_async._control import pool_for
-from tests.test_exec_helpers import Conn, FakeSprites, emu, fake, no_leftovers, our_tasks
+from tests._emulator import no_leftovers
+from tests._fakes import Conn, FakeSprites, ndjson_response, our_tasks
 
-__all__ = ["emu", "fake"]
 
-
-def make_client(emu: Any, **options: Any) -> SpritesClient:
-    client = SpritesClient(emu.token, base_url=emu.url)
+def make_client(exec_emu: Any, **options: Any) -> SpritesClient:
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)
     client.control = ControlOptions(**options)
     return client
 
 
 @pytest.fixture
-async def client(emu: Any) -> AsyncIterator[SpritesClient]:
-    c = make_client(emu)
+async def client(exec_emu: Any) -> AsyncIterator[SpritesClient]:
+    c = make_client(exec_emu)
     yield c
-    await no_leftovers(emu, c)
+    await no_leftovers(exec_emu, c)
 
 
 # ------------------------------------------------------------- against the emulator
@@ -52,9 +51,9 @@ async def test_sequential_execs_reuse_one_socket(client: SpritesClient) -> None:
     assert pool.supported("box") is True
 
 
-async def test_404_falls_back_to_direct_and_is_remembered(emu: Any) -> None:
-    emu.state.faults.control_404 = True
-    client = make_client(emu)
+async def test_404_falls_back_to_direct_and_is_remembered(exec_emu: Any) -> None:
+    exec_emu.state.faults.control_404 = True
+    client = make_client(exec_emu)
     sprite = client.sprite("box")
     assert (await sprite.exec("sh", "-c", "exit 7")).exit_code == 7
     pool = pool_for(client)
@@ -63,28 +62,28 @@ async def test_404_falls_back_to_direct_and_is_remembered(emu: Any) -> None:
     assert pool.dials == 0
     assert pool.stats("box")["open"] == 0
     pool.forget("box")  # e.g. after an upgrade: probe again
-    emu.state.faults.control_404 = False
+    exec_emu.state.faults.control_404 = False
     assert (await sprite.exec("true")).exit_code == 0
     assert pool.dials == 1
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
 async def test_exit_code_from_op_complete_when_the_stream_has_none(
-    client: SpritesClient, emu: Any
+    client: SpritesClient, exec_emu: Any
 ) -> None:
-    emu.state.faults.suppress_exit = True
+    exec_emu.state.faults.suppress_exit = True
     result = await client.sprite("box").exec("sh", "-c", "echo hi; exit 6")
     assert (result.exit_code, result.stdout) == (6, b"hi\n")
 
 
-async def test_100_dropped_control_sockets_in_a_row(client: SpritesClient, emu: Any) -> None:
+async def test_100_dropped_control_sockets_in_a_row(client: SpritesClient, exec_emu: Any) -> None:
     sprite = client.sprite("box")
-    emu.state.faults.drop_ws_after_frames = 2  # op.ack, session_info, then the TCP drop
+    exec_emu.state.faults.drop_ws_after_frames = 2  # op.ack, session_info, then the TCP drop
     for _ in range(100):
         with pytest.raises(ExitStatusUnknownError) as info:
             await sprite.exec("true")
         assert info.value.session_id is not None  # it started: never re-sent
-    emu.state.faults.drop_ws_after_frames = None
+    exec_emu.state.faults.drop_ws_after_frames = None
     pool = pool_for(client)
     assert pool.stats("box") == {"open": 0, "idle": 0, "waiting": 0}
     results = [await sprite.exec("echo", str(i)) for i in range(5)]
@@ -111,8 +110,8 @@ async def test_200_concurrent_execs_on_one_sprite(client: SpritesClient) -> None
     assert stats["waiting"] == 0
 
 
-async def test_limits_are_respected(emu: Any) -> None:
-    client = make_client(emu, max_per_sprite=3, when_full="wait")
+async def test_limits_are_respected(exec_emu: Any) -> None:
+    client = make_client(exec_emu, max_per_sprite=3, when_full="wait")
     sprite = client.sprite("box")
     pool = pool_for(client)
     peak = 0
@@ -126,11 +125,11 @@ async def test_limits_are_respected(emu: Any) -> None:
     assert outs == [f"{i}\n".encode() for i in range(12)]
     assert pool.dials == 3
     assert peak <= 3
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
-async def test_cancelled_waiter_leaves_the_pool_consistent(emu: Any) -> None:
-    client = make_client(emu, max_per_sprite=1, when_full="wait")
+async def test_cancelled_waiter_leaves_the_pool_consistent(exec_emu: Any) -> None:
+    client = make_client(exec_emu, max_per_sprite=1, when_full="wait")
     sprite = client.sprite("box")
     pool = pool_for(client)
     first = asyncio.ensure_future(sprite.exec("sleep", "0.4"))
@@ -145,11 +144,11 @@ async def test_cancelled_waiter_leaves_the_pool_consistent(emu: Any) -> None:
     assert (await first).exit_code == 0
     assert (await sprite.exec("echo", "next")).stdout == b"next\n"
     assert pool.dials == 1
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
-async def test_hand_off_races_with_cancellation(emu: Any) -> None:
-    client = make_client(emu, max_per_sprite=2, when_full="wait")
+async def test_hand_off_races_with_cancellation(exec_emu: Any) -> None:
+    client = make_client(exec_emu, max_per_sprite=2, when_full="wait")
     sprite = client.sprite("box")
     tasks = [asyncio.ensure_future(sprite.exec("sh", "-c", "sleep 0.02")) for _ in range(30)]
     for i, task in enumerate(tasks):
@@ -162,28 +161,28 @@ async def test_hand_off_races_with_cancellation(emu: Any) -> None:
     stats = pool_for(client).stats("box")
     assert stats["open"] <= 2
     assert stats["waiting"] == 0
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
-async def test_idle_sockets_are_closed_after_a_while(emu: Any) -> None:
-    client = make_client(emu, idle_timeout=0.2)
+async def test_idle_sockets_are_closed_after_a_while(exec_emu: Any) -> None:
+    client = make_client(exec_emu, idle_timeout=0.2)
     sprite = client.sprite("box")
     await sprite.exec("true")
     pool = pool_for(client)
     assert pool.stats("box")["idle"] == 1
     await asyncio.sleep(0.5)
     assert pool.stats("box") == {"open": 0, "idle": 0, "waiting": 0}
-    assert not emu.state.sessions.sockets  # closed on the server side too
+    assert not exec_emu.state.sessions.sockets  # closed on the server side too
     await sprite.exec("true")
     assert pool.dials == 2
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
-async def test_idle_socket_closed_by_the_server_is_pruned(emu: Any) -> None:
-    client = make_client(emu)
+async def test_idle_socket_closed_by_the_server_is_pruned(exec_emu: Any) -> None:
+    client = make_client(exec_emu)
     sprite = client.sprite("box")
     await sprite.exec("true")
-    for ws in list(emu.state.sessions.sockets):
+    for ws in list(exec_emu.state.sessions.sockets):
         await ws.close()
     for _ in range(100):
         if pool_for(client).stats("box")["open"] == 0:
@@ -191,19 +190,19 @@ async def test_idle_socket_closed_by_the_server_is_pruned(emu: Any) -> None:
         await asyncio.sleep(0.01)
     assert pool_for(client).stats("box")["open"] == 0
     assert (await sprite.exec("echo", "ok")).stdout == b"ok\n"
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
-async def test_drain_above_max_idle(emu: Any) -> None:
-    client = make_client(emu, max_idle=4, drain_to=2)
+async def test_drain_above_max_idle(exec_emu: Any) -> None:
+    client = make_client(exec_emu, max_idle=4, drain_to=2)
     sprite = client.sprite("box")
     await asyncio.gather(*(sprite.exec("sleep", "0.1") for _ in range(8)))
     assert pool_for(client).stats("box")["idle"] <= 4
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
-async def test_client_close_closes_the_pool(emu: Any) -> None:
-    client = make_client(emu)
+async def test_client_close_closes_the_pool(exec_emu: Any) -> None:
+    client = make_client(exec_emu)
     await asyncio.gather(*(client.sprite("box").exec("true") for _ in range(5)))
     pool = pool_for(client)
     assert pool.stats()["idle"] >= 1
@@ -211,18 +210,18 @@ async def test_client_close_closes_the_pool(emu: Any) -> None:
     assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
     assert our_tasks() == []
     for _ in range(100):
-        if not emu.state.sessions.sockets:
+        if not exec_emu.state.sessions.sockets:
             break
         await asyncio.sleep(0.01)
-    assert not emu.state.sessions.sockets
+    assert not exec_emu.state.sessions.sockets
 
 
-async def test_control_can_be_switched_off(emu: Any) -> None:
-    client = SpritesClient(emu.token, base_url=emu.url)
+async def test_control_can_be_switched_off(exec_emu: Any) -> None:
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     client.control = False
     await client.sprite("box").exec("true")
     assert pool_for(client).dials == 0
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
 # ------------------------------------------------------- against a scripted server
@@ -372,7 +371,6 @@ async def test_timeout_over_control_uses_the_kill_endpoint(fake: FakeSprites) ->
         await conn.client_closed(timeout=10)
 
     async def kill(request: Any) -> Any:
-        from tests.test_exec_helpers import ndjson_response
 
         conn = conns[0]
         await conn.exit_text(143)
@@ -429,9 +427,9 @@ async def test_sprite_not_found_on_control_is_not_cached(fake: FakeSprites) -> N
         assert pool_for(client).supported("nobox") is None
 
 
-async def test_per_client_limit_spans_sprites(emu: Any) -> None:
-    emu.add_sprite("box2")
-    client = make_client(emu, max_total=2, when_full="wait")
+async def test_per_client_limit_spans_sprites(exec_emu: Any) -> None:
+    exec_emu.add_sprite("box2")
+    client = make_client(exec_emu, max_total=2, when_full="wait")
     pool = pool_for(client)
     peak = 0
 
@@ -444,15 +442,15 @@ async def test_per_client_limit_spans_sprites(emu: Any) -> None:
     assert outs == [f"{i}\n".encode() for i in range(10)]
     assert peak <= 2
     assert pool.stats()["open"] <= 2
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
-async def test_idle_sockets_of_one_sprite_do_not_starve_another(emu: Any) -> None:
-    emu.add_sprite("box2")
-    client = make_client(emu, max_total=1)
+async def test_idle_sockets_of_one_sprite_do_not_starve_another(exec_emu: Any) -> None:
+    exec_emu.add_sprite("box2")
+    client = make_client(exec_emu, max_total=1)
     assert (await client.sprite("box").exec("true")).exit_code == 0
     assert pool_for(client).stats("box")["idle"] == 1
     result = await asyncio.wait_for(client.sprite("box2").exec("echo", "two"), 5)
     assert result.stdout == b"two\n"
     assert pool_for(client).stats() == {"open": 1, "idle": 1, "waiting": 0}
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)

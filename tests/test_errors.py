@@ -23,7 +23,7 @@ from sprites_async import (
     SpritesError,
 )
 from sprites_async._errors import api_error_from_response, parse_retry_after
-from tests.conftest import BASE, TOKEN, url
+from tests._mock import BASE, TOKEN, url
 
 IDS = {"x-request-id": "GJAMQrLtHGwLIw4ACAHD", "fly-request-id": "01KGBZ03GK6SSX0FZ800JFFXWY-dfw"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -10,33 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from sprites_async.emulator import Emulator
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def env_without_token() -> dict[str, str]:
-    env = dict(os.environ)
-    for var in ("SPRITES_TOKEN", "SPRITE_TOKEN", "SPRITES_API_URL"):
-        env.pop(var, None)
-    return env
-
-
-def run_example(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
-        capture_output=True,
-        text=True,
-        env=env_without_token(),
-        cwd=EXAMPLES.parent,
-        timeout=timeout,
-        check=False,
-    )
-    return done
+from tests._examples import EXAMPLES, env_without_token, run_example
 
 
 def test_fleet_example() -> None:

@@ -9,7 +9,6 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -18,8 +17,7 @@ import pytest
 
 from sprites_async import Sprite, SpritesClient
 from sprites_async.emulator import Emulator
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from tests._examples import EXAMPLES, run_example
 
 
 @pytest.fixture
@@ -291,8 +289,6 @@ async def test_agent_tool_bad_arguments_are_answered_not_run(tool: Any) -> None:
 
 
 def test_agent_tool_example_runs_as_written() -> None:
-    from tests.test_examples import run_example
-
     done = run_example("agent_tool.py")
     assert done.returncode == 0, done.stderr
     answers = done.stdout.split("--- model: ")[1:]

@@ -12,9 +12,8 @@ import pytest
 from sprites_async import SpritesClient
 from sprites_async._config import ExecSettings
 from sprites_async._exec import DEFAULT_MAX_OUTPUT, OutputEvent, _Kept
-from tests.test_exec_helpers import Conn, FakeSprites, emu, fake, no_leftovers
-
-__all__ = ["emu", "fake"]
+from tests._emulator import no_leftovers
+from tests._fakes import Conn, FakeSprites
 
 BUFFER = 256 * 1024
 FLOOD = 8_000_000  # ~30 times the buffer, far beyond what loopback sockets hold
@@ -22,11 +21,11 @@ SETTINGS = ExecSettings(kill_grace=1.0, kill_wait=2.0, exit_grace=1.0, buffer_si
 
 
 @pytest.fixture
-async def sprite(emu: Any) -> AsyncIterator[Any]:
-    client = SpritesClient(emu.token, base_url=emu.url)
+async def sprite(exec_emu: Any) -> AsyncIterator[Any]:
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     client.exec_settings = SETTINGS
     yield client.sprite("box")
-    await no_leftovers(emu, client)  # the sandbox process is gone, no task or socket left
+    await no_leftovers(exec_emu, client)  # the sandbox process is gone, no task or socket left
 
 
 def flood(stream: int) -> str:

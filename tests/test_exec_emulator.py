@@ -19,20 +19,18 @@ from sprites_async import (
 )
 from sprites_async._config import ExecSettings
 from sprites_async._exec import OutputEvent, PortEvent
-from tests.test_exec_helpers import emu, no_leftovers
-
-__all__ = ["emu"]
+from tests._emulator import no_leftovers
 
 SETTINGS = ExecSettings(kill_grace=1.0, kill_wait=2.0, exit_grace=1.0)
 
 
 @pytest.fixture(params=["control", "direct"])
-async def sprite(request: pytest.FixtureRequest, emu: Any) -> AsyncIterator[Any]:
-    client = SpritesClient(emu.token, base_url=emu.url)
+async def sprite(request: pytest.FixtureRequest, exec_emu: Any) -> AsyncIterator[Any]:
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     client.exec_settings = SETTINGS
     client.control = request.param == "control"
     yield client.sprite("box")
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
 @pytest.mark.parametrize("code", [0, 1, 7, 255])
@@ -42,8 +40,8 @@ async def test_exit_codes(sprite: Any, code: int) -> None:
     assert result.ok is (code == 0)
 
 
-async def test_exit_is_fast_despite_the_server_linger(sprite: Any, emu: Any) -> None:
-    emu.state.config.exit_linger = 60.0
+async def test_exit_is_fast_despite_the_server_linger(sprite: Any, exec_emu: Any) -> None:
+    exec_emu.state.config.exit_linger = 60.0
     start = time.monotonic()
     for _ in range(3):
         assert (await sprite.exec("true")).exit_code == 0
@@ -110,8 +108,8 @@ async def test_tty_resize(sprite: Any) -> None:
 
 
 @pytest.mark.parametrize("capability", [True, False])
-async def test_signals(sprite: Any, emu: Any, capability: bool) -> None:
-    emu.state.config.signal_capability = capability
+async def test_signals(sprite: Any, exec_emu: Any, capability: bool) -> None:
+    exec_emu.state.config.signal_capability = capability
     script = 'trap "echo trapped; exit 3" TERM; echo ready; while :; do sleep 0.05; done'
     async with sprite.process("sh", "-c", script) as proc:
         assert await proc.stdout.__anext__() == b"ready\n"
@@ -200,11 +198,11 @@ async def test_cancellation_kills_the_remote_process(sprite: Any) -> None:
     assert await sprite.sessions.list() == []
 
 
-async def test_dropped_socket_is_exit_status_unknown(sprite: Any, emu: Any) -> None:
-    emu.state.faults.drop_ws_after_frames = 3
+async def test_dropped_socket_is_exit_status_unknown(sprite: Any, exec_emu: Any) -> None:
+    exec_emu.state.faults.drop_ws_after_frames = 3
     with pytest.raises(ExitStatusUnknownError) as info:
         await sprite.exec("sh", "-c", "echo a; sleep 0.2; echo b; sleep 0.2; echo c")
-    emu.state.faults.drop_ws_after_frames = None
+    exec_emu.state.faults.drop_ws_after_frames = None
     assert info.value.session_id is not None
     for session in await sprite.sessions.list():  # detached: ends within its grace period
         await sprite.sessions.kill(session.id, timeout=1)
@@ -247,7 +245,7 @@ async def test_http_exec(sprite: Any) -> None:
     assert (result.exit_code, result.stdout, result.stderr) == (6, b"in\n", b"err\n")
 
 
-async def test_missing_sprite(emu: Any) -> None:
-    async with SpritesClient(emu.token, base_url=emu.url) as client:
+async def test_missing_sprite(exec_emu: Any) -> None:
+    async with SpritesClient(exec_emu.token, base_url=exec_emu.url) as client:
         with pytest.raises(NotFoundError):
             await client.sprite("nosuch").exec("true")

@@ -18,9 +18,7 @@ from sprites_async import (
     SpritesClient,
 )
 from sprites_async._exec import ExitEvent, OutputEvent, PortEvent, SessionInfoEvent
-from tests.test_exec_helpers import Conn, FakeSprites, fake, ndjson_response, our_tasks
-
-__all__ = ["fake"]
+from tests._fakes import Conn, FakeSprites, ndjson_response, our_tasks
 
 
 def box(client: SpritesClient) -> Any:

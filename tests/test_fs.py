@@ -22,27 +22,12 @@ from sprites_async._fs import (
     SpriteNotADirectoryError,
     SpritePath,
 )
-from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator
 
 
 @pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
-    config = EmulatorConfig(token="test-org/1/tok/secret", state_dir=tmp_path / "state")
-    async with serve(config) as running:
-        running.add_sprite("box")
-        yield running
-
-
-@pytest.fixture
-async def client(emu: RunningEmulator) -> AsyncIterator[SpritesClient]:
-    async with SpritesClient(emu.token, base_url=emu.url) as c:
-        yield c
-
-
-@pytest.fixture
-def fs(client: SpritesClient) -> SpriteFS:
-    return SpriteFS(client.sprite("box"))
+def fs(emu_client: SpritesClient) -> SpriteFS:
+    return SpriteFS(emu_client.sprite("box"))
 
 
 def host(emu: RunningEmulator, path: str) -> Path:
@@ -53,8 +38,8 @@ def host(emu: RunningEmulator, path: str) -> Path:
 # ---------------------------------------------------------------- pure paths
 
 
-def test_paths_join_and_normalise(client: SpritesClient) -> None:
-    fs = SpriteFS(client.sprite("box"), root="/home/sprite/")
+def test_paths_join_and_normalise(emu_client: SpritesClient) -> None:
+    fs = SpriteFS(emu_client.sprite("box"), root="/home/sprite/")
     assert fs.root == "/home/sprite"
     p = fs / "data" / "x.json"
     assert str(p) == "/home/sprite/data/x.json"
@@ -70,17 +55,17 @@ def test_paths_join_and_normalise(client: SpritesClient) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "a\x00b"])
-def test_bad_paths_are_refused_before_the_network(client: SpritesClient, bad: str) -> None:
-    fs = SpriteFS(client.sprite("box"))
+def test_bad_paths_are_refused_before_the_network(emu_client: SpritesClient, bad: str) -> None:
+    fs = SpriteFS(emu_client.sprite("box"))
     with pytest.raises(ValueError, match="path"):
         fs / bad
     with pytest.raises(TypeError):
         fs / b"bytes"  # type: ignore[operator]
 
 
-def test_root_must_be_absolute(client: SpritesClient) -> None:
+def test_root_must_be_absolute(emu_client: SpritesClient) -> None:
     with pytest.raises(ValueError, match="absolute"):
-        SpriteFS(client.sprite("box"), root="relative")
+        SpriteFS(emu_client.sprite("box"), root="relative")
 
 
 # ------------------------------------------------------------- read / write
@@ -356,8 +341,8 @@ async def test_read_errors_are_typed(fs: SpriteFS) -> None:
     )
 
 
-async def test_missing_sprite_is_not_a_missing_file(client: SpritesClient) -> None:
-    fs = SpriteFS(client.sprite("ghost"))
+async def test_missing_sprite_is_not_a_missing_file(emu_client: SpritesClient) -> None:
+    fs = SpriteFS(emu_client.sprite("ghost"))
     with pytest.raises(NotFoundError) as caught:
         await (fs / "a.txt").read_bytes()
     assert not isinstance(caught.value, (FileNotFoundError, SpriteFSError))

@@ -10,27 +10,17 @@ from __future__ import annotations
 import hashlib
 import os
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sprites_async import SpritesClient
 from sprites_async._fs import SpriteFS
-from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator
 
 SIZE = 200 * 1024 * 1024
 BLOCK = 1024 * 1024
 PEAK_LIMIT = 16 * 1024 * 1024  # measured: about 5 MiB up, 3.5 MiB down
-
-
-@pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
-    config = EmulatorConfig(token="test-org/1/tok/secret", state_dir=tmp_path / "state")
-    async with serve(config) as running:
-        running.add_sprite("box")
-        yield running
 
 
 def make_file(path: Path) -> str:

@@ -20,7 +20,7 @@ from sprites_async import _frames as frames
 from sprites_async._exec import _decode_kill
 from sprites_async._models import decode_page, decode_sprite
 from sprites_async.fleet import cleanup
-from tests.conftest import BASE, requests_to, sprite_json, url
+from tests._mock import BASE, requests_to, sprite_json, url
 
 SPRITE = "/v1/sprites/box"
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sprites_async import NotFoundError, SpritesClient, StreamError
 from sprites_async._streams import NOT_FINAL, NDJSONDecoder, NDJSONStream, NotFinal
-from tests.conftest import TOKEN
+from tests._mock import TOKEN
 
 
 class Progress(msgspec.Struct, tag="progress", tag_field="type"):

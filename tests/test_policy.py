@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,23 +25,7 @@ from sprites_async._policy import (
     validate_rule,
     validate_rules,
 )
-from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
-
-
-@pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
-    config = EmulatorConfig(token="test-org/1/tok/secret", state_dir=tmp_path / "state")
-    async with serve(config) as running:
-        running.add_sprite("box")
-        yield running
-
-
-@pytest.fixture
-async def client(emu: RunningEmulator) -> AsyncIterator[SpritesClient]:
-    async with SpritesClient(emu.token, base_url=emu.url) as c:
-        yield c
-
+from tests._emulator import RunningEmulator
 
 # ---------------------------------------------------------------- validation
 
@@ -103,8 +86,8 @@ def test_rule_collections() -> None:
 # ----------------------------------------------------------------- emulator
 
 
-async def test_get_set_round_trip(client: SpritesClient, emu: RunningEmulator) -> None:
-    policy = PolicyResource(client.sprite("box"))
+async def test_get_set_round_trip(emu_client: SpritesClient, emu: RunningEmulator) -> None:
+    policy = PolicyResource(emu_client.sprite("box"))
     assert await policy.get() == NetworkPolicy(rules=[])
     rules = [
         IncludeRule(),
@@ -121,15 +104,15 @@ async def test_get_set_round_trip(client: SpritesClient, emu: RunningEmulator) -
     assert (await policy.get()).rules == []
 
 
-async def test_invalid_rules_never_reach_the_server(client: SpritesClient) -> None:
-    policy = PolicyResource(client.sprite("box"))
+async def test_invalid_rules_never_reach_the_server(emu_client: SpritesClient) -> None:
+    policy = PolicyResource(emu_client.sprite("box"))
     with pytest.raises(ValueError, match="invalid domain pattern"):
         await policy.set([DomainRule("not a domain", "allow")])
     assert (await policy.get()).rules == []
 
 
-async def test_missing_sprite(client: SpritesClient) -> None:
-    policy = PolicyResource(client.sprite("ghost"))
+async def test_missing_sprite(emu_client: SpritesClient) -> None:
+    policy = PolicyResource(emu_client.sprite("ghost"))
     with pytest.raises(NotFoundError):
         await policy.get()
 
@@ -138,7 +121,7 @@ async def test_missing_sprite(client: SpritesClient) -> None:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[tuple[PolicyResource, dict[str, Any]]]:
+async def policy_fake() -> AsyncIterator[tuple[PolicyResource, dict[str, Any]]]:
     seen: dict[str, Any] = {"status": 204, "get": {"rules": []}}
 
     async def get(request: web.Request) -> web.Response:
@@ -163,15 +146,19 @@ async def fake() -> AsyncIterator[tuple[PolicyResource, dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("status", [200, 201, 204])
-async def test_any_2xx_is_success(fake: tuple[PolicyResource, dict[str, Any]], status: int) -> None:
-    policy, seen = fake
+async def test_any_2xx_is_success(
+    policy_fake: tuple[PolicyResource, dict[str, Any]], status: int
+) -> None:
+    policy, seen = policy_fake
     seen["status"] = status
     await policy.set([IncludeRule("defaults", "allow")])
     assert seen["body"] == {"rules": [{"include": "defaults", "action": "allow"}]}
 
 
-async def test_server_refusal_is_a_bad_request(fake: tuple[PolicyResource, dict[str, Any]]) -> None:
-    policy, seen = fake
+async def test_server_refusal_is_a_bad_request(
+    policy_fake: tuple[PolicyResource, dict[str, Any]],
+) -> None:
+    policy, seen = policy_fake
     seen["status"] = 400
     with pytest.raises(BadRequestError, match="invalid policy config"):
         await policy.set([])
@@ -181,9 +168,9 @@ async def test_server_refusal_is_a_bad_request(fake: tuple[PolicyResource, dict[
 
 
 async def test_unrepresentable_rules_are_skipped_with_a_log(
-    fake: tuple[PolicyResource, dict[str, Any]], caplog: pytest.LogCaptureFixture
+    policy_fake: tuple[PolicyResource, dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    policy, seen = fake
+    policy, seen = policy_fake
     seen["get"] = {
         "rules": [
             {"include": "defaults"},

@@ -30,7 +30,7 @@ MESSAGES = [
 
 
 @pytest.fixture
-async def fake(request: pytest.FixtureRequest) -> AsyncIterator[SpritesClient]:
+async def ports_client(request: pytest.FixtureRequest) -> AsyncIterator[SpritesClient]:
     close_code: int = getattr(request, "param", 1000)
 
     async def watch(request: web.Request) -> web.StreamResponse:
@@ -53,8 +53,8 @@ async def fake(request: pytest.FixtureRequest) -> AsyncIterator[SpritesClient]:
         await server.close()
 
 
-async def test_watch_yields_typed_events(fake: SpritesClient) -> None:
-    events = [e async for e in PortsResource(fake.sprite("box")).watch()]
+async def test_watch_yields_typed_events(ports_client: SpritesClient) -> None:
+    events = [e async for e in PortsResource(ports_client.sprite("box")).watch()]
     assert events[0] == PortList(ports=[PortInfo(port=3000, address="10.0.0.2", pid=1847)])
     assert events[1] == PortOpened(port=8080, address="10.0.0.2", pid=2001)
     assert isinstance(events[2], OtherEvent) and events[2].type == "debug"
@@ -63,19 +63,19 @@ async def test_watch_yields_typed_events(fake: SpritesClient) -> None:
     assert [e.type for e in events] == ["port_list", "port_opened", "debug", "port_closed"]
 
 
-async def test_watch_as_a_context_manager_can_stop_early(fake: SpritesClient) -> None:
-    async with PortsResource(fake.sprite("box")).watch() as watch:
+async def test_watch_as_a_context_manager_can_stop_early(ports_client: SpritesClient) -> None:
+    async with PortsResource(ports_client.sprite("box")).watch() as watch:
         async for event in watch:
             assert isinstance(event, PortList)
             break
 
 
-@pytest.mark.parametrize("fake", [1011], indirect=True)
-async def test_abnormal_close_raises(fake: SpritesClient) -> None:
+@pytest.mark.parametrize("ports_client", [1011], indirect=True)
+async def test_abnormal_close_raises(ports_client: SpritesClient) -> None:
     seen: list[object] = []
 
     async def consume() -> None:
-        async for event in PortsResource(fake.sprite("box")).watch():
+        async for event in PortsResource(ports_client.sprite("box")).watch():
             seen.append(event)
 
     with pytest.raises(SpritesConnectionError, match="1011"):

@@ -10,9 +10,7 @@ import pytest
 
 from sprites_async import SpritesClient
 from sprites_async._ports import PortClosed, PortInfo, PortList, PortOpened, PortWatch
-from tests.test_exec_helpers import emu, no_leftovers
-
-__all__ = ["emu"]
+from tests._emulator import no_leftovers
 
 LISTENER = (
     "import socket,sys\n"
@@ -30,10 +28,10 @@ SERVICE = (
 
 
 @pytest.fixture
-async def client(emu: Any) -> AsyncIterator[SpritesClient]:
-    client = SpritesClient(emu.token, base_url=emu.url)
+async def client(exec_emu: Any) -> AsyncIterator[SpritesClient]:
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     yield client
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
 async def next_event(watch: PortWatch) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -21,22 +20,7 @@ from sprites_async._proxy import (
     forward,
     open_connection,
 )
-from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
-
-
-@pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
-    config = EmulatorConfig(token="test-org/1/tok/secret", state_dir=tmp_path / "state")
-    async with serve(config) as running:
-        running.add_sprite("box")
-        yield running
-
-
-@pytest.fixture
-async def client(emu: RunningEmulator) -> AsyncIterator[SpritesClient]:
-    async with SpritesClient(emu.token, base_url=emu.url) as c:
-        yield c
+from tests._emulator import RunningEmulator
 
 
 @pytest.fixture
@@ -100,8 +84,8 @@ def free_port() -> int:
         return port
 
 
-async def test_forward_carries_an_http_request(client: SpritesClient, http_target: int) -> None:
-    sprite = client.sprite("box")
+async def test_forward_carries_an_http_request(emu_client: SpritesClient, http_target: int) -> None:
+    sprite = emu_client.sprite("box")
     async with forward(sprite, http_target) as fwd:
         assert fwd.local_port > 0
         async with aiohttp.ClientSession() as http:
@@ -115,8 +99,10 @@ async def test_forward_carries_an_http_request(client: SpritesClient, http_targe
     assert fwd.active_connections == 0
 
 
-async def test_forward_many_concurrent_connections(client: SpritesClient, http_target: int) -> None:
-    async with forward(client.sprite("box"), http_target) as fwd:
+async def test_forward_many_concurrent_connections(
+    emu_client: SpritesClient, http_target: int
+) -> None:
+    async with forward(emu_client.sprite("box"), http_target) as fwd:
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
 
@@ -130,9 +116,9 @@ async def test_forward_many_concurrent_connections(client: SpritesClient, http_t
 
 
 async def test_forward_shutdown_ends_open_connections(
-    client: SpritesClient, echo_target: int
+    emu_client: SpritesClient, echo_target: int
 ) -> None:
-    fwd = await forward(client.sprite("box"), echo_target).start()
+    fwd = await forward(emu_client.sprite("box"), echo_target).start()
     conns = [await asyncio.open_connection("127.0.0.1", fwd.local_port) for _ in range(5)]
     for reader, writer in conns:
         writer.write(b"ping")
@@ -150,9 +136,9 @@ async def test_forward_shutdown_ends_open_connections(
 
 
 async def test_forward_to_nothing_resets_and_keeps_listening(
-    client: SpritesClient, http_target: int
+    emu_client: SpritesClient, http_target: int
 ) -> None:
-    async with forward(client.sprite("box"), free_port()) as fwd:
+    async with forward(emu_client.sprite("box"), free_port()) as fwd:
         reader, writer = await asyncio.open_connection("127.0.0.1", fwd.local_port)
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
             await asyncio.wait_for(reader.readexactly(1), 10)
@@ -162,9 +148,9 @@ async def test_forward_to_nothing_resets_and_keeps_listening(
 
 
 async def test_open_connection_echoes_a_large_stream(
-    client: SpritesClient, echo_target: int
+    emu_client: SpritesClient, echo_target: int
 ) -> None:
-    reader, writer = await open_connection(client.sprite("box"), echo_target)
+    reader, writer = await open_connection(emu_client.sprite("box"), echo_target)
     payload = os.urandom(4 * 1024 * 1024)
 
     async def send() -> None:
@@ -180,14 +166,14 @@ async def test_open_connection_echoes_a_large_stream(
     await writer.wait_closed()
 
 
-async def test_open_connection_to_nothing_raises(client: SpritesClient) -> None:
+async def test_open_connection_to_nothing_raises(emu_client: SpritesClient) -> None:
     with pytest.raises(ProxyTargetUnreachableError) as caught:
-        await open_connection(client.sprite("box"), free_port())
+        await open_connection(emu_client.sprite("box"), free_port())
     assert caught.value.close_code == 1011
     assert "Failed to connect" in caught.value.reason
 
 
-async def test_target_closing_ends_the_stream_cleanly(client: SpritesClient) -> None:
+async def test_target_closing_ends_the_stream_cleanly(emu_client: SpritesClient) -> None:
     async def say_bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"bye")
         await writer.drain()
@@ -196,7 +182,7 @@ async def test_target_closing_ends_the_stream_cleanly(client: SpritesClient) -> 
     server = await asyncio.start_server(say_bye, "127.0.0.1", 0)
     try:
         reader, writer = await open_connection(
-            client.sprite("box"), server.sockets[0].getsockname()[1]
+            emu_client.sprite("box"), server.sockets[0].getsockname()[1]
         )
         assert await asyncio.wait_for(reader.read(), 5) == b"bye"  # EOF, not a reset
         writer.close()
@@ -228,11 +214,11 @@ async def test_closing_the_client_ends_tunnels(emu: RunningEmulator, echo_target
     ],
 )
 async def test_arguments_are_checked_before_the_network(
-    client: SpritesClient, kwargs: dict[str, object], message: str
+    emu_client: SpritesClient, kwargs: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        await open_connection(client.sprite("box"), **kwargs)  # type: ignore[arg-type]
+        await open_connection(emu_client.sprite("box"), **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="port"):
-        forward(client.sprite("box"), 0)
+        forward(emu_client.sprite("box"), 0)
     with pytest.raises(ValueError, match="local_port"):
-        forward(client.sprite("box"), 80, local_port=-1)
+        forward(emu_client.sprite("box"), 80, local_port=-1)

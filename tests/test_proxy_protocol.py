@@ -50,7 +50,7 @@ async def echo_after_connect(ws: web.WebSocketResponse, seen: Seen) -> None:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[Fake]:
+async def proxy_fake() -> AsyncIterator[Fake]:
     seen = Seen()
     behaviour: list[Behaviour] = [echo_after_connect]
 
@@ -77,28 +77,28 @@ async def fake() -> AsyncIterator[Fake]:
         await server.close()
 
 
-async def test_init_frame_and_frames_of_at_most_32_kib(fake: Fake) -> None:
-    reader, writer = await open_connection(fake.client.sprite("box"), 5432, host="db")
-    assert fake.seen.inits == [{"host": "db", "port": 5432}]
+async def test_init_frame_and_frames_of_at_most_32_kib(proxy_fake: Fake) -> None:
+    reader, writer = await open_connection(proxy_fake.client.sprite("box"), 5432, host="db")
+    assert proxy_fake.seen.inits == [{"host": "db", "port": 5432}]
     payload = bytes(range(256)) * 4096  # 1 MiB, written in one go
     writer.write(payload)
     echoed = await asyncio.wait_for(reader.readexactly(len(payload)), 10)
     assert echoed == payload
-    assert bytes(fake.seen.received) == payload
-    assert max(fake.seen.frame_sizes) <= FRAME_SIZE
+    assert bytes(proxy_fake.seen.received) == payload
+    assert max(proxy_fake.seen.frame_sizes) <= FRAME_SIZE
     writer.close()
     await writer.wait_closed()
 
 
-async def test_forward_uses_one_websocket_per_connection(fake: Fake) -> None:
-    async with forward(fake.client.sprite("box"), 80) as fwd:
+async def test_forward_uses_one_websocket_per_connection(proxy_fake: Fake) -> None:
+    async with forward(proxy_fake.client.sprite("box"), 80) as fwd:
         for i in range(3):
             reader, writer = await asyncio.open_connection("127.0.0.1", fwd.local_port)
             writer.write(b"hi %d" % i)
             assert await asyncio.wait_for(reader.readexactly(4), 5) == b"hi %d" % i
             writer.close()
             await writer.wait_closed()
-    assert fake.seen.inits == [{"host": "localhost", "port": 80}] * 3
+    assert proxy_fake.seen.inits == [{"host": "localhost", "port": 80}] * 3
 
 
 async def close_with(code: int, reason: str) -> Behaviour:
@@ -118,11 +118,11 @@ async def close_with(code: int, reason: str) -> Behaviour:
     ],
 )
 async def test_close_codes_before_connected(
-    fake: Fake, code: int, reason: str, cls: type[ProxyError]
+    proxy_fake: Fake, code: int, reason: str, cls: type[ProxyError]
 ) -> None:
-    fake.behaviour[0] = await close_with(code, reason)
+    proxy_fake.behaviour[0] = await close_with(code, reason)
     with pytest.raises(cls) as caught:
-        await open_connection(fake.client.sprite("box"), 80)
+        await open_connection(proxy_fake.client.sprite("box"), 80)
     assert type(caught.value) is cls
     assert caught.value.close_code == code
     assert caught.value.reason == reason
@@ -130,16 +130,16 @@ async def test_close_codes_before_connected(
     assert isinstance(caught.value, ConnectionError)
 
 
-async def test_error_status_reply(fake: Fake) -> None:
+async def test_error_status_reply(proxy_fake: Fake) -> None:
     async def refuse(ws: web.WebSocketResponse, seen: Seen) -> None:
         await ws.send_str('{"status":"error","error":"dial tcp: connection refused"}')
 
-    fake.behaviour[0] = refuse
+    proxy_fake.behaviour[0] = refuse
     with pytest.raises(ProxyTargetUnreachableError, match="connection refused"):
-        await open_connection(fake.client.sprite("box"), 80)
+        await open_connection(proxy_fake.client.sprite("box"), 80)
 
 
-async def test_no_reply_times_out(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_reply_times_out(proxy_fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
     import sprites_async._proxy as proxy
 
     monkeypatch.setattr(proxy, "CONNECT_REPLY_TIMEOUT", 0.2)
@@ -147,42 +147,42 @@ async def test_no_reply_times_out(fake: Fake, monkeypatch: pytest.MonkeyPatch) -
     async def silent(ws: web.WebSocketResponse, seen: Seen) -> None:
         await ws.receive()  # until the client gives up and closes
 
-    fake.behaviour[0] = silent
+    proxy_fake.behaviour[0] = silent
     with pytest.raises(SpritesTimeoutError):
-        await open_connection(fake.client.sprite("box"), 80)
+        await open_connection(proxy_fake.client.sprite("box"), 80)
 
 
 @pytest.mark.parametrize(("code", "reason"), [(1011, "boom"), (1001, "upstream closed")])
 async def test_abnormal_close_after_connect_resets_the_local_side(
-    fake: Fake, code: int, reason: str
+    proxy_fake: Fake, code: int, reason: str
 ) -> None:
     async def send_then_break(ws: web.WebSocketResponse, seen: Seen) -> None:
         await ws.send_str('{"status":"connected","target":"x"}')
         await ws.send_bytes(b"partial")
         await ws.close(code=code, message=reason.encode())
 
-    fake.behaviour[0] = send_then_break
-    reader, writer = await open_connection(fake.client.sprite("box"), 80)
+    proxy_fake.behaviour[0] = send_then_break
+    reader, writer = await open_connection(proxy_fake.client.sprite("box"), 80)
     assert await asyncio.wait_for(reader.readexactly(7), 5) == b"partial"
     with pytest.raises(ConnectionResetError):
         await asyncio.wait_for(reader.read(1), 5)
     writer.close()
 
 
-async def test_clean_close_after_connect_is_eof(fake: Fake) -> None:
+async def test_clean_close_after_connect_is_eof(proxy_fake: Fake) -> None:
     async def send_then_close(ws: web.WebSocketResponse, seen: Seen) -> None:
         await ws.send_str('{"status":"connected","target":"x"}')
         await ws.send_bytes(b"all of it")
         await ws.close()
 
-    fake.behaviour[0] = send_then_close
-    reader, writer = await open_connection(fake.client.sprite("box"), 80)
+    proxy_fake.behaviour[0] = send_then_close
+    reader, writer = await open_connection(proxy_fake.client.sprite("box"), 80)
     assert await asyncio.wait_for(reader.read(), 5) == b"all of it"
     writer.close()
     await writer.wait_closed()
 
 
-async def test_slow_local_reader_gets_backpressure(fake: Fake) -> None:
+async def test_slow_local_reader_gets_backpressure(proxy_fake: Fake) -> None:
     """While nothing reads the local side, the relay stops reading the WebSocket.
 
     The server offers far more than every kernel buffer on the way can hold;
@@ -201,12 +201,14 @@ async def test_slow_local_reader_gets_backpressure(fake: Fake) -> None:
             return  # the client went away, as the test intends
         sent.set()
 
-    fake.behaviour[0] = flood
+    proxy_fake.behaviour[0] = flood
     tracemalloc.start()
     try:
         baseline, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        reader, writer = await open_connection(fake.client.sprite("box"), 80, limit=FRAME_SIZE)
+        reader, writer = await open_connection(
+            proxy_fake.client.sprite("box"), 80, limit=FRAME_SIZE
+        )
         assert await asyncio.wait_for(reader.readexactly(FRAME_SIZE), 5) == b"f" * FRAME_SIZE
         await asyncio.sleep(0.5)
         peak = tracemalloc.get_traced_memory()[1] - baseline

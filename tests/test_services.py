@@ -197,13 +197,13 @@ def make_app(fake: Fake) -> web.Application:
 
 
 @pytest.fixture
-def fake() -> Fake:
+def services_fake() -> Fake:
     return Fake()
 
 
 @pytest.fixture
-async def services(fake: Fake) -> AsyncIterator[ServicesResource]:
-    server = TestServer(make_app(fake), host="127.0.0.1")
+async def services(services_fake: Fake) -> AsyncIterator[ServicesResource]:
+    server = TestServer(make_app(services_fake), host="127.0.0.1")
     await server.start_server()
     base_url = str(server.make_url("")).rstrip("/")
     try:
@@ -214,7 +214,7 @@ async def services(fake: Fake) -> AsyncIterator[ServicesResource]:
 
 
 async def test_create_streams_events_and_awaits_a_result(
-    services: ServicesResource, fake: Fake
+    services: ServicesResource, services_fake: Fake
 ) -> None:
     events = [
         e
@@ -237,7 +237,7 @@ async def test_create_streams_events_and_awaits_a_result(
     ]
     assert events[0].time is not None and events[0].time.year >= 2026
     assert [e.type for e in events] == ["started", "stdout", "stderr", "heartbeat", "complete"]
-    method, path, body = fake.requests[0]
+    method, path, body = services_fake.requests[0]
     assert (method, path) == ("PUT", "/v1/sprites/box/services/web?duration=2.5s")
     assert body == {
         "cmd": "python3",
@@ -252,16 +252,16 @@ async def test_create_streams_events_and_awaits_a_result(
     assert isinstance(result, ServiceResult)
     assert result.log_files["combined"] == "/.sprite/logs/services/worker.log"
     assert result.output == [("stdout", "listening"), ("stderr", "warn")]
-    assert fake.requests[-1][2] == {"cmd": "sleep", "args": ["1000"], "needs": ["web"]}
+    assert services_fake.requests[-1][2] == {"cmd": "sleep", "args": ["1000"], "needs": ["web"]}
 
 
-async def test_list_and_get(services: ServicesResource, fake: Fake) -> None:
+async def test_list_and_get(services: ServicesResource, services_fake: Fake) -> None:
     await services.create("web", cmd="python3", http_port=3000)
     await services.create("db", cmd="postgres")
     listed = await services.list()
     assert [s.name for s in listed] == ["web", "db"]
     assert listed[0].http_port == 3000 and listed[0].status == "running"
-    fake.wrap_list = True
+    services_fake.wrap_list = True
     assert [s.name for s in await services.list()] == ["web", "db"]
     web_svc = await services.get("web")
     assert isinstance(web_svc, Service) and web_svc.cmd == "python3"
@@ -271,16 +271,16 @@ async def test_list_and_get(services: ServicesResource, fake: Fake) -> None:
         await services.get("nope")
 
 
-async def test_start_stop_restart(services: ServicesResource, fake: Fake) -> None:
+async def test_start_stop_restart(services: ServicesResource, services_fake: Fake) -> None:
     await services.create("web", cmd="python3")
     stopped = await services.stop("web", timeout=timedelta(seconds=3))
     assert stopped.exit_code == 143
-    assert fake.requests[-1][1] == "/v1/sprites/box/services/web/stop?timeout=3s"
+    assert services_fake.requests[-1][1] == "/v1/sprites/box/services/web/stop?timeout=3s"
     with pytest.raises(ConflictError):
         await services.stop("web")
     started = await services.start("web", duration=1)
     assert started.log_files
-    assert fake.requests[-1][1] == "/v1/sprites/box/services/web/start?duration=1s"
+    assert services_fake.requests[-1][1] == "/v1/sprites/box/services/web/start?duration=1s"
     events = [e async for e in services.restart("web")]
     assert isinstance(events[0], ServiceStopping) and isinstance(events[1], ServiceStopped)
     assert isinstance(events[-1], ServiceComplete)
@@ -320,11 +320,11 @@ async def test_http_errors(services: ServicesResource) -> None:
         await services.create("other", cmd="python3", http_port=3001)
 
 
-async def test_logs(services: ServicesResource, fake: Fake) -> None:
+async def test_logs(services: ServicesResource, services_fake: Fake) -> None:
     await services.create("web", cmd="python3")
     events = [e async for e in services.logs("web", lines=2)]
     assert [e.data for e in events] == ["line 3", "line 4"]  # type: ignore[union-attr]
-    assert fake.requests[-1][1] == "/v1/sprites/box/services/web/logs?lines=2&duration=0"
+    assert services_fake.requests[-1][1] == "/v1/sprites/box/services/web/logs?lines=2&duration=0"
 
     followed: list[Any] = []
 
@@ -332,27 +332,27 @@ async def test_logs(services: ServicesResource, fake: Fake) -> None:
         async for event in services.logs("web", follow=True):
             followed.append(event)
             if len(followed) == 5:
-                fake.follow_gate.set()  # new output comes after the buffered lines
+                services_fake.follow_gate.set()  # new output comes after the buffered lines
 
     with pytest.raises(ServiceError, match="log file rotated away"):
         await asyncio.wait_for(follow(), 10)
     assert followed[-1].data == "later" and isinstance(followed[-1], ServiceStderr)
     assert followed[-1].time.year == 2026
-    assert "duration=86400s" in fake.requests[-1][1]
+    assert "duration=86400s" in services_fake.requests[-1][1]
 
     with pytest.raises(ServiceNotFoundError):
         [e async for e in services.logs("ghost")]
 
 
-async def test_delete_and_signal(services: ServicesResource, fake: Fake) -> None:
+async def test_delete_and_signal(services: ServicesResource, services_fake: Fake) -> None:
     await services.create("web", cmd="python3")
     await services.signal("web", "HUP")
     await services.signal("web", signal.SIGTERM)
     await services.signal("web", "sigusr1")
     await services.signal("web", 9)
-    sent = [r[2]["signal"] for r in fake.requests if r[1].endswith("/services/signal")]
+    sent = [r[2]["signal"] for r in services_fake.requests if r[1].endswith("/services/signal")]
     assert sent == ["HUP", "TERM", "USR1", "KILL"]
-    assert fake.requests[-1][2] == {"name": "web", "signal": "KILL"}
+    assert services_fake.requests[-1][2] == {"name": "web", "signal": "KILL"}
     with pytest.raises(ValueError, match="unknown signal"):
         await services.signal("web", "NOPE")
     await services.delete("web")

@@ -23,7 +23,7 @@ from sprites_async._services import (
 from sprites_async.emulator import EmulatorConfig, create_app
 from sprites_async.emulator import _services as emulator_services
 from sprites_async.emulator._state import STATE_KEY
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 
 
 @pytest.fixture

@@ -11,17 +11,16 @@ import pytest
 from sprites_async import APIError, NotFoundError, ProtocolError, SpritesClient, StreamError
 from sprites_async._config import ExecSettings
 from sprites_async._exec import ExecSessionInfo, KillEvent, OutputEvent
-from tests.test_exec_helpers import Conn, FakeSprites, emu, fake, ndjson_response, no_leftovers
-
-__all__ = ["emu", "fake"]
+from tests._emulator import no_leftovers
+from tests._fakes import Conn, FakeSprites, ndjson_response
 
 
 @pytest.fixture
-async def sprite(emu: Any) -> AsyncIterator[Any]:
-    client = SpritesClient(emu.token, base_url=emu.url)
+async def sprite(exec_emu: Any) -> AsyncIterator[Any]:
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)
     yield client.sprite("box")
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
 # --------------------------------------------------------------- the emulator

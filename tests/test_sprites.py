@@ -21,7 +21,7 @@ from sprites_async import (
     SpritePage,
     SpritesClient,
 )
-from tests.conftest import BASE, requests_to, sprite_json, url
+from tests._mock import BASE, requests_to, sprite_json, url
 
 
 def body_of(call: Any) -> Any:
@@ -182,7 +182,7 @@ async def test_delete_and_missing_ok(client: SpritesClient, mock: aioresponses) 
 
 async def test_delete_missing_ok_absorbs_the_incident_500(mock: aioresponses) -> None:
     from sprites_async import RetryPolicy
-    from tests.conftest import TOKEN
+    from tests._mock import TOKEN
 
     async with SpritesClient(TOKEN, base_url=BASE, retry=RetryPolicy.none()) as c:
         mock.delete(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,17 +20,15 @@ from sprites_async._config import ExecSettings
 from sprites_async._errors import api_error_from_response, command_start_error
 from sprites_async._exec import ExecRequest, _start_error_of
 from sprites_async.emulator import Emulator
-from tests.test_exec_helpers import emu, no_leftovers
-
-__all__ = ["emu"]
+from tests._emulator import no_leftovers
 
 NOEXEC = "./noexec.sh"  # relative to the home: also right without a sandbox
 
 
 @pytest.fixture(params=["control", "direct", "http"])
-async def runner(request: pytest.FixtureRequest, emu: Any) -> AsyncIterator[Any]:
+async def runner(request: pytest.FixtureRequest, exec_emu: Any) -> AsyncIterator[Any]:
     """``run(*argv, cwd=...)`` over one of the three exec paths."""
-    client = SpritesClient(emu.token, base_url=emu.url)
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     client.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)
     client.control = request.param == "control"
     sprite = client.sprite("box")
@@ -43,10 +40,10 @@ async def runner(request: pytest.FixtureRequest, emu: Any) -> AsyncIterator[Any]
         return await sprite.exec(*argv, cwd=cwd)
 
     yield run
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
-async def test_missing_executable_is_command_not_found(runner: Any, emu: Any) -> None:
+async def test_missing_executable_is_command_not_found(runner: Any, exec_emu: Any) -> None:
     with pytest.raises(CommandNotFoundError) as info:
         await runner("no-such-program-xyz", "arg")
     err = info.value
@@ -56,7 +53,7 @@ async def test_missing_executable_is_command_not_found(runner: Any, emu: Any) ->
     assert "no-such-program-xyz: command not found" in str(err)
     assert "no-such-program-xyz" in err.server_message
     assert not isinstance(err, ServerError)
-    assert emu.state.sessions.list("box") == []  # nothing ran, nothing was re-sent
+    assert exec_emu.state.sessions.list("box") == []  # nothing ran, nothing was re-sent
 
 
 async def test_missing_absolute_path_is_command_not_found(runner: Any) -> None:
@@ -87,12 +84,12 @@ async def test_a_shell_still_reports_its_own_127(runner: Any) -> None:
     assert (await runner("sh", "-c", "no-such-program-xyz")).exit_code == 127
 
 
-async def test_process_raises_it_on_enter(emu: Any) -> None:
-    client = SpritesClient(emu.token, base_url=emu.url)
+async def test_process_raises_it_on_enter(exec_emu: Any) -> None:
+    client = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     with pytest.raises(CommandNotFoundError):
         async with client.sprite("box").process("no-such-program-xyz"):
             pass
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
 
 
 REQ = ExecRequest.build(["tool", "x"], cwd="/w")
@@ -151,16 +148,6 @@ def test_start_errors_pickle_and_print_one_line() -> None:
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is CommandStartError and str(back) == str(err)
     assert "\n" not in str(err) and "request_id=r1" in str(err)
-
-
-@pytest.fixture
-def cli_emu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Emulator]:
-    with Emulator(exit_linger=0.0) as emulator:
-        monkeypatch.setenv("SPRITES_API_URL", emulator.url)
-        monkeypatch.setenv("SPRITES_TOKEN", emulator.token)
-        monkeypatch.delenv("SPRITE_TOKEN", raising=False)
-        monkeypatch.chdir(tmp_path)
-        yield emulator
 
 
 def test_cli_exits_like_a_shell(cli_emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,10 +32,8 @@ from sprites_async import (
     StreamError,
 )
 from sprites_async._config import ExecSettings
-from tests.conftest import BASE, TOKEN, sprite_json, url
-from tests.test_exec_helpers import emu, no_leftovers
-
-__all__ = ["emu"]
+from tests._emulator import no_leftovers, wait_for
+from tests._mock import BASE, TOKEN, sprite_json, url
 
 SETTINGS = ExecSettings(kill_grace=1.0, kill_wait=2.0, exit_grace=1.0)
 NO_WAIT = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0)
@@ -208,15 +206,15 @@ async def test_connection_failures_are_retries_then_an_error_type(
 
 
 @pytest.fixture(params=["direct", "control"])
-async def traced(request: pytest.FixtureRequest, emu: Any) -> AsyncIterator[Any]:
+async def traced(request: pytest.FixtureRequest, exec_emu: Any) -> AsyncIterator[Any]:
     o = Otel()
-    client = o.client(emu.token, base_url=emu.url, exec_settings=SETTINGS)
+    client = o.client(exec_emu.token, base_url=exec_emu.url, exec_settings=SETTINGS)
     client.control = request.param == "control"
     o.mode = request.param  # type: ignore[attr-defined]
     o.sprite = client.sprite("box")  # type: ignore[attr-defined]
-    o.emu_token = emu.token  # type: ignore[attr-defined]
+    o.emu_token = exec_emu.token  # type: ignore[attr-defined]
     yield o
-    await no_leftovers(emu, client)
+    await no_leftovers(exec_emu, client)
     o.shutdown()
 
 
@@ -277,11 +275,9 @@ async def test_a_timed_out_command_ends_its_span_with_an_error(traced: Any) -> N
     assert points[0].attributes["error.type"] == "CommandTimeoutError"
 
 
-async def test_a_cancelled_command_ends_its_span_with_an_error(traced: Any, emu: Any) -> None:
-    from tests.emulator.exec_helpers import wait_for
-
+async def test_a_cancelled_command_ends_its_span_with_an_error(traced: Any, exec_emu: Any) -> None:
     task = asyncio.ensure_future(traced.sprite.exec("sleep", "30"))
-    await wait_for(lambda: emu.state.sessions.list("box"), timeout=10)
+    await wait_for(lambda: exec_emu.state.sessions.list("box"), timeout=10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -430,8 +426,12 @@ async def test_a_detached_command_and_its_attach_have_spans_of_their_own(traced:
     assert_no_secret(traced.spans(), traced.emu_token)
 
 
-async def test_the_pooled_socket_gauge_counts_every_client_of_a_meter(emu: Any, otel: Otel) -> None:
-    clients = [otel.client(emu.token, base_url=emu.url, exec_settings=SETTINGS) for _ in range(2)]
+async def test_the_pooled_socket_gauge_counts_every_client_of_a_meter(
+    exec_emu: Any, otel: Otel
+) -> None:
+    clients = [
+        otel.client(exec_emu.token, base_url=exec_emu.url, exec_settings=SETTINGS) for _ in range(2)
+    ]
     try:
         for client in clients:
             assert (await client.sprite("box").exec("true")).exit_code == 0
@@ -439,4 +439,4 @@ async def test_the_pooled_socket_gauge_counts_every_client_of_a_meter(emu: Any, 
         assert {p.attributes["sprites.state"]: p.value for p in points} == {"idle": 2, "busy": 0}
     finally:
         await clients[1].aclose()
-        await no_leftovers(emu, clients[0])
+        await no_leftovers(exec_emu, clients[0])

@@ -34,7 +34,7 @@ from sprites_async._control import pool_for
 from sprites_async._proxy import ProxyError, open_connection
 from sprites_async._session import SOCKET_LOST
 from sprites_async._websocket import WSMsgType
-from tests.conftest import TOKEN
+from tests._mock import TOKEN
 
 IDS = {"x-request-id": "RID", "fly-request-id": "FID"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -32,7 +32,7 @@ from sprites_async._services import ServicesResource
 from sprites_async._session import request_options
 from sprites_async._sprites import Sprite, SpritesResource
 from sprites_async.emulator import EmulatorConfig, create_app
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 
 EXTRAS = ("extra_headers", "extra_query", "extra_body")
 

@@ -18,7 +18,7 @@ from sprites_async import (
     SpritesTimeoutError,
     Timeouts,
 )
-from tests.conftest import TOKEN
+from tests._mock import TOKEN
 
 
 def app_with(handler: object) -> web.Application:

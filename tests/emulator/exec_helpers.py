@@ -1,4 +1,8 @@
-"""Helpers for the exec/session/control tests: raw WebSocket runs and leak checks."""
+"""Helpers for the emulator's exec/session/control tests: raw WebSocket runs and leak checks.
+
+``wait_for`` and ``assert_no_leftovers`` live in tests/_emulator.py and are
+imported from here too.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,7 @@ from urllib.parse import urlencode
 import aiohttp
 import msgspec
 
-from sprites_async.emulator._procs import proc_table, session_members
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator, assert_no_leftovers, wait_for
 
 SPRITE = "box"
 
@@ -160,16 +163,6 @@ async def read_until(
     return await asyncio.wait_for(_loop(), timeout)
 
 
-async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
-    """Poll ``predicate()`` until true."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(interval)
-
-
 async def list_sessions(emu: RunningEmulator) -> list[dict[str, Any]]:
     async with emu.http.get(exec_url(emu), headers=emu.auth) as resp:
         assert resp.status == 200
@@ -190,23 +183,6 @@ def private_fds() -> set[str]:
         if target.startswith(("pipe:", "/dev/pt")):
             out.add(f"{fd}:{target}")
     return out
-
-
-async def assert_no_leftovers(sids: Iterable[int], timeout: float = 3.0) -> None:
-    """No process of any session remains, and no zombie child of ours."""
-    sids = set(sids)
-    me = os.getpid()
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        table = proc_table()
-        left = [p for p in session_members(table, sids)]
-        zombies = [p for p in table.values() if p.ppid == me and p.state == "Z"]
-        if not left and not zombies:
-            return
-        if loop.time() > end:
-            raise AssertionError(f"leftover processes: {left} zombies: {zombies}")
-        await asyncio.sleep(0.02)
 
 
 _EXEC_MODULES = ("_sessions.py", "_procs.py", "_inline.py", "_exec.py", "_control.py", "_wsio.py")

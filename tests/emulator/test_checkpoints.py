@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from sprites_async.emulator import EmulatorConfig, _checkpoints, create_app
 from sprites_async.emulator._checkpoints import store_for
 from sprites_async.emulator._state import STATE_KEY
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 
 NAME = "cpbox"
 NANO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")

@@ -20,7 +20,7 @@ import pytest
 from sprites_async.emulator import _checkpoints
 from sprites_async.emulator._checkpoints import _replace_root, _snapshot, store_for
 from sprites_async.emulator._procs import use_sandbox
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import SPRITE, run_ws
 
 AS_ROOT = os.geteuid() == 0

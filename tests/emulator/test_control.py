@@ -10,7 +10,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
     assert_clean,

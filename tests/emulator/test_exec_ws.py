@@ -13,7 +13,7 @@ import pytest
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._procs import sandbox_available
 from sprites_async.emulator._sandbox import sprite_host_ids
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
     Run,

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 
 
 async def set_faults(emu: RunningEmulator, **values: Any) -> dict[str, Any]:

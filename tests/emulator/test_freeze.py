@@ -17,7 +17,7 @@ import pytest
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._procs import is_running, sandbox_available
 from sprites_async.emulator._sandbox import existing_jail
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 from tests.emulator.exec_helpers import SPRITE, list_sessions, next_text, open_ws, run_ws
 
 TICKER = ["sh", "-c", "while :; do date +%s%N >> ticks; sleep 0.05; done"]

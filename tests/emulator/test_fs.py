@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sprites_async.emulator._sandbox import file_owner
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 
 SPRITE = "fsbox"
 HOME = "/home/sprite"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 
 HOME = "/home/sprite"
 SECRET = b"host secret: must never leak"

@@ -6,7 +6,7 @@ import hashlib
 import tracemalloc
 from collections.abc import AsyncIterator
 
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 
 SIZE = 50 * 1024 * 1024
 CHUNK = 64 * 1024

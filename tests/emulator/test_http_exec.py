@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
     assert_clean,

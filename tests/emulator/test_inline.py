@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
     Run,

@@ -11,8 +11,7 @@ import pytest
 
 from sprites_async.emulator import EmulatorConfig, create_app
 from sprites_async.emulator._sprites import seed_sprites
-from tests.emulator.conftest import RunningEmulator, _probe_ws, serve
-from tests.emulator.test_sprites import RecordingSessions
+from tests._emulator import RecordingSessions, RunningEmulator, probe_ws, serve
 
 WARM = 0.2
 COLD = 0.2
@@ -270,7 +269,7 @@ async def test_shutdown_does_not_wait_for_open_websockets(
     emulator_config: EmulatorConfig,
 ) -> None:
     app = create_app(emulator_config)
-    app.router.add_get("/v1/sprites/{name}/_probe/ws", _probe_ws)
+    app.router.add_get("/v1/sprites/{name}/_probe/ws", probe_ws)
     async with aiohttp.ClientSession() as http:
         async with serve(emulator_config, app) as emu:
             emu.add_sprite("open")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import sprites_async
+from tests._pytester import FAST, INI
 
 pytest_plugins = ["pytester"]
 
@@ -48,17 +49,6 @@ def test_second(sprites_emulator):
 
 def test_report():
     print("DISTINCT", len({id(e) for e in SEEN}))
-"""
-
-FAST = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
-"""Inner runs skip plugins they do not need (hypothesis alone costs a second)."""
-
-INI = """
-[pytest]
-asyncio_mode = auto
-asyncio_default_fixture_loop_scope = function
-filterwarnings = error
-{extra}
 """
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sprites_async.emulator._policy import InvalidPolicy, validate
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 
 NAME = "polbox"
 

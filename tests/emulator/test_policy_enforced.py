@@ -12,7 +12,7 @@ import pytest
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._policy import denies_everything
 from sprites_async.emulator._procs import sandbox_available
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 from tests.emulator.exec_helpers import SPRITE, next_text, open_ws, read_until, run_ws
 
 CONNECT = (

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 from tests.emulator.exec_helpers import SPRITE, open_ws, read_until
 
 LISTENER = (

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from sprites_async.emulator import _proxy
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 
 NAME = "proxbox"
 TIMEOUT = 5.0

@@ -6,9 +6,8 @@ import pytest
 
 from sprites_async.emulator import PROFILES, QUIRKS, Emulator, QuirkSet, resolve_quirks
 from sprites_async.emulator.__main__ import main as emulator_main
-
-from .conftest import RunningEmulator
-from .test_plugin import FAST, INI
+from tests._emulator import RunningEmulator
+from tests._pytester import FAST, INI
 
 pytest_plugins = ["pytester"]
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from sprites_async.emulator import EmulatorConfig, create_app
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 from tests.emulator.exec_helpers import (
     SPRITE,
     assert_clean,

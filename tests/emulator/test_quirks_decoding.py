@@ -17,30 +17,30 @@ import pytest
 from sprites_async import SpritesClient
 from sprites_async._config import ExecSettings
 from sprites_async._exec import SessionInfoEvent
-from tests.test_exec_helpers import emu, no_leftovers
-
-__all__ = ["emu"]
+from tests._emulator import no_leftovers
 
 DEADLINE = 30.0  # generous: the machine is shared; a hang is what this guards against
 
 
 @pytest.fixture
-async def client(emu: Any) -> AsyncIterator[SpritesClient]:
-    c = SpritesClient(emu.token, base_url=emu.url)
+async def client(exec_emu: Any) -> AsyncIterator[SpritesClient]:
+    c = SpritesClient(exec_emu.token, base_url=exec_emu.url)
     c.exec_settings = ExecSettings(kill_grace=1.0, kill_wait=2.0)
     yield c
-    await no_leftovers(emu, c)
+    await no_leftovers(exec_emu, c)
 
 
 # ------------------------------------------------------------------ null-arrays
 
 
-async def test_null_arrays_services_created_without_args(emu: Any, client: SpritesClient) -> None:
-    emu.state.quirks.add("null-arrays")
+async def test_null_arrays_services_created_without_args(
+    exec_emu: Any, client: SpritesClient
+) -> None:
+    exec_emu.state.quirks.add("null-arrays")
     services = client.sprite("box").services
     await services.create("loop", cmd="sleep", args=["30"], duration=0.1)
     await services.create("bare", cmd="true", duration=0.1)
-    status, raw = await emu.api("GET", "/v1/sprites/box/services/bare")
+    status, raw = await exec_emu.api("GET", "/v1/sprites/box/services/bare")
     assert (status, raw["args"], raw["needs"]) == (200, None, None)  # the quirk is on
 
     listed = {s.name: s for s in await services.list()}
@@ -52,13 +52,13 @@ async def test_null_arrays_services_created_without_args(emu: Any, client: Sprit
         await services.delete(name)
 
 
-async def test_null_arrays_sprites_get_list_create(emu: Any, client: SpritesClient) -> None:
-    emu.state.quirks.add("null-arrays")
+async def test_null_arrays_sprites_get_list_create(exec_emu: Any, client: SpritesClient) -> None:
+    exec_emu.state.quirks.add("null-arrays")
     created = await client.sprites.create("nully", labels=[])
     assert created.labels == []
     await client.sprites.update("nully", labels=["ci"])
     await client.sprites.update("nully", labels=[])  # now "labels": [] would come back null
-    status, raw = await emu.api("GET", "/v1/sprites/nully")
+    status, raw = await exec_emu.api("GET", "/v1/sprites/nully")
     assert status == 200
     got = await client.sprites.get("nully")
     assert got.labels == [] and got.raw.get("labels") == raw.get("labels")
@@ -69,8 +69,8 @@ async def test_null_arrays_sprites_get_list_create(emu: Any, client: SpritesClie
     assert report.deleted == ["nully"]
 
 
-async def test_null_arrays_sessions_and_checkpoints(emu: Any, client: SpritesClient) -> None:
-    emu.state.quirks.add("null-arrays")
+async def test_null_arrays_sessions_and_checkpoints(exec_emu: Any, client: SpritesClient) -> None:
+    exec_emu.state.quirks.add("null-arrays")
     sprite = client.sprite("box")
     assert await sprite.sessions.list() == []
     checkpoints = await sprite.checkpoints.list()
@@ -84,9 +84,9 @@ async def test_null_arrays_sessions_and_checkpoints(emu: Any, client: SpritesCli
 
 
 async def test_process_keeps_the_session_id_with_odd_session_info(
-    emu: Any, client: SpritesClient
+    exec_emu: Any, client: SpritesClient
 ) -> None:
-    emu.state.quirks.add("session-info-odd-types")
+    exec_emu.state.quirks.add("session-info-odd-types")
     sprite = client.sprite("box")
     async with asyncio.timeout(DEADLINE):
         async with sprite.process("sh", "-c", "echo one; sleep 30", kill_on_exit=False) as proc:
@@ -109,8 +109,8 @@ async def test_process_keeps_the_session_id_with_odd_session_info(
         assert await sprite.sessions.list() == []
 
 
-async def test_tty_process_with_odd_session_info(emu: Any, client: SpritesClient) -> None:
-    emu.state.quirks.add("session-info-odd-types")
+async def test_tty_process_with_odd_session_info(exec_emu: Any, client: SpritesClient) -> None:
+    exec_emu.state.quirks.add("session-info-odd-types")
     sprite = client.sprite("box")
     async with asyncio.timeout(DEADLINE):
         async with sprite.process("sh", "-c", "echo hi; read x", tty=True) as proc:
@@ -126,13 +126,13 @@ async def test_tty_process_with_odd_session_info(emu: Any, client: SpritesClient
 # -------------------------------------------------------- kill-event-data-error
 
 
-async def test_sessions_kill_with_text_in_data(emu: Any, client: SpritesClient) -> None:
-    emu.state.quirks.add("kill-event-data-error")
+async def test_sessions_kill_with_text_in_data(exec_emu: Any, client: SpritesClient) -> None:
+    exec_emu.state.quirks.add("kill-event-data-error")
     sprite = client.sprite("box")
     async with sprite.process("sleep", "30", kill_on_exit=False) as proc:
         session_id = await proc.detach()
-    async with emu.http.post(
-        f"{emu.url}/v1/sprites/box/exec/{session_id}/kill", headers=emu.auth
+    async with exec_emu.http.post(
+        f"{exec_emu.url}/v1/sprites/box/exec/{session_id}/kill", headers=exec_emu.auth
     ) as resp:
         lines = [json.loads(line) for line in (await resp.read()).splitlines()]
     assert lines[0]["data"].startswith("Signaling") and "message" not in lines[0]  # the quirk
@@ -152,15 +152,17 @@ async def test_sessions_kill_with_text_in_data(emu: Any, client: SpritesClient) 
 # ------------------------------------------------------------- fs-range-ignored
 
 
-async def test_ranged_reads_when_the_server_ignores_ranges(emu: Any, client: SpritesClient) -> None:
+async def test_ranged_reads_when_the_server_ignores_ranges(
+    exec_emu: Any, client: SpritesClient
+) -> None:
     data = bytes(range(256)) * 300  # 76800 bytes: several chunks
     path = client.sprite("box").fs() / "blob.bin"
     await path.write_bytes(data)
-    emu.state.quirks.add("fs-range-ignored")
-    async with emu.http.get(
-        emu.url + "/v1/sprites/box/fs/read",
+    exec_emu.state.quirks.add("fs-range-ignored")
+    async with exec_emu.http.get(
+        exec_emu.url + "/v1/sprites/box/fs/read",
         params={"path": "/home/sprite/blob.bin", "workingDir": "/"},
-        headers={**emu.auth, "Range": "bytes=10-19"},
+        headers={**exec_emu.auth, "Range": "bytes=10-19"},
     ) as resp:
         assert resp.status == 200 and len(await resp.read()) == len(data)  # the quirk is on
 
@@ -174,7 +176,7 @@ async def test_ranged_reads_when_the_server_ignores_ranges(emu: Any, client: Spr
 # ---------------------------------------------------------------- clear_labels
 
 
-async def test_update_with_no_labels_clears_them(emu: Any) -> None:
+async def test_update_with_no_labels_clears_them(exec_emu: Any) -> None:
     sent: list[bytes] = []
 
     async def on_chunk(_: Any, __: Any, params: aiohttp.TraceRequestChunkSentParams) -> None:
@@ -182,7 +184,7 @@ async def test_update_with_no_labels_clears_them(emu: Any) -> None:
 
     trace = aiohttp.TraceConfig()
     trace.on_request_chunk_sent.append(on_chunk)
-    async with SpritesClient(emu.token, base_url=emu.url, trace_configs=[trace]) as c:
+    async with SpritesClient(exec_emu.token, base_url=exec_emu.url, trace_configs=[trace]) as c:
         await c.sprites.create("labelled", labels=["ci", "x"])
         sent.clear()
         info = await c.sprite("labelled").update(labels=[])
@@ -196,7 +198,7 @@ async def test_update_with_no_labels_clears_them(emu: Any) -> None:
 
 
 async def test_names_outside_the_create_rule_get_a_404_not_a_refusal(
-    emu: Any, client: SpritesClient
+    exec_emu: Any, client: SpritesClient
 ) -> None:
     from sprites_async import NotFoundError
 
@@ -205,10 +207,10 @@ async def test_names_outside_the_create_rule_get_a_404_not_a_refusal(
             await client.sprites.get(name)
         with pytest.raises(NotFoundError):
             await (client.sprite(name).fs() / "x").read_bytes()
-    assert sorted(emu.state.sprites) == ["box"]
+    assert sorted(exec_emu.state.sprites) == ["box"]
 
 
-async def test_stat_per_section_7_3(emu: Any) -> None:
+async def test_stat_per_section_7_3(exec_emu: Any) -> None:
     listed: list[str] = []
 
     async def on_start(_: Any, __: Any, params: aiohttp.TraceRequestStartParams) -> None:
@@ -217,7 +219,9 @@ async def test_stat_per_section_7_3(emu: Any) -> None:
 
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_start)
-    async with SpritesClient(emu.token, base_url=emu.url, trace_configs=[trace]) as client:
+    async with SpritesClient(
+        exec_emu.token, base_url=exec_emu.url, trace_configs=[trace]
+    ) as client:
         fs = client.sprite("box").fs()
         await (fs / "d" / "only.txt").write_bytes(b"12345")
         await (fs / "f.txt").write_bytes(b"1")

@@ -8,7 +8,7 @@ import pytest
 
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._procs import sandbox_available, use_sandbox
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import SPRITE, assert_clean, private_fds, run_ws
 
 pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bwrap is not installed")

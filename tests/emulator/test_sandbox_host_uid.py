@@ -23,7 +23,7 @@ import pytest
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._procs import descendants, proc_table, sandbox_available
 from sprites_async.emulator._sandbox import SANDBOX_HOST_ID, SPRITE_UID, sprite_host_ids
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
     assert_clean,

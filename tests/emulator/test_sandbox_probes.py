@@ -19,7 +19,7 @@ import pytest
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._procs import sandbox_available
 from sprites_async.emulator._sandbox import SPRITE_UID, jail_for, sprite_host_ids
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
     assert_clean,

@@ -13,7 +13,7 @@ import pytest
 
 from sprites_async.emulator import EmulatorConfig, _services, create_app
 from sprites_async.emulator._state import STATE_KEY
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 
 NAME = "svcbox"
 LOOP = "while :; do sleep 0.05; done"

@@ -9,7 +9,7 @@ import pytest
 
 from sprites_async.emulator import EmulatorConfig, _services, create_app
 from sprites_async.emulator._state import STATE_KEY
-from tests.emulator.conftest import serve
+from tests._emulator import serve
 
 sprites = pytest.importorskip("sprites", reason="install the 'conformance' extra (sprites-py)")
 sprites_exceptions = pytest.importorskip("sprites.exceptions")

@@ -10,7 +10,7 @@ from sprites_async import Sprite, SpritesClient
 from sprites_async._services import ServiceError, ServiceNotFoundError, ServicesResource
 from sprites_async.emulator import EmulatorConfig, _services, create_app
 from sprites_async.emulator._state import STATE_KEY
-from tests.emulator.conftest import serve
+from tests._emulator import serve
 
 NAME = "sdkbox"
 LOOP = "while :; do sleep 0.05; done"

@@ -11,7 +11,7 @@ import pytest
 
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._procs import is_running, sandbox_available
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 from tests.emulator.exec_helpers import (
     SPRITE,
     Run,

@@ -7,7 +7,7 @@ import re
 import aiohttp
 import pytest
 
-from tests.emulator.conftest import RunningEmulator
+from tests._emulator import RunningEmulator
 
 FLY_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}-local$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9]{20}$")

@@ -16,7 +16,7 @@ from sprites_async._cli import main as cli_main
 from sprites_async.emulator import Emulator, EmulatorConfig, _urls
 from sprites_async.emulator._sandbox import jail_for
 from sprites_async.emulator._supervisor import supervisor_for
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 
 WS_APP = r"""
 import base64, hashlib, socket

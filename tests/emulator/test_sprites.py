@@ -15,25 +15,11 @@ from hypothesis import strategies as st
 from sprites_async.emulator import EmulatorConfig
 from sprites_async.emulator._sprites import next_version, seed_sprites
 from sprites_async.emulator._state import SpriteRecord, SpriteTable
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RecordingSessions, RunningEmulator, serve
 
 TS_MICRO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 TS_SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ID_RE = re.compile(r"^sprite-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-
-
-class RecordingSessions:
-    """A stand-in for the exec session registry that records what it was asked."""
-
-    def __init__(self) -> None:
-        self.terminated: list[str] = []
-        self.closed = False
-
-    async def terminate_all(self, sprite: str) -> None:
-        self.terminated.append(sprite)
-
-    async def aclose(self) -> None:
-        self.closed = True
 
 
 async def create(emu: RunningEmulator, name: str, **extra: Any) -> dict[str, Any]:

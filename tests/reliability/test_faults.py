@@ -55,10 +55,8 @@ from sprites_async._sprites import Sprite
 from sprites_async.emulator import EmulatorConfig, create_app
 from sprites_async.emulator._sprites import seed_sprites
 from sprites_async.emulator._state import EmulatorState, FaultConfig
-from tests.emulator.conftest import RunningEmulator, serve
-from tests.test_exec_helpers import Conn, FakeSprites, fake
-
-__all__ = ["fake"]
+from tests._emulator import RunningEmulator, serve
+from tests._fakes import Conn, FakeSprites
 
 ATTEMPTS = 3
 FAST_RETRY = RetryPolicy(max_attempts=ATTEMPTS, base_delay=0.0, max_delay=0.0)

@@ -30,7 +30,7 @@ from yarl import URL
 from sprites_async import SpritesClient
 from sprites_async.emulator import EmulatorConfig, create_app
 from sprites_async.emulator import _exec as emu_exec
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 
 TOKEN = "hostile-org/7/tokid/hostilesecret0123456789"
 HOME = "/home/sprite"

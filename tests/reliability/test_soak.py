@@ -67,8 +67,8 @@ from sprites_async.emulator._sessions import SessionManager
 from sprites_async.emulator._sprites import insert_sprite, new_record
 from sprites_async.emulator._state import EmulatorState
 from sprites_async.emulator._wsio import FrameSink
-from tests.emulator.exec_helpers import wait_for
-from tests.test_exec_helpers import our_tasks
+from tests._emulator import wait_for
+from tests._fakes import our_tasks
 
 pytestmark = pytest.mark.soak
 

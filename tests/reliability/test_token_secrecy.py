@@ -32,7 +32,7 @@ from sprites_async import (
 )
 from sprites_async._cli import EXIT_API, EXIT_CONNECTION, main
 from sprites_async.emulator import Emulator, EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 
 SECRET = "Zq9xSECRETxYz4242"
 TOKEN = f"secrecy-org/42/tokid/{SECRET}"

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from ._models import SpriteInfo
     from ._sprites import Sprite, SpritesResource
     from ._telemetry import Telemetry
+    from .fleet import CreationLimiter
 
     WebSocket: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[True]]
 
@@ -527,6 +528,7 @@ class SpritesClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http_slots: asyncio.Semaphore | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._fleet_limiter: CreationLimiter | None = None  # fleet.CreationLimiter.for_client
         self._telemetry: Telemetry | None = None
         if telemetry or tracer_provider is not None or meter_provider is not None:
             self._telemetry = _load_telemetry(self, tracer_provider, meter_provider)

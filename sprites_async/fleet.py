@@ -37,7 +37,6 @@ import ipaddress
 import logging
 import secrets
 import time
-import weakref
 from collections import deque
 from collections.abc import (
     AsyncIterator,
@@ -224,7 +223,7 @@ class CreationLimiter:
       ``max_retries`` times), and holds back every other creation meanwhile.
 
     Share one limiter per organisation: :meth:`for_client` returns the
-    shared default one.
+    client's default one.
     """
 
     def __init__(
@@ -265,16 +264,14 @@ class CreationLimiter:
 
     @classmethod
     def for_client(cls, client: SpritesClient) -> CreationLimiter:
-        """The limiter shared by every client of the same organisation and URL in this loop.
+        """The client's own default limiter, made on first use (``client._fleet_limiter``).
 
-        The service counts creations per organisation, so two clients with
-        the same org must draw from one budget. For a loopback URL (the
-        emulator) the shared limiter hardly paces at all.
+        The service counts creations per organisation: pass this limiter as
+        ``limiter=`` to other clients of the same organisation so that they
+        draw from one budget. For a loopback URL (the emulator) it hardly
+        paces at all.
         """
-        loop = asyncio.get_running_loop()
-        per_loop = _shared_limiters.setdefault(loop, {})
-        key = (client.base_url, client.org)
-        limiter = per_loop.get(key)
+        limiter = client._fleet_limiter
         if limiter is None:
             if _is_local(client.base_url):
                 # A local emulator has no limit unless a test sets one, and
@@ -282,7 +279,7 @@ class CreationLimiter:
                 limiter = cls(LOCAL_CREATION_LIMIT, 1.0, margin=0.0)
             else:
                 limiter = cls()
-            per_loop[key] = limiter
+            client._fleet_limiter = limiter
         return limiter
 
     async def create(self, client: SpritesClient, name: str, **kwargs: Any) -> SpriteInfo:
@@ -344,7 +341,7 @@ class CreationLimiter:
 
 
 LOCAL_CREATION_LIMIT = 1000
-"""Creations per second the shared limiter allows against a loopback URL."""
+"""Creations per second the default limiter allows against a loopback URL (the emulator)."""
 
 
 def _is_local(url: str) -> bool:
@@ -355,11 +352,6 @@ def _is_local(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-_shared_limiters: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, str | None], CreationLimiter]
-] = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------- the fan-out
@@ -752,7 +744,7 @@ async def create_many(
 ) -> FleetResult[SpriteInfo]:
     """Create many sprites through a :class:`CreationLimiter`; one outcome per name.
 
-    Without ``limiter`` the organisation's shared one is used
+    Without ``limiter`` the client's default one is used
     (:meth:`CreationLimiter.for_client`), so a burst larger than the
     service's creation limit waits rather than failing with 429.
     """
@@ -858,7 +850,7 @@ async def delete_all(
     """Delete the given sprites, at most ``concurrency`` at once.
 
     Values are True (deleted) or False (already gone). Slots of the
-    ``limiter`` (default: the org's shared one) are freed.
+    ``limiter`` (default: the client's default one) are freed.
     """
     lim = limiter if limiter is not None else CreationLimiter.for_client(client)
 
@@ -882,7 +874,7 @@ async def cleanup(
 
     A wrapper of ``client.sprites.delete_many`` (at least one filter is
     required) that also frees the deleted sprites' slots in ``limiter``
-    (default: the org's shared :class:`CreationLimiter`).
+    (default: the client's default :class:`CreationLimiter`).
     """
     report = await client.sprites.delete_many(prefix=prefix, labels=labels, concurrency=concurrency)
     lim = limiter if limiter is not None else CreationLimiter.for_client(client)
@@ -932,7 +924,7 @@ async def temporary_sprite(
         async with temporary_sprite(client, "ci-") as sprite:
             await sprite.exec("make", "test")
 
-    Creation goes through ``limiter`` (default: the org's shared
+    Creation goes through ``limiter`` (default: the client's default
     :class:`CreationLimiter`). With ``ready`` the sprite is woken and waited
     for before the block starts. The deletion runs to completion even when
     the task is cancelled (the cancellation is re-raised afterwards); if it
@@ -990,7 +982,7 @@ class Fleet:
         labels: Labels given to the sprites :meth:`create` makes.
         sprites: Existing sprites to include (they are not deleted on exit).
         concurrency: Default concurrency of the fan-out methods.
-        limiter: The :class:`CreationLimiter` (default: the org's shared one).
+        limiter: The :class:`CreationLimiter` (default: the client's default one).
         keep: Do not delete the created sprites on exit.
     """
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sprites_async import RateLimitError, Sprite, SpriteInfo, Timeouts
+from sprites_async import RateLimitError, Sprite, SpriteInfo, SpritesClient, Timeouts
 from sprites_async._errors import api_error_from_response
 from sprites_async.fleet import (
     CreationLimiter,
@@ -100,6 +100,7 @@ class FakeClient:
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self.sprites = FakeSprites(clock)
+        self._fleet_limiter: CreationLimiter | None = None
 
     def sprite(self, sprite: str | SpriteInfo) -> Sprite:
         return Sprite(self, sprite)  # type: ignore[arg-type]
@@ -232,15 +233,23 @@ async def test_creation_limiter_caps_live_sprites() -> None:
     assert limiter.live == {"b", "c"}
 
 
-async def test_shared_limiter_per_org() -> None:
+async def test_default_limiter_is_the_clients_own() -> None:
     a, b = FakeClient(), FakeClient()
-    shared = CreationLimiter.for_client(a)  # type: ignore[arg-type]
-    assert shared is CreationLimiter.for_client(b)  # type: ignore[arg-type]
-    assert (shared.rate.limit, shared.rate.window) == (10, 63.0)  # the service's, + margin
-    b.org = "other-org"
-    assert CreationLimiter.for_client(a) is not CreationLimiter.for_client(b)  # type: ignore[arg-type]
-    b.base_url = "http://127.0.0.1:8080"  # an emulator: (almost) no pacing
-    assert CreationLimiter.for_client(b).rate.limit == 1000  # type: ignore[arg-type]
+    own = CreationLimiter.for_client(a)  # type: ignore[arg-type]
+    assert own is CreationLimiter.for_client(a)  # type: ignore[arg-type]
+    assert a._fleet_limiter is own
+    assert (own.rate.limit, own.rate.window) == (10, 63.0)  # the service's, + margin
+    assert CreationLimiter.for_client(b) is not own  # type: ignore[arg-type]
+    local = FakeClient()
+    local.base_url = "http://127.0.0.1:8080"  # an emulator: (almost) no pacing
+    assert CreationLimiter.for_client(local).rate.limit == 1000  # type: ignore[arg-type]
+
+
+async def test_default_limiter_is_an_attribute_of_a_real_client(client: SpritesClient) -> None:
+    assert client._fleet_limiter is None
+    limiter = CreationLimiter.for_client(client)
+    assert client._fleet_limiter is limiter
+    assert CreationLimiter.for_client(client) is limiter
 
 
 # ----------------------------------------------------------------------- fan-out

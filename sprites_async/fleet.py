@@ -641,6 +641,9 @@ async def run_many(
                 except Exception as exc:
                     outcome.status = "failed"
                     outcome.error = exc
+                except BaseException:
+                    stop.set()  # not ours to record (KeyboardInterrupt ...): stop everything
+                    raise
                 finally:
                     if deadline is not None:
                         deadline.cancel()
@@ -658,26 +661,31 @@ async def run_many(
             report("finished", outcome)
 
     started = time.monotonic()
-    tasks = [asyncio.ensure_future(one(h, o)) for h, o in zip(handles, result.outcomes)]
-    pending: set[asyncio.Future[None]] = set(tasks)
-    cancelling = False
+    tasks = [loop.create_task(one(h, o)) for h, o in zip(handles, result.outcomes)]
+
+    halted = False
+
+    def finished(_: asyncio.Task[None]) -> None:
+        # Done callbacks run after every task's first step (all were scheduled
+        # first), so each cancelled task is inside one() and records its status.
+        nonlocal halted
+        if stop.is_set() and not halted:
+            halted = True
+            for t in tasks:
+                t.cancel()  # a no-op on finished tasks; running ones see ``stop`` and keep quiet
+
+    for t in tasks:
+        t.add_done_callback(finished)
     try:
-        while pending:
-            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if stop.is_set() and not cancelling:
-                cancelling = True
-                for t in pending:
-                    t.cancel()
-    except BaseException:
-        for t in tasks:
-            t.cancel()
+        # gather, not an anyio task group: ~3x faster, and anyio re-cancels at every
+        # await until fn returns, which spins the SDK's own shielded cleanup.
+        # Cancelling the call cancels every task and returns once all have unwound.
         await asyncio.gather(*tasks, return_exceptions=True)
-        raise
     finally:
         result.duration = time.monotonic() - started
     for t in tasks:
         # one() only lets out what fn raised that is not an Exception
-        # (KeyboardInterrupt, SystemExit ...): surface it.
+        # (KeyboardInterrupt, SystemExit, pytest's outcomes ...): surface it.
         error = None if t.cancelled() else t.exception()
         if error is not None:
             raise error

@@ -359,6 +359,44 @@ async def test_run_many_outer_cancellation_unwinds_everything() -> None:
     assert sorted(unwound) == ["s-00", "s-01"]
 
 
+class Abort(BaseException):
+    """Not an ``Exception``, like ``KeyboardInterrupt`` or what ``pytest.fail()`` raises."""
+
+
+async def test_run_many_error_that_is_not_an_exception_cancels_the_others() -> None:
+    client = FakeClient()
+    unwound: list[str] = []
+
+    async def work(sprite: Sprite) -> None:
+        if sprite.name == "s-00":
+            await asyncio.sleep(0.01)
+            raise Abort
+        try:
+            await asyncio.Event().wait()  # never set: only a cancellation ends it
+        finally:
+            unwound.append(sprite.name)
+
+    # Before: the others ran on (here forever), so wait_for expired instead.
+    with pytest.raises(Abort):
+        await asyncio.wait_for(run_many(handles(client, 5), work, concurrency=3), 10)
+    assert sorted(unwound) == ["s-01", "s-02"]
+
+
+async def test_run_many_fail_fast_on_a_failure_before_the_first_await() -> None:
+    client = FakeClient()
+
+    async def work(sprite: Sprite) -> None:
+        if sprite.name == "s-00":
+            raise ValueError("at once")
+        await asyncio.sleep(10)
+
+    result = await run_many(handles(client, 6), work, concurrency=2, fail_fast=True)
+    assert result["s-00"].status == "failed"
+    assert {o.status for o in result.not_run} <= {"cancelled", "skipped"}
+    assert len(result.not_run) == 5
+    assert result.duration < 5
+
+
 async def test_run_many_progress_events() -> None:
     client = FakeClient()
     events: list[FleetProgress] = []

@@ -350,7 +350,16 @@ class SpritesResource:
                     return
             (report.deleted if deleted else report.missing).append(name)
 
-        await asyncio.gather(*(one(n) for n in names))
+        # Not an anyio task group (its errors come wrapped in an ExceptionGroup), but
+        # gather does not stop the others when one raises: cancel and await them.
+        tasks = [asyncio.ensure_future(one(n)) for n in names]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return report
 
     def temporary(

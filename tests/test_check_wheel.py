@@ -30,7 +30,6 @@ Name: sprites-async
 Version: {VER}
 Requires-Python: >=3.10
 Requires-Dist: aiohttp>=3.10
-Requires-Dist: anyio>=4.4
 Requires-Dist: msgspec>=0.18.6
 Requires-Dist: fastapi>=0.110; extra == 'fastapi'
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sprites_async import RateLimitError, Sprite, SpriteInfo, Timeouts
+from sprites_async import RateLimitError, Sprite, SpriteInfo, SpritesClient, Timeouts
 from sprites_async._errors import api_error_from_response
 from sprites_async.fleet import (
     CreationLimiter,
@@ -100,6 +100,7 @@ class FakeClient:
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self.sprites = FakeSprites(clock)
+        self._fleet_limiter: CreationLimiter | None = None
 
     def sprite(self, sprite: str | SpriteInfo) -> Sprite:
         return Sprite(self, sprite)  # type: ignore[arg-type]
@@ -232,15 +233,23 @@ async def test_creation_limiter_caps_live_sprites() -> None:
     assert limiter.live == {"b", "c"}
 
 
-async def test_shared_limiter_per_org() -> None:
+async def test_default_limiter_is_the_clients_own() -> None:
     a, b = FakeClient(), FakeClient()
-    shared = CreationLimiter.for_client(a)  # type: ignore[arg-type]
-    assert shared is CreationLimiter.for_client(b)  # type: ignore[arg-type]
-    assert (shared.rate.limit, shared.rate.window) == (10, 63.0)  # the service's, + margin
-    b.org = "other-org"
-    assert CreationLimiter.for_client(a) is not CreationLimiter.for_client(b)  # type: ignore[arg-type]
-    b.base_url = "http://127.0.0.1:8080"  # an emulator: (almost) no pacing
-    assert CreationLimiter.for_client(b).rate.limit == 1000  # type: ignore[arg-type]
+    own = CreationLimiter.for_client(a)  # type: ignore[arg-type]
+    assert own is CreationLimiter.for_client(a)  # type: ignore[arg-type]
+    assert a._fleet_limiter is own
+    assert (own.rate.limit, own.rate.window) == (10, 63.0)  # the service's, + margin
+    assert CreationLimiter.for_client(b) is not own  # type: ignore[arg-type]
+    local = FakeClient()
+    local.base_url = "http://127.0.0.1:8080"  # an emulator: (almost) no pacing
+    assert CreationLimiter.for_client(local).rate.limit == 1000  # type: ignore[arg-type]
+
+
+async def test_default_limiter_is_an_attribute_of_a_real_client(client: SpritesClient) -> None:
+    assert client._fleet_limiter is None
+    limiter = CreationLimiter.for_client(client)
+    assert client._fleet_limiter is limiter
+    assert CreationLimiter.for_client(client) is limiter
 
 
 # ----------------------------------------------------------------------- fan-out
@@ -348,6 +357,44 @@ async def test_run_many_outer_cancellation_unwinds_everything() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sorted(unwound) == ["s-00", "s-01"]
+
+
+class Abort(BaseException):
+    """Not an ``Exception``, like ``KeyboardInterrupt`` or what ``pytest.fail()`` raises."""
+
+
+async def test_run_many_error_that_is_not_an_exception_cancels_the_others() -> None:
+    client = FakeClient()
+    unwound: list[str] = []
+
+    async def work(sprite: Sprite) -> None:
+        if sprite.name == "s-00":
+            await asyncio.sleep(0.01)
+            raise Abort
+        try:
+            await asyncio.Event().wait()  # never set: only a cancellation ends it
+        finally:
+            unwound.append(sprite.name)
+
+    # Before: the others ran on (here forever), so wait_for expired instead.
+    with pytest.raises(Abort):
+        await asyncio.wait_for(run_many(handles(client, 5), work, concurrency=3), 10)
+    assert sorted(unwound) == ["s-01", "s-02"]
+
+
+async def test_run_many_fail_fast_on_a_failure_before_the_first_await() -> None:
+    client = FakeClient()
+
+    async def work(sprite: Sprite) -> None:
+        if sprite.name == "s-00":
+            raise ValueError("at once")
+        await asyncio.sleep(10)
+
+    result = await run_many(handles(client, 6), work, concurrency=2, fail_fast=True)
+    assert result["s-00"].status == "failed"
+    assert {o.status for o in result.not_run} <= {"cancelled", "skipped"}
+    assert len(result.not_run) == 5
+    assert result.duration < 5
 
 
 async def test_run_many_progress_events() -> None:

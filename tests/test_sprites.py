@@ -407,6 +407,33 @@ async def test_delete_many_collects_failures(client: SpritesClient, mock: aiores
     assert not requests_to(mock, "DELETE", "/v1/sprites/ci-3")
 
 
+async def test_delete_many_an_unexpected_error_stops_the_other_deletions(
+    client: SpritesClient, mock: aioresponses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = ["ci-1", "ci-2", "ci-3"]
+    mock.get(
+        url("/v1/sprites"),
+        payload={"sprites": [sprite_json(n) for n in names], "has_more": False},
+    )
+    unwound: list[str] = []
+
+    async def delete(name: str, **_: Any) -> bool:
+        if name == "ci-1":
+            await asyncio.sleep(0.01)
+            raise RuntimeError("a bug, not a SpritesError")
+        try:
+            await asyncio.Event().wait()  # a deletion that takes long
+        finally:
+            unwound.append(name)
+        return True
+
+    monkeypatch.setattr(client.sprites, "delete", delete)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await client.sprites.delete_many(prefix="ci-", concurrency=3)
+    # Cancelled and awaited before the error is raised: nothing left running.
+    assert sorted(unwound) == ["ci-2", "ci-3"]
+
+
 async def test_delete_many_needs_a_filter(client: SpritesClient) -> None:
     with pytest.raises(ValueError):
         await client.sprites.delete_many()

@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "sprites_async"
 DIST_NAME = "sprites-async"
-DEPENDENCIES = ("aiohttp", "msgspec", "anyio")
+DEPENDENCIES = ("aiohttp", "msgspec")
 ENTRY_POINTS = {
     "console_scripts": {"sprites-async": "sprites_async._cli:main"},
     "pytest11": {"sprites_async": "sprites_async.pytest_plugin"},

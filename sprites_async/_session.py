@@ -619,7 +619,6 @@ class BaseClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http_slots: asyncio.Semaphore | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
-        self._fleet_limiter: CreationLimiter | None = None  # fleet.CreationLimiter.for_client
         self._telemetry: Telemetry | None = None
         if telemetry or tracer_provider is not None or meter_provider is not None:
             self._telemetry = _load_telemetry(self, tracer_provider, meter_provider)

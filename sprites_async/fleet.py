@@ -528,8 +528,13 @@ def _handles(sprites: Iterable[SpriteLike], client: SpritesClient | None) -> lis
             if client is None:
                 raise TypeError("pass client=... to refer to sprites by name or SpriteInfo")
             handle = client.sprite(item)
-        else:
+        elif isinstance(getattr(item, "name", None), str) and hasattr(item, "exec"):
+            # Duck-typed: importing Sprite here would close an import cycle.
             handle = item
+        else:
+            raise TypeError(
+                f"expected a Sprite, a sprite name or a SpriteInfo, not {type(item).__name__}"
+            )
         if handle.name in seen:
             raise ValueError(f"sprite {handle.name!r} appears twice")
         seen.add(handle.name)

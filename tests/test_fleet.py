@@ -427,6 +427,8 @@ async def test_run_many_validates() -> None:
         await run_many([client.sprite("a"), client.sprite("a")], work)
     with pytest.raises(TypeError, match="client"):
         await run_many(["a"], work)
+    with pytest.raises(TypeError, match="a sprite name or a SpriteInfo, not int"):
+        await run_many([7], work)  # type: ignore[list-item]
     with pytest.raises(ValueError, match="concurrency"):
         await run_many([], work, concurrency=0)
     assert len(await run_many([], work)) == 0

@@ -38,6 +38,8 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from ._models import JSONDecoder
+
 __all__ = [
     "APIError",
     "AuthenticationError",
@@ -96,7 +98,7 @@ class _ErrorBody(msgspec.Struct):
     upgrade_url: str | None = None
 
 
-_error_body_decoder = msgspec.json.Decoder(_ErrorBody)
+_error_body_decoder = JSONDecoder(msgspec.json.Decoder(_ErrorBody))
 
 
 def _parse_error_body(status: int, body: bytes) -> tuple[str, str | None, _ErrorBody | None]:
@@ -106,7 +108,7 @@ def _parse_error_body(status: int, body: bytes) -> tuple[str, str | None, _Error
     if stripped.startswith(b"{"):
         try:
             parsed = _error_body_decoder.decode(stripped)
-        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
+        except msgspec.DecodeError:
             parsed = None
     if parsed is not None:
         code: str | None = parsed.code

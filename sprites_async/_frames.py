@@ -21,6 +21,8 @@ from typing import Any
 
 import msgspec
 
+from ._models import JSONDecoder, decode_any
+
 __all__ = [
     "CONTROL_PREFIX",
     "EOF_FRAME",
@@ -152,7 +154,7 @@ class DebugMessage(msgspec.Struct, tag="debug", tag_field="type", kw_only=True):
 
 Message = SessionInfoMessage | ExitMessage | PortOpenedMessage | PortClosedMessage | DebugMessage
 
-_message_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+_message_decoder = JSONDecoder(msgspec.json.Decoder(Message))
 _encoder = msgspec.json.Encoder()
 
 
@@ -169,12 +171,11 @@ def decode_message(data: str | bytes) -> Message | None:
         return _message_decoder.decode(data)
     except msgspec.ValidationError:
         pass
-    except (msgspec.DecodeError, RecursionError):
-        # RecursionError: msgspec's answer to JSON nested too deeply.
+    except msgspec.DecodeError:
         return None
     try:
-        obj = msgspec.json.decode(data)
-    except (msgspec.DecodeError, RecursionError):
+        obj = decode_any(data)
+    except msgspec.DecodeError:
         return None
     if not isinstance(obj, dict):
         return None
@@ -303,7 +304,7 @@ class Envelope(msgspec.Struct, kw_only=True):
         return "operation failed"
 
 
-_envelope_decoder = msgspec.json.Decoder(Envelope)
+_envelope_decoder = JSONDecoder(msgspec.json.Decoder(Envelope))
 
 
 def decode_envelope(text: str) -> Envelope | None:
@@ -315,13 +316,13 @@ def decode_envelope(text: str) -> Envelope | None:
         return _envelope_decoder.decode(body)
     except msgspec.ValidationError:
         pass
-    except (msgspec.DecodeError, RecursionError):
+    except msgspec.DecodeError:
         # A "control:" frame we cannot read is still an envelope: never op data.
         return Envelope(type="")
     # Valid JSON of odd types: read field by field, as the notifications are.
     try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
+        obj = decode_any(body)
+    except msgspec.DecodeError:
         return Envelope(type="")
     if not isinstance(obj, dict):
         return Envelope(type="")

@@ -67,6 +67,7 @@ from ._session import (
     RequestOptions,
     request_options,
 )
+from ._validation import check_int, check_sprite_path
 
 if TYPE_CHECKING:
     from ._session import Response
@@ -172,9 +173,12 @@ class _ErrorPath(msgspec.Struct):
     path: str | None = None
 
 
+_error_path_decoder = JSONDecoder(msgspec.json.Decoder(_ErrorPath))
+
+
 def _body_path(body: bytes) -> str | None:
     try:
-        return msgspec.json.decode(body, type=_ErrorPath).path
+        return _error_path_decoder.decode(body).path
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
@@ -385,22 +389,14 @@ _copy_decoder = LiberalDecoder(_WireCopy)
 # ---------------------------------------------------------------------- paths
 
 
-def _check_part(part: object) -> str:
-    if isinstance(part, SpritePath):
-        return part.path
-    if not isinstance(part, str):
-        raise TypeError(f"a sprite path must be a str, not {type(part).__name__}")
-    if not part:
-        raise ValueError("a sprite path must not be empty")
-    if "\x00" in part:
-        raise ValueError(f"a sprite path must not contain NUL bytes: {part!r}")
-    return part
+def _path_text(part: object) -> str:
+    return part.path if isinstance(part, SpritePath) else check_sprite_path(part)
 
 
 def _join(base: str, *parts: object) -> str:
     path = base
     for part in parts:
-        path = posixpath.join(path, _check_part(part))
+        path = posixpath.join(path, _path_text(part))
     # Lexical normalisation: the server resolves the same way, and a stable
     # spelling makes paths comparable and the stat-by-parent lookup exact.
     path = posixpath.normpath(path)
@@ -415,7 +411,7 @@ class SpriteFS:
     """
 
     def __init__(self, sprite: Sprite, root: str = "/home/sprite") -> None:
-        root = _check_part(root)
+        root = _path_text(root)
         if not root.startswith("/"):
             raise ValueError(f"the root must be an absolute path, got {root!r}")
         self._sprite = sprite
@@ -525,14 +521,6 @@ def _partial_name(local: str) -> str:
     """A temporary name next to ``local`` (same directory, so os.replace is atomic)."""
     head, tail = os.path.split(local)
     return os.path.join(head, f".{tail}.{secrets.token_hex(4)}.part")
-
-
-def _check_int(value: object, what: str, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} must be a non-negative int, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{what} must be at most {high:#o}, got {value:#o}")
-    return value
 
 
 def _discard_local(fh: Any, tmp: str) -> None:
@@ -741,7 +729,7 @@ class SpritePath:
         )
 
     def _write_params(self, mode: int) -> list[tuple[str, str]]:
-        mode = _check_int(mode, "mode", 0o7777)
+        mode = check_int(mode, "mode", 0, 0o7777, octal=True)
         return self._params(mode=f"{mode:04o}", mkdirParents="true")
 
     async def _write(
@@ -861,9 +849,9 @@ class SpritePath:
         ``416`` (``offset`` past the end) yields nothing. Either way the
         caller gets exactly the bytes asked for, with no extra request.
         """
-        _check_int(offset, "offset")
+        check_int(offset, "offset")
         if length is not None:
-            _check_int(length, "length")
+            check_int(length, "length")
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
         options = request_options(extra_headers, extra_query, extra_body)
@@ -1302,7 +1290,7 @@ class SpritePath:
         extra_body: ExtraBody = None,
     ) -> None:
         """Change permission bits (of everything below, with ``recursive``)."""
-        mode = _check_int(mode, "mode", 0o7777)
+        mode = check_int(mode, "mode", 0, 0o7777, octal=True)
         body = {
             "path": self.path,
             "workingDir": self._fs.root,
@@ -1334,7 +1322,7 @@ class SpritePath:
             raise ValueError("chown() needs uid and/or gid")
         for name, value in (("uid", uid), ("gid", gid)):
             if value is not None:
-                _check_int(value, name)
+                check_int(value, name)
         body: dict[str, Any] = {"path": self.path, "workingDir": self._fs.root}
         if uid is not None:
             body["uid"] = uid

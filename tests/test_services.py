@@ -27,7 +27,6 @@ from sprites_async import (
     SpritesClient,
     StreamError,
 )
-from sprites_async._checkpoints import OtherEvent
 from sprites_async._services import (
     Service,
     ServiceComplete,
@@ -42,6 +41,7 @@ from sprites_async._services import (
     ServiceStopped,
     ServiceStopping,
 )
+from sprites_async._streams import OtherEvent
 from sprites_async._validation import go_duration
 
 LOGS = {

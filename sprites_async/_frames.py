@@ -1,4 +1,4 @@
-"""The exec wire format, without any I/O (Sections 3.4, 3.5, 3.12 and 5.2).
+"""The exec wire format, without any I/O: binary frames, JSON text messages, control envelopes.
 
 Everything here is a pure function or a small state machine over bytes and
 strings, so it can be tested by feeding bytes:
@@ -60,7 +60,8 @@ STDIN_EOF = 0x04
 EOF_FRAME = b"\x04"
 CONTROL_PREFIX = "control:"
 
-# Stream ids the server may send; anything else is ignored (Section 3.4).
+# Stream ids the server may send; a frame with any other first byte is
+# ignored, never taken for output (newer servers may add streams).
 _SERVER_STREAMS = frozenset({STDOUT, STDERR, EXIT})
 
 
@@ -163,7 +164,7 @@ def decode_message(data: str | bytes) -> Message | None:
 
     One typed msgspec call in the common case. A known message that call
     refuses (a field of an unexpected type) is read field by field instead,
-    as the official Go SDK does (section 12, item 0): a bad field is lost,
+    as the official Go SDK does (be liberal in what you accept): a bad field is lost,
     never the message. Only a port notification without a readable ``port``
     is dropped, having nothing left to say.
     """
@@ -376,7 +377,7 @@ class Utf8Decoder:
 
 
 class HttpExecParser:
-    """Recover output and exit code from an HTTP exec body (Section 3.12).
+    """Recover output and exit code from an HTTP exec (``POST .../exec``) body.
 
     The body is the non-TTY frame stream written back to back without length
     prefixes, so frame boundaries are only the server's HTTP chunk

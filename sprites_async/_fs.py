@@ -1,4 +1,4 @@
-"""The sprite's filesystem as pathlib-like objects (section 7 of the protocol reference).
+"""The sprite's filesystem as pathlib-like objects (the ``/fs/...`` endpoints).
 
 ::
 
@@ -18,7 +18,7 @@ with ``errno`` and ``filename`` set. A 404 *without* a code is the sprite (or
 the endpoint) missing and stays a plain :class:`NotFoundError`.
 
 Not provided: ``watch()`` (``/fs/watch``) — its message vocabulary is not
-documented anywhere (section 7.10) and no SDK implements it, so shipping it
+documented anywhere and no SDK implements it, so shipping it
 would mean guessing a protocol.
 """
 
@@ -32,7 +32,6 @@ import posixpath
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
@@ -59,6 +58,7 @@ from ._models import (
     salvage_list,
     share_raw,
 )
+from ._resource import AsyncResource
 from ._session import (
     SOCKET_ERRORS,
     ExtraBody,
@@ -101,7 +101,7 @@ _encode = msgspec.json.encode
 
 
 class SpriteFSError(APIError, OSError):
-    """A filesystem operation failed inside the sprite (section 7.11).
+    """A filesystem operation failed inside the sprite (an error body with a POSIX ``code``).
 
     Both an :class:`APIError` (``status_code``, ``code``, ``body`` ...) and an
     :class:`OSError` (``errno``, ``strerror``, ``filename``, ``filename2``).
@@ -217,7 +217,8 @@ def _local_error(cls: type[SpriteFSError], code: str, path: str, sprite: str, op
     """Raise a filesystem error found by the client itself (no response behind it)."""
     number = getattr(errno, code)
     message = os.strerror(number)
-    # The status the server uses for the same condition (section 7.11).
+    # The status the server uses for the same condition (only ENOENT's 404 is
+    # observed; 403 and 400 are what an error of that code gets elsewhere).
     status = {"ENOENT": 404, "EACCES": 403}.get(code, 400)
     err = cls(message, status_code=status, code=code, operation=op, sprite=sprite)
     err.errno, err.strerror, err.filename = number, message, path
@@ -314,7 +315,7 @@ def _parse_mode(value: str | int | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
     try:
-        return int(value, 8)  # "0644" and "644" alike (section 7)
+        return int(value, 8)  # modes are octal text: "0644" and "644" alike
     except ValueError:
         return None
 
@@ -843,7 +844,7 @@ class SpritePath:
         be sure the response is released when you stop early.
 
         The range is sent as a standard ``Range`` header (whether the real
-        server honours it is unconfirmed, section 7.1). A ``206`` is placed by
+        server honours it is unconfirmed). A ``206`` is placed by
         its ``Content-Range``; a ``200`` means the range was ignored and the
         whole file follows, so it is skipped and trimmed client-side; a
         ``416`` (``offset`` past the end) yields nothing. Either way the
@@ -930,7 +931,7 @@ class SpritePath:
     ) -> FileInfo:
         """Information about this path.
 
-        There is no stat endpoint; this is section 7.3's algorithm. The path
+        There is no stat endpoint, so it is found by listing. The path
         itself is listed first, as every official SDK does: a single entry
         whose ``path`` is this path is the answer (a file or a symlink).
         Otherwise this is a directory, and only then is the parent listed to
@@ -1091,7 +1092,7 @@ class SpritePath:
     ) -> None:
         """Create this directory.
 
-        There is no mkdir endpoint (section 7.9). Like the official SDKs this
+        There is no mkdir endpoint. Like the official SDKs this
         writes a marker file with parent creation enabled and deletes it;
         the marker has a random name, so an existing ``.keep`` of the user's
         is never overwritten or removed. ``mode`` (if given) is applied to the
@@ -1382,7 +1383,7 @@ def _write_result(raw: bytes, path: str) -> WriteResult:
     return WriteResult(path=wire.path or path, size=wire.size, mode=_parse_mode(wire.mode))
 
 
-class ByteStream:
+class ByteStream(AsyncResource):
     """Chunks of a file being downloaded; iterate it, and close it if you stop early.
 
     An async iterator and an async context manager: leaving the ``async with``
@@ -1407,17 +1408,6 @@ class ByteStream:
         close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()
-
-    async def __aenter__(self) -> ByteStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def read(self) -> bytes:
         """Everything that is left, as one bytes object."""

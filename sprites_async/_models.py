@@ -5,7 +5,8 @@ omit keys, send nulls, and add keys the docs never mention. Unknown keys are
 ignored (but kept reachable through ``raw``); missing ones stay ``None``
 (never "now").
 
-Decoding is liberal in what it accepts (section 12, item 0) without slowing
+Decoding is liberal in what it accepts (a field of an odd type or a ``null``
+where a list belongs costs that field, never the response) without slowing
 the common case: a response is first decoded by one typed msgspec call; only
 if that refuses it (a ``null`` array, a field of an unexpected type) is it
 decoded again into plain Python objects and converted field by field
@@ -54,7 +55,7 @@ class SpriteConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class SpriteInfo(msgspec.Struct, kw_only=True, dict=True):
-    """What the API says about one sprite (section 2.1 of the protocol reference).
+    """What the API says about one sprite.
 
     ``status`` is a plain string: ``"cold"``, ``"warm"``, ``"running"``, or
     anything newer the service may send. ``labels`` is a list even when the
@@ -343,7 +344,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         pass
     element = _list_in(tp)
     if value is None and element is not _NOTHING:
-        return []  # Go marshals a nil slice as null (section 12, item 0)
+        return []  # the Go server marshals an empty (nil) slice as null
     struct = _struct_in(tp)
     if struct is not None and isinstance(value, dict):
         return salvage(value, struct, where)

@@ -1,4 +1,4 @@
-"""The sprite's network (egress) policy: ``/policy/network`` (section 9.1).
+"""The sprite's network (egress) policy: ``/policy/network``.
 
 ::
 
@@ -9,8 +9,8 @@
     ])
     policy = await sprite.policy.get()
 
-Rules are validated before anything is sent, exactly as the server does
-(section 9.1), so a bad rule fails with a :class:`ValueError` naming it
+Rules are validated before anything is sent, with the server's own strict
+rules, so a bad rule fails with a :class:`ValueError` naming it
 instead of the server's bare ``400 invalid policy config``. An empty rule
 list removes every restriction.
 """

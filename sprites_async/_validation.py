@@ -10,7 +10,7 @@ from datetime import timedelta
 from ._models import URL_AUTH_VALUES
 
 # Names become a hostname label in the sprite's URL; the service only documents
-# that "" is refused, so this is the safe, observed-compatible set (section 2.8).
+# that "" is refused, so this is the safe set every observed name fits.
 # It is enforced on create only: every other call takes any name the server
 # could hold (check_path_name), so a sprite named outside this guess stays
 # reachable.

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from ._errors import APIError, NotFoundError, StreamError
+from ._errors import APIError, NotFoundError, StreamError, missing_as
 from ._models import (
     JSONDecoder,
     LiberalDecoder,
@@ -36,7 +36,15 @@ from ._models import (
     share_raw,
 )
 from ._paging import AsyncPaginator, ListPage
-from ._session import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
+from ._session import (
+    ExtraBody,
+    ExtraHeaders,
+    ExtraQuery,
+    RequestOptions,
+    Response,
+    quote_segment,
+    request_options,
+)
 from ._streams import EventOperation, EventTracker, NDJSONStream, OtherEvent, event_decoder
 from ._validation import check_id
 
@@ -412,19 +420,8 @@ class CheckpointsResource:
                 "... not found" the service answers).
             NotFoundError: No such sprite.
         """
-        checkpoint_id = check_id(checkpoint_id, "checkpoint id")
-        sprite = self._sprite
-        try:
-            resp = await sprite.client._request(
-                "GET",
-                f"{sprite.path}/checkpoints/{quote_segment(checkpoint_id)}",
-                operation="get checkpoint",
-                sprite=sprite.name,
-                timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
-            )
-        except APIError as exc:
-            raise _not_found(exc) from exc
+        options = request_options(extra_headers, extra_query, extra_body)
+        resp = await self._one("GET", checkpoint_id, "get checkpoint", options)
         return resp.parse(_checkpoint_decoder.decode)
 
     async def delete(
@@ -441,16 +438,23 @@ class CheckpointsResource:
             ConflictError: It is the active checkpoint (or ``Current``).
             CheckpointNotFoundError: No such checkpoint.
         """
+        options = request_options(extra_headers, extra_query, extra_body)
+        await self._one("DELETE", checkpoint_id, "delete checkpoint", options)
+
+    async def _one(
+        self, method: str, checkpoint_id: str, operation: str, options: RequestOptions | None
+    ) -> Response:
+        """A request about one checkpoint; a missing one raises :class:`CheckpointNotFoundError`."""
         checkpoint_id = check_id(checkpoint_id, "checkpoint id")
         sprite = self._sprite
         try:
-            await sprite.client._request(
-                "DELETE",
+            return await sprite.client._request(
+                method,
                 f"{sprite.path}/checkpoints/{quote_segment(checkpoint_id)}",
-                operation="delete checkpoint",
+                operation=operation,
                 sprite=sprite.name,
                 timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
+                options=options,
             )
         except APIError as exc:
             raise _not_found(exc) from exc
@@ -546,19 +550,5 @@ class _Tracker(EventTracker[CheckpointEvent]):
 
 
 def _not_found(exc: APIError) -> APIError:
-    """Checkpoint-missing answers as :class:`CheckpointNotFoundError`; others unchanged."""
-    if exc.status_code not in (404, 500) or exc.message.strip() == "sprite not found":
-        return exc
-    if exc.code == "route_not_found":  # an older server without the endpoint
-        return exc
-    if exc.status_code == 500 and "not found" not in exc.message.lower():
-        return exc
-    return CheckpointNotFoundError(
-        exc.message,
-        status_code=exc.status_code,
-        code=exc.code,
-        body=exc.body,
-        headers=exc.headers,
-        operation=exc.operation,
-        sprite=exc.sprite,
-    )
+    """A missing checkpoint (a 404, or the service's 500) as :class:`CheckpointNotFoundError`."""
+    return missing_as(exc, CheckpointNotFoundError, not_found_500=True)

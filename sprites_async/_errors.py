@@ -315,6 +315,34 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
 
 
+_N = TypeVar("_N", bound=NotFoundError)
+
+
+def missing_as(exc: APIError, cls: type[_N], *, not_found_500: bool = False) -> APIError:
+    """``exc`` as ``cls`` when it says a sprite's resource (checkpoint, service) is missing.
+
+    A 404 qualifies, and with ``not_found_500`` also a 500 whose message says
+    "not found" (what the service answers for a missing checkpoint). A
+    missing sprite (``sprite not found``), an endpoint an older server lacks
+    (``route_not_found``) and every other error come back unchanged.
+    """
+    if exc.message.strip() == "sprite not found" or exc.code == "route_not_found":
+        return exc
+    if exc.status_code != 404 and not (
+        not_found_500 and exc.status_code == 500 and "not found" in exc.message.lower()
+    ):
+        return exc
+    return cls(
+        exc.message,
+        status_code=exc.status_code,
+        code=exc.code,
+        body=exc.body,
+        headers=exc.headers,
+        operation=exc.operation,
+        sprite=exc.sprite,
+    )
+
+
 def api_error_from_response(
     status: int,
     headers: Mapping[str, str] | None,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from ._errors import APIError, NotFoundError, StreamError
+from ._errors import APIError, NotFoundError, StreamError, missing_as
 from ._models import (
     JSONDecoder,
     LiberalDecoder,
@@ -41,6 +41,7 @@ from ._session import (
     ExtraHeaders,
     ExtraQuery,
     RequestOptions,
+    Response,
     quote_segment,
     request_options,
 )
@@ -428,19 +429,9 @@ class ServicesResource:
         Raises:
             ServiceNotFoundError: No such service.
         """
-        name = _check_name(name)
-        sprite = self._sprite
-        try:
-            resp = await sprite.client._request(
-                "GET",
-                self._path(name),
-                operation="get service",
-                sprite=sprite.name,
-                timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
-            )
-        except APIError as exc:
-            raise _not_found(exc) from exc
+        path = self._path(_check_name(name))
+        options = request_options(extra_headers, extra_query, extra_body)
+        resp = await self._call("GET", path, "get service", options)
         return resp.parse(_service_decoder.decode)
 
     def create(
@@ -580,13 +571,16 @@ class ServicesResource:
         json: bytes | None = None,
         params: _QueryParams | None = None,
         exit_fails: bool = False,
+        needs_complete: bool = True,
         idempotent: bool | None = None,
         options: RequestOptions | None = None,
     ) -> EventOperation[ServiceEvent, ServiceResult]:
         if duration is not None:
             params = [*(params or []), ("duration", go_duration(duration))]
         sprite = self._sprite
-        tracker = _Tracker(name, operation, sprite.name, exit_fails=exit_fails, needs_complete=True)
+        tracker = _Tracker(
+            name, operation, sprite.name, exit_fails=exit_fails, needs_complete=needs_complete
+        )
         stream: NDJSONStream[ServiceEvent, Any] = NDJSONStream(
             sprite.client,
             method,
@@ -636,23 +630,15 @@ class ServicesResource:
         if duration is None and follow:
             duration = FOLLOW_FOREVER
         params.append(("duration", "0" if duration is None else go_duration(duration)))
-        sprite = self._sprite
-        tracker = _Tracker(
-            name, "service logs", sprite.name, exit_fails=False, needs_complete=False
-        )
-        stream: NDJSONStream[ServiceEvent, Any] = NDJSONStream(
-            sprite.client,
+        return self._operation(
             "GET",
-            self._path(name, "logs"),
-            decoder=_decode_event,
-            operation="service logs",
-            sprite=sprite.name,
+            name,
+            "logs",
+            "service logs",
+            None,
             params=params,
-            on_api_error=_raise_not_found,
+            needs_complete=False,
             options=request_options(extra_headers, extra_query, extra_body),
-        )
-        return EventOperation(
-            stream, on_event=tracker.on_event, on_end=tracker.on_end, outcome=tracker.outcome
         )
 
     async def delete(
@@ -669,19 +655,9 @@ class ServicesResource:
             ServiceNotFoundError: No such service.
             ConflictError: Other services need it.
         """
-        name = _check_name(name)
-        sprite = self._sprite
-        try:
-            await sprite.client._request(
-                "DELETE",
-                self._path(name),
-                operation="delete service",
-                sprite=sprite.name,
-                timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
-            )
-        except APIError as exc:
-            raise _not_found(exc) from exc
+        path = self._path(_check_name(name))
+        options = request_options(extra_headers, extra_query, extra_body)
+        await self._call("DELETE", path, "delete service", options)
 
     async def signal(
         self,
@@ -700,18 +676,30 @@ class ServicesResource:
             ServiceNotFoundError: No such service.
             ConflictError: The service is not running.
         """
-        name = _check_name(name)
-        body = {"name": name, "signal": signal_name(sig)}
+        body = msgspec.json.encode({"name": _check_name(name), "signal": signal_name(sig)})
+        options = request_options(extra_headers, extra_query, extra_body)
+        await self._call("POST", self._path("signal"), "signal service", options, json=body)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        options: RequestOptions | None,
+        *,
+        json: bytes | None = None,
+    ) -> Response:
+        """A plain request; a missing service raises :class:`ServiceNotFoundError`."""
         sprite = self._sprite
         try:
-            await sprite.client._request(
-                "POST",
-                self._path("signal"),
-                operation="signal service",
+            return await sprite.client._request(
+                method,
+                path,
+                operation=operation,
                 sprite=sprite.name,
-                json=msgspec.json.encode(body),
+                json=json,
                 timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
+                options=options,
             )
         except APIError as exc:
             raise _not_found(exc) from exc
@@ -728,19 +716,7 @@ def _strings(values: Iterable[str], what: str) -> list[str]:
 
 def _not_found(exc: APIError) -> APIError:
     """A missing service as :class:`ServiceNotFoundError`; a missing sprite stays as it is."""
-    if exc.status_code != 404 or exc.message.strip() == "sprite not found":
-        return exc
-    if exc.code == "route_not_found":  # an older server without the endpoint
-        return exc
-    return ServiceNotFoundError(
-        exc.message,
-        status_code=exc.status_code,
-        code=exc.code,
-        body=exc.body,
-        headers=exc.headers,
-        operation=exc.operation,
-        sprite=exc.sprite,
-    )
+    return missing_as(exc, ServiceNotFoundError)
 
 
 def _raise_not_found(exc: APIError) -> Any:

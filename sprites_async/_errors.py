@@ -133,7 +133,33 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return headers.get(name)
 
 
-class APIError(SpritesError):
+class _Answered(SpritesError):
+    """An error that may stem from one answer of the server.
+
+    It carries what identifies that answer (request ids), what the SDK was
+    doing and for which sprite, and pickles from those attributes: keyword-only
+    constructors do not survive pickling by default, and errors cross process
+    boundaries in fleet tools.
+    """
+
+    def _note(
+        self,
+        message: str,
+        headers: Mapping[str, str] | None,
+        operation: str | None,
+        sprite: str | None,
+    ) -> None:
+        self.message = message
+        self.request_id = _header(headers, "x-request-id")
+        self.fly_request_id = _header(headers, "fly-request-id")
+        self.operation = operation
+        self.sprite = sprite
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_error, (type(self), self.__dict__.copy()))
+
+
+class APIError(_Answered):
     """The service answered with an error status.
 
     Attributes:
@@ -163,15 +189,11 @@ class APIError(SpritesError):
         sprite: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
+        self._note(message, headers, operation, sprite)
         self.status_code = status_code
         self.code = code
         self.body = body
         self.headers: Mapping[str, str] = dict(headers or {})
-        self.request_id = _header(headers, "x-request-id")
-        self.fly_request_id = _header(headers, "fly-request-id")
-        self.operation = operation
-        self.sprite = sprite
 
     @property
     def is_not_found(self) -> bool:
@@ -197,11 +219,6 @@ class APIError(SpritesError):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only constructors do not survive pickling by default; errors
-        # cross process boundaries in fleet tools, so keep them picklable.
-        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
 E = TypeVar("E", bound=SpritesError)
@@ -396,7 +413,7 @@ class SpritesTimeoutError(SpritesConnectionError, TimeoutError):
     """A connect, read, idle or handshake timeout expired."""
 
 
-class ProtocolError(SpritesError):
+class ProtocolError(_Answered):
     """The server sent data that does not follow the protocol.
 
     When the data was one HTTP response (an answer that does not decode,
@@ -423,12 +440,8 @@ class ProtocolError(SpritesError):
         sprite: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
+        self._note(message, headers, operation, sprite)
         self.status_code = status_code
-        self.request_id = _header(headers, "x-request-id")
-        self.fly_request_id = _header(headers, "fly-request-id")
-        self.operation = operation
-        self.sprite = sprite
         self.body = body[:1024]
 
     def __str__(self) -> str:
@@ -440,9 +453,6 @@ class ProtocolError(SpritesError):
             if value:
                 details.append(f"{key}={value}")
         return f"{self.message} ({', '.join(details)})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
 class StreamError(ProtocolError):
@@ -557,7 +567,7 @@ def start_failure_kind(text: str, *, prefixed: bool, name: str = "") -> str | No
     return None
 
 
-class CommandStartError(ExecError):
+class CommandStartError(ExecError, _Answered):
     """The sprite could not start the command: nothing ran.
 
     Raised instead of a generic failure when the server reports that the
@@ -600,11 +610,7 @@ class CommandStartError(ExecError):
         self.server_message = server_message.strip()
         self.exit_code = 127 if reason == "not_found" else 126
         self.status_code = status_code
-        self.request_id = _header(headers, "x-request-id")
-        self.fly_request_id = _header(headers, "fly-request-id")
-        self.operation = operation
-        self.sprite = sprite
-        self.message = self._summary()
+        self._note(self._summary(), headers, operation, sprite)
         super().__init__(self.message)
 
     def _summary(self) -> str:
@@ -634,9 +640,6 @@ class CommandStartError(ExecError):
             if v
         ]
         return self.message + (f" ({', '.join(details)})" if details else "")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
 class CommandNotFoundError(CommandStartError):

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -36,6 +36,7 @@ from ._models import (
     share_raw,
 )
 from ._paging import AsyncPaginator, ListPage
+from ._resource import SpriteResource
 from ._session import (
     ExtraBody,
     ExtraHeaders,
@@ -47,9 +48,6 @@ from ._session import (
 )
 from ._streams import EventOperation, EventTracker, NDJSONStream, OtherEvent, event_decoder
 from ._validation import check_id
-
-if TYPE_CHECKING:
-    from ._sprites import Sprite
 
 __all__ = [
     "Checkpoint",
@@ -253,14 +251,8 @@ def _newest(checkpoints: list[Checkpoint]) -> Checkpoint | None:
 # ------------------------------------------------------------------- resource
 
 
-class CheckpointsResource:
+class CheckpointsResource(SpriteResource):
     """Checkpoints of one sprite: ``sprite.checkpoints``."""
-
-    def __init__(self, sprite: Sprite) -> None:
-        self._sprite = sprite
-
-    def __repr__(self) -> str:
-        return f"<CheckpointsResource sprite={self._sprite.name!r}>"
 
     def create(
         self,

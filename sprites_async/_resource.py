@@ -1,11 +1,14 @@
-"""The async-resource mixin: ``async with`` opens, leaving closes."""
+"""Two small bases: ``async with`` that opens and closes, and a per-sprite resource handle."""
 
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-__all__ = ["AsyncResource"]
+if TYPE_CHECKING:
+    from ._sprites import Sprite
+
+__all__ = ["AsyncResource", "SpriteResource"]
 
 _R = TypeVar("_R", bound="AsyncResource")
 
@@ -39,3 +42,18 @@ class AsyncResource:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class SpriteResource:
+    """What one sprite offers under a name (``sprite.checkpoints``, ``sprite.services`` ...).
+
+    A handle on the sprite and nothing else: making one does no I/O.
+    """
+
+    __slots__ = ("_sprite",)
+
+    def __init__(self, sprite: Sprite) -> None:
+        self._sprite = sprite
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} sprite={self._sprite.name!r}>"

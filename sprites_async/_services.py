@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -36,6 +36,7 @@ from ._models import (
     share_raw,
 )
 from ._paging import AsyncPaginator, ListPage
+from ._resource import SpriteResource
 from ._session import (
     ExtraBody,
     ExtraHeaders,
@@ -47,9 +48,6 @@ from ._session import (
 )
 from ._streams import EventOperation, EventTracker, NDJSONStream, OtherEvent, event_decoder
 from ._validation import check_int, check_path_name, go_duration, signal_name
-
-if TYPE_CHECKING:
-    from ._sprites import Sprite
 
 __all__ = [
     "Service",
@@ -370,14 +368,8 @@ class _Tracker(EventTracker[Any]):
 # -------------------------------------------------------------------- resource
 
 
-class ServicesResource:
+class ServicesResource(SpriteResource):
     """Services of one sprite: ``sprite.services``."""
-
-    def __init__(self, sprite: Sprite) -> None:
-        self._sprite = sprite
-
-    def __repr__(self) -> str:
-        return f"<ServicesResource sprite={self._sprite.name!r}>"
 
     def _path(self, name: str | None = None, action: str | None = None) -> str:
         path = self._sprite.path + "/services"

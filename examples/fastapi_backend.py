@@ -43,11 +43,11 @@ from pydantic import BaseModel, Field
 from sprites_async import (
     APIError,
     CommandTimeoutError,
-    OutputEvent,
     Sprite,
     SpritesError,
 )
 from sprites_async.fleet import temporary_sprite
+from sprites_async.types import OutputEvent
 
 MAX_OUTPUT = 1 << 20
 MAX_TIMEOUT = 300.0

@@ -8,20 +8,14 @@ Quick start::
         info = await client.sprites.create("scratch")
         async for s in client.sprites.list(prefix="ci-"):
             print(s.name, s.status)
+
+The top level holds what code imports every day: the client,
+:class:`Sprite`, :class:`ExecResult`, :class:`EventOperation`, the settings,
+every error, and the types you build yourself. Models, event structs and
+the handles calls return live in :mod:`sprites_async.types`.
 """
 
-from ._checkpoints import (
-    Checkpoint,
-    CheckpointComplete,
-    CheckpointError,
-    CheckpointErrorEvent,
-    CheckpointEvent,
-    CheckpointInfo,
-    CheckpointNotFoundError,
-    CheckpointsResource,
-    EventOperation,
-    OtherEvent,
-)
+from ._checkpoints import CheckpointError, CheckpointNotFoundError
 from ._client import SpritesClient
 from ._config import ControlOptions, ExecSettings, RetryPolicy, Timeouts
 from ._errors import (
@@ -48,97 +42,37 @@ from ._errors import (
     SpritesTimeoutError,
     StreamError,
 )
-from ._exec import (
-    ExecResult,
-    ExecSession,
-    ExecSessionInfo,
-    ExecSessions,
-    ExitEvent,
-    KillEvent,
-    OutputEvent,
-    OutputStream,
-    PortEvent,
-    SessionInfoEvent,
-)
+from ._exec import ExecResult
 from ._fs import (
-    ByteStream,
-    CopyResult,
-    FileInfo,
     SpriteDirectoryNotEmptyError,
     SpriteFileExistsError,
     SpriteFileNotFoundError,
-    SpriteFS,
     SpriteFSError,
     SpriteIsADirectoryError,
     SpriteNotADirectoryError,
-    SpritePath,
     SpritePermissionError,
-    WriteResult,
 )
-from ._models import OrgCounters, SpriteConfig, SpriteInfo, SpritePage, URLSettings
-from ._paging import AsyncPaginator
-from ._policy import (
-    DomainRule,
-    IncludeRule,
-    NetworkPolicy,
-    PolicyResource,
-    Rule,
-)
-from ._ports import (
-    PortClosed,
-    PortInfo,
-    PortList,
-    PortOpened,
-    PortsResource,
-    PortsWatchEvent,
-    PortsWatchNotSupportedError,
-    PortWatch,
-)
+from ._models import SpriteConfig
+from ._policy import DomainRule, IncludeRule
+from ._ports import PortsWatchNotSupportedError
 from ._proxy import (
-    PortForward,
     ProxyError,
     ProxyRejectedError,
     ProxyTargetUnreachableError,
-    forward,
-    open_connection,
 )
-from ._services import (
-    Service,
-    ServiceComplete,
-    ServiceError,
-    ServiceErrorEvent,
-    ServiceEvent,
-    ServiceExit,
-    ServiceNotFoundError,
-    ServiceOutput,
-    ServiceResult,
-    ServicesResource,
-    ServiceStarted,
-    ServiceState,
-    ServiceStderr,
-    ServiceStdout,
-    ServiceStopped,
-    ServiceStopping,
-)
+from ._services import ServiceError, ServiceNotFoundError
 from ._session import DEFAULT_BASE_URL
-from ._sprites import DeleteReport, Sprite, SpritesResource
+from ._sprites import Sprite
+from ._streams import EventOperation
 from ._version import __version__
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "APIError",
-    "AsyncPaginator",
     "AuthenticationError",
     "BadRequestError",
-    "ByteStream",
-    "Checkpoint",
-    "CheckpointComplete",
     "CheckpointError",
-    "CheckpointErrorEvent",
-    "CheckpointEvent",
-    "CheckpointInfo",
     "CheckpointNotFoundError",
-    "CheckpointsResource",
     "ClientClosedError",
     "CommandFailedError",
     "CommandNotFoundError",
@@ -147,39 +81,16 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ControlOptions",
-    "CopyResult",
-    "DeleteReport",
     "DomainRule",
     "EventOperation",
     "ExecError",
     "ExecResult",
-    "ExecSession",
-    "ExecSessionInfo",
-    "ExecSessions",
     "ExecSettings",
-    "ExitEvent",
     "ExitStatusUnknownError",
-    "FileInfo",
     "GoneError",
     "IncludeRule",
-    "KillEvent",
-    "NetworkPolicy",
     "NotFoundError",
-    "OrgCounters",
-    "OtherEvent",
-    "OutputEvent",
-    "OutputStream",
     "PermissionDeniedError",
-    "PolicyResource",
-    "PortClosed",
-    "PortEvent",
-    "PortForward",
-    "PortInfo",
-    "PortList",
-    "PortOpened",
-    "PortWatch",
-    "PortsResource",
-    "PortsWatchEvent",
     "PortsWatchNotSupportedError",
     "ProtocolError",
     "ProxyError",
@@ -187,48 +98,23 @@ __all__ = [
     "ProxyTargetUnreachableError",
     "RateLimitError",
     "RetryPolicy",
-    "Rule",
     "ServerError",
-    "Service",
-    "ServiceComplete",
     "ServiceError",
-    "ServiceErrorEvent",
-    "ServiceEvent",
-    "ServiceExit",
     "ServiceNotFoundError",
-    "ServiceOutput",
-    "ServiceResult",
-    "ServiceStarted",
-    "ServiceState",
-    "ServiceStderr",
-    "ServiceStdout",
-    "ServiceStopped",
-    "ServiceStopping",
-    "ServicesResource",
-    "SessionInfoEvent",
     "Sprite",
     "SpriteConfig",
     "SpriteDirectoryNotEmptyError",
-    "SpriteFS",
     "SpriteFSError",
     "SpriteFileExistsError",
     "SpriteFileNotFoundError",
-    "SpriteInfo",
     "SpriteIsADirectoryError",
     "SpriteNotADirectoryError",
-    "SpritePage",
-    "SpritePath",
     "SpritePermissionError",
     "SpritesClient",
     "SpritesConnectionError",
     "SpritesError",
-    "SpritesResource",
     "SpritesTimeoutError",
     "StreamError",
     "Timeouts",
-    "URLSettings",
-    "WriteResult",
-    "forward",
-    "open_connection",
     "__version__",
 ]

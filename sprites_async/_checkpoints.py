@@ -1,4 +1,4 @@
-"""Checkpoints: create, list, get, restore, delete, and a restore-on-error guard (section 6).
+"""Checkpoints: create, list, get, restore, delete, and a restore-on-error guard.
 
 ``create`` and ``restore`` stream NDJSON progress events. They return an
 :class:`EventOperation`, which is both an async iterator of typed events
@@ -10,39 +10,44 @@
 
 A ``200`` stream can still fail: an ``error`` event raises
 :class:`CheckpointError` with the server's message, and so does a stream
-that ends without its ``complete`` event (section 12, item 26).
+that ends without its ``complete`` event: a checkpoint is made only if the
+server said so.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import typing
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar
 
 import msgspec
 
-from ._errors import APIError, NotFoundError, StreamError
+from ._errors import APIError, NotFoundError, StreamError, missing_as
 from ._models import (
     JSONDecoder,
     LiberalDecoder,
     RawSource,
     decode_any,
     raw_of,
-    salvage,
     salvage_list,
     share_raw,
 )
-from ._session import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
-from ._streams import NDJSONStream
-
-if TYPE_CHECKING:
-    from ._sprites import Sprite
+from ._paging import AsyncPaginator, ListPage
+from ._resource import SpriteResource
+from ._session import (
+    ExtraBody,
+    ExtraHeaders,
+    ExtraQuery,
+    RequestOptions,
+    Response,
+    quote_segment,
+    request_options,
+)
+from ._streams import EventOperation, EventTracker, NDJSONStream, OtherEvent, event_decoder
+from ._validation import check_id
 
 __all__ = [
     "Checkpoint",
@@ -53,18 +58,10 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointNotFoundError",
     "CheckpointsResource",
-    "EventOperation",
-    "OtherEvent",
 ]
-
-logger = logging.getLogger("sprites_async")
 
 CURRENT = "Current"
 """The pseudo-id the list uses for the live state."""
-
-E = TypeVar("E")
-R = TypeVar("R")
-
 
 # --------------------------------------------------------------------- errors
 
@@ -151,68 +148,8 @@ class CheckpointComplete(_Timed, tag="complete", tag_field="type", kw_only=True)
     data: str = ""
 
 
-class OtherEvent(msgspec.Struct, kw_only=True):
-    """An event of a type this SDK does not know (newer servers add some).
-
-    Attributes:
-        type: The event's ``type``.
-        fields: The whole decoded line.
-    """
-
-    type: str
-    fields: dict[str, Any]
-
-
 CheckpointEvent = CheckpointInfo | CheckpointErrorEvent | CheckpointComplete | OtherEvent
 """What checkpoint and restore streams yield."""
-
-
-class _TypeOnly(msgspec.Struct):
-    type: str
-
-
-_type_only_decoder = JSONDecoder(msgspec.json.Decoder(_TypeOnly))
-_fields_decoder = JSONDecoder(msgspec.json.Decoder(dict[str, Any]))
-
-
-class _EventDecoder:
-    """Decodes NDJSON event lines of a tagged union; unknown types become :class:`OtherEvent`.
-
-    A line of a known type that does not fit its Struct (a ``null`` array,
-    a field of an odd type) is read field by field (:func:`salvage`); only
-    one whose required fields cannot be read raises (and is skipped and
-    logged by the NDJSON reader). ``decode_lines`` decodes a whole chunk in
-    one msgspec call; the reader redoes a refused chunk line by line.
-    """
-
-    __slots__ = ("_classes", "_decoder", "_what", "decode_lines")
-
-    def __init__(self, union: Any, known: frozenset[str], what: str) -> None:
-        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
-        self._classes: dict[object, type[msgspec.Struct]] = {
-            cls.__struct_config__.tag: cls for cls in typing.get_args(union)
-        }
-        assert set(self._classes) == known, (set(self._classes), known)
-        self._what = what
-        self.decode_lines = self._decoder.decode_lines
-
-    def __call__(self, line: bytes) -> Any:
-        try:
-            return self._decoder.decode(line)
-        except msgspec.ValidationError:
-            typed = _type_only_decoder.decode(line)
-            cls = self._classes.get(typed.type)
-            if cls is not None:
-                return salvage(decode_any(line), cls, f"{self._what} {typed.type!r} event")
-            logger.debug("%s: unknown event type %r", self._what, typed.type)
-            return OtherEvent(type=typed.type, fields=_fields_decoder.decode(line))
-        except RecursionError as exc:  # msgspec's answer to JSON nested too deeply
-            raise msgspec.DecodeError("JSON is nested too deeply") from exc
-
-
-def event_decoder(union: Any, known: frozenset[str], what: str) -> Callable[[bytes], Any]:
-    """One-line decoder (with a chunk fast path) for a tagged union of events."""
-    return _EventDecoder(union, known, what)
 
 
 _decode_event = event_decoder(
@@ -222,118 +159,11 @@ _decode_event = event_decoder(
 )
 
 
-# ------------------------------------------------------------------ operation
-
-
-class EventOperation(Generic[E, R]):
-    """A server operation that streams NDJSON events: iterate it, or await it.
-
-    * ``async for event in op`` yields typed events as each line arrives;
-      a failure event, or an end without the final event, raises.
-    * ``await op`` consumes the stream and returns the outcome.
-    * ``async with op as events:`` releases the response on exit (use it
-      when you may stop iterating early); :meth:`aclose` does the same.
-
-    Closing early only stops the client; the server may finish the operation.
-    Shared by checkpoint and service streams.
-    """
-
-    def __init__(
-        self,
-        stream: NDJSONStream[E, Any],
-        *,
-        on_event: Callable[[E], None],
-        on_end: Callable[[], None],
-        outcome: Callable[[], Awaitable[R]],
-        quiet: frozenset[type] = frozenset(),
-        on_batch: Callable[[list[E]], None] | None = None,
-    ) -> None:
-        self._stream = stream
-        self._on_event = on_event
-        self._on_end = on_end
-        self._outcome = outcome
-        # Event types ``on_event`` has nothing to do for (progress lines):
-        # skipping the call matters when a stream carries many thousands.
-        self._quiet = quiet
-        # Sees the events of each decoded chunk at once, before they are
-        # handed out (one call per chunk, not per event).
-        self._on_batch = on_batch
-        self._iter: AsyncGenerator[E, None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._stream!r}>"
-
-    def __aiter__(self) -> AsyncGenerator[E, None]:
-        # An async generator resumes much faster than a coroutine per
-        # ``__anext__``; every ``async for`` over this operation shares it.
-        if self._iter is None:
-            self._iter = self._events()
-        return self._iter
-
-    def __anext__(self) -> Awaitable[E]:
-        return self.__aiter__().__anext__()
-
-    async def _events(self) -> AsyncGenerator[E, None]:
-        stream = self._stream
-        on_event = self._on_event
-        on_batch = self._on_batch
-        quiet = self._quiet
-        try:
-            while True:
-                batch = await stream.next_batch()
-                if not batch:
-                    break
-                if on_batch is not None:
-                    on_batch(batch)
-                if quiet.issuperset(map(type, batch)):
-                    for event in batch:
-                        yield event
-                else:
-                    for event in batch:
-                        if type(event) not in quiet:
-                            on_event(event)
-                        yield event
-            self._on_end()
-        except Exception as exc:
-            await stream._close(exc)  # the stream's span (if any) ends with it
-            raise
-        finally:
-            await stream.aclose()
-
-    async def aclose(self) -> None:
-        """Release the response. Idempotent."""
-        it = self._iter
-        if it is not None and not getattr(it, "ag_running", False):
-            await it.aclose()
-        await self._stream.aclose()
-
-    async def __aenter__(self) -> EventOperation[E, R]:
-        _ = await self._stream.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _wait(self) -> R:
-        async with self:
-            async for _ in self:
-                pass
-        return await self._outcome()
-
-    def __await__(self) -> Generator[Any, None, R]:
-        return self._wait().__await__()
-
-
 # ---------------------------------------------------------------------- model
 
 
 class Checkpoint(msgspec.Struct, kw_only=True, dict=True):
-    """A checkpoint (section 6.1); :attr:`raw` is the JSON object as received.
+    """A checkpoint of a sprite's filesystem; :attr:`raw` is the JSON object as received.
 
     Attributes:
         id: ``v0``, ``v1`` ..., ``auto-...``, or ``Current`` (the live state,
@@ -386,10 +216,11 @@ _ID_RE = re.compile(r"ID: (\S+)")
 
 
 def checkpoint_id_from_events(events: list[CheckpointEvent]) -> str | None:
-    """The new checkpoint's id as section 6.2 finds it, or None.
+    """The new checkpoint's id as the create stream names it, or None.
 
     First the ``complete`` line (``Checkpoint v3 created ...``), then an
-    ``info`` line ``ID: v3``. The caller falls back to listing.
+    ``info`` line ``ID: v3``; servers send one or both, near the stream's
+    end. The caller falls back to listing.
     """
     for event in events:
         if isinstance(event, CheckpointComplete):
@@ -402,14 +233,6 @@ def checkpoint_id_from_events(events: list[CheckpointEvent]) -> str | None:
             if found:
                 return found.group(1)
     return None
-
-
-def _check_id(checkpoint_id: object) -> str:
-    if not isinstance(checkpoint_id, str):
-        raise TypeError(f"a checkpoint id must be a str, not {type(checkpoint_id).__name__}")
-    if not checkpoint_id or "\x00" in checkpoint_id:
-        raise ValueError(f"invalid checkpoint id {checkpoint_id!r}")
-    return checkpoint_id
 
 
 def _time_key(cp: Checkpoint) -> float:
@@ -428,14 +251,8 @@ def _newest(checkpoints: list[Checkpoint]) -> Checkpoint | None:
 # ------------------------------------------------------------------- resource
 
 
-class CheckpointsResource:
+class CheckpointsResource(SpriteResource):
     """Checkpoints of one sprite: ``sprite.checkpoints``."""
-
-    def __init__(self, sprite: Sprite) -> None:
-        self._sprite = sprite
-
-    def __repr__(self) -> str:
-        return f"<CheckpointsResource sprite={self._sprite.name!r}>"
 
     def create(
         self,
@@ -475,7 +292,7 @@ class CheckpointsResource:
         tracker = _Tracker(operation, sprite.name, None, seen)
 
         async def outcome() -> Checkpoint:
-            tracker.check_complete()
+            tracker.on_end()
             found = checkpoint_id_from_events(list(seen))
             if found is not None:
                 return await self.get(found, extra_headers=extra_headers, extra_query=extra_query)
@@ -514,7 +331,7 @@ class CheckpointsResource:
             CheckpointError: An ``error`` event (an unknown id is reported
                 this way, with status 200) or an end without ``complete``.
         """
-        checkpoint_id = _check_id(checkpoint_id)
+        checkpoint_id = check_id(checkpoint_id, "checkpoint id")
         sprite = self._sprite
         operation = "restore checkpoint"
         stream: NDJSONStream[CheckpointEvent, Any] = NDJSONStream(
@@ -530,7 +347,7 @@ class CheckpointsResource:
         tracker = _Tracker(operation, sprite.name, checkpoint_id, None)
 
         async def outcome() -> None:
-            tracker.check_complete()
+            tracker.on_end()
 
         return EventOperation(
             stream,
@@ -540,7 +357,7 @@ class CheckpointsResource:
             quiet=_QUIET,
         )
 
-    async def list(
+    def list(
         self,
         *,
         include_auto: bool = False,
@@ -548,8 +365,11 @@ class CheckpointsResource:
         extra_headers: ExtraHeaders = None,
         extra_query: ExtraQuery = None,
         extra_body: ExtraBody = None,
-    ) -> list[Checkpoint]:
-        """The sprite's checkpoints, newest first.
+    ) -> AsyncPaginator[Checkpoint, ListPage[Checkpoint]]:
+        """The sprite's checkpoints, newest first: ``await`` it, or ``async for`` it.
+
+        The server answers in one piece, so awaiting gives the one page
+        there is, a :class:`ListPage` (a ``list`` of :class:`Checkpoint`).
 
         Args:
             include_auto: Include the platform's automatic ``auto-...`` checkpoints.
@@ -557,21 +377,25 @@ class CheckpointsResource:
         """
         sprite = self._sprite
         params = [("includeAuto", "true")] if include_auto else None
-        resp = await sprite.client._request(
-            "GET",
-            sprite.path + "/checkpoints",
-            operation="list checkpoints",
-            sprite=sprite.name,
-            params=params,
-            timeout="wake",
-            options=request_options(extra_headers, extra_query, extra_body),
-        )
-        found = resp.parse(_decode_list)
-        return [
-            cp
-            for cp in found
-            if (include_current or not cp.is_current) and (include_auto or not cp.is_auto)
-        ]
+        options = request_options(extra_headers, extra_query, extra_body)
+
+        async def fetch(token: str | None) -> ListPage[Checkpoint]:
+            resp = await sprite.client._request(
+                "GET",
+                sprite.path + "/checkpoints",
+                operation="list checkpoints",
+                sprite=sprite.name,
+                params=params,
+                timeout="wake",
+                options=options,
+            )
+            return ListPage(
+                cp
+                for cp in resp.parse(_decode_list)
+                if (include_current or not cp.is_current) and (include_auto or not cp.is_auto)
+            )
+
+        return AsyncPaginator(fetch)
 
     async def get(
         self,
@@ -588,19 +412,8 @@ class CheckpointsResource:
                 "... not found" the service answers).
             NotFoundError: No such sprite.
         """
-        checkpoint_id = _check_id(checkpoint_id)
-        sprite = self._sprite
-        try:
-            resp = await sprite.client._request(
-                "GET",
-                f"{sprite.path}/checkpoints/{quote_segment(checkpoint_id)}",
-                operation="get checkpoint",
-                sprite=sprite.name,
-                timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
-            )
-        except APIError as exc:
-            raise _not_found(exc) from exc
+        options = request_options(extra_headers, extra_query, extra_body)
+        resp = await self._one("GET", checkpoint_id, "get checkpoint", options)
         return resp.parse(_checkpoint_decoder.decode)
 
     async def delete(
@@ -617,16 +430,23 @@ class CheckpointsResource:
             ConflictError: It is the active checkpoint (or ``Current``).
             CheckpointNotFoundError: No such checkpoint.
         """
-        checkpoint_id = _check_id(checkpoint_id)
+        options = request_options(extra_headers, extra_query, extra_body)
+        await self._one("DELETE", checkpoint_id, "delete checkpoint", options)
+
+    async def _one(
+        self, method: str, checkpoint_id: str, operation: str, options: RequestOptions | None
+    ) -> Response:
+        """A request about one checkpoint; a missing one raises :class:`CheckpointNotFoundError`."""
+        checkpoint_id = check_id(checkpoint_id, "checkpoint id")
         sprite = self._sprite
         try:
-            await sprite.client._request(
-                "DELETE",
+            return await sprite.client._request(
+                method,
                 f"{sprite.path}/checkpoints/{quote_segment(checkpoint_id)}",
-                operation="delete checkpoint",
+                operation=operation,
                 sprite=sprite.name,
                 timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
+                options=options,
             )
         except APIError as exc:
             raise _not_found(exc) from exc
@@ -680,8 +500,11 @@ _QUIET: frozenset[type] = frozenset({CheckpointInfo})
 """Progress lines: the tracker's ``on_event`` has nothing to do for them."""
 
 
-class _Tracker:
+class _Tracker(EventTracker[CheckpointEvent]):
     """Raises for ``error`` events and for streams that end without ``complete``."""
+
+    failure: ClassVar[type] = CheckpointErrorEvent
+    completion: ClassVar[type] = CheckpointComplete
 
     def __init__(
         self,
@@ -690,62 +513,34 @@ class _Tracker:
         checkpoint_id: str | None,
         seen: deque[CheckpointEvent] | None,
     ) -> None:
-        self.operation = operation
-        self.sprite = sprite
+        super().__init__(operation, sprite)
         self.checkpoint_id = checkpoint_id
         self.seen = seen
-        self.complete = False
 
-    def on_event(self, event: CheckpointEvent) -> None:
-        """Every event but ``info`` (see :data:`QUIET`)."""
-        if isinstance(event, CheckpointErrorEvent):
-            raise CheckpointError(
-                f"{self.operation} failed: {event.error or 'unknown error'}",
-                operation=self.operation,
-                sprite=self.sprite,
-                checkpoint_id=self.checkpoint_id,
-                server_message=event.error,
-            )
-        if isinstance(event, CheckpointComplete):
-            self.complete = True
+    def error(self, message: str, *, server_message: str | None = None) -> CheckpointError:
+        return CheckpointError(
+            f"{self.operation}: {message}",
+            operation=self.operation,
+            sprite=self.sprite,
+            checkpoint_id=self.checkpoint_id,
+            server_message=server_message,
+        )
+
+    def failure_text(self, event: CheckpointEvent) -> str:
+        assert isinstance(event, CheckpointErrorEvent)
+        return event.error
 
     def on_batch(self, batch: list[CheckpointEvent]) -> None:
         """Keep the stream's last events: the lines naming the new checkpoint.
 
-        They come at its end (``ID: vN`` shortly before ``complete``, section
-        6.2). A bounded window, filled at C speed, keeps a long progress
-        stream from piling up in memory and from costing a check per line.
+        They come at its end (``ID: vN`` shortly before ``complete``). A
+        bounded window, filled at C speed, keeps a long progress stream from
+        piling up in memory and from costing a check per line.
         """
         if self.seen is not None:
             self.seen.extend(batch)
 
-    def on_end(self) -> None:
-        self.check_complete()
-
-    def check_complete(self) -> None:
-        if not self.complete:
-            raise CheckpointError(
-                f"{self.operation}: the stream ended without a 'complete' event",
-                operation=self.operation,
-                sprite=self.sprite,
-                checkpoint_id=self.checkpoint_id,
-            )
-
 
 def _not_found(exc: APIError) -> APIError:
-    """Checkpoint-missing answers as :class:`CheckpointNotFoundError`; others unchanged."""
-    if exc.status_code not in (404, 500) or exc.message.strip() == "sprite not found":
-        return exc
-    if exc.code == "route_not_found":  # an older server without the endpoint
-        return exc
-    if exc.status_code == 500 and "not found" not in exc.message.lower():
-        return exc
-    return CheckpointNotFoundError(
-        exc.message,
-        status_code=exc.status_code,
-        code=exc.code,
-        body=exc.body,
-        headers=exc.headers,
-        operation=exc.operation,
-        sprite=exc.sprite,
-    )
+    """A missing checkpoint (a 404, or the service's 500) as :class:`CheckpointNotFoundError`."""
+    return missing_as(exc, CheckpointNotFoundError, not_found_500=True)

@@ -38,6 +38,8 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from ._models import JSONDecoder
+
 __all__ = [
     "APIError",
     "AuthenticationError",
@@ -96,7 +98,7 @@ class _ErrorBody(msgspec.Struct):
     upgrade_url: str | None = None
 
 
-_error_body_decoder = msgspec.json.Decoder(_ErrorBody)
+_error_body_decoder = JSONDecoder(msgspec.json.Decoder(_ErrorBody))
 
 
 def _parse_error_body(status: int, body: bytes) -> tuple[str, str | None, _ErrorBody | None]:
@@ -106,7 +108,7 @@ def _parse_error_body(status: int, body: bytes) -> tuple[str, str | None, _Error
     if stripped.startswith(b"{"):
         try:
             parsed = _error_body_decoder.decode(stripped)
-        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
+        except msgspec.DecodeError:
             parsed = None
     if parsed is not None:
         code: str | None = parsed.code
@@ -131,7 +133,33 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return headers.get(name)
 
 
-class APIError(SpritesError):
+class _Answered(SpritesError):
+    """An error that may stem from one answer of the server.
+
+    It carries what identifies that answer (request ids), what the SDK was
+    doing and for which sprite, and pickles from those attributes: keyword-only
+    constructors do not survive pickling by default, and errors cross process
+    boundaries in fleet tools.
+    """
+
+    def _note(
+        self,
+        message: str,
+        headers: Mapping[str, str] | None,
+        operation: str | None,
+        sprite: str | None,
+    ) -> None:
+        self.message = message
+        self.request_id = _header(headers, "x-request-id")
+        self.fly_request_id = _header(headers, "fly-request-id")
+        self.operation = operation
+        self.sprite = sprite
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_error, (type(self), self.__dict__.copy()))
+
+
+class APIError(_Answered):
     """The service answered with an error status.
 
     Attributes:
@@ -161,15 +189,11 @@ class APIError(SpritesError):
         sprite: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
+        self._note(message, headers, operation, sprite)
         self.status_code = status_code
         self.code = code
         self.body = body
         self.headers: Mapping[str, str] = dict(headers or {})
-        self.request_id = _header(headers, "x-request-id")
-        self.fly_request_id = _header(headers, "fly-request-id")
-        self.operation = operation
-        self.sprite = sprite
 
     @property
     def is_not_found(self) -> bool:
@@ -195,11 +219,6 @@ class APIError(SpritesError):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only constructors do not survive pickling by default; errors
-        # cross process boundaries in fleet tools, so keep them picklable.
-        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
 E = TypeVar("E", bound=SpritesError)
@@ -313,6 +332,34 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
 
 
+_N = TypeVar("_N", bound=NotFoundError)
+
+
+def missing_as(exc: APIError, cls: type[_N], *, not_found_500: bool = False) -> APIError:
+    """``exc`` as ``cls`` when it says a sprite's resource (checkpoint, service) is missing.
+
+    A 404 qualifies, and with ``not_found_500`` also a 500 whose message says
+    "not found" (what the service answers for a missing checkpoint). A
+    missing sprite (``sprite not found``), an endpoint an older server lacks
+    (``route_not_found``) and every other error come back unchanged.
+    """
+    if exc.message.strip() == "sprite not found" or exc.code == "route_not_found":
+        return exc
+    if exc.status_code != 404 and not (
+        not_found_500 and exc.status_code == 500 and "not found" in exc.message.lower()
+    ):
+        return exc
+    return cls(
+        exc.message,
+        status_code=exc.status_code,
+        code=exc.code,
+        body=exc.body,
+        headers=exc.headers,
+        operation=exc.operation,
+        sprite=exc.sprite,
+    )
+
+
 def api_error_from_response(
     status: int,
     headers: Mapping[str, str] | None,
@@ -378,7 +425,7 @@ class SpritesTimeoutError(SpritesConnectionError, TimeoutError):
     """A connect, read, idle or handshake timeout expired."""
 
 
-class ProtocolError(SpritesError):
+class ProtocolError(_Answered):
     """The server sent data that does not follow the protocol.
 
     When the data was one HTTP response (an answer that does not decode,
@@ -405,12 +452,8 @@ class ProtocolError(SpritesError):
         sprite: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
+        self._note(message, headers, operation, sprite)
         self.status_code = status_code
-        self.request_id = _header(headers, "x-request-id")
-        self.fly_request_id = _header(headers, "fly-request-id")
-        self.operation = operation
-        self.sprite = sprite
         self.body = body[:1024]
 
     def __str__(self) -> str:
@@ -422,9 +465,6 @@ class ProtocolError(SpritesError):
             if value:
                 details.append(f"{key}={value}")
         return f"{self.message} ({', '.join(details)})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
 class StreamError(ProtocolError):
@@ -539,7 +579,7 @@ def start_failure_kind(text: str, *, prefixed: bool, name: str = "") -> str | No
     return None
 
 
-class CommandStartError(ExecError):
+class CommandStartError(ExecError, _Answered):
     """The sprite could not start the command: nothing ran.
 
     Raised instead of a generic failure when the server reports that the
@@ -582,11 +622,7 @@ class CommandStartError(ExecError):
         self.server_message = server_message.strip()
         self.exit_code = 127 if reason == "not_found" else 126
         self.status_code = status_code
-        self.request_id = _header(headers, "x-request-id")
-        self.fly_request_id = _header(headers, "fly-request-id")
-        self.operation = operation
-        self.sprite = sprite
-        self.message = self._summary()
+        self._note(self._summary(), headers, operation, sprite)
         super().__init__(self.message)
 
     def _summary(self) -> str:
@@ -616,9 +652,6 @@ class CommandStartError(ExecError):
             if v
         ]
         return self.message + (f" ({', '.join(details)})" if details else "")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (type(self), self.__dict__.copy()))
 
 
 class CommandNotFoundError(CommandStartError):

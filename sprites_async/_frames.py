@@ -1,4 +1,4 @@
-"""The exec wire format, without any I/O (Sections 3.4, 3.5, 3.12 and 5.2).
+"""The exec wire format, without any I/O: binary frames, JSON text messages, control envelopes.
 
 Everything here is a pure function or a small state machine over bytes and
 strings, so it can be tested by feeding bytes:
@@ -20,6 +20,8 @@ import codecs
 from typing import Any
 
 import msgspec
+
+from ._models import JSONDecoder, decode_any
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -58,7 +60,8 @@ STDIN_EOF = 0x04
 EOF_FRAME = b"\x04"
 CONTROL_PREFIX = "control:"
 
-# Stream ids the server may send; anything else is ignored (Section 3.4).
+# Stream ids the server may send; a frame with any other first byte is
+# ignored, never taken for output (newer servers may add streams).
 _SERVER_STREAMS = frozenset({STDOUT, STDERR, EXIT})
 
 
@@ -152,7 +155,7 @@ class DebugMessage(msgspec.Struct, tag="debug", tag_field="type", kw_only=True):
 
 Message = SessionInfoMessage | ExitMessage | PortOpenedMessage | PortClosedMessage | DebugMessage
 
-_message_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+_message_decoder = JSONDecoder(msgspec.json.Decoder(Message))
 _encoder = msgspec.json.Encoder()
 
 
@@ -161,7 +164,7 @@ def decode_message(data: str | bytes) -> Message | None:
 
     One typed msgspec call in the common case. A known message that call
     refuses (a field of an unexpected type) is read field by field instead,
-    as the official Go SDK does (section 12, item 0): a bad field is lost,
+    as the official Go SDK does (be liberal in what you accept): a bad field is lost,
     never the message. Only a port notification without a readable ``port``
     is dropped, having nothing left to say.
     """
@@ -169,12 +172,11 @@ def decode_message(data: str | bytes) -> Message | None:
         return _message_decoder.decode(data)
     except msgspec.ValidationError:
         pass
-    except (msgspec.DecodeError, RecursionError):
-        # RecursionError: msgspec's answer to JSON nested too deeply.
+    except msgspec.DecodeError:
         return None
     try:
-        obj = msgspec.json.decode(data)
-    except (msgspec.DecodeError, RecursionError):
+        obj = decode_any(data)
+    except msgspec.DecodeError:
         return None
     if not isinstance(obj, dict):
         return None
@@ -303,7 +305,7 @@ class Envelope(msgspec.Struct, kw_only=True):
         return "operation failed"
 
 
-_envelope_decoder = msgspec.json.Decoder(Envelope)
+_envelope_decoder = JSONDecoder(msgspec.json.Decoder(Envelope))
 
 
 def decode_envelope(text: str) -> Envelope | None:
@@ -315,13 +317,13 @@ def decode_envelope(text: str) -> Envelope | None:
         return _envelope_decoder.decode(body)
     except msgspec.ValidationError:
         pass
-    except (msgspec.DecodeError, RecursionError):
+    except msgspec.DecodeError:
         # A "control:" frame we cannot read is still an envelope: never op data.
         return Envelope(type="")
     # Valid JSON of odd types: read field by field, as the notifications are.
     try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
+        obj = decode_any(body)
+    except msgspec.DecodeError:
         return Envelope(type="")
     if not isinstance(obj, dict):
         return Envelope(type="")
@@ -375,7 +377,7 @@ class Utf8Decoder:
 
 
 class HttpExecParser:
-    """Recover output and exit code from an HTTP exec body (Section 3.12).
+    """Recover output and exit code from an HTTP exec (``POST .../exec``) body.
 
     The body is the non-TTY frame stream written back to back without length
     prefixes, so frame boundaries are only the server's HTTP chunk

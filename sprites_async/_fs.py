@@ -1,4 +1,4 @@
-"""The sprite's filesystem as pathlib-like objects (section 7 of the protocol reference).
+"""The sprite's filesystem as pathlib-like objects (the ``/fs/...`` endpoints).
 
 ::
 
@@ -18,7 +18,7 @@ with ``errno`` and ``filename`` set. A 404 *without* a code is the sprite (or
 the endpoint) missing and stays a plain :class:`NotFoundError`.
 
 Not provided: ``watch()`` (``/fs/watch``) — its message vocabulary is not
-documented anywhere (section 7.10) and no SDK implements it, so shipping it
+documented anywhere and no SDK implements it, so shipping it
 would mean guessing a protocol.
 """
 
@@ -32,7 +32,6 @@ import posixpath
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
@@ -56,6 +55,7 @@ from ._models import (
     salvage_list,
     share_raw,
 )
+from ._resource import AsyncResource
 from ._session import (
     ExtraBody,
     ExtraHeaders,
@@ -63,6 +63,7 @@ from ._session import (
     RequestOptions,
     request_options,
 )
+from ._validation import check_int, check_sprite_path
 
 if TYPE_CHECKING:
     from ._session import Body, Response
@@ -96,7 +97,7 @@ _encode = msgspec.json.encode
 
 
 class SpriteFSError(APIError, OSError):
-    """A filesystem operation failed inside the sprite (section 7.11).
+    """A filesystem operation failed inside the sprite (an error body with a POSIX ``code``).
 
     Both an :class:`APIError` (``status_code``, ``code``, ``body`` ...) and an
     :class:`OSError` (``errno``, ``strerror``, ``filename``, ``filename2``).
@@ -168,9 +169,12 @@ class _ErrorPath(msgspec.Struct):
     path: str | None = None
 
 
+_error_path_decoder = JSONDecoder(msgspec.json.Decoder(_ErrorPath))
+
+
 def _body_path(body: bytes) -> str | None:
     try:
-        return msgspec.json.decode(body, type=_ErrorPath).path
+        return _error_path_decoder.decode(body).path
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
@@ -209,7 +213,8 @@ def _local_error(cls: type[SpriteFSError], code: str, path: str, sprite: str, op
     """Raise a filesystem error found by the client itself (no response behind it)."""
     number = getattr(errno, code)
     message = os.strerror(number)
-    # The status the server uses for the same condition (section 7.11).
+    # The status the server uses for the same condition (only ENOENT's 404 is
+    # observed; 403 and 400 are what an error of that code gets elsewhere).
     status = {"ENOENT": 404, "EACCES": 403}.get(code, 400)
     err = cls(message, status_code=status, code=code, operation=op, sprite=sprite)
     err.errno, err.strerror, err.filename = number, message, path
@@ -306,7 +311,7 @@ def _parse_mode(value: str | int | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
     try:
-        return int(value, 8)  # "0644" and "644" alike (section 7)
+        return int(value, 8)  # modes are octal text: "0644" and "644" alike
     except ValueError:
         return None
 
@@ -381,22 +386,14 @@ _copy_decoder = LiberalDecoder(_WireCopy)
 # ---------------------------------------------------------------------- paths
 
 
-def _check_part(part: object) -> str:
-    if isinstance(part, SpritePath):
-        return part.path
-    if not isinstance(part, str):
-        raise TypeError(f"a sprite path must be a str, not {type(part).__name__}")
-    if not part:
-        raise ValueError("a sprite path must not be empty")
-    if "\x00" in part:
-        raise ValueError(f"a sprite path must not contain NUL bytes: {part!r}")
-    return part
+def _path_text(part: object) -> str:
+    return part.path if isinstance(part, SpritePath) else check_sprite_path(part)
 
 
 def _join(base: str, *parts: object) -> str:
     path = base
     for part in parts:
-        path = posixpath.join(path, _check_part(part))
+        path = posixpath.join(path, _path_text(part))
     # Lexical normalisation: the server resolves the same way, and a stable
     # spelling makes paths comparable and the stat-by-parent lookup exact.
     path = posixpath.normpath(path)
@@ -411,7 +408,7 @@ class SpriteFS:
     """
 
     def __init__(self, sprite: Sprite, root: str = "/home/sprite") -> None:
-        root = _check_part(root)
+        root = _path_text(root)
         if not root.startswith("/"):
             raise ValueError(f"the root must be an absolute path, got {root!r}")
         self._sprite = sprite
@@ -521,14 +518,6 @@ def _partial_name(local: str) -> str:
     """A temporary name next to ``local`` (same directory, so os.replace is atomic)."""
     head, tail = os.path.split(local)
     return os.path.join(head, f".{tail}.{secrets.token_hex(4)}.part")
-
-
-def _check_int(value: object, what: str, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} must be a non-negative int, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{what} must be at most {high:#o}, got {value:#o}")
-    return value
 
 
 def _discard_local(fh: Any, tmp: str) -> None:
@@ -737,7 +726,7 @@ class SpritePath:
         )
 
     def _write_params(self, mode: int) -> list[tuple[str, str]]:
-        mode = _check_int(mode, "mode", 0o7777)
+        mode = check_int(mode, "mode", 0, 0o7777, octal=True)
         return self._params(mode=f"{mode:04o}", mkdirParents="true")
 
     async def _write(
@@ -851,15 +840,15 @@ class SpritePath:
         be sure the response is released when you stop early.
 
         The range is sent as a standard ``Range`` header (whether the real
-        server honours it is unconfirmed, section 7.1). A ``206`` is placed by
+        server honours it is unconfirmed). A ``206`` is placed by
         its ``Content-Range``; a ``200`` means the range was ignored and the
         whole file follows, so it is skipped and trimmed client-side; a
         ``416`` (``offset`` past the end) yields nothing. Either way the
         caller gets exactly the bytes asked for, with no extra request.
         """
-        _check_int(offset, "offset")
+        check_int(offset, "offset")
         if length is not None:
-            _check_int(length, "length")
+            check_int(length, "length")
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
         options = request_options(extra_headers, extra_query, extra_body)
@@ -936,7 +925,7 @@ class SpritePath:
     ) -> FileInfo:
         """Information about this path.
 
-        There is no stat endpoint; this is section 7.3's algorithm. The path
+        There is no stat endpoint, so it is found by listing. The path
         itself is listed first, as every official SDK does: a single entry
         whose ``path`` is this path is the answer (a file or a symlink).
         Otherwise this is a directory, and only then is the parent listed to
@@ -1097,7 +1086,7 @@ class SpritePath:
     ) -> None:
         """Create this directory.
 
-        There is no mkdir endpoint (section 7.9). Like the official SDKs this
+        There is no mkdir endpoint. Like the official SDKs this
         writes a marker file with parent creation enabled and deletes it;
         the marker has a random name, so an existing ``.keep`` of the user's
         is never overwritten or removed. ``mode`` (if given) is applied to the
@@ -1296,7 +1285,7 @@ class SpritePath:
         extra_body: ExtraBody = None,
     ) -> None:
         """Change permission bits (of everything below, with ``recursive``)."""
-        mode = _check_int(mode, "mode", 0o7777)
+        mode = check_int(mode, "mode", 0, 0o7777, octal=True)
         body = {
             "path": self.path,
             "workingDir": self._fs.root,
@@ -1328,7 +1317,7 @@ class SpritePath:
             raise ValueError("chown() needs uid and/or gid")
         for name, value in (("uid", uid), ("gid", gid)):
             if value is not None:
-                _check_int(value, name)
+                check_int(value, name)
         body: dict[str, Any] = {"path": self.path, "workingDir": self._fs.root}
         if uid is not None:
             body["uid"] = uid
@@ -1369,7 +1358,7 @@ def _write_result(raw: bytes, path: str) -> WriteResult:
     return WriteResult(path=wire.path or path, size=wire.size, mode=_parse_mode(wire.mode))
 
 
-class ByteStream:
+class ByteStream(AsyncResource):
     """Chunks of a file being downloaded; iterate it, and close it if you stop early.
 
     An async iterator and an async context manager: leaving the ``async with``
@@ -1394,17 +1383,6 @@ class ByteStream:
         close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()
-
-    async def __aenter__(self) -> ByteStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def read(self) -> bytes:
         """Everything that is left, as one bytes object."""

@@ -5,7 +5,8 @@ omit keys, send nulls, and add keys the docs never mention. Unknown keys are
 ignored (but kept reachable through ``raw``); missing ones stay ``None``
 (never "now").
 
-Decoding is liberal in what it accepts (section 12, item 0) without slowing
+Decoding is liberal in what it accepts (a field of an odd type or a ``null``
+where a list belongs costs that field, never the response) without slowing
 the common case: a response is first decoded by one typed msgspec call; only
 if that refuses it (a ``null`` array, a field of an unexpected type) is it
 decoded again into plain Python objects and converted field by field
@@ -54,7 +55,7 @@ class SpriteConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class SpriteInfo(msgspec.Struct, kw_only=True, dict=True):
-    """What the API says about one sprite (section 2.1 of the protocol reference).
+    """What the API says about one sprite.
 
     ``status`` is a plain string: ``"cold"``, ``"warm"``, ``"running"``, or
     anything newer the service may send. ``labels`` is a list even when the
@@ -165,12 +166,25 @@ T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
 
 
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, ValueError, RecursionError)
+"""What a decode callable of unknown make may raise for bad input.
+
+msgspec raises ``RecursionError`` for JSON nested more deeply than it
+supports; code that runs decoders it did not build (the NDJSON reader) catches
+this tuple. Decoders built here use :class:`JSONDecoder` instead.
+"""
+
+
+_TOO_DEEP = "JSON is nested too deeply"
+
+
 class JSONDecoder(Generic[T]):
-    """A ``msgspec.json.Decoder`` whose only error is ``msgspec.DecodeError``.
+    """A ``msgspec.json.Decoder`` whose only errors are msgspec's own.
 
     msgspec raises ``RecursionError`` for JSON nested more deeply than it
     supports (about 1000 levels), whatever the target type; a server must not
-    be able to make a model decoder fail in an undocumented way.
+    be able to make a decoder fail in an undocumented way, so this one raises
+    ``msgspec.DecodeError`` instead. Every JSON decoder of the SDK is one.
     """
 
     __slots__ = ("_decoder",)
@@ -178,18 +192,25 @@ class JSONDecoder(Generic[T]):
     def __init__(self, decoder: msgspec.json.Decoder[T]) -> None:
         self._decoder = decoder
 
-    def decode(self, data: bytes) -> T:
+    def decode(self, data: bytes | str) -> T:
         """Decode one document; raises ``msgspec.DecodeError`` (or ``ValidationError``)."""
         try:
             return self._decoder.decode(data)
         except RecursionError as exc:
-            raise msgspec.DecodeError("JSON is nested too deeply") from exc
+            raise msgspec.DecodeError(_TOO_DEEP) from exc
+
+    def decode_lines(self, data: bytes) -> list[T]:
+        """Decode newline-delimited documents in one call (errors as :meth:`decode`)."""
+        try:
+            return self._decoder.decode_lines(data)
+        except RecursionError as exc:
+            raise msgspec.DecodeError(_TOO_DEEP) from exc
 
 
 _any_decoder: JSONDecoder[object] = JSONDecoder(msgspec.json.Decoder())
 
 
-def decode_any(data: bytes) -> object:
+def decode_any(data: bytes | str) -> object:
     """Plain Python objects (dicts, lists ...) of one JSON document."""
     return _any_decoder.decode(data)
 
@@ -323,7 +344,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         pass
     element = _list_in(tp)
     if value is None and element is not _NOTHING:
-        return []  # Go marshals a nil slice as null (section 12, item 0)
+        return []  # the Go server marshals an empty (nil) slice as null
     struct = _struct_in(tp)
     if struct is not None and isinstance(value, dict):
         return salvage(value, struct, where)
@@ -430,7 +451,7 @@ class LiberalDecoder(Generic[S]):
         salvage_with: typing.Callable[[object], S] | None = None,
     ) -> None:
         self._cls = cls
-        self._decoder = msgspec.json.Decoder(cls)
+        self._decoder = JSONDecoder(msgspec.json.Decoder(cls))
         self._keep_raw = keep_raw and cls.__struct_config__.dict
         self._salvage = salvage_with
 
@@ -438,8 +459,6 @@ class LiberalDecoder(Generic[S]):
         """Decode one document; raises ``msgspec.DecodeError`` (or ``ValidationError``)."""
         try:
             result = self._decoder.decode(data)
-        except RecursionError as exc:
-            raise msgspec.DecodeError("JSON is nested too deeply") from exc
         except msgspec.ValidationError:
             obj = decode_any(data)
             if self._salvage is not None:

@@ -1,4 +1,10 @@
-"""Pagination: one object you can ``await`` for a page or ``async for`` over all items."""
+"""Pagination: one object you can ``await`` for a page or ``async for`` over all items.
+
+Every ``list`` call of the SDK returns an :class:`AsyncPaginator`, whether the
+endpoint pages (sprites) or answers everything at once (checkpoints,
+services): the first is a :class:`~sprites_async.types.SpritePage`, the
+second a :class:`ListPage`, which is also a plain ``list``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["AsyncPaginator"]
+__all__ = ["AsyncPaginator", "ListPage"]
 
 logger = logging.getLogger("sprites_async")
 
@@ -25,6 +31,27 @@ class Page(Protocol[T_co]):
 
 
 P = TypeVar("P", bound=Page[Any])
+
+
+class ListPage(list[T]):
+    """A listing the server answers in one piece: a ``list``, and the only page there is.
+
+    ``items`` is the list itself and ``next_token`` is always None, so it
+    pages like a :class:`~sprites_async.types.SpritePage`; everything a list
+    does (``len``, indexing, ``==``) works as before.
+    """
+
+    __slots__ = ()
+
+    @property
+    def items(self) -> list[T]:
+        """The entries (this list)."""
+        return self
+
+    @property
+    def next_token(self) -> None:
+        """Always None: there is no next page."""
+        return None
 
 
 class AsyncPaginator(Generic[T, P]):

@@ -1,4 +1,4 @@
-"""The sprite's network (egress) policy: ``/policy/network`` (section 9.1).
+"""The sprite's network (egress) policy: ``/policy/network``.
 
 ::
 
@@ -9,8 +9,8 @@
     ])
     policy = await sprite.policy.get()
 
-Rules are validated before anything is sent, exactly as the server does
-(section 9.1), so a bad rule fails with a :class:`ValueError` naming it
+Rules are validated before anything is sent, with the server's own strict
+rules, so a bad rule fails with a :class:`ValueError` naming it
 instead of the server's bare ``400 invalid policy config``. An empty rule
 list removes every restriction.
 """
@@ -20,15 +20,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
 from ._models import LiberalDecoder, attach_raw, raw_of
+from ._resource import SpriteResource
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
-
-if TYPE_CHECKING:
-    from ._sprites import Sprite
 
 __all__ = ["DomainRule", "IncludeRule", "NetworkPolicy", "PolicyResource", "Rule"]
 
@@ -178,14 +176,8 @@ def validate_rules(rules: NetworkPolicy | Iterable[Rule | Mapping[str, Any]]) ->
     return [validate_rule(rule, i) for i, rule in enumerate(rules)]
 
 
-class PolicyResource:
+class PolicyResource(SpriteResource):
     """The network policy of one sprite: ``sprite.policy``."""
-
-    def __init__(self, sprite: Sprite) -> None:
-        self._sprite = sprite
-
-    def __repr__(self) -> str:
-        return f"<PolicyResource sprite={self._sprite.name!r}>"
 
     @property
     def _path(self) -> str:

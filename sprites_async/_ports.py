@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ._checkpoints import OtherEvent, event_decoder
 from ._control import close_now
 from ._errors import NotFoundError, SpritesConnectionError
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
+from ._streams import OtherEvent, event_decoder
 from ._websocket import WSMsgType
 
 if TYPE_CHECKING:

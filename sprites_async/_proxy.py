@@ -38,6 +38,7 @@ import msgspec
 from ._control import close_now
 from ._errors import SpritesConnectionError, SpritesTimeoutError
 from ._session import SOCKET_LOST
+from ._validation import check_host, check_port
 from ._websocket import WSMessage, WSMsgType
 
 if TYPE_CHECKING:
@@ -114,18 +115,6 @@ class _Reply(msgspec.Struct):
     target: str | None = None
     error: str | None = None
     message: str | None = None
-
-
-def _check_port(port: object, what: str = "port") -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"{what} must be an int between 1 and 65535, got {port!r}")
-    return port
-
-
-def _check_host(host: object) -> str:
-    if not isinstance(host, str) or not host or any(c.isspace() or c == "\x00" for c in host):
-        raise ValueError(f"host must be a non-empty host name or address, got {host!r}")
-    return host
 
 
 async def _close_ws(ws: WebSocket) -> None:
@@ -385,8 +374,8 @@ async def open_connection(
         ProxyRejectedError: The server refused the request (close ``1003``).
         ValueError: ``port`` is not 1-65535 or ``host`` is empty.
     """
-    port = _check_port(port)
-    host = _check_host(host)
+    port = check_port(port)
+    host = check_host(host)
     registry = tunnels_for(sprite.client)
     ws, _ = await _open_tunnel(sprite, host, port, options)
     try:
@@ -437,13 +426,13 @@ class PortForward:
         bind: str = "127.0.0.1",
         options: RequestOptions | None = None,
     ) -> None:
-        self.remote_port = _check_port(remote_port, "remote_port")
+        self.remote_port = check_port(remote_port, "remote_port")
         self._options = options
         if isinstance(local_port, bool) or not isinstance(local_port, int):
             raise ValueError("local_port must be an int (0 picks a free port)")
         if not 0 <= local_port <= 65535:
             raise ValueError(f"local_port must be between 0 and 65535, got {local_port}")
-        self.host = _check_host(host)
+        self.host = check_host(host)
         self.bind = bind
         self._sprite = sprite
         self._requested_port = local_port

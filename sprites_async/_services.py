@@ -1,32 +1,31 @@
-"""Services: long-lived processes the sprite runtime starts, restarts and brings back (section 8).
+"""Services: long-lived processes the sprite runtime starts, restarts and brings back.
 
 ``create``, ``start``, ``stop`` and ``restart`` stream NDJSON events while
 the server acts; like checkpoints they return an
-:class:`~sprites_async._checkpoints.EventOperation` — iterate it for the
-events, or await it for a :class:`ServiceResult`::
+:class:`~sprites_async.EventOperation`: iterate it for the events, or await
+it for a :class:`ServiceResult`::
 
     await sprite.services.create("web", cmd="python3", args=["-m", "http.server", "3000"],
                                  http_port=3000)
     async for event in sprite.services.logs("web", follow=True):
         print(event)
 
-A ``200`` stream can still report failure (section 8.9): an ``error`` event
-raises :class:`ServiceError`; so does a start whose process exits within the
-watch window, and a stream that ends without ``complete``. Event timestamps
+A ``200`` stream can still report failure, so the status alone proves
+nothing: an ``error`` event raises :class:`ServiceError`; so does a start
+whose process exits (with a code other than 0) within the watch window, and
+a stream that ends without ``complete``. Event timestamps
 are Unix milliseconds.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import msgspec
 
-from ._checkpoints import EventOperation, OtherEvent, event_decoder
-from ._errors import APIError, NotFoundError, StreamError
+from ._errors import APIError, NotFoundError, StreamError, missing_as
 from ._models import (
     JSONDecoder,
     LiberalDecoder,
@@ -36,19 +35,19 @@ from ._models import (
     salvage_list,
     share_raw,
 )
+from ._paging import AsyncPaginator, ListPage
+from ._resource import SpriteResource
 from ._session import (
     ExtraBody,
     ExtraHeaders,
     ExtraQuery,
     RequestOptions,
+    Response,
     quote_segment,
     request_options,
 )
-from ._streams import NDJSONStream
-from ._validation import go_duration, signal_name
-
-if TYPE_CHECKING:
-    from ._sprites import Sprite
+from ._streams import EventOperation, EventTracker, NDJSONStream, OtherEvent, event_decoder
+from ._validation import check_int, check_path_name, go_duration, signal_name
 
 __all__ = [
     "Service",
@@ -68,8 +67,6 @@ __all__ = [
     "ServiceStopping",
     "ServicesResource",
 ]
-
-logger = logging.getLogger("sprites_async")
 
 FOLLOW_FOREVER = 24 * 3600.0
 """How long ``logs(follow=True)`` follows when no duration is given (the API needs a bound)."""
@@ -137,7 +134,7 @@ class ServiceState(msgspec.Struct, kw_only=True):
 
 
 class Service(msgspec.Struct, kw_only=True, dict=True):
-    """A service definition and its state (section 8.1).
+    """A service definition and its state.
 
     ``args`` and ``needs`` are lists even when the server sends ``null`` (it
     does for a service created without them). :attr:`raw` is the JSON object
@@ -307,52 +304,42 @@ class ServiceResult(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"a service name must be a str, not {type(name).__name__}")
-    if not name or "/" in name or "\x00" in name or name in (".", ".."):
-        raise ValueError(f"invalid service name {name!r}")
-    return name
+    return check_path_name(name, "service name")
 
 
 _QueryParams = list[tuple[str, str]]
 
 
-def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{what} must be at most {high}, got {value}")
-    return value
-
-
-class _Tracker:
+class _Tracker(EventTracker[Any]):
     """Turns a service stream's events into an outcome, or a :class:`ServiceError`."""
+
+    failure: ClassVar[type] = ServiceErrorEvent
+    completion: ClassVar[type] = ServiceComplete
 
     def __init__(
         self, service: str, operation: str, sprite: str, *, exit_fails: bool, needs_complete: bool
     ) -> None:
+        super().__init__(operation, sprite, needs_complete=needs_complete)
         self.service = service
-        self.operation = operation
-        self.sprite = sprite
         self.exit_fails = exit_fails
-        self.needs_complete = needs_complete
-        self.complete: ServiceComplete | None = None
         self.exit_code: int | None = None
         self.exited = False
         self.output: list[tuple[str, str]] = []
 
-    def _error(self, message: str, **kw: Any) -> ServiceError:
+    def error(self, message: str, *, server_message: str | None = None) -> ServiceError:
         return ServiceError(
             f"{self.operation} {self.service!r}: {message}",
             service=self.service,
             operation=self.operation,
             sprite=self.sprite,
-            **kw,
+            exit_code=self.exit_code,  # the last one an exit or stopped event reported
+            server_message=server_message,
         )
 
+    def failure_text(self, event: Any) -> str:
+        return str(event.data)
+
     def on_event(self, event: Any) -> None:
-        if isinstance(event, ServiceErrorEvent):
-            raise self._error(event.data or "error", server_message=event.data)
         if isinstance(event, ServiceOutput):
             self.output.append(
                 ("stdout" if isinstance(event, ServiceStdout) else "stderr", event.data)
@@ -362,21 +349,15 @@ class _Tracker:
             self.exit_code = event.exit_code
         elif isinstance(event, ServiceStopped):
             self.exit_code = event.exit_code
-        elif isinstance(event, ServiceComplete):
-            self.complete = event
+        else:
+            super().on_event(event)
 
     def on_end(self) -> None:
         # A zero exit in the watch window may be a one-shot service; any other
         # exit means the service did not come up.
         if self.exited and self.exit_fails and self.exit_code != 0:
-            raise self._error(
-                f"the process exited with code {self.exit_code} while starting",
-                exit_code=self.exit_code,
-            )
-        if self.complete is None and self.needs_complete:
-            raise self._error(
-                "the stream ended without a 'complete' event", exit_code=self.exit_code
-            )
+            raise self.error(f"the process exited with code {self.exit_code} while starting")
+        super().on_end()
 
     async def outcome(self) -> ServiceResult:
         self.on_end()
@@ -387,14 +368,8 @@ class _Tracker:
 # -------------------------------------------------------------------- resource
 
 
-class ServicesResource:
+class ServicesResource(SpriteResource):
     """Services of one sprite: ``sprite.services``."""
-
-    def __init__(self, sprite: Sprite) -> None:
-        self._sprite = sprite
-
-    def __repr__(self) -> str:
-        return f"<ServicesResource sprite={self._sprite.name!r}>"
 
     def _path(self, name: str | None = None, action: str | None = None) -> str:
         path = self._sprite.path + "/services"
@@ -404,24 +379,34 @@ class ServicesResource:
             path += "/" + action
         return path
 
-    async def list(
+    def list(
         self,
         *,
         extra_headers: ExtraHeaders = None,
         extra_query: ExtraQuery = None,
         extra_body: ExtraBody = None,
-    ) -> list[Service]:
-        """Every service with its state (a bare array or ``{"services": [...]}`` is accepted)."""
+    ) -> AsyncPaginator[Service, ListPage[Service]]:
+        """Every service with its state: ``await`` it, or ``async for`` it.
+
+        The server answers in one piece (a bare array or ``{"services":
+        [...]}``), so awaiting gives the one page there is, a
+        :class:`ListPage` (a ``list`` of :class:`Service`).
+        """
         sprite = self._sprite
-        resp = await sprite.client._request(
-            "GET",
-            self._path(),
-            operation="list services",
-            sprite=sprite.name,
-            timeout="wake",
-            options=request_options(extra_headers, extra_query, extra_body),
-        )
-        return resp.parse(_decode_list)
+        options = request_options(extra_headers, extra_query, extra_body)
+
+        async def fetch(token: str | None) -> ListPage[Service]:
+            resp = await sprite.client._request(
+                "GET",
+                self._path(),
+                operation="list services",
+                sprite=sprite.name,
+                timeout="wake",
+                options=options,
+            )
+            return ListPage(resp.parse(_decode_list))
+
+        return AsyncPaginator(fetch)
 
     async def get(
         self,
@@ -436,19 +421,9 @@ class ServicesResource:
         Raises:
             ServiceNotFoundError: No such service.
         """
-        name = _check_name(name)
-        sprite = self._sprite
-        try:
-            resp = await sprite.client._request(
-                "GET",
-                self._path(name),
-                operation="get service",
-                sprite=sprite.name,
-                timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
-            )
-        except APIError as exc:
-            raise _not_found(exc) from exc
+        path = self._path(_check_name(name))
+        options = request_options(extra_headers, extra_query, extra_body)
+        resp = await self._call("GET", path, "get service", options)
         return resp.parse(_service_decoder.decode)
 
     def create(
@@ -489,7 +464,7 @@ class ServicesResource:
         args, needs = _strings(args, "args"), _strings(needs, "needs")
         body: dict[str, Any] = {"cmd": cmd, "args": args, "needs": needs}
         if http_port is not None:
-            body["http_port"] = _check_int(http_port, "http_port", 1, 65535)
+            body["http_port"] = check_int(http_port, "http_port", 1, 65535)
         if env is not None:
             pairs: list[tuple[object, object]] = list(env.items())
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
@@ -588,13 +563,16 @@ class ServicesResource:
         json: bytes | None = None,
         params: _QueryParams | None = None,
         exit_fails: bool = False,
+        needs_complete: bool = True,
         idempotent: bool | None = None,
         options: RequestOptions | None = None,
     ) -> EventOperation[ServiceEvent, ServiceResult]:
         if duration is not None:
             params = [*(params or []), ("duration", go_duration(duration))]
         sprite = self._sprite
-        tracker = _Tracker(name, operation, sprite.name, exit_fails=exit_fails, needs_complete=True)
+        tracker = _Tracker(
+            name, operation, sprite.name, exit_fails=exit_fails, needs_complete=needs_complete
+        )
         stream: NDJSONStream[ServiceEvent, Any] = NDJSONStream(
             sprite.client,
             method,
@@ -640,27 +618,19 @@ class ServicesResource:
         name = _check_name(name)
         params: _QueryParams = []
         if lines is not None:
-            params.append(("lines", str(_check_int(lines, "lines", 0))))
+            params.append(("lines", str(check_int(lines, "lines", 0))))
         if duration is None and follow:
             duration = FOLLOW_FOREVER
         params.append(("duration", "0" if duration is None else go_duration(duration)))
-        sprite = self._sprite
-        tracker = _Tracker(
-            name, "service logs", sprite.name, exit_fails=False, needs_complete=False
-        )
-        stream: NDJSONStream[ServiceEvent, Any] = NDJSONStream(
-            sprite.client,
+        return self._operation(
             "GET",
-            self._path(name, "logs"),
-            decoder=_decode_event,
-            operation="service logs",
-            sprite=sprite.name,
+            name,
+            "logs",
+            "service logs",
+            None,
             params=params,
-            on_api_error=_raise_not_found,
+            needs_complete=False,
             options=request_options(extra_headers, extra_query, extra_body),
-        )
-        return EventOperation(
-            stream, on_event=tracker.on_event, on_end=tracker.on_end, outcome=tracker.outcome
         )
 
     async def delete(
@@ -677,19 +647,9 @@ class ServicesResource:
             ServiceNotFoundError: No such service.
             ConflictError: Other services need it.
         """
-        name = _check_name(name)
-        sprite = self._sprite
-        try:
-            await sprite.client._request(
-                "DELETE",
-                self._path(name),
-                operation="delete service",
-                sprite=sprite.name,
-                timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
-            )
-        except APIError as exc:
-            raise _not_found(exc) from exc
+        path = self._path(_check_name(name))
+        options = request_options(extra_headers, extra_query, extra_body)
+        await self._call("DELETE", path, "delete service", options)
 
     async def signal(
         self,
@@ -708,18 +668,30 @@ class ServicesResource:
             ServiceNotFoundError: No such service.
             ConflictError: The service is not running.
         """
-        name = _check_name(name)
-        body = {"name": name, "signal": signal_name(sig)}
+        body = msgspec.json.encode({"name": _check_name(name), "signal": signal_name(sig)})
+        options = request_options(extra_headers, extra_query, extra_body)
+        await self._call("POST", self._path("signal"), "signal service", options, json=body)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        options: RequestOptions | None,
+        *,
+        json: bytes | None = None,
+    ) -> Response:
+        """A plain request; a missing service raises :class:`ServiceNotFoundError`."""
         sprite = self._sprite
         try:
-            await sprite.client._request(
-                "POST",
-                self._path("signal"),
-                operation="signal service",
+            return await sprite.client._request(
+                method,
+                path,
+                operation=operation,
                 sprite=sprite.name,
-                json=msgspec.json.encode(body),
+                json=json,
                 timeout="wake",
-                options=request_options(extra_headers, extra_query, extra_body),
+                options=options,
             )
         except APIError as exc:
             raise _not_found(exc) from exc
@@ -736,19 +708,7 @@ def _strings(values: Iterable[str], what: str) -> list[str]:
 
 def _not_found(exc: APIError) -> APIError:
     """A missing service as :class:`ServiceNotFoundError`; a missing sprite stays as it is."""
-    if exc.status_code != 404 or exc.message.strip() == "sprite not found":
-        return exc
-    if exc.code == "route_not_found":  # an older server without the endpoint
-        return exc
-    return ServiceNotFoundError(
-        exc.message,
-        status_code=exc.status_code,
-        code=exc.code,
-        body=exc.body,
-        headers=exc.headers,
-        operation=exc.operation,
-        sprite=exc.sprite,
-    )
+    return missing_as(exc, ServiceNotFoundError)
 
 
 def _raise_not_found(exc: APIError) -> Any:

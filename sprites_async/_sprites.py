@@ -157,7 +157,7 @@ class SpritesResource:
 
         An empty ``labels`` removes every label: it is sent as
         ``{"clear_labels": true}``, the only form the official SDKs use
-        (whether ``"labels": []`` clears is unconfirmed, section 2.5).
+        (whether the server clears them for ``"labels": []`` is unconfirmed).
         """
         check_path_name(name)
         body: dict[str, Any] = {}
@@ -692,7 +692,7 @@ class Sprite:
 
         No TTY, no interaction. The exit code comes from the body's trailing
         ``03 xx``; the split between stdout and stderr is approximate (the
-        body has no frame lengths; Section 3.12) — use :meth:`exec` when it
+        body has no frame lengths, only HTTP chunk boundaries) — use :meth:`exec` when it
         matters. ``env`` follows the same rules as :meth:`exec`. Cancelling
         closes the request; the command then runs on for the server's
         ``max_run_after_disconnect``. A command silent for longer than the

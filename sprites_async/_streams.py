@@ -1,9 +1,11 @@
-"""NDJSON streams (Section 6.7): a pure line decoder and a response-owning stream.
+"""NDJSON streams: a pure line decoder, a response-owning stream, and typed event operations.
 
 :class:`NDJSONDecoder` turns bytes, in whatever pieces they arrive, into
 decoded objects: it buffers partial lines, strips ``\\r``, skips blank lines,
 skips (and logs) lines it cannot decode, parses a last line without a
-newline at the end, and has no line-length limit.
+newline at the end, and has no line-length limit. A line that is not valid
+JSON, or of a shape no decoder knows, is skipped alone: one bad line never
+costs the events around it.
 
 :class:`NDJSONStream` sends a request through ``client._stream`` and decodes
 the body as it arrives into msgspec Structs (typically a tagged union on the
@@ -13,33 +15,52 @@ the body as it arrives into msgspec Structs (typically a tagged union on the
 * an async context manager that releases the response on exit, whatever
   happened;
 * awaitable for its final result (``await stream``), when the endpoint has
-  one — for example the exit code a kill stream ends with.
+  one.
+
+:class:`EventOperation` is the public face of every such stream
+(checkpoints, services, session kills): typed events when iterated, the
+outcome when awaited. :func:`event_decoder` decodes a tagged union of
+events, turning types this SDK does not know into :class:`OtherEvent`, and
+:class:`EventTracker` reads an outcome from in-band ``error`` and
+``complete`` events.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import typing
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
 from ._errors import APIError, StreamError
+from ._models import DECODE_ERRORS, JSONDecoder, decode_any, salvage
+from ._resource import AsyncResource
 
 if TYPE_CHECKING:
     from ._config import TimeoutKind
     from ._session import BaseClient, Body, Params, RequestOptions
 
-__all__ = ["NOT_FINAL", "NDJSONDecoder", "NDJSONStream", "NotFinal"]
+__all__ = [
+    "NOT_FINAL",
+    "EventOperation",
+    "EventTracker",
+    "NDJSONDecoder",
+    "NDJSONStream",
+    "NotFinal",
+    "OtherEvent",
+    "event_decoder",
+]
 
 logger = logging.getLogger("sprites_async")
 
 T = TypeVar("T")
 R = TypeVar("R")
+E = TypeVar("E")
 
 
 class NotFinal(enum.Enum):
@@ -104,7 +125,7 @@ class NDJSONDecoder(Generic[T]):
             self._scan = len(buf)
             try:
                 return self._decode_lines(block)
-            except (msgspec.DecodeError, ValueError, RecursionError):
+            except DECODE_ERRORS:
                 pass
             for line in block.split(b"\n")[:-1]:
                 self._line(line, out)
@@ -149,13 +170,12 @@ class NDJSONDecoder(Generic[T]):
             # event types, so this is expected and only worth a debug line.
             self.skipped += 1
             logger.debug("%s: skipping unrecognised line (%s): %.200r", self.what, exc, line)
-        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-            # RecursionError: msgspec's answer to JSON nested too deeply.
+        except DECODE_ERRORS as exc:
             self.skipped += 1
             logger.warning("%s: skipping malformed line (%s): %.200r", self.what, exc, line)
 
 
-class NDJSONStream(Generic[T, R]):
+class NDJSONStream(AsyncResource, Generic[T, R]):
     """A streamed NDJSON response, decoded line by line as bytes arrive.
 
     Use it as ``async with stream: async for event in stream: ...``, or just
@@ -186,7 +206,7 @@ class NDJSONStream(Generic[T, R]):
         method: str,
         path: str,
         *,
-        decoder: msgspec.json.Decoder[T] | Callable[[bytes], T],
+        decoder: msgspec.json.Decoder[T] | JSONDecoder[T] | Callable[[bytes], T],
         operation: str,
         sprite: str | None = None,
         params: Params = None,
@@ -201,6 +221,8 @@ class NDJSONStream(Generic[T, R]):
         options: RequestOptions | None = None,
     ) -> None:
         if isinstance(decoder, msgspec.json.Decoder):
+            decoder = JSONDecoder(decoder)
+        if isinstance(decoder, JSONDecoder):
             decode: Callable[[bytes], T] = decoder.decode
             decode_lines: Callable[[bytes], list[T]] | None = decoder.decode_lines
         else:
@@ -255,7 +277,7 @@ class NDJSONStream(Generic[T, R]):
         """The HTTP response while the stream is open (status, headers)."""
         return self._resp
 
-    async def _open(self) -> None:
+    async def _aopen(self) -> None:
         if self._started:
             return
         self._started = True
@@ -292,18 +314,6 @@ class NDJSONStream(Generic[T, R]):
                 await cm.__aexit__(type(error), error, error.__traceback__)
             else:
                 await cm.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> NDJSONStream[T, R]:
-        await self._open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __aiter__(self) -> NDJSONStream[T, R]:
         return self
@@ -362,7 +372,7 @@ class NDJSONStream(Generic[T, R]):
             raise StreamError(f"{self._operation}: the stream ended without its final event")
 
     async def _read_more(self) -> list[T]:
-        await self._open()
+        await self._aopen()
         resp = self._resp
         if resp is None:  # closed, or replaced by on_api_error
             self._eof = True
@@ -381,3 +391,211 @@ class NDJSONStream(Generic[T, R]):
 
     def __await__(self) -> Generator[Any, None, R]:
         return self._run().__await__()
+
+
+# ---------------------------------------------------------------- typed events
+
+
+class OtherEvent(msgspec.Struct, kw_only=True):
+    """An event of a type this SDK does not know (newer servers add some).
+
+    Attributes:
+        type: The event's ``type``.
+        fields: The whole decoded line.
+    """
+
+    type: str
+    fields: dict[str, Any]
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str
+
+
+_type_only_decoder = JSONDecoder(msgspec.json.Decoder(_TypeOnly))
+_fields_decoder = JSONDecoder(msgspec.json.Decoder(dict[str, Any]))
+
+
+class _EventDecoder:
+    """Decodes NDJSON event lines of a tagged union; unknown types become :class:`OtherEvent`.
+
+    A line of a known type that does not fit its Struct (a ``null`` array,
+    a field of an odd type) is read field by field (:func:`salvage`); only
+    one whose required fields cannot be read raises (and is skipped and
+    logged by the NDJSON reader). ``decode_lines`` decodes a whole chunk in
+    one msgspec call; the reader redoes a refused chunk line by line.
+    """
+
+    __slots__ = ("_classes", "_decoder", "_what", "decode_lines")
+
+    def __init__(self, union: Any, known: frozenset[str], what: str) -> None:
+        self._decoder: JSONDecoder[Any] = JSONDecoder(msgspec.json.Decoder(union))
+        self._classes: dict[object, type[msgspec.Struct]] = {
+            cls.__struct_config__.tag: cls for cls in typing.get_args(union)
+        }
+        assert set(self._classes) == known, (set(self._classes), known)
+        self._what = what
+        self.decode_lines = self._decoder.decode_lines
+
+    def __call__(self, line: bytes) -> Any:
+        try:
+            return self._decoder.decode(line)
+        except msgspec.ValidationError:
+            typed = _type_only_decoder.decode(line)
+            cls = self._classes.get(typed.type)
+            if cls is not None:
+                return salvage(decode_any(line), cls, f"{self._what} {typed.type!r} event")
+            logger.debug("%s: unknown event type %r", self._what, typed.type)
+            return OtherEvent(type=typed.type, fields=_fields_decoder.decode(line))
+
+
+def event_decoder(union: Any, known: frozenset[str], what: str) -> Callable[[bytes], Any]:
+    """One-line decoder (with a chunk fast path) for a tagged union of events."""
+    return _EventDecoder(union, known, what)
+
+
+class EventTracker(Generic[E]):
+    """Reads an operation's outcome from its in-band events.
+
+    A ``200`` stream can still fail: its failure event (class
+    :attr:`failure`) raises at once, and a stream that ends without its
+    completion event (class :attr:`completion`) raises when
+    ``needs_complete`` is set. Subclasses name the two classes and build
+    their error in :meth:`error`; :attr:`complete` keeps the completion event.
+    """
+
+    failure: ClassVar[type]
+    completion: ClassVar[type]
+
+    def __init__(self, operation: str, sprite: str, *, needs_complete: bool = True) -> None:
+        self.operation = operation
+        self.sprite = sprite
+        self.needs_complete = needs_complete
+        self.complete: E | None = None
+
+    def error(self, message: str, *, server_message: str | None = None) -> Exception:
+        """The exception for a failure, ``message`` saying what went wrong."""
+        raise NotImplementedError
+
+    def failure_text(self, event: E) -> str:
+        """The server's message in a failure event."""
+        raise NotImplementedError
+
+    def on_event(self, event: E) -> None:
+        """Raise for the failure event; keep the completion event."""
+        if isinstance(event, self.failure):
+            text = self.failure_text(event)
+            raise self.error(text or "error", server_message=text)
+        if isinstance(event, self.completion):
+            self.complete = event
+
+    def on_end(self) -> None:
+        """Raise if the stream ended without its completion event (and needed one)."""
+        if self.complete is None and self.needs_complete:
+            raise self.error("the stream ended without a 'complete' event")
+
+
+def _nothing(event: Any) -> None:
+    pass
+
+
+def _done() -> None:
+    pass
+
+
+class EventOperation(AsyncResource, Generic[E, R]):
+    """A server operation that streams NDJSON events: iterate it, or await it.
+
+    * ``async for event in op`` yields typed events as each line arrives;
+      a failure event, or an end without the final event, raises.
+    * ``await op`` consumes the stream and returns the outcome.
+    * ``async with op as events:`` releases the response on exit (use it
+      when you may stop iterating early); :meth:`aclose` does the same.
+
+    Closing early only stops the client; the server may finish the operation.
+    Checkpoint, service and session-kill calls all return one.
+    """
+
+    def __init__(
+        self,
+        stream: NDJSONStream[E, Any],
+        *,
+        on_event: Callable[[E], None] = _nothing,
+        on_end: Callable[[], None] = _done,
+        outcome: Callable[[], Awaitable[R]] | None = None,
+        quiet: frozenset[type] = frozenset(),
+        on_batch: Callable[[list[E]], None] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._on_event = on_event
+        self._on_end = on_end
+        # Without an outcome, awaiting returns the stream's final result.
+        self._outcome = outcome
+        # Event types ``on_event`` has nothing to do for (progress lines):
+        # skipping the call matters when a stream carries many thousands.
+        self._quiet = quiet
+        # Sees the events of each decoded chunk at once, before they are
+        # handed out (one call per chunk, not per event).
+        self._on_batch = on_batch
+        self._iter: AsyncGenerator[E, None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._stream!r}>"
+
+    def __aiter__(self) -> AsyncGenerator[E, None]:
+        # An async generator resumes much faster than a coroutine per
+        # ``__anext__``; every ``async for`` over this operation shares it.
+        if self._iter is None:
+            self._iter = self._events()
+        return self._iter
+
+    def __anext__(self) -> Awaitable[E]:
+        return self.__aiter__().__anext__()
+
+    async def _events(self) -> AsyncGenerator[E, None]:
+        stream = self._stream
+        on_event = self._on_event
+        on_batch = self._on_batch
+        quiet = self._quiet
+        try:
+            while True:
+                batch = await stream.next_batch()
+                if not batch:
+                    break
+                if on_batch is not None:
+                    on_batch(batch)
+                if quiet.issuperset(map(type, batch)):
+                    for event in batch:
+                        yield event
+                else:
+                    for event in batch:
+                        if type(event) not in quiet:
+                            on_event(event)
+                        yield event
+            self._on_end()
+        except Exception as exc:
+            await stream._close(exc)  # the stream's span (if any) ends with it
+            raise
+        finally:
+            await stream.aclose()
+
+    async def _aopen(self) -> None:
+        await self._stream._aopen()
+
+    async def aclose(self) -> None:
+        """Release the response. Idempotent."""
+        it = self._iter
+        if it is not None and not getattr(it, "ag_running", False):
+            await it.aclose()
+        await self._stream.aclose()
+
+    async def _wait(self) -> R:
+        async with self:
+            async for _ in self:
+                pass
+        if self._outcome is None:
+            return typing.cast(R, self._stream.result)
+        return await self._outcome()
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self._wait().__await__()

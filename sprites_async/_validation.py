@@ -10,7 +10,7 @@ from datetime import timedelta
 from ._models import URL_AUTH_VALUES
 
 # Names become a hostname label in the sprite's URL; the service only documents
-# that "" is refused, so this is the safe, observed-compatible set (section 2.8).
+# that "" is refused, so this is the safe set every observed name fits.
 # It is enforced on create only: every other call takes any name the server
 # could hold (check_path_name), so a sprite named outside this guess stays
 # reachable.
@@ -41,6 +41,56 @@ def check_path_name(name: object, what: str = "sprite name") -> str:
     if not name or "/" in name or name in (".", "..") or _CONTROL_RE.search(name):
         raise ValueError(f"invalid {what} {name!r}")
     return name
+
+
+def check_id(value: object, what: str) -> str:
+    """An id the server made (a checkpoint's ...): any non-empty str without NUL.
+
+    Sent percent-encoded, so even a ``/`` in it reaches the server as one segment.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"a {what} must be a str, not {type(value).__name__}")
+    if not value or "\x00" in value:
+        raise ValueError(f"invalid {what} {value!r}")
+    return value
+
+
+def check_int(
+    value: object, what: str, low: int = 0, high: int | None = None, *, octal: bool = False
+) -> int:
+    """``value`` if it is an int (not a bool) from ``low`` to ``high``, else ValueError.
+
+    ``octal`` shows the bounds as ``0o...`` (file modes).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
+    if high is not None and value > high:
+        shown = (f"{high:#o}", f"{value:#o}") if octal else (str(high), str(value))
+        raise ValueError(f"{what} must be at most {shown[0]}, got {shown[1]}")
+    return value
+
+
+def check_port(port: object, what: str = "port") -> int:
+    """A TCP port, 1 to 65535."""
+    return check_int(port, what, 1, 65535)
+
+
+def check_host(host: object) -> str:
+    """A host name or address to dial: non-empty, no whitespace or NUL."""
+    if not isinstance(host, str) or not host or any(c.isspace() or c == "\x00" for c in host):
+        raise ValueError(f"host must be a non-empty host name or address, got {host!r}")
+    return host
+
+
+def check_sprite_path(path: object) -> str:
+    """A path inside a sprite: a non-empty str without NUL bytes."""
+    if not isinstance(path, str):
+        raise TypeError(f"a sprite path must be a str, not {type(path).__name__}")
+    if not path:
+        raise ValueError("a sprite path must not be empty")
+    if "\x00" in path:
+        raise ValueError(f"a sprite path must not contain NUL bytes: {path!r}")
+    return path
 
 
 def check_prefix(prefix: object) -> str:

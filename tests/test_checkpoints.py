@@ -17,6 +17,7 @@ from sprites_async._checkpoints import (
     CheckpointsResource,
 )
 from sprites_async._fs import SpriteFS
+from sprites_async._paging import ListPage
 
 
 async def collect(events: AsyncIterator[object], into: list[object]) -> None:
@@ -96,6 +97,18 @@ async def test_list_get_delete(checkpoints: CheckpointsResource) -> None:
     with pytest.raises(CheckpointNotFoundError) as caught:
         await checkpoints.get("v99")
     assert isinstance(caught.value, NotFoundError)
+
+
+async def test_list_pages_like_sprites_list(checkpoints: CheckpointsResource) -> None:
+    made = await checkpoints.create(comment="one")
+    page = await checkpoints.list()
+    # The one page there is: a list, and what the paginator reads of a page.
+    assert isinstance(page, ListPage) and isinstance(page, list)
+    assert page.items is page and page.next_token is None
+    assert page[0].id == made.id and len(page) == 2  # and v0
+    assert [cp.id async for cp in checkpoints.list()] == [cp.id for cp in page]
+    pages = [p async for p in checkpoints.list(include_current=True).pages()]
+    assert len(pages) == 1 and pages[0][0].is_current
 
 
 async def test_restore_of_unknown_id_raises_with_the_servers_message(

@@ -23,11 +23,10 @@ from sprites_async._checkpoints import (
     CheckpointInfo,
     CheckpointNotFoundError,
     CheckpointsResource,
-    OtherEvent,
     _decode_event,
     checkpoint_id_from_events,
 )
-from sprites_async._streams import NDJSONDecoder
+from sprites_async._streams import NDJSONDecoder, OtherEvent
 
 RECORDED = (
     b'{"type":"info","data":"Creating checkpoint...","time":"2026-01-31T12:24:41.779658713Z"}\n'

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sprites_async import RateLimitError, Sprite, SpriteInfo, SpritesClient, Timeouts
+from sprites_async import RateLimitError, Sprite, SpritesClient, Timeouts
 from sprites_async._errors import api_error_from_response
 from sprites_async.fleet import (
     CreationLimiter,
@@ -21,6 +21,7 @@ from sprites_async.fleet import (
     temporary_sprite,
     unique_name,
 )
+from sprites_async.types import SpriteInfo
 
 
 class FakeClock:

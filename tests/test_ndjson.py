@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sprites_async import NotFoundError, SpritesClient, StreamError
-from sprites_async._streams import NOT_FINAL, NDJSONDecoder, NDJSONStream, NotFinal
+from sprites_async._resource import AsyncResource
+from sprites_async._streams import NOT_FINAL, EventOperation, NDJSONDecoder, NDJSONStream, NotFinal
 from tests._mock import TOKEN
 
 
@@ -299,3 +300,49 @@ async def test_next_batch_reports_a_missing_final_event(
         with pytest.raises(StreamError, match="without its final event"):
             await stream.next_batch()
         assert stream.response is None
+
+
+# ---------------------------------------------------------- the event operation
+
+
+async def test_operation_without_outcome_gives_the_stream_result(
+    serve: Callable[[Handler], object],
+) -> None:
+    # How sessions.kill is built: the stream's final hook is the outcome.
+    async with await serve(chunked(BODY)) as client:  # type: ignore[misc]
+        assert await EventOperation(stream_of(client)) == "done"
+        op = EventOperation(stream_of(client))
+        assert [e async for e in op] == EXPECTED
+        gone = EventOperation(stream_of(client, on_api_error=lambda exc: "substitute"))
+        assert await gone == "done"  # the server answered 200 here: no substitute
+
+
+async def test_operation_substitute_and_missing_result(
+    serve: Callable[[Handler], object],
+) -> None:
+    handler = chunked(b'{"error":"session gone"}', status=404)
+    async with await serve(handler) as client:  # type: ignore[misc]
+        op = EventOperation(stream_of(client, on_api_error=lambda exc: "substitute"))
+        assert await op == "substitute"
+    async with await serve(chunked(b'{"type":"progress"}\n')) as client:  # type: ignore[misc]
+        with pytest.raises(StreamError, match="no final result"):
+            await EventOperation(stream_of(client))
+
+
+async def test_async_resource_opens_on_entry_and_closes_on_any_exit() -> None:
+    calls: list[str] = []
+
+    class Thing(AsyncResource):
+        async def _aopen(self) -> None:
+            calls.append("open")
+
+        async def aclose(self) -> None:
+            calls.append("close")
+
+    thing = Thing()
+    async with thing as entered:
+        assert entered is thing and calls == ["open"]
+    with pytest.raises(KeyError):
+        async with thing:
+            raise KeyError("not swallowed")
+    assert calls == ["open", "close", "open", "close"]

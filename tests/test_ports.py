@@ -9,7 +9,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sprites_async import NotFoundError, RetryPolicy, SpritesClient, SpritesConnectionError
-from sprites_async._checkpoints import OtherEvent
 from sprites_async._ports import (
     PortClosed,
     PortInfo,
@@ -18,6 +17,7 @@ from sprites_async._ports import (
     PortsResource,
     PortsWatchNotSupportedError,
 )
+from sprites_async._streams import OtherEvent
 
 MESSAGES = [
     '{"type":"port_list","ports":[{"type":"port_opened","port":3000,'

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import itertools
 import pathlib
 import types
 
@@ -36,3 +38,50 @@ def test_every_exported_name_has_a_docstring() -> None:
 def test_py_typed_is_shipped() -> None:
     root = pathlib.Path(importlib.import_module("sprites_async").__file__).parent  # type: ignore[arg-type]
     assert (root / "py.typed").exists()
+
+
+def test_types_names_are_importable_and_documented() -> None:
+    """Every name of ``sprites_async.types`` imports, and has a docstring the docs can show.
+
+    A class must carry its own docstring (not its base's); a type alias must
+    be followed by a string literal where it is defined (what mkdocstrings
+    renders for it).
+    """
+    from sprites_async import types as public_types
+
+    alias_docs = _alias_docstrings()
+    assert public_types.__all__ == sorted(public_types.__all__)
+    for name in public_types.__all__:
+        obj = getattr(public_types, name)
+        if isinstance(obj, type):
+            assert obj.__dict__.get("__doc__"), f"{name} has no docstring of its own"
+        else:
+            assert alias_docs.get(name), f"{name} has no docstring where it is defined"
+
+
+def test_types_and_top_level_do_not_overlap() -> None:
+    """One spelling per name: a type is either at the top level or in ``types``."""
+    from sprites_async import types as public_types
+
+    assert not set(public_types.__all__) & set(sprites_async.__all__)
+    assert not hasattr(sprites_async, "forward")  # sprite.forward() is the one spelling
+    assert not hasattr(sprites_async, "open_connection")
+
+
+def _alias_docstrings() -> dict[str, str]:
+    """``Name = ...`` followed by a string literal, in every module of the package."""
+    found: dict[str, str] = {}
+    root = pathlib.Path(sprites_async.__file__).parent
+    for path in root.glob("*.py"):
+        body = ast.parse(path.read_text()).body
+        for stmt, after in itertools.pairwise(body):
+            if (
+                isinstance(stmt, ast.Assign)
+                and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                found[stmt.targets[0].id] = after.value.value
+    return found

@@ -27,7 +27,7 @@ from sprites_async import (
     SpritesClient,
     StreamError,
 )
-from sprites_async._checkpoints import OtherEvent
+from sprites_async._paging import ListPage
 from sprites_async._services import (
     Service,
     ServiceComplete,
@@ -42,6 +42,7 @@ from sprites_async._services import (
     ServiceStopped,
     ServiceStopping,
 )
+from sprites_async._streams import OtherEvent
 from sprites_async._validation import go_duration
 
 LOGS = {
@@ -263,6 +264,10 @@ async def test_list_and_get(services: ServicesResource, services_fake: Fake) -> 
     assert listed[0].http_port == 3000 and listed[0].status == "running"
     services_fake.wrap_list = True
     assert [s.name for s in await services.list()] == ["web", "db"]
+    # Iterable like sprites.list(): every service, then the end (one page).
+    assert [s.name async for s in services.list()] == ["web", "db"]
+    page = await services.list()
+    assert isinstance(page, ListPage) and page.next_token is None and page.items is page
     web_svc = await services.get("web")
     assert isinstance(web_svc, Service) and web_svc.cmd == "python3"
     assert web_svc.state is not None and web_svc.state.pid == 7353

@@ -17,10 +17,9 @@ from sprites_async import (
     NotFoundError,
     ServerError,
     Sprite,
-    SpriteInfo,
-    SpritePage,
     SpritesClient,
 )
+from sprites_async.types import SpriteInfo, SpritePage
 from tests._mock import BASE, requests_to, sprite_json, url
 
 

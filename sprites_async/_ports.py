@@ -13,13 +13,13 @@ is skipped with a warning: a newer server must not break an older client.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from ._control import close_now
 from ._errors import NotFoundError, SpritesConnectionError
+from ._resource import AsyncResource
 from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 from ._streams import OtherEvent, event_decoder
 from ._websocket import WSMsgType
@@ -106,7 +106,7 @@ _decode_port_event = event_decoder(
 )
 
 
-class PortWatch:
+class PortWatch(AsyncResource):
     """An open ports watch: ``async for event in watch``; ``async with`` closes it."""
 
     def __init__(self, sprite: Sprite, options: RequestOptions | None = None) -> None:
@@ -186,17 +186,8 @@ class PortWatch:
         if ws is not None:
             await close_now(ws)  # never wait for the server's close reply
 
-    async def __aenter__(self) -> PortWatch:
+    async def _aopen(self) -> None:
         await self._connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class PortsResource:

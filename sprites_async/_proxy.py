@@ -30,13 +30,13 @@ import socket
 import struct
 import weakref
 from collections.abc import Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ._control import close_now
 from ._errors import SpritesConnectionError, SpritesTimeoutError
+from ._resource import AsyncResource
 from ._session import SOCKET_LOST
 from ._validation import check_host, check_port
 from ._websocket import WSMessage, WSMsgType
@@ -404,7 +404,7 @@ async def open_connection(
 # -------------------------------------------------------------------- forward
 
 
-class PortForward:
+class PortForward(AsyncResource):
     """A local listener relaying each accepted connection to a port in the sprite.
 
     Made by :func:`forward`; use it as ``async with``. Leaving the block
@@ -507,16 +507,8 @@ class PortForward:
         await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
 
-    async def __aenter__(self) -> PortForward:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    async def _aopen(self) -> None:
+        await self.start()
 
 
 def forward(

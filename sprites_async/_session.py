@@ -29,7 +29,6 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import replace
-from types import TracebackType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -71,6 +70,7 @@ from ._errors import (
     api_error_from_response,
     parse_retry_after,
 )
+from ._resource import AsyncResource
 from ._version import __version__
 from ._websocket import WebSocket as WebSocket
 
@@ -87,7 +87,6 @@ __all__ = ["DEFAULT_BASE_URL", "BaseClient", "RequestOptions", "Timeouts", "requ
 logger = logging.getLogger("sprites_async")
 
 T = TypeVar("T")
-_Client = TypeVar("_Client", bound="BaseClient")
 
 DEFAULT_BASE_URL = "https://api.sprites.dev"
 TOKEN_ENV_VARS = ("SPRITES_TOKEN", "SPRITE_TOKEN")
@@ -541,7 +540,7 @@ def quote_segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class BaseClient:
+class BaseClient(AsyncResource):
     """Configuration, lifecycle and the three I/O seams of a client; no resources.
 
     :class:`~sprites_async.SpritesClient` adds the resources (``sprites``,
@@ -655,19 +654,10 @@ class BaseClient:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self: _Client) -> _Client:
+    async def _aopen(self) -> None:
         if self._state is _State.CLOSED:
             raise ClientClosedError("this SpritesClient is closed; create a new one")
         self._ensure_session()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close every pooled connection and the HTTP session. Idempotent."""

@@ -527,6 +527,7 @@ class SpritesClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http_slots: asyncio.Semaphore | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._legacy_attach: set[str] = set()
         self._telemetry: Telemetry | None = None
         if telemetry or tracer_provider is not None or meter_provider is not None:
             self._telemetry = _load_telemetry(self, tracer_provider, meter_provider)

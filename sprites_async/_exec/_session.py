@@ -1,345 +1,55 @@
-"""Command execution: ``sprite.exec``, ``sprite.process``, ``sprite.run_http``, sessions.
-
-Three ways to run a command (Section 3):
-
-* :func:`run` (``await sprite.exec(...)``) runs to completion and returns an
-  :class:`ExecResult`. Without stdin and without a TTY it borrows a pooled
-  ``/control`` socket (see ``_control``), else it opens a direct ``/exec``
-  WebSocket. Both behave the same: exit codes, timeouts and cancellation.
-* :class:`ExecSession` (``async with sprite.process(...) as proc``) is a
-  live command on its own ``/exec`` WebSocket: streaming output with bounded
-  buffers, stdin, TTY, resize, signals, events.
-* :func:`run_http` (``await sprite.run_http(...)``) uses ``POST /exec``.
-
-Exit codes are never invented. Non-TTY: the binary ``03`` frame is
-authoritative; after a text ``exit`` the reader waits up to
-``ExecSettings.exit_grace`` for trailing output and the frame, then uses the
-text code. TTY: the text ``exit``. A connection that ends before any exit
-indication raises :class:`ExitStatusUnknownError`.
-
-Cancellation and timeouts reach the sandbox: the command is signalled (TERM,
-then KILL after a grace period) before the error is re-raised.
-
-A command runs at most once. It counts as started once its ``op.start``
-frame (or its ``/exec`` upgrade request) has been sent; after that a lost
-connection raises :class:`ExitStatusUnknownError`, never a second run. Only
-a start the server refused with ``op.error`` (``op.busy``, ``op.not_found``)
-is tried again (on another control socket, then a direct one).
-
-A command the sprite could not start (no such executable, not executable,
-no such working directory) raises :class:`CommandStartError`
-(:class:`CommandNotFoundError` for a missing executable) on every path: the
-``500 failed to start process: ...`` answer to an ``/exec`` upgrade or to
-``POST /exec``, or an ``op.complete`` with ``ok: false`` and the start error's
-text over ``/control``. It is a known outcome (nothing ran), never an
-:class:`ExitStatusUnknownError`, and is not sent again. Any other 500 stays a
-:class:`ServerError`.
-
-Sockets are closed by sending the close frame and dropping the connection;
-the server's close reply is never awaited (Section 12 item 11).
-"""
+"""A live command on its own socket: :class:`ExecSession` (``sprite.process``)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
-import weakref
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-import msgspec
 from aiohttp import WSMsgType
 
-from . import _frames
-from ._config import ExecSettings, settings_for
-from ._control import close_now
-from ._errors import (
+from sprites_async import _frames
+from sprites_async._config import ExecSettings, settings_for
+from sprites_async._control import close_now
+from sprites_async._errors import (
     APIError,
-    CommandFailedError,
-    CommandStartError,
-    CommandTimeoutError,
     ExecError,
     ExitStatusUnknownError,
-    GoneError,
     NotFoundError,
     ProtocolError,
     SpritesConnectionError,
     SpritesError,
     SpritesTimeoutError,
-    StreamError,
     command_start_error,
 )
-from ._models import JSONDecoder, UnreadableEntry, attach_raw, decode_any, raw_of, salvage
-from ._session import (
-    SOCKET_ERRORS,
-    ExtraBody,
-    ExtraHeaders,
-    ExtraQuery,
-    RequestOptions,
-    quote_segment,
-    request_options,
-)
-from ._streams import NOT_FINAL, NDJSONStream, NotFinal
-from ._validation import (
-    check_argv,
-    check_cwd,
-    check_duration,
-    check_env,
-    check_max_output,
-    check_size,
-    check_stdin,
-    check_timeout,
-    go_duration,
-    signal_name,
-)
+from sprites_async._session import SOCKET_ERRORS, RequestOptions, quote_segment
+from sprites_async._streams import NDJSONStream
+from sprites_async._validation import check_size, signal_name
+
+from ._buffers import _NO_QUEUES, OutputStream, _Flag
+from ._events import ExecEvent, ExitEvent, OutputEvent, PortCallback, PortEvent, SessionInfoEvent
+from ._request import ExecRequest, Stdin, _start_error_of, _stdin_bytes
 
 if TYPE_CHECKING:
-    from ._control import ControlLease
-    from ._session import SpritesClient, WebSocket
-    from ._sprites import Sprite
-    from ._telemetry import ExecSpan
+    from sprites_async._control import ControlLease
+    from sprites_async._session import WebSocket
+    from sprites_async._sprites import Sprite
+    from sprites_async._telemetry import ExecSpan
 
-__all__ = [
-    "DEFAULT_PATH",
-    "ExecEvent",
-    "ExecResult",
-    "ExecSession",
-    "ExecSessionInfo",
-    "ExecSessions",
-    "ExitEvent",
-    "KillEvent",
-    "OutputEvent",
-    "OutputStream",
-    "PortEvent",
-    "SessionInfoEvent",
-    "run",
-    "run_http",
-]
+__all__ = ["ExecSession"]
 
 logger = logging.getLogger("sprites_async")
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-BASE_ENV: Mapping[str, str] = {"PATH": DEFAULT_PATH, "HOME": "/home/sprite", "LANG": "C.UTF-8"}
-"""What a command's environment starts from when ``env`` is given (Section 3.13)."""
-TTY_ENV: Mapping[str, str] = {"TERM": "xterm-256color"}
-
-Stdin = bytes | bytearray | memoryview | str | AsyncIterable[bytes] | None
-PortCallback = Callable[["PortEvent"], Any]
-
-
-# ----------------------------------------------------------------------- settings
-
-
-DEFAULT_MAX_OUTPUT = 8 << 20
-"""Bytes of each stream ``exec()`` keeps by default (8 MiB: its first and last 4 MiB)."""
-
-
-# ------------------------------------------------------------------------- events
-
-
-class SessionInfoEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """The server's ``session_info``: the session started (or was attached).
-
-    Attributes:
-        session_id: The session id (the PID, as a string).
-        command: The command name the server reports.
-        created: Unix seconds, when known.
-        tty: Whether the session has a terminal.
-        is_owner: Whether this connection created the session.
-    """
-
-    session_id: str | None
-    command: str | None = None
-    created: float | None = None
-    tty: bool = False
-    is_owner: bool | None = None
-
-
-class OutputEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """Output bytes. ``stream`` is ``"stdout"`` or ``"stderr"`` (TTY: always stdout)."""
-
-    stream: Literal["stdout", "stderr"]
-    data: bytes
-
-
-class PortEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """A process in the session started (``opened``) or stopped listening on a port.
-
-    ``address`` is passed on verbatim (an IP address in practice, a URL in
-    some documentation).
-    """
-
-    opened: bool
-    port: int
-    address: str = ""
-    pid: int | None = None
-
-
-class ExitEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """The command exited; always the last event."""
-
-    exit_code: int
-
-
-ExecEvent = SessionInfoEvent | OutputEvent | PortEvent | ExitEvent
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    """The outcome of a finished command.
-
-    Attributes:
-        exit_code: 0-255 (signal deaths are reported by the server, e.g. 143 or 255).
-        stdout: Captured stdout (TTY: the terminal output).
-        stderr: Captured stderr (empty for TTY runs).
-        stdout_dropped: Bytes of stdout beyond ``max_output`` (counted, not
-            kept). When not 0, ``stdout`` is the first ``max_output // 2``
-            bytes followed by the last ``max_output - max_output // 2``: the
-            dropped bytes were between them.
-        stderr_dropped: The same for stderr.
-        session_id: The server's session id, when it was reported.
-        argv: The command.
-    """
-
-    exit_code: int
-    stdout: bytes = b""
-    stderr: bytes = b""
-    stdout_dropped: int = 0
-    stderr_dropped: int = 0
-    session_id: str | None = None
-    argv: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when the exit code is 0."""
-        return self.exit_code == 0
-
-    @property
-    def truncated(self) -> bool:
-        """True when some output was beyond ``max_output`` and was not kept."""
-        return bool(self.stdout_dropped or self.stderr_dropped)
-
-    @property
-    def stdout_text(self) -> str:
-        """stdout decoded as UTF-8 (invalid bytes become U+FFFD)."""
-        return self.stdout.decode("utf-8", "replace")
-
-    @property
-    def stderr_text(self) -> str:
-        """stderr decoded as UTF-8 (invalid bytes become U+FFFD)."""
-        return self.stderr.decode("utf-8", "replace")
-
-    def text(self, encoding: str = "utf-8", errors: str = "replace") -> str:
-        """stdout decoded."""
-        return self.stdout.decode(encoding, errors)
-
-    def check(self) -> ExecResult:
-        """Return self, or raise :class:`CommandFailedError` if the exit code is not 0."""
-        if self.exit_code != 0:
-            raise CommandFailedError(self, argv=self.argv)
-        return self
-
-
-# ---------------------------------------------------------------------- validation
-
-
-def _stdin_bytes(stdin: Stdin) -> bytes | None:
-    if isinstance(stdin, str):
-        return stdin.encode()
-    if isinstance(stdin, (bytes, bytearray, memoryview)):
-        return bytes(stdin)
-    return None
-
-
-@dataclass(frozen=True)
-class ExecRequest:
-    """A validated command: what goes on the wire."""
-
-    argv: tuple[str, ...]
-    env: tuple[str, ...] | None = None
-    cwd: str | None = None
-    tty: bool = False
-    stdin: bool = False
-    cols: int | None = None
-    rows: int | None = None
-    max_run_after_disconnect: str | None = None
-
-    @classmethod
-    def build(
-        cls,
-        argv: Sequence[object],
-        *,
-        env: Mapping[str, str] | None = None,
-        env_replace: bool = False,
-        cwd: str | None = None,
-        tty: bool = False,
-        stdin: bool = False,
-        cols: int | None = None,
-        rows: int | None = None,
-        max_run_after_disconnect: float | str | None = None,
-    ) -> ExecRequest:
-        """Validate everything before anything is sent (ValueError/TypeError)."""
-        args = check_argv(argv)
-        env_list: tuple[str, ...] | None = None
-        if env is not None:
-            user = check_env(env)
-            merged = dict(user) if env_replace else {**BASE_ENV, **(TTY_ENV if tty else {}), **user}
-            env_list = tuple(f"{k}={v}" for k, v in merged.items())
-        return cls(
-            argv=args,
-            env=env_list,
-            cwd=None if cwd is None else check_cwd(cwd),
-            tty=bool(tty),
-            stdin=bool(stdin),
-            cols=None if cols is None else check_size(cols, "cols"),
-            rows=None if rows is None else check_size(rows, "rows"),
-            max_run_after_disconnect=None
-            if max_run_after_disconnect is None
-            else check_duration(max_run_after_disconnect, "max_run_after_disconnect"),
-        )
-
-    def query(self, *, http: bool = False) -> list[tuple[str, str]]:
-        """Query parameters of ``/exec`` (repeated ``cmd`` and ``env``)."""
-        params = [("cmd", a) for a in self.argv]
-        params.append(("path", self.argv[0]))
-        params.extend(("env", e) for e in self.env or ())
-        if self.cwd is not None:
-            params.append(("dir", self.cwd))
-        params.append(("stdin", "true" if self.stdin else "false"))
-        if not http:
-            if self.tty:
-                params.append(("tty", "true"))
-                params.append(("cols", str(self.cols or 80)))
-                params.append(("rows", str(self.rows or 24)))
-            if self.max_run_after_disconnect is not None:
-                params.append(("max_run_after_disconnect", self.max_run_after_disconnect))
-        return params
-
-    def control_args(self) -> dict[str, str | list[str]]:
-        """``op.start`` arguments: strings or lists of strings only (Section 5.2)."""
-        args: dict[str, str | list[str]] = {
-            "cmd": list(self.argv),
-            "path": self.argv[0],
-            "stdin": "true" if self.stdin else "false",
-        }
-        if self.env is not None:
-            args["env"] = list(self.env)
-        if self.cwd is not None:
-            args["dir"] = self.cwd
-        if self.tty:
-            args["tty"] = "true"
-            args["cols"] = str(self.cols or 80)
-            args["rows"] = str(self.rows or 24)
-        if self.max_run_after_disconnect is not None:
-            args["max_run_after_disconnect"] = self.max_run_after_disconnect
-        return args
-
-
-# ------------------------------------------------------------------ live sessions
+_SOCKET_LOST: tuple[type[BaseException], ...] = (
+    *SOCKET_ERRORS,
+    SpritesConnectionError,
+    SpritesTimeoutError,
+)
+"""What a socket operation may raise once the connection is lost."""
 
 
 class _RetryDirect(Exception):
@@ -354,165 +64,6 @@ class _RetryDirect(Exception):
     def __init__(self, message: str, *, direct: bool = False) -> None:
         super().__init__(message)
         self.direct = direct
-
-
-class _Flag:
-    """``asyncio.Event`` without its per-instance deque and loop binding.
-
-    A session needs three of these; with hundreds of sessions alive at once
-    the Event's up-front deque is most of their memory. Waiters are only
-    allocated while someone waits.
-    """
-
-    __slots__ = ("_on", "_waiters")
-
-    def __init__(self, on: bool = False) -> None:
-        self._on = on
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._on
-
-    def set(self) -> None:
-        if self._on:
-            return
-        self._on = True
-        waiters, self._waiters = self._waiters, None
-        for fut in waiters or ():
-            if not fut.done():
-                fut.set_result(None)
-
-    def clear(self) -> None:
-        self._on = False
-
-    async def wait(self) -> None:
-        if self._on:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        waiters = self._waiters
-        waiters.append(fut)
-        try:
-            await fut
-        finally:
-            if fut in waiters:
-                waiters.remove(fut)
-
-
-_NO_QUEUES: dict[int, deque[tuple[int, bytes]]] = {1: deque(maxlen=0), 2: deque(maxlen=0)}
-"""Output queues of a session whose output goes to a sink: always empty."""
-
-
-class OutputStream:
-    """One output stream of a live session: ``async for chunk in proc.stdout``.
-
-    Iteration ends when the command has exited and everything was read; it
-    raises (e.g. :class:`ExitStatusUnknownError`) if the connection ended
-    abnormally. Chunks follow the server's frames, not lines.
-    """
-
-    __slots__ = ("_id", "_session")
-
-    def __init__(self, session: ExecSession, stream_id: int) -> None:
-        self._session = session
-        self._id = stream_id
-
-    def __aiter__(self) -> OutputStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await self._session._next_output(self._id)
-        if data is None:
-            raise StopAsyncIteration
-        return data
-
-    async def read(self) -> bytes:
-        """Everything until the end of the stream."""
-        return b"".join([chunk async for chunk in self])
-
-    async def text(self, encoding: str = "utf-8", errors: str = "replace") -> str:
-        """Everything until the end of the stream, decoded."""
-        return (await self.read()).decode(encoding, errors)
-
-    @property
-    def dropped(self) -> int:
-        """Bytes of this stream dropped unread (oldest first) while it was full.
-
-        A stream nobody reads keeps its newest ``ExecSettings.buffer_size``
-        bytes once the other stream is read or :meth:`ExecSession.wait`
-        waits, so that it never blocks them; 0 for a stream that is read.
-        """
-        return self._session._dropped[self._id]
-
-
-class _Kept:
-    """One stream of a finished command: its first and last bytes within a bound.
-
-    The first ``limit // 2`` bytes and the last ``limit - limit // 2`` are
-    kept; what lies between is counted in ``dropped``. The start says what
-    ran, the end why it failed (a build log's error is at its end).
-    """
-
-    __slots__ = ("dropped", "head", "head_limit", "tail", "tail_len", "tail_limit")
-
-    def __init__(self, limit: int | None) -> None:
-        self.head = bytearray()
-        self.head_limit = limit // 2 if limit is not None else None
-        self.tail_limit = limit - limit // 2 if limit is not None else 0
-        # Chunks, not one bytearray: trimming its front would move the
-        # whole tail once per frame.
-        self.tail: deque[bytes] = deque()
-        self.tail_len = 0
-        self.dropped = 0
-
-    def add(self, data: bytes) -> None:
-        head = self.head
-        if self.head_limit is None:
-            head += data
-            return
-        room = self.head_limit - len(head)
-        if room > 0:
-            head += data[:room]
-            data = data[room:]
-        if not data:
-            return
-        tail = self.tail
-        tail.append(data)
-        self.tail_len += len(data)
-        excess = self.tail_len - self.tail_limit
-        while excess > 0:
-            first = tail[0]
-            if len(first) <= excess:
-                tail.popleft()
-                cut = len(first)
-            else:
-                tail[0] = first[excess:]
-                cut = excess
-            self.tail_len -= cut
-            self.dropped += cut
-            excess -= cut
-
-    def value(self) -> bytes:
-        return bytes(self.head) + b"".join(self.tail)
-
-
-class _Collector:
-    """What ``exec()`` keeps of each stream: head and tail within ``limit`` (see _Kept)."""
-
-    __slots__ = ("streams",)
-
-    def __init__(self, limit: int | None) -> None:
-        self.streams = {1: _Kept(limit), 2: _Kept(limit)}
-
-    def add(self, stream: int, data: bytes) -> None:
-        self.streams[stream].add(data)
-
-    def value(self, stream: int) -> bytes:
-        return self.streams[stream].value()
-
-    def dropped(self, stream: int) -> int:
-        return self.streams[stream].dropped
 
 
 class ExecSession:
@@ -764,7 +315,7 @@ class ExecSession:
         assert self._request is not None
         # A pooled socket was opened without the caller's extra headers/query.
         if prefer_control and self._options is None:
-            from ._control import pool_for
+            from sprites_async._control import pool_for
 
             lease = await pool_for(self._client).acquire(self._sprite.name)
             if lease is not None:
@@ -777,7 +328,7 @@ class ExecSession:
                             "op.start", op="exec", args=self._request.control_args()
                         )
                     )
-                except SOCKET_ERRORS as exc:
+                except _SOCKET_LOST as exc:
                     # Part of the frame may be out (a failed drain comes after
                     # the write): the command may have started.
                     self._finish(self._unknown(f"sending op.start failed: {exc}", cause=exc))
@@ -856,7 +407,7 @@ class ExecSession:
         name = self._sprite.name
         sid = self._attach_id or ""
         params = [("stdin", "true" if self._attach_stdin else "false")]
-        legacy = _legacy_attach.get(client, set())
+        legacy = client._legacy_attach
         ws: WebSocket | None = None
         if name not in legacy:
             try:
@@ -880,7 +431,7 @@ class ExecSession:
                 options=self._options,
             )
             self._legacy = True
-            _legacy_attach.setdefault(client, set()).add(name)
+            legacy.add(name)
         self._set_capabilities(headers)
         self._begin(ws)
         assert self._info_seen is not None
@@ -1219,7 +770,7 @@ class ExecSession:
             # Even without session_info this is no proof that nothing ran
             # (pkg/wsexec-like handlers send none): report it, never re-run.
             # A start error's text with no exit status seen is the server
-            # saying it could not start the command (Section 3.8).
+            # saying it could not start the command: nothing ran.
             request = self._request
             started = None
             if self.exit_code is None and request is not None and self._attach_id is None:
@@ -1531,7 +1082,7 @@ class ExecSession:
         sid = await self._session_id_soon()
         if sid is None:
             raise ProtocolError("cannot signal: the server has not reported a session id")
-        await ExecSessions(self._sprite).kill(sid, signal=name, timeout=0)
+        await _kill(self._sprite, sid, name, 0)
 
     async def kill(self) -> None:
         """Send KILL."""
@@ -1561,7 +1112,7 @@ class ExecSession:
                 if sid is None:
                     logger.warning("cannot terminate %r: no session id was reported", self)
                     return None
-                stream = ExecSessions(self._sprite).kill(sid, signal="TERM", timeout=grace)
+                stream = _kill(self._sprite, sid, "TERM", grace)
                 done, _ = await asyncio.wait(
                     {asyncio.ensure_future(_consume(stream))},
                     timeout=grace + settings.kill_wait + settings.close_timeout,
@@ -1636,7 +1187,6 @@ class _EventIterator:
         return event
 
 
-_legacy_attach: weakref.WeakKeyDictionary[SpritesClient, set[str]] = weakref.WeakKeyDictionary()
 _background_tasks: set[asyncio.Task[Any]] = set()
 
 
@@ -1668,7 +1218,7 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 async def _ping(ws: WebSocket) -> None:
     try:
         await ws.ping()
-    except SOCKET_ERRORS:
+    except _SOCKET_LOST:
         pass  # the reader sees the broken connection and reports it
 
 
@@ -1701,530 +1251,7 @@ async def _consume(stream: NDJSONStream[Any, Any]) -> None:
     await stream
 
 
-# ----------------------------------------------------------------------- one-shot
+def _kill(sprite: Sprite, sid: str, signal: str, timeout: float) -> NDJSONStream[Any, Any]:
+    from ._sessions import ExecSessions
 
-
-async def run(
-    sprite: Sprite,
-    argv: Sequence[object],
-    *,
-    env: Mapping[str, str] | None = None,
-    env_replace: bool = False,
-    cwd: str | None = None,
-    stdin: Stdin = None,
-    timeout: float | None = None,
-    check: bool = False,
-    max_output: int | None = DEFAULT_MAX_OUTPUT,
-    tty: bool = False,
-    on_port: PortCallback | None = None,
-    control: bool | None = None,
-    options: RequestOptions | None = None,
-) -> ExecResult:
-    """Run a command to completion (``sprite.exec``); see :meth:`Sprite.exec`."""
-    request = ExecRequest.build(
-        argv, env=env, env_replace=env_replace, cwd=cwd, tty=tty, stdin=stdin is not None
-    )
-    check_stdin(stdin)
-    limit = check_max_output(max_output)
-    seconds = check_timeout(timeout)
-    from ._config import control_enabled
-
-    # Stdin and TTY use a direct socket, where stdin framing is documented
-    # (Section 5.4); everything else may borrow a pooled control socket.
-    use_control = (
-        stdin is None
-        and not tty
-        and options is None
-        and (control if control is not None else control_enabled(sprite.client))
-    )
-    for attempt in range(3):
-        collector = _Collector(limit)
-        proc = ExecSession(sprite, request, on_port=on_port, sink=collector.add, options=options)
-        try:
-            await _run_one(proc, stdin, seconds, prefer_control=use_control)
-        except _RetryDirect as exc:
-            # Refused by op.error: it never ran, so another try is safe.
-            logger.debug("control exec refused (%s); retrying", exc)
-            if exc.direct or attempt >= 1:
-                use_control = False
-            continue
-        except ExitStatusUnknownError as exc:
-            # The output that did arrive belongs to the caller.
-            exc.stdout = bytes(collector.value(1))
-            exc.stderr = bytes(collector.value(2))
-            raise
-        assert proc.exit_code is not None
-        result = ExecResult(
-            exit_code=proc.exit_code,
-            stdout=bytes(collector.value(1)),
-            stderr=bytes(collector.value(2)),
-            stdout_dropped=collector.dropped(1),
-            stderr_dropped=collector.dropped(2),
-            session_id=proc.session_id,
-            argv=request.argv,
-        )
-        if check:
-            result.check()
-        return result
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _run_one(
-    proc: ExecSession, stdin: Stdin, timeout: float | None, *, prefer_control: bool
-) -> None:
-    feeder: asyncio.Task[None] | None = None
-    try:
-        await proc.start(prefer_control=prefer_control)
-        assert proc._finished is not None
-        if stdin is not None:
-            feeder = asyncio.ensure_future(proc._feed(stdin))
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        # Wait for the reader rather than for the exit alone: it ends once it
-        # has closed the socket (or seen op.complete), so the cleanup below
-        # finds nothing left to wait for and needs no task of its own.
-        until: asyncio.Future[Any] = proc._reader if proc._reader is not None else proc._finished
-        waiting: set[asyncio.Future[Any]] = {until}
-        if feeder is not None:
-            waiting.add(feeder)
-        while not until.done():
-            left = None if deadline is None else max(deadline - loop.time(), 0)
-            done, _ = await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if feeder is not None and feeder in done:
-                waiting.discard(feeder)
-                error = feeder.exception()
-                if error is not None:
-                    await _shielded(proc.terminate())
-                    raise error
-            if not done:
-                if proc._finished.done():
-                    break  # it exited in time; only the socket's close is slow
-                assert timeout is not None
-                timed_out = CommandTimeoutError(
-                    f"the command did not finish within {timeout} s and was terminated",
-                    session_id=proc.session_id,
-                    timeout=timeout,
-                )
-                if proc._span is not None:
-                    proc._span.fail(timed_out)
-                await _shielded(proc.terminate())
-                raise timed_out
-    except asyncio.CancelledError as exc:
-        if proc._span is not None:
-            proc._span.fail(exc)
-        await _shielded(proc.terminate())
-        raise
-    finally:
-        if feeder is not None and not feeder.done():
-            feeder.cancel()
-            try:
-                await feeder
-            except BaseException:
-                pass
-        await proc._release()
-    if proc._error is not None:
-        raise proc._error
-
-
-# ---------------------------------------------------------------------- HTTP exec
-
-
-async def run_http(
-    sprite: Sprite,
-    argv: Sequence[object],
-    *,
-    stdin: Stdin = None,
-    env: Mapping[str, str] | None = None,
-    env_replace: bool = False,
-    cwd: str | None = None,
-    check: bool = False,
-    max_output: int | None = DEFAULT_MAX_OUTPUT,
-    options: RequestOptions | None = None,
-) -> ExecResult:
-    """Run a command with ``POST /exec``; see :meth:`Sprite.run_http`."""
-    request = ExecRequest.build(
-        argv, env=env, env_replace=env_replace, cwd=cwd, stdin=stdin is not None
-    )
-    check_stdin(stdin)
-    limit = check_max_output(max_output)
-    body: Any = None
-    if stdin is not None:
-        data = _stdin_bytes(stdin)
-        body = data if data is not None else stdin
-    client = sprite.client
-    path = sprite.path + "/exec"
-    parser = _frames.HttpExecParser()
-    collector = _Collector(limit)
-    try:
-        return await _run_http_stream(
-            client, path, request, body, parser, collector, check, options, sprite
-        )
-    except APIError as exc:
-        started = _start_error_of(exc, request, sprite.name, "exec (http)")
-        if started is None:
-            raise
-        raise started from exc
-
-
-async def _run_http_stream(
-    client: SpritesClient,
-    path: str,
-    request: ExecRequest,
-    body: Any,
-    parser: _frames.HttpExecParser,
-    collector: _Collector,
-    check: bool,
-    options: RequestOptions | None,
-    sprite: Sprite,
-) -> ExecResult:
-    from ._session import _TRANSPORT_ERRORS, _translate
-
-    async with client._stream(
-        "POST",
-        path,
-        operation="exec (http)",
-        sprite=sprite.name,
-        params=request.query(http=True),
-        data=body,
-        content_type="application/octet-stream" if body is not None else None,
-        idempotent=False,
-        options=options,
-    ) as resp:
-        pending = bytearray()
-        try:
-            async for data, end_of_chunk in resp.content.iter_chunks():
-                pending += data
-                if end_of_chunk and pending:
-                    for stream, piece in parser.feed(bytes(pending)):
-                        collector.add(stream, piece)
-                    pending.clear()
-        except _TRANSPORT_ERRORS as exc:
-            raise _translate(exc, "POST", path, "exec (http)", sprite.name) from exc
-        if pending:
-            for stream, piece in parser.feed(bytes(pending)):
-                collector.add(stream, piece)
-    code, rest = parser.finish()
-    for stream, piece in rest:
-        collector.add(stream, piece)
-    if code is None:
-        raise ExitStatusUnknownError(
-            "the HTTP exec response ended without an exit frame", sprite=sprite.name
-        )
-    result = ExecResult(
-        exit_code=code,
-        stdout=bytes(collector.value(1)),
-        stderr=bytes(collector.value(2)),
-        stdout_dropped=collector.dropped(1),
-        stderr_dropped=collector.dropped(2),
-        argv=request.argv,
-    )
-    if check:
-        result.check()
-    return result
-
-
-def _start_error_of(
-    exc: APIError, request: ExecRequest | None, sprite: str, operation: str = "exec"
-) -> CommandStartError | None:
-    """The :class:`CommandStartError` a 500 ``failed to start process`` means, if it is one."""
-    if request is None or exc.status_code != 500:
-        return None
-    return command_start_error(
-        exc.message,
-        prefixed=True,
-        argv=request.argv,
-        cwd=request.cwd,
-        status_code=exc.status_code,
-        headers=exc.headers,
-        operation=operation,
-        sprite=sprite,
-    )
-
-
-# ----------------------------------------------------------------------- sessions
-
-
-class _WireSession(msgspec.Struct, kw_only=True):
-    id: str | int | None = None
-    session_id: str | int | None = None
-    command: str = ""
-    workdir: str | None = None
-    created: str | int | float | None = None
-    tty: bool = False
-    bytes_per_second: float = 0.0
-    is_active: bool = False
-    last_activity: str | None = None
-
-
-class _WireSessionList(msgspec.Struct, kw_only=True):
-    sessions: list[msgspec.Raw] | None = None
-    count: int | None = None
-    error: str | None = None
-
-
-_session_list_decoder = JSONDecoder(msgspec.json.Decoder(_WireSessionList))
-_session_decoder = JSONDecoder(msgspec.json.Decoder(_WireSession))
-
-
-class ExecSessionInfo(msgspec.Struct, frozen=True, kw_only=True, dict=True):
-    """One entry of ``sprite.sessions.list()``.
-
-    Attributes:
-        id: The session id (the PID, as a string; PIDs are recycled).
-        command: The resolved executable and its arguments, joined by spaces.
-        workdir: The working directory.
-        created: When it started (RFC 3339 text, as sent).
-        tty: Whether it has a terminal.
-        bytes_per_second: Recent output rate.
-        is_active: The server's "recent activity" flag (unreliable).
-        last_activity: RFC 3339 text, when sent.
-    """
-
-    id: str
-    command: str = ""
-    workdir: str | None = None
-    created: str | None = None
-    tty: bool = False
-    bytes_per_second: float = 0.0
-    is_active: bool = False
-    last_activity: str | None = None
-
-    @property
-    def raw(self) -> dict[str, Any]:
-        """The list entry's JSON object as received (``{}`` if built locally)."""
-        return raw_of(self, self.id)
-
-
-def _session_entry(entry: msgspec.Raw | object, where: str) -> ExecSessionInfo:
-    """One session of the list: typed decode, else field by field; it must have an id."""
-    if isinstance(entry, msgspec.Raw):
-        try:
-            wire = _session_decoder.decode(entry)
-        except msgspec.ValidationError:
-            entry = decode_any(entry)
-            wire = salvage(entry, _WireSession, where)
-    else:
-        wire = salvage(entry, _WireSession, where)
-    sid = wire.id if wire.id is not None else wire.session_id
-    if sid is None or sid == "":
-        raise UnreadableEntry(f"{where}: the session has no readable `id`")
-    created = wire.created
-    info = ExecSessionInfo(
-        id=str(sid),
-        command=wire.command,
-        workdir=wire.workdir,
-        created=None if created is None else str(created),
-        tty=wire.tty,
-        bytes_per_second=wire.bytes_per_second,
-        is_active=wire.is_active,
-        last_activity=wire.last_activity,
-    )
-    attach_raw(info, entry)
-    return info
-
-
-def _decode_sessions(data: bytes) -> tuple[list[ExecSessionInfo], str | None]:
-    """The sessions of a list answer and its ``error`` text (section 4.1).
-
-    Nothing is dropped: an entry without a readable id makes the whole
-    answer unreadable (``UnreadableEntry``, naming the entry).
-    """
-    entries: list[Any]
-    try:
-        page = _session_list_decoder.decode(data)
-        entries, error = list(page.sessions or ()), page.error
-    except msgspec.ValidationError:
-        obj = decode_any(data)
-        if not isinstance(obj, dict):
-            raise
-        found = obj.get("sessions")
-        if found is not None and not isinstance(found, list):
-            raise UnreadableEntry(
-                f"sessions: expected an array, got {type(found).__name__}"
-            ) from None
-        entries = found or []
-        error = _frames.as_text(obj.get("error")) if obj.get("error") else None
-    out = [_session_entry(entry, f"sessions[{i}]") for i, entry in enumerate(entries)]
-    return out, error
-
-
-class KillEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of a kill stream.
-
-    ``type`` is ``signal``, ``timeout``, ``killed``, ``exited``, ``error`` or
-    ``complete`` (which carries ``exit_code``); unknown types are passed on.
-    ``message`` is the event's text, whether the server spelt its key
-    ``message``, ``data`` or ``error`` (section 4.4).
-    """
-
-    type: str
-    message: str = ""
-    signal: str | None = None
-    pid: int | None = None
-    exit_code: int | None = None
-
-
-class _WireKill(msgspec.Struct, kw_only=True):
-    type: str
-    message: str | None = None
-    data: str | None = None
-    error: str | None = None
-    signal: str | None = None
-    pid: int | None = None
-    exit_code: int | None = None
-
-
-_kill_typed = JSONDecoder(msgspec.json.Decoder(_WireKill))
-
-
-def _decode_kill(line: bytes) -> KillEvent:
-    """One kill event; odd fields are read liberally, a line without ``type`` is skipped."""
-    try:
-        wire = _kill_typed.decode(line)
-    except msgspec.ValidationError:
-        wire = salvage(decode_any(line), _WireKill, "kill event")
-    return KillEvent(
-        type=wire.type,
-        message=wire.message or wire.data or wire.error or "",
-        signal=wire.signal,
-        pid=wire.pid,
-        exit_code=wire.exit_code,
-    )
-
-
-def _kill_final(event: KillEvent) -> int | NotFinal | None:
-    if event.type == "error":
-        raise StreamError(f"kill failed: {event.message or 'error'}")
-    if event.type == "complete":
-        return event.exit_code
-    return NOT_FINAL
-
-
-def _kill_gone(exc: APIError) -> int | None:
-    if isinstance(exc, GoneError):
-        return None  # already exited: success
-    raise exc
-
-
-class ExecSessions:
-    """The exec sessions of one sprite: ``sprite.sessions``."""
-
-    __slots__ = ("_sprite",)
-
-    def __init__(self, sprite: Sprite) -> None:
-        self._sprite = sprite
-
-    async def list(
-        self,
-        *,
-        extra_headers: ExtraHeaders = None,
-        extra_query: ExtraQuery = None,
-        extra_body: ExtraBody = None,
-    ) -> list[ExecSessionInfo]:
-        """The sessions running now (an exited session disappears at once).
-
-        Raises:
-            APIError: Including a 200 answer that carries an ``error`` key.
-        """
-        sprite = self._sprite
-        resp = await sprite.client._request(
-            "GET",
-            sprite.path + "/exec",
-            operation="list sessions",
-            sprite=sprite.name,
-            options=request_options(extra_headers, extra_query, extra_body),
-        )
-        sessions, error = resp.parse(_decode_sessions)
-        if error:
-            raise APIError(
-                error,
-                status_code=resp.status,
-                body=resp.body,
-                headers=resp.headers,
-                operation="list sessions",
-                sprite=sprite.name,
-            )
-        return sessions
-
-    def attach(
-        self,
-        session_id: str | int,
-        *,
-        stdin: bool = True,
-        on_port: PortCallback | None = None,
-        kill_on_exit: bool = False,
-        extra_headers: ExtraHeaders = None,
-        extra_query: ExtraQuery = None,
-        extra_body: ExtraBody = None,
-    ) -> ExecSession:
-        """Attach to a running session: ``async with sprite.sessions.attach(id) as proc``.
-
-        Uses the path form and falls back to ``?id=`` on 404 (remembered per
-        sprite). Entering waits for ``session_info`` (its ``tty`` flag decides
-        the framing); the scrollback then arrives first as output. Leaving
-        the block detaches and leaves the command running unless
-        ``kill_on_exit`` is set.
-
-        Raises (on entering):
-            NotFoundError: No such session (it may have exited while away).
-        """
-        sid = _check_session_id(session_id)
-        return ExecSession(
-            self._sprite,
-            None,
-            attach_id=sid,
-            attach_stdin=stdin,
-            on_port=on_port,
-            kill_on_exit=kill_on_exit,
-            options=request_options(extra_headers, extra_query, extra_body),
-        )
-
-    def kill(
-        self,
-        session_id: str | int,
-        *,
-        signal: str | int = "TERM",
-        timeout: float = 10.0,
-        extra_headers: ExtraHeaders = None,
-        extra_query: ExtraQuery = None,
-        extra_body: ExtraBody = None,
-    ) -> NDJSONStream[KillEvent, int | None]:
-        """Signal a session; escalate to KILL after ``timeout`` seconds (0: never).
-
-        Returns a stream: ``async for event in ...`` for the :class:`KillEvent`
-        lines, or ``await`` it for the final exit code (None when the session
-        had already exited — a 410, which counts as success).
-
-        Raises:
-            NotFoundError: No such session.
-            StreamError: The server reported an ``error`` event.
-        """
-        sid = _check_session_id(session_id)
-        name = signal_name(signal)
-        seconds: object = timeout
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError("timeout must be a number of seconds >= 0")
-        sprite = self._sprite
-        return NDJSONStream(
-            sprite.client,
-            "POST",
-            sprite.path + "/exec/" + quote_segment(sid) + "/kill",
-            decoder=_decode_kill,
-            operation="kill session",
-            sprite=sprite.name,
-            params=[("signal", "SIG" + name), ("timeout", go_duration(float(timeout)))],
-            # Only KILL is harmless twice: a repeated TERM/INT may be read as "force it".
-            idempotent=name == "KILL",
-            final=_kill_final,
-            on_api_error=_kill_gone,
-            options=request_options(extra_headers, extra_query, extra_body),
-        )
-
-
-def _check_session_id(session_id: object) -> str:
-    if isinstance(session_id, bool) or not isinstance(session_id, (str, int)):
-        raise TypeError("session_id must be a str or an int")
-    sid = str(session_id)
-    if not sid or "/" in sid or "\x00" in sid:
-        raise ValueError(f"invalid session id {session_id!r}")
-    return sid
+    return ExecSessions(sprite).kill(sid, signal=signal, timeout=timeout)

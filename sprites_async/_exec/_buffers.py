@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from ._events import ExecEvent, OutputEvent
 
 if TYPE_CHECKING:
     from ._session import ExecSession
 
-__all__ = ["DEFAULT_MAX_OUTPUT", "OutputStream"]
+__all__ = ["DEFAULT_MAX_OUTPUT", "OutputBuffers", "OutputStream"]
+
+logger = logging.getLogger("sprites_async")
 
 DEFAULT_MAX_OUTPUT = 8 << 20
 """Bytes of each stream ``exec()`` keeps by default (8 MiB: its first and last 4 MiB)."""
@@ -63,6 +68,160 @@ _NO_QUEUES: dict[int, deque[tuple[int, bytes]]] = {1: deque(maxlen=0), 2: deque(
 """Output queues of a session whose output goes to a sink: always empty."""
 
 
+class OutputBuffers:
+    """What a live session holds for its readers: a queue per stream, and its events.
+
+    Each stream has its own bound (``size`` bytes). A full stream that
+    someone reads holds the socket back (backpressure: the command slows
+    down). A full stream that nobody reads while the other one is read (or
+    ``wait()`` is waiting) must not block it: its oldest bytes are dropped
+    and counted in ``dropped``. Before anyone reads anything, a full stream
+    holds the socket back, so that nothing is lost before the caller starts
+    reading. Output and events carry one sequence number, so that the event
+    iterator gives them back in the order they arrived.
+    """
+
+    __slots__ = (
+        "demand",
+        "dropped",
+        "held",
+        "misc",
+        "out",
+        "readers",
+        "room",
+        "seq",
+        "size",
+        "waiting",
+        "wake",
+    )
+
+    def __init__(self, size: int, max_events: int, *, queues: bool = True) -> None:
+        self.size = size
+        # With a sink (``exec()``) output never queues here: share empty ones.
+        self.out: dict[int, deque[tuple[int, bytes]]] = (
+            {1: deque(), 2: deque()} if queues else _NO_QUEUES
+        )
+        self.misc: deque[tuple[int, ExecEvent]] = deque(maxlen=max_events)
+        # Per stream (index 1: stdout, 2: stderr): bytes queued, bytes dropped.
+        self.held = [0, 0, 0]
+        self.dropped = [0, 0, 0]
+        # Streams someone has asked for (the events ask for both), and how
+        # many wait() calls are pending: see must_pause.
+        self.demand: set[int] = set()
+        self.waiting = 0
+        self.seq = 0
+        self.readers: set[int] = set()
+        self.wake = _Flag()
+        self.room = _Flag(on=True)
+
+    def push(self, stream: int, data: bytes) -> None:
+        """Queue output of a stream (the protocol's ``on_output``)."""
+        self.seq += 1
+        self.out[stream].append((self.seq, data))
+        self.held[stream] += len(data)
+        self.wake.set()
+
+    def push_event(self, event: ExecEvent) -> None:
+        """Queue an event (session info, port); the oldest go beyond ``max_events``."""
+        self.seq += 1
+        self.misc.append((self.seq, event))
+        self.wake.set()
+
+    def discard(self) -> None:
+        """Forget the queued output: nobody will read it."""
+        for queue in self.out.values():
+            queue.clear()
+        self.held = [0, 0, 0]
+        self.room.set()
+
+    def must_pause(self, early: int) -> bool:
+        """Whether the socket must not be read until output is read (see the class docstring).
+
+        ``early`` counts bytes whose stream is not known yet (an attach
+        before ``session_info``): they hold the socket back too.
+        """
+        size = self.size
+        if early >= size:
+            return True
+        held = self.held
+        interest = bool(self.demand) or self.waiting > 0
+        for stream in (1, 2):
+            if held[stream] < size:
+                continue
+            if stream in self.demand or not interest:
+                return True
+            self._drop_oldest(stream)
+        return False
+
+    def _drop_oldest(self, stream: int) -> None:
+        queue = self.out[stream]
+        held = self.held
+        dropped = 0
+        while queue and held[stream] >= self.size:
+            _, data = queue.popleft()
+            held[stream] -= len(data)
+            dropped += len(data)
+        if dropped and not self.dropped[stream]:
+            what = "stdout" if stream == 1 else "stderr"
+            logger.debug("nobody reads %s of a session; dropping its oldest output", what)
+        self.dropped[stream] += dropped
+
+    def want(self, *streams: int) -> None:
+        """Someone reads these streams now.
+
+        The reader may have paused on a full stream that it can now drop
+        from instead (see :meth:`must_pause`).
+        """
+        if not self.demand.issuperset(streams):
+            self.demand.update(streams)
+            self.room.set()
+
+    def claim(self, reader: int) -> None:
+        """Take a stream (0: the events) for one coroutine.
+
+        Two coroutines reading one stream would each get a random half of it.
+        """
+        if reader in self.readers:
+            what = {0: "the events", 1: "stdout", 2: "stderr"}[reader]
+            raise RuntimeError(f"another coroutine is already reading {what} of this session")
+        self.readers.add(reader)
+
+    def _consumed(self, stream: int, n: int) -> None:
+        self.held[stream] -= n
+        if self.held[stream] < self.size // 2:
+            self.room.set()
+
+    def pop(self, stream: int) -> bytes | None:
+        """The oldest queued chunk of a stream, or None."""
+        queue = self.out[stream]
+        if not queue:
+            return None
+        _, data = queue.popleft()
+        self._consumed(stream, len(data))
+        return data
+
+    def pop_event(self) -> ExecEvent | None:
+        """The oldest queued output or event of all, or None."""
+        best: deque[tuple[int, Any]] | None = None
+        for queue in (self.out[1], self.out[2], self.misc):
+            if queue and (best is None or queue[0][0] < best[0][0]):
+                best = queue
+        if best is None:
+            return None
+        _, item = best.popleft()
+        if best is self.misc:
+            event: ExecEvent = item
+            return event
+        stream = 1 if best is self.out[1] else 2
+        self._consumed(stream, len(item))
+        return OutputEvent(stream="stdout" if stream == 1 else "stderr", data=item)
+
+    async def wait_wake(self) -> None:
+        """Wait for the next output, event or end."""
+        self.wake.clear()
+        await self.wake.wait()
+
+
 class OutputStream:
     """One output stream of a live session: ``async for chunk in proc.stdout``.
 
@@ -102,7 +261,7 @@ class OutputStream:
         bytes once the other stream is read or :meth:`ExecSession.wait`
         waits, so that it never blocks them; 0 for a stream that is read.
         """
-        return self._session._dropped[self._id]
+        return self._session._buffers.dropped[self._id]
 
 
 class _Kept:

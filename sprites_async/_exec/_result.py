@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from sprites_async import _frames
 from sprites_async._errors import (
     APIError,
     CommandFailedError,
-    CommandTimeoutError,
     ExitStatusUnknownError,
 )
 from sprites_async._session import RequestOptions
@@ -21,7 +19,7 @@ from sprites_async._validation import check_max_output, check_stdin, check_timeo
 from ._buffers import DEFAULT_MAX_OUTPUT, _Collector
 from ._events import PortCallback
 from ._request import ExecRequest, Stdin, _start_error_of, _stdin_bytes
-from ._session import ExecSession, _RetryDirect, _shielded
+from ._session import ExecSession, _RetryDirect
 
 if TYPE_CHECKING:
     from sprites_async._session import SpritesClient
@@ -125,7 +123,10 @@ async def run(
         collector = _Collector(limit)
         proc = ExecSession(sprite, request, on_port=on_port, sink=collector.add, options=options)
         try:
-            await _run_one(proc, stdin, seconds, prefer_control=use_control)
+            # start() stops what it may have started if it is cancelled;
+            # complete() terminates on timeout or cancellation, and closes.
+            await proc.start(prefer_control=use_control)
+            exit_code = await proc.complete(stdin, timeout=seconds)
         except _RetryDirect as exc:
             # Refused by op.error: it never ran, so another try is safe.
             logger.debug("control exec refused (%s); retrying", exc)
@@ -137,9 +138,8 @@ async def run(
             exc.stdout = bytes(collector.value(1))
             exc.stderr = bytes(collector.value(2))
             raise
-        assert proc.exit_code is not None
         result = ExecResult(
-            exit_code=proc.exit_code,
+            exit_code=exit_code,
             stdout=bytes(collector.value(1)),
             stderr=bytes(collector.value(2)),
             stdout_dropped=collector.dropped(1),
@@ -151,63 +151,6 @@ async def run(
             result.check()
         return result
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _run_one(
-    proc: ExecSession, stdin: Stdin, timeout: float | None, *, prefer_control: bool
-) -> None:
-    feeder: asyncio.Task[None] | None = None
-    try:
-        await proc.start(prefer_control=prefer_control)
-        assert proc._finished is not None
-        if stdin is not None:
-            feeder = asyncio.ensure_future(proc._feed(stdin))
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        # Wait for the reader rather than for the exit alone: it ends once it
-        # has closed the socket (or seen op.complete), so the cleanup below
-        # finds nothing left to wait for and needs no task of its own.
-        until: asyncio.Future[Any] = proc._reader if proc._reader is not None else proc._finished
-        waiting: set[asyncio.Future[Any]] = {until}
-        if feeder is not None:
-            waiting.add(feeder)
-        while not until.done():
-            left = None if deadline is None else max(deadline - loop.time(), 0)
-            done, _ = await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if feeder is not None and feeder in done:
-                waiting.discard(feeder)
-                error = feeder.exception()
-                if error is not None:
-                    await _shielded(proc.terminate())
-                    raise error
-            if not done:
-                if proc._finished.done():
-                    break  # it exited in time; only the socket's close is slow
-                assert timeout is not None
-                timed_out = CommandTimeoutError(
-                    f"the command did not finish within {timeout} s and was terminated",
-                    session_id=proc.session_id,
-                    timeout=timeout,
-                )
-                if proc._span is not None:
-                    proc._span.fail(timed_out)
-                await _shielded(proc.terminate())
-                raise timed_out
-    except asyncio.CancelledError as exc:
-        if proc._span is not None:
-            proc._span.fail(exc)
-        await _shielded(proc.terminate())
-        raise
-    finally:
-        if feeder is not None and not feeder.done():
-            feeder.cancel()
-            try:
-                await feeder
-            except BaseException:
-                pass
-        await proc._release()
-    if proc._error is not None:
-        raise proc._error
 
 
 # ---------------------------------------------------------------------- HTTP exec

@@ -17,9 +17,10 @@ from sprites_async._session import RequestOptions
 from sprites_async._validation import check_max_output, check_stdin, check_timeout
 
 from ._buffers import DEFAULT_MAX_OUTPUT, _Collector
+from ._connection import _RetryDirect
 from ._events import PortCallback
 from ._request import ExecRequest, Stdin, _start_error_of, _stdin_bytes
-from ._session import ExecSession, _RetryDirect
+from ._session import ExecSession
 
 if TYPE_CHECKING:
     from sprites_async._session import SpritesClient

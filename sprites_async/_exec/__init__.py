@@ -38,6 +38,15 @@ text over ``/control``. It is a known outcome (nothing ran), never an
 Sockets are closed by sending the close frame and dropping the connection;
 the server's close reply is never awaited: some servers linger after the exit
 or never answer a close.
+
+Layout, as websockets is built (a protocol without I/O under a thin asyncio
+connection): ``_protocol`` (:class:`ExecProtocol`: frames and the time in;
+output, events, the exit status and deadlines out; every exit-code rule),
+``_buffers`` (per-stream queues, backpressure, what ``exec()`` keeps),
+``_connection`` (the socket read into the protocol, its timer, its close),
+``_handshake`` (opening: direct, attach, control lease), ``_session``
+(:class:`ExecSession`), ``_request``, ``_result`` (``run``, ``run_http``),
+``_sessions`` (list, attach, kill) and ``_events``.
 """
 
 from __future__ import annotations

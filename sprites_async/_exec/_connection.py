@@ -147,36 +147,6 @@ class _ExecConnection:
         self._started = False
         self._shut = False
 
-    @property
-    def session_id(self) -> str | None:
-        """The server's session id (from ``session_info``, or the attached id), or None."""
-        return self._proto.session_id
-
-    @property
-    def exit_code(self) -> int | None:
-        """The exit code once known, else None."""
-        return self._proto.exit_code
-
-    @property
-    def info(self) -> SessionInfoEvent | None:
-        """The ``session_info`` the server sent, or None."""
-        return self._proto.info
-
-    @property
-    def tty(self) -> bool | None:
-        """Whether the session has a terminal (None until an attached session says)."""
-        return self._proto.tty
-
-    @property
-    def done(self) -> bool:
-        """True once the exit status is known or the connection failed."""
-        return self._finished is not None and self._finished.done()
-
-    @property
-    def via_control(self) -> bool:
-        """True when the command runs over a pooled ``/control`` socket."""
-        return self._proto.control
-
     def _set_capabilities(self, headers: Mapping[str, str]) -> None:
         raw = headers.get("X-Sprite-Capabilities", "")
         self.capabilities = frozenset(c.strip().lower() for c in raw.split(",") if c.strip())
@@ -332,7 +302,7 @@ class _ExecConnection:
             # A start error's text with no exit status seen is the server
             # saying it could not start the command: nothing ran.
             request = self._request
-            if self.exit_code is None and request is not None and self._attach_id is None:
+            if self._proto.exit_code is None and request is not None and self._attach_id is None:
                 started = command_start_error(
                     failure.reason,
                     prefixed=False,
@@ -346,10 +316,10 @@ class _ExecConnection:
         # Also over control before op.ack/session_info: the op.start was sent,
         # so the command may be running. Never a retry (at most once).
         return ExitStatusUnknownError(
-            failure.reason, session_id=self.session_id, sprite=self._sprite.name
+            failure.reason, session_id=self._proto.session_id, sprite=self._sprite.name
         )
 
-    def _wait_done_now(self) -> bool:
+    def _is_done(self) -> bool:
         return self._finished is not None and self._finished.done()
 
     async def _wait_done(self, timeout: float | None) -> bool:
@@ -359,7 +329,7 @@ class _ExecConnection:
         return self._finished.done()
 
     async def _session_id_soon(self) -> str | None:
-        if self.session_id is None and self._info_seen is not None:
+        if self._proto.session_id is None and self._info_seen is not None:
             waiter = asyncio.ensure_future(self._info_seen.wait())
             assert self._finished is not None
             waiting: set[asyncio.Future[Any]] = {waiter, self._finished}
@@ -371,7 +341,7 @@ class _ExecConnection:
                 )
             finally:
                 waiter.cancel()
-        return self.session_id
+        return self._proto.session_id
 
     def _check_started(self) -> None:
         if not self._started:
@@ -379,14 +349,14 @@ class _ExecConnection:
 
     # ------------------------------------------------------------------- closing
 
-    async def aclose(self) -> None:
-        """Close the connection (the command is not signalled). Idempotent."""
+    async def _close(self) -> None:
+        # ExecSession.aclose: close the connection, never signal the command.
         if self._shut:
             return
         self._shut = True
         self._stop_ticking()
         reader, pinger = self._reader, self._pinger
-        if reader is not None and not reader.done() and self.done:
+        if reader is not None and not reader.done() and self._is_done():
             # The exit is known and the reader is closing the socket: let it.
             await asyncio.wait({reader}, timeout=self._settings.close_timeout + 0.5)
         for task in (pinger, reader):
@@ -400,7 +370,7 @@ class _ExecConnection:
                     pass
                 except Exception:  # the reader reports through _settle
                     logger.debug("exec reader ended with an error", exc_info=True)
-        if self._finished is not None and not self.done:
+        if self._finished is not None and not self._is_done():
             self._lost("the connection was closed before the command exited")
         lease, self._lease = self._lease, None
         if lease is not None:
@@ -427,9 +397,9 @@ class _ExecConnection:
         # The shield costs a task (and loop turns) per command: skip it when
         # there is nothing left that a cancellation could interrupt.
         if self._close_is_instant():
-            await self.aclose()
+            await self._close()
         else:
-            await _shielded(self.aclose())
+            await _shielded(self._close())
 
 
 _background_tasks: set[asyncio.Task[Any]] = set()

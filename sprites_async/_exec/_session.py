@@ -27,7 +27,7 @@ from sprites_async._validation import check_size, check_stdin, signal_name
 
 from ._buffers import OutputStream
 from ._connection import _SOCKET_LOST, _drop_output, _ExecConnection, _RetryDirect, _shielded
-from ._events import ExecEvent, ExitEvent, PortCallback
+from ._events import ExecEvent, ExitEvent, PortCallback, SessionInfoEvent
 from ._handshake import open_session
 from ._request import ExecRequest, Stdin, _stdin_bytes
 
@@ -40,17 +40,97 @@ __all__ = ["ExecSession"]
 logger = logging.getLogger("sprites_async")
 
 
-class _SessionInput(_ExecConnection):
-    """What goes to a running command: stdin, its end, the terminal size, signals."""
+class _ExecStreams(_ExecConnection):
+    """The private side of :class:`ExecSession`: its queues, waiting, sending (no public name)."""
 
-    __slots__ = ("_stdin_closed",)
+    __slots__ = ("_exit_given", "_stdin_closed")
 
+    _exit_given: bool
     _stdin_closed: bool
+
+    @property
+    def _held(self) -> list[int]:
+        # Bytes queued per stream (index 1: stdout, 2: stderr).
+        return self._buffers.held
+
+    @property
+    def _buffered(self) -> int:
+        # Everything queued, with bytes whose stream is not known yet.
+        held = self._buffers.held
+        return held[1] + held[2] + self._proto.early_bytes
+
+    def _discard_output(self) -> None:
+        self._sink = self._proto.on_output = _drop_output
+        self._buffers.discard()
+
+    # ---------------------------------------------------------------------- reading
+
+    async def _next_output(self, stream: int) -> bytes | None:
+        self._check_started()
+        buffers = self._buffers
+        buffers.claim(stream)
+        buffers.want(stream)
+        try:
+            while True:
+                data = buffers.pop(stream)
+                if data is not None:
+                    return data
+                if self._is_done():
+                    if self._error is not None and not isinstance(self._error, _RetryDirect):
+                        raise self._error
+                    return None
+                await buffers.wait_wake()
+        finally:
+            buffers.readers.discard(stream)
+
+    async def _next_event(self) -> ExecEvent | None:
+        buffers = self._buffers
+        buffers.claim(0)
+        buffers.want(1, 2)
+        try:
+            while True:
+                event = buffers.pop_event()
+                if event is not None:
+                    return event
+                if self._is_done():
+                    if self._error is not None:
+                        raise self._error
+                    if not self._exit_given and self._proto.exit_code is not None:
+                        self._exit_given = True
+                        return ExitEvent(exit_code=self._proto.exit_code)
+                    return None
+                await buffers.wait_wake()
+        finally:
+            buffers.readers.discard(0)
+
+    async def _waiting_for(
+        self, futures: set[asyncio.Future[Any]], timeout: float | None
+    ) -> set[asyncio.Future[Any]]:
+        # Nobody may be reading the output: while we wait, full streams
+        # drop their oldest bytes instead of blocking the exit.
+        buffers = self._buffers
+        buffers.waiting += 1
+        if self._sink is None:
+            buffers.room.set()
+        try:
+            done: set[asyncio.Future[Any]]
+            done, _ = await asyncio.wait(
+                futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            buffers.waiting -= 1
+        return done
+
+    def _outcome(self) -> int:
+        if self._error is not None:
+            raise self._error
+        assert self._proto.exit_code is not None
+        return self._proto.exit_code
 
     def _open_ws(self) -> WebSocket:
         self._check_started()
         ws = self._ws
-        if ws is None or ws.closed or self._shut or (self.done and self._error is not None):
+        if ws is None or ws.closed or self._shut or (self._is_done() and self._error is not None):
             error = SpritesConnectionError(
                 "the exec connection is closed", operation="exec", sprite=self._sprite.name
             )
@@ -73,140 +153,8 @@ class _SessionInput(_ExecConnection):
                 f"sending {what} failed: {exc}", operation="exec", sprite=self._sprite.name
             ) from exc
 
-    async def write(self, data: bytes | bytearray | memoryview | str) -> None:
-        """Send bytes to the command's stdin (a str is UTF-8 encoded).
 
-        Waits while the socket's send buffer is full. Raises
-        :class:`BrokenPipeError` once the command has exited or stdin was
-        closed, and :class:`SpritesConnectionError` once the connection is
-        gone (lost, or its client closed).
-        """
-        if isinstance(data, str):
-            data = data.encode()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"write() takes bytes or str, not {type(data).__name__}")
-        self._check_started()
-        if self._stdin_closed or (self.done and self._error is None):
-            raise BrokenPipeError("stdin is closed (the command exited or close_stdin was called)")
-        view = memoryview(bytes(data))
-        step = self._settings.stdin_chunk
-        for i in range(0, len(view), step):
-            piece = bytes(view[i : i + step])
-            await self._send(piece if self.tty else _frames.stdin_frame(piece), "stdin")
-
-    async def close_stdin(self) -> None:
-        """Signal end of input (non-TTY: the ``04`` frame). Idempotent.
-
-        With a TTY this does nothing: ``0x04`` is Ctrl-D there, never an EOF
-        marker; write ``b"\\x04"`` yourself if the program wants Ctrl-D.
-        """
-        if self._stdin_closed or self.tty:
-            return
-        self._stdin_closed = True
-        if self.done:
-            return
-        await self._send(_frames.EOF_FRAME, "the end of stdin")
-
-    async def resize(self, cols: int, rows: int) -> None:
-        """Set the terminal size (TTY sessions; ignored by the server otherwise)."""
-        msg = _frames.resize_message(check_size(cols, "cols"), check_size(rows, "rows"))
-        await self._send(msg, "a resize")
-
-    async def _feed(self, stdin: Stdin) -> None:
-        """Write all of ``stdin`` then close it.
-
-        Errors of the user's iterable propagate. Errors of the socket end the
-        feeding quietly: the reader reports what became of the command.
-        """
-        data = _stdin_bytes(stdin)
-        if data is not None:
-            if data and not await self._send_stdin(data):
-                return
-        elif stdin is not None:
-            assert isinstance(stdin, AsyncIterable)
-            async for item in stdin:
-                chunk: object = item
-                if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                    raise TypeError(f"stdin iterables must yield bytes, not {type(chunk).__name__}")
-                if not await self._send_stdin(chunk):
-                    return
-        await self._send_stdin(None)
-
-    async def _send_stdin(self, data: bytes | bytearray | memoryview | None) -> bool:
-        try:
-            if data is None:
-                await self.close_stdin()
-            else:
-                await self.write(data)
-        except (BrokenPipeError, SpritesConnectionError) as exc:
-            logger.debug("stopped sending stdin: %s", exc)
-            return False
-        return True
-
-    # ---------------------------------------------------------------------- signals
-
-    async def signal(self, sig: str | int) -> None:
-        """Send a signal (``"TERM"``, ``"SIGINT"``, ``9`` ...) to the command.
-
-        In-band when the server advertised the ``signal`` capability, else
-        through ``POST .../exec/{id}/kill`` with no escalation. Does nothing
-        once the command has exited.
-        """
-        name = signal_name(sig)
-        self._check_started()
-        if self.done:
-            return
-        if "signal" in self.capabilities and not self.via_control and not self._shut:
-            await self._send(_frames.signal_message(name), f"signal {name}")
-            return
-        sid = await self._session_id_soon()
-        if sid is None:
-            raise ProtocolError("cannot signal: the server has not reported a session id")
-        await _kill(self._sprite, sid, name, 0)
-
-    async def kill(self) -> None:
-        """Send KILL."""
-        await self.signal("KILL")
-
-    async def terminate(self, grace: float | None = None) -> int | None:
-        """TERM, then KILL after ``grace`` seconds; wait briefly for the exit.
-
-        Returns the exit code, or None if it did not arrive. Errors while
-        signalling are logged, not raised: this is cleanup.
-        """
-        self._check_started()
-        settings = self._settings
-        grace = settings.kill_grace if grace is None else grace
-        if self.done:
-            return self.exit_code
-        if self._ws is None:
-            return None  # never connected: nothing to signal through
-        try:
-            if "signal" in self.capabilities and not self.via_control and not self._shut:
-                await self._send(_frames.signal_message("TERM"), "signal TERM")
-                if not await self._wait_done(grace):
-                    await self._send(_frames.signal_message("KILL"), "signal KILL")
-                    await self._wait_done(settings.kill_wait)
-            else:
-                sid = await self._session_id_soon()
-                if sid is None:
-                    logger.warning("cannot terminate %r: no session id was reported", self)
-                    return None
-                stream = _kill(self._sprite, sid, "TERM", grace)
-                done, _ = await asyncio.wait(
-                    {asyncio.ensure_future(_consume(stream))},
-                    timeout=grace + settings.kill_wait + settings.close_timeout,
-                )
-                if not done:
-                    await stream.aclose()
-                await self._wait_done(settings.kill_wait)
-        except SpritesError as exc:  # also ClientClosedError: the app is shutting down
-            logger.warning("could not terminate %r: %s", self, exc)
-        # Not self.done: mypy would take it for the False it was above.
-        return self.exit_code if self._wait_done_now() else None
-
-
-class ExecSession(_SessionInput):
+class ExecSession(_ExecStreams):
     """A running command: stream its output, write stdin, resize, signal, wait.
 
     Made by ``sprite.process(...)`` or ``sprite.sessions.attach(id)``; use it
@@ -241,7 +189,7 @@ class ExecSession(_SessionInput):
         stderr: The stderr :class:`OutputStream` (empty with a TTY).
     """
 
-    __slots__ = ("_detached", "_exit_given", "kill_on_exit", "stderr", "stdout")
+    __slots__ = ("_detached", "kill_on_exit", "stderr", "stdout")
 
     def __init__(
         self,
@@ -289,15 +237,34 @@ class ExecSession(_SessionInput):
         return self.exit_code
 
     @property
-    def _held(self) -> list[int]:
-        # Bytes queued per stream (index 1: stdout, 2: stderr).
-        return self._buffers.held
+    def session_id(self) -> str | None:
+        """The server's session id (from ``session_info``, or the attached id), or None."""
+        return self._proto.session_id
 
     @property
-    def _buffered(self) -> int:
-        # Everything queued, with bytes whose stream is not known yet.
-        held = self._buffers.held
-        return held[1] + held[2] + self._proto.early_bytes
+    def exit_code(self) -> int | None:
+        """The exit code once known, else None."""
+        return self._proto.exit_code
+
+    @property
+    def info(self) -> SessionInfoEvent | None:
+        """The ``session_info`` the server sent, or None."""
+        return self._proto.info
+
+    @property
+    def tty(self) -> bool | None:
+        """Whether the session has a terminal (None until an attached session says)."""
+        return self._proto.tty
+
+    @property
+    def done(self) -> bool:
+        """True once the exit status is known or the connection failed."""
+        return self._finished is not None and self._finished.done()
+
+    @property
+    def via_control(self) -> bool:
+        """True when the command runs over a pooled ``/control`` socket."""
+        return self._proto.control
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -357,53 +324,15 @@ class ExecSession(_SessionInput):
         await self.aclose()
         return self.session_id
 
-    def _discard_output(self) -> None:
-        self._sink = self._proto.on_output = _drop_output
-        self._buffers.discard()
+    async def aclose(self) -> None:
+        """Close the connection (the command is not signalled). Idempotent."""
+        await self._close()
 
     # ---------------------------------------------------------------------- reading
-
-    async def _next_output(self, stream: int) -> bytes | None:
-        self._check_started()
-        buffers = self._buffers
-        buffers.claim(stream)
-        buffers.want(stream)
-        try:
-            while True:
-                data = buffers.pop(stream)
-                if data is not None:
-                    return data
-                if self.done:
-                    if self._error is not None and not isinstance(self._error, _RetryDirect):
-                        raise self._error
-                    return None
-                await buffers.wait_wake()
-        finally:
-            buffers.readers.discard(stream)
 
     def __aiter__(self) -> _EventIterator:
         self._check_started()
         return _EventIterator(self)
-
-    async def _next_event(self) -> ExecEvent | None:
-        buffers = self._buffers
-        buffers.claim(0)
-        buffers.want(1, 2)
-        try:
-            while True:
-                event = buffers.pop_event()
-                if event is not None:
-                    return event
-                if self.done:
-                    if self._error is not None:
-                        raise self._error
-                    if not self._exit_given and self.exit_code is not None:
-                        self._exit_given = True
-                        return ExitEvent(exit_code=self.exit_code)
-                    return None
-                await buffers.wait_wake()
-        finally:
-            buffers.readers.discard(0)
 
     # ---------------------------------------------------------------------- waiting
 
@@ -441,8 +370,8 @@ class ExecSession(_SessionInput):
         feeder: asyncio.Task[None] | None = None
         try:
             if stdin is not None:
-                feeder = asyncio.ensure_future(self._feed(stdin))
-            await self._until_closed(feeder, timeout)
+                feeder = asyncio.ensure_future(_feed(self, stdin))
+            await _until_closed(self, feeder, timeout)
         except asyncio.CancelledError as exc:
             if self._span is not None:
                 self._span.fail(exc)
@@ -458,63 +387,106 @@ class ExecSession(_SessionInput):
             await self._release()
         return self._outcome()
 
-    async def _until_closed(self, feeder: asyncio.Task[None] | None, timeout: float | None) -> None:
-        assert self._finished is not None
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        # Wait for the reader rather than for the exit alone: it ends once it
-        # has closed the socket (or seen op.complete), so the cleanup after
-        # finds nothing left to wait for and needs no task of its own.
-        until: asyncio.Future[Any] = self._reader if self._reader is not None else self._finished
-        waiting: set[asyncio.Future[Any]] = {until}
-        if feeder is not None:
-            waiting.add(feeder)
-        while not until.done():
-            left = None if deadline is None else max(deadline - loop.time(), 0)
-            done = await self._waiting_for(waiting, left)
-            if feeder is not None and feeder in done:
-                waiting.discard(feeder)
-                error = feeder.exception()
-                if error is not None:
-                    await _shielded(self.terminate())
-                    raise error
-            if not done:
-                if self._finished.done():
-                    break  # it exited in time; only the socket's close is slow
-                assert timeout is not None
-                timed_out = CommandTimeoutError(
-                    f"the command did not finish within {timeout} s and was terminated",
-                    session_id=self.session_id,
-                    timeout=timeout,
-                )
-                if self._span is not None:
-                    self._span.fail(timed_out)
-                await _shielded(self.terminate())
-                raise timed_out
+    # ---------------------------------------------------------------------- writing
 
-    async def _waiting_for(
-        self, futures: set[asyncio.Future[Any]], timeout: float | None
-    ) -> set[asyncio.Future[Any]]:
-        # Nobody may be reading the output: while we wait, full streams
-        # drop their oldest bytes instead of blocking the exit.
-        buffers = self._buffers
-        buffers.waiting += 1
-        if self._sink is None:
-            buffers.room.set()
+    async def write(self, data: bytes | bytearray | memoryview | str) -> None:
+        """Send bytes to the command's stdin (a str is UTF-8 encoded).
+
+        Waits while the socket's send buffer is full. Raises
+        :class:`BrokenPipeError` once the command has exited or stdin was
+        closed, and :class:`SpritesConnectionError` once the connection is
+        gone (lost, or its client closed).
+        """
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write() takes bytes or str, not {type(data).__name__}")
+        self._check_started()
+        if self._stdin_closed or (self.done and self._error is None):
+            raise BrokenPipeError("stdin is closed (the command exited or close_stdin was called)")
+        view = memoryview(bytes(data))
+        step = self._settings.stdin_chunk
+        for i in range(0, len(view), step):
+            piece = bytes(view[i : i + step])
+            await self._send(piece if self.tty else _frames.stdin_frame(piece), "stdin")
+
+    async def close_stdin(self) -> None:
+        """Signal end of input (non-TTY: the ``04`` frame). Idempotent.
+
+        With a TTY this does nothing: ``0x04`` is Ctrl-D there, never an EOF
+        marker; write ``b"\\x04"`` yourself if the program wants Ctrl-D.
+        """
+        if self._stdin_closed or self.tty:
+            return
+        self._stdin_closed = True
+        if self.done:
+            return
+        await self._send(_frames.EOF_FRAME, "the end of stdin")
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """Set the terminal size (TTY sessions; ignored by the server otherwise)."""
+        msg = _frames.resize_message(check_size(cols, "cols"), check_size(rows, "rows"))
+        await self._send(msg, "a resize")
+
+    async def signal(self, sig: str | int) -> None:
+        """Send a signal (``"TERM"``, ``"SIGINT"``, ``9`` ...) to the command.
+
+        In-band when the server advertised the ``signal`` capability, else
+        through ``POST .../exec/{id}/kill`` with no escalation. Does nothing
+        once the command has exited.
+        """
+        name = signal_name(sig)
+        self._check_started()
+        if self.done:
+            return
+        if "signal" in self.capabilities and not self.via_control and not self._shut:
+            await self._send(_frames.signal_message(name), f"signal {name}")
+            return
+        sid = await self._session_id_soon()
+        if sid is None:
+            raise ProtocolError("cannot signal: the server has not reported a session id")
+        await _kill(self._sprite, sid, name, 0)
+
+    async def kill(self) -> None:
+        """Send KILL."""
+        await self.signal("KILL")
+
+    async def terminate(self, grace: float | None = None) -> int | None:
+        """TERM, then KILL after ``grace`` seconds; wait briefly for the exit.
+
+        Returns the exit code, or None if it did not arrive. Errors while
+        signalling are logged, not raised: this is cleanup.
+        """
+        self._check_started()
+        settings = self._settings
+        grace = settings.kill_grace if grace is None else grace
+        if self.done:
+            return self.exit_code
+        if self._ws is None:
+            return None  # never connected: nothing to signal through
         try:
-            done: set[asyncio.Future[Any]]
-            done, _ = await asyncio.wait(
-                futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            buffers.waiting -= 1
-        return done
-
-    def _outcome(self) -> int:
-        if self._error is not None:
-            raise self._error
-        assert self.exit_code is not None
-        return self.exit_code
+            if "signal" in self.capabilities and not self.via_control and not self._shut:
+                await self._send(_frames.signal_message("TERM"), "signal TERM")
+                if not await self._wait_done(grace):
+                    await self._send(_frames.signal_message("KILL"), "signal KILL")
+                    await self._wait_done(settings.kill_wait)
+            else:
+                sid = await self._session_id_soon()
+                if sid is None:
+                    logger.warning("cannot terminate %r: no session id was reported", self)
+                    return None
+                stream = _kill(self._sprite, sid, "TERM", grace)
+                done, _ = await asyncio.wait(
+                    {asyncio.ensure_future(_consume(stream))},
+                    timeout=grace + settings.kill_wait + settings.close_timeout,
+                )
+                if not done:
+                    await stream.aclose()
+                await self._wait_done(settings.kill_wait)
+        except SpritesError as exc:  # also ClientClosedError: the app is shutting down
+            logger.warning("could not terminate %r: %s", self, exc)
+        # Not self.done: mypy would take it for the False it was above.
+        return self.exit_code if self._is_done() else None
 
 
 class _EventIterator:
@@ -541,3 +513,76 @@ def _kill(sprite: Sprite, sid: str, signal: str, timeout: float) -> NDJSONStream
     from ._sessions import ExecSessions
 
     return ExecSessions(sprite).kill(sid, signal=signal, timeout=timeout)
+
+
+async def _until_closed(
+    session: ExecSession, feeder: asyncio.Task[None] | None, timeout: float | None
+) -> None:
+    """Wait until the socket is done with (``complete``), terminating on a timeout."""
+    assert session._finished is not None
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    # Wait for the reader rather than for the exit alone: it ends once it
+    # has closed the socket (or seen op.complete), so the cleanup after
+    # finds nothing left to wait for and needs no task of its own.
+    until: asyncio.Future[Any] = (
+        session._reader if session._reader is not None else session._finished
+    )
+    waiting: set[asyncio.Future[Any]] = {until}
+    if feeder is not None:
+        waiting.add(feeder)
+    while not until.done():
+        left = None if deadline is None else max(deadline - loop.time(), 0)
+        done = await session._waiting_for(waiting, left)
+        if feeder is not None and feeder in done:
+            waiting.discard(feeder)
+            error = feeder.exception()
+            if error is not None:
+                await _shielded(session.terminate())
+                raise error
+        if not done:
+            if session._finished.done():
+                break  # it exited in time; only the socket's close is slow
+            assert timeout is not None
+            timed_out = CommandTimeoutError(
+                f"the command did not finish within {timeout} s and was terminated",
+                session_id=session._proto.session_id,
+                timeout=timeout,
+            )
+            if session._span is not None:
+                session._span.fail(timed_out)
+            await _shielded(session.terminate())
+            raise timed_out
+
+
+async def _feed(session: ExecSession, stdin: Stdin) -> None:
+    """Write all of ``stdin`` then close it.
+
+    Errors of the user's iterable propagate. Errors of the socket end the
+    feeding quietly: the reader reports what became of the command.
+    """
+    data = _stdin_bytes(stdin)
+    if data is not None:
+        if data and not await _send_stdin(session, data):
+            return
+    elif stdin is not None:
+        assert isinstance(stdin, AsyncIterable)
+        async for item in stdin:
+            chunk: object = item
+            if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                raise TypeError(f"stdin iterables must yield bytes, not {type(chunk).__name__}")
+            if not await _send_stdin(session, chunk):
+                return
+    await _send_stdin(session, None)
+
+
+async def _send_stdin(session: ExecSession, data: bytes | bytearray | memoryview | None) -> bool:
+    try:
+        if data is None:
+            await session.close_stdin()
+        else:
+            await session.write(data)
+    except (BrokenPipeError, SpritesConnectionError) as exc:
+        logger.debug("stopped sending stdin: %s", exc)
+        return False
+    return True

@@ -479,3 +479,18 @@ def test_an_unreadable_envelope_is_never_operation_output() -> None:
     f.text("control:{not json")
     f.text("control:[1, 2]")
     assert not f.p.done and f.out == [] and len(f.events) == 1
+
+
+def test_the_protocol_module_does_no_io_and_reads_no_clock() -> None:
+    import ast
+    import inspect
+
+    import sprites_async._exec._protocol as module
+
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"asyncio", "aiohttp", "anyio", "time", "socket", "selectors"}

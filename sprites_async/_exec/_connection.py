@@ -181,7 +181,9 @@ class _ExecConnection:
                         msg = await ws.receive()
                     else:
                         msg = await ws.receive(timeout=max(deadline - loop.time(), 0.001))
-                except asyncio.TimeoutError:
+                except (asyncio.TimeoutError, SpritesTimeoutError):
+                    # Our own receive timeout (the seam's socket wrapper may
+                    # raise it translated; on 3.10 that is no asyncio.TimeoutError).
                     proto.timeout(loop.time())  # early wake-ups (clock rounding) do nothing
                     continue
                 kind = msg.type

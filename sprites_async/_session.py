@@ -522,11 +522,6 @@ def _user_agent() -> str:
     )
 
 
-SOCKET_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, RuntimeError)
-"""What a send, ping or close on an aiohttp WebSocket can raise (aiohttp raises
-RuntimeError for a write to a closing transport). Only for code still holding
-raw aiohttp sockets; the seam's :class:`WebSocket` raises :data:`SOCKET_LOST`."""
-
 SOCKET_LOST: tuple[type[SpritesConnectionError], ...] = (
     SpritesConnectionError,
     SpritesTimeoutError,

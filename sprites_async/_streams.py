@@ -579,6 +579,16 @@ class EventOperation(AsyncResource, Generic[E, R]):
         finally:
             await stream.aclose()
 
+    @property
+    def result(self) -> Any:
+        """What the stream's final event carried, once iteration has ended.
+
+        For an operation without an outcome of its own (``sessions.kill``)
+        this is what ``await`` returns. Raises :class:`StreamError` if the
+        stream has not ended with its final event (yet).
+        """
+        return self._stream.result
+
     async def _aopen(self) -> None:
         await self._stream._aopen()
 

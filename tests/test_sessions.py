@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from sprites_async import APIError, NotFoundError, ProtocolError, SpritesClient, StreamError
+from sprites_async import (
+    APIError,
+    EventOperation,
+    NotFoundError,
+    ProtocolError,
+    SpritesClient,
+    StreamError,
+)
 from sprites_async._config import ExecSettings
 from sprites_async._exec import ExecSessionInfo, KillEvent, OutputEvent
 from tests._emulator import no_leftovers
@@ -81,6 +88,9 @@ async def test_kill_stream_and_410(sprite: Any) -> None:
         session_id = await proc.detach()
     assert session_id is not None
     stream = sprite.sessions.kill(session_id, signal="TERM", timeout=5)
+    assert isinstance(stream, EventOperation)  # the one event-stream type
+    with pytest.raises(StreamError, match="no final result"):
+        stream.result  # noqa: B018
     events: list[KillEvent] = []
     async with stream:
         async for event in stream:

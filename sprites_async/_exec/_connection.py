@@ -1,0 +1,450 @@
+"""The asyncio side of one command's socket, read into its :class:`ExecProtocol`.
+
+:class:`_ExecConnection` reads the socket into the protocol, keeps one timer
+for pings and the dead-peer check, turns the protocol's outcome into the
+end of the wait (an exit code or a typed error), and closes the socket or
+returns it to the control pool. Which exit code a frame means is the
+protocol's business, never this module's. Opening the socket is
+``_handshake``'s; what users call is :class:`ExecSession`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from sprites_async._config import ExecSettings, settings_for
+from sprites_async._control import close_now
+from sprites_async._errors import (
+    ExecError,
+    ExitStatusUnknownError,
+    SpritesTimeoutError,
+    command_start_error,
+)
+from sprites_async._session import SOCKET_LOST, RequestOptions
+from sprites_async._websocket import WSMsgType
+
+from ._buffers import OutputBuffers, _Flag
+from ._events import ExecEvent, PortCallback, PortEvent, SessionInfoEvent
+from ._protocol import ExecProtocol, Failure
+from ._request import ExecRequest
+
+if TYPE_CHECKING:
+    from sprites_async._control import ControlLease
+    from sprites_async._session import WebSocket
+    from sprites_async._sprites import Sprite
+    from sprites_async._telemetry import ExecSpan
+
+    from ._session import ExecSession
+
+logger = logging.getLogger("sprites_async")
+
+_SOCKET_LOST = SOCKET_LOST
+"""What a send, ping, pong or receive raises once the connection is lost (the seam translates)."""
+
+
+class _RetryDirect(Exception):
+    """The server refused the control op's start (``op.error``): nothing ran.
+
+    Raised only for refusals, never for a lost socket: once ``op.start`` was
+    sent, a lost socket may have started the command. ``direct`` asks for a
+    direct socket at once (``op.not_found``...: this server cannot run it
+    over control); otherwise (``op.busy``) another control socket may be tried.
+    """
+
+    def __init__(self, message: str, *, direct: bool = False) -> None:
+        super().__init__(message)
+        self.direct = direct
+
+
+class _ExecConnection:
+    """One command's socket, read into its :class:`ExecProtocol` (base of :class:`ExecSession`)."""
+
+    # Slots: hundreds of sessions may be alive at once, and an instance
+    # dict of ~30 attributes would be the largest part of each.
+    __slots__ = (
+        "__weakref__",
+        "_attach_id",
+        "_attach_stdin",
+        "_buffers",
+        "_client",
+        "_dead",
+        "_error",
+        "_finished",
+        "_info_seen",
+        "_lease",
+        "_on_port",
+        "_options",
+        "_paused",
+        "_pinger",
+        "_proto",
+        "_reader",
+        "_request",
+        "_settings",
+        "_shut",
+        "_sink",
+        "_span",
+        "_sprite",
+        "_started",
+        "_watchdog",
+        "_ws",
+        "capabilities",
+    )
+
+    def __init__(
+        self,
+        sprite: Sprite,
+        request: ExecRequest | None,
+        *,
+        attach_id: str | None,
+        attach_stdin: bool,
+        on_port: PortCallback | None,
+        settings: ExecSettings | None,
+        sink: Callable[[int, bytes], None] | None,
+        options: RequestOptions | None,
+    ) -> None:
+        self._sprite = sprite
+        self._options = options
+        self._client = sprite.client
+        self._request = request
+        self._attach_id = attach_id
+        self._attach_stdin = attach_stdin
+        self._on_port = on_port
+        settings = self._settings = settings or settings_for(sprite.client)
+        self._sink = sink
+        self._span: ExecSpan | None = None
+        self.capabilities: frozenset[str] = frozenset()
+        self._buffers = OutputBuffers(
+            settings.buffer_size, settings.max_port_events, queues=sink is None
+        )
+        self._proto = ExecProtocol(
+            tty=request.tty if request is not None else None,
+            session_id=attach_id,
+            exit_grace=settings.exit_grace,
+            op_complete_timeout=settings.op_complete_timeout,
+            dead_after=settings.dead_after,
+            on_output=sink if sink is not None else self._buffers.push,
+            on_event=self._on_event,
+        )
+        self._ws: WebSocket | None = None
+        self._lease: ControlLease | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._dead = False
+        self._finished: asyncio.Future[None] | None = None
+        self._info_seen: _Flag | None = None
+        self._error: BaseException | None = None
+        self._started = False
+        self._shut = False
+
+    def _set_capabilities(self, headers: Mapping[str, str]) -> None:
+        raw = headers.get("X-Sprite-Capabilities", "")
+        self.capabilities = frozenset(c.strip().lower() for c in raw.split(",") if c.strip())
+
+    def _begin(self, ws: WebSocket) -> None:
+        self._ws = ws
+        self._reader = asyncio.ensure_future(self._read_loop(ws))
+
+    # ------------------------------------------------------------------- reading
+
+    async def _read_loop(self, ws: WebSocket) -> None:
+        proto = self._proto
+        buffers = self._buffers
+        loop = asyncio.get_running_loop()
+        closed_by_peer = False
+        now = loop.time()
+        proto.touch(now)
+        self._arm_tick(now)
+        try:
+            while not proto.done:
+                if self._sink is None and buffers.must_pause(proto.early_bytes):
+                    # Not reading on purpose: the watchdog must not call that dead.
+                    self._paused = True
+                    buffers.room.clear()
+                    await buffers.room.wait()
+                    self._paused = False
+                    proto.touch(loop.time())
+                    continue
+                deadline = proto.next_deadline()
+                try:
+                    if deadline is None:
+                        msg = await ws.receive()
+                    else:
+                        msg = await ws.receive(timeout=max(deadline - loop.time(), 0.001))
+                except (asyncio.TimeoutError, SpritesTimeoutError):
+                    # Our own receive timeout (the seam's socket wrapper may
+                    # raise it translated; on 3.10 that is no asyncio.TimeoutError).
+                    proto.timeout(loop.time())  # early wake-ups (clock rounding) do nothing
+                    continue
+                kind = msg.type
+                if kind is WSMsgType.BINARY:
+                    proto.receive_bytes(msg.data, loop.time())
+                elif kind is WSMsgType.TEXT:
+                    proto.receive_text(msg.data, loop.time())
+                elif kind is WSMsgType.PING:
+                    proto.touch(loop.time())
+                    await ws.pong(msg.data)
+                elif kind is WSMsgType.PONG:
+                    proto.touch(loop.time())
+                else:  # CLOSE, CLOSING, CLOSED, ERROR
+                    closed_by_peer = True
+                    break
+        except asyncio.CancelledError:
+            if not self._dead:
+                raise
+            # Cancelled by our own watchdog: a dead connection, not a caller's cancel.
+            task = asyncio.current_task()
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            dead = SpritesTimeoutError(
+                f"no data and no pong for {self._settings.dead_after} s: connection is dead",
+                operation="exec",
+                sprite=self._sprite.name,
+            )
+            self._lost(f"the connection failed: {dead}", dead)
+            return
+        except Exception as exc:
+            self._lost(f"the connection failed: {exc}", exc)
+            return
+        finally:
+            self._stop_ticking()
+        if not proto.done:
+            proto.receive_eof(ws.close_code, by_peer=closed_by_peer)
+        self._settle()
+        if not proto.control and not ws.closed:
+            # The server lingers ~5 s after the exit, or (pkg/wsexec) never
+            # answers a close: say goodbye and go.
+            await close_now(ws, self._settings.close_timeout)
+
+    def _tick(self) -> None:
+        # Pings and the dead-peer check share one timer per session, re-armed
+        # from the last frame's time: most commands end before it ever fires,
+        # and a timeout around every receive (or a timer each) costs more.
+        self._watchdog = None
+        reader, ws = self._reader, self._ws
+        if reader is None or reader.done() or self._shut or ws is None or ws.closed:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._paused:
+            self._proto.touch(now)
+        if self._proto.is_dead(now):
+            self._dead = True
+            reader.cancel()
+            return
+        if self._settings.ping_interval and (self._pinger is None or self._pinger.done()):
+            self._pinger = asyncio.ensure_future(_ping(ws))
+        self._arm_tick(now)
+
+    def _arm_tick(self, now: float) -> None:
+        delay = self._settings.ping_interval or None
+        dead = self._proto.dead_deadline()
+        if dead is not None:
+            delay = dead - now if delay is None else min(delay, dead - now)
+        if delay is not None:
+            self._watchdog = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def _stop_ticking(self) -> None:
+        timer, self._watchdog = self._watchdog, None
+        if timer is not None:
+            timer.cancel()
+
+    def _on_event(self, event: ExecEvent) -> None:
+        self._buffers.push_event(event)
+        if isinstance(event, SessionInfoEvent):
+            if self._info_seen is not None:
+                self._info_seen.set()
+        elif isinstance(event, PortEvent) and self._on_port is not None:
+            try:
+                outcome = self._on_port(event)
+                if asyncio.iscoroutine(outcome):
+                    _background(outcome)
+            except Exception:
+                logger.exception("on_port callback failed")
+
+    # ------------------------------------------------------------------- outcome
+
+    def _lost(self, reason: str, cause: BaseException | None = None) -> None:
+        """The connection failed or was given up on: the protocol decides, we report."""
+        self._proto.connection_lost(reason)
+        self._settle(cause)
+
+    def _settle(self, cause: BaseException | None = None) -> None:
+        """Once the protocol has decided, end the wait (once) with its outcome."""
+        fut = self._finished
+        if fut is None or fut.done() or not self._proto.done:
+            return
+        failure = self._proto.failure
+        error = None if failure is None else self._error_of(failure)
+        if error is not None and cause is not None:
+            error.__cause__ = cause
+        self._error = error
+        if self._span is not None:
+            # Only ExecSession is ever instantiated: the span reads its attributes.
+            self._span.end(cast("ExecSession", self), error)
+        fut.set_result(None)
+        self._buffers.wake.set()
+
+    def _error_of(self, failure: Failure) -> BaseException:
+        if failure.kind == "refused":
+            return _RetryDirect(failure.reason, direct=failure.direct)
+        if failure.kind == "failed":
+            # Even without session_info this is no proof that nothing ran
+            # (pkg/wsexec-like handlers send none): report it, never re-run.
+            # A start error's text with no exit status seen is the server
+            # saying it could not start the command: nothing ran.
+            request = self._request
+            if self._proto.exit_code is None and request is not None and self._attach_id is None:
+                started = command_start_error(
+                    failure.reason,
+                    prefixed=False,
+                    argv=request.argv,
+                    cwd=request.cwd,
+                    sprite=self._sprite.name,
+                )
+                if started is not None:
+                    return started
+            return ExecError(f"the command failed: {failure.reason}")
+        # Also over control before op.ack/session_info: the op.start was sent,
+        # so the command may be running. Never a retry (at most once).
+        return ExitStatusUnknownError(
+            failure.reason, session_id=self._proto.session_id, sprite=self._sprite.name
+        )
+
+    def _is_done(self) -> bool:
+        return self._finished is not None and self._finished.done()
+
+    async def _wait_done(self, timeout: float | None) -> bool:
+        assert self._finished is not None
+        if not self._finished.done():
+            await asyncio.wait({self._finished}, timeout=timeout)
+        return self._finished.done()
+
+    async def _session_id_soon(self) -> str | None:
+        if self._proto.session_id is None and self._info_seen is not None:
+            waiter = asyncio.ensure_future(self._info_seen.wait())
+            assert self._finished is not None
+            waiting: set[asyncio.Future[Any]] = {waiter, self._finished}
+            try:
+                await asyncio.wait(
+                    waiting,
+                    timeout=self._settings.session_info_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                waiter.cancel()
+        return self._proto.session_id
+
+    def _check_started(self) -> None:
+        if not self._started:
+            raise RuntimeError("the session is not started: use 'async with sprite.process(...)'")
+
+    # ------------------------------------------------------------------- closing
+
+    async def _close(self) -> None:
+        # ExecSession.aclose: close the connection, never signal the command.
+        if self._shut:
+            return
+        self._shut = True
+        self._stop_ticking()
+        reader, pinger = self._reader, self._pinger
+        if reader is not None and not reader.done() and self._is_done():
+            # The exit is known and the reader is closing the socket: let it.
+            await asyncio.wait({reader}, timeout=self._settings.close_timeout + 0.5)
+        for task in (pinger, reader):
+            if task is not None and not task.done():
+                task.cancel()
+        for task in (pinger, reader):
+            if task is not None:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # the reader reports through _settle
+                    logger.debug("exec reader ended with an error", exc_info=True)
+        if self._finished is not None and not self._is_done():
+            self._lost("the connection was closed before the command exited")
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            reusable = (
+                self._proto.reusable
+                and not lease.ws.closed
+                and reader is not None
+                and reader.done()
+                and not reader.cancelled()
+            )
+            lease.release(reusable=reusable)
+        elif self._ws is not None:
+            await close_now(self._ws, self._settings.close_timeout)
+
+    def _close_is_instant(self) -> bool:
+        # aclose() cannot suspend when the reader and pinger are done and the
+        # socket is closed or pooled: then no cancellation can cut it short.
+        for task in (self._reader, self._pinger):
+            if task is not None and not task.done():
+                return False
+        return self._lease is not None or self._ws is None or self._ws.closed
+
+    async def _release(self) -> None:
+        # The shield costs a task (and loop turns) per command: skip it when
+        # there is nothing left that a cancellation could interrupt.
+        if self._close_is_instant():
+            await self._close()
+        else:
+            await _shielded(self._close())
+
+
+_background_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _background(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+def _drop_output(stream: int, data: bytes) -> None:
+    return None
+
+
+def _close_late_ws(session: _ExecConnection, reader: asyncio.Future[None]) -> None:
+    """A handshake given up on that completed anyway: close its socket."""
+    ws = session._ws
+    if ws is not None and not ws.closed:
+        _background(close_now(ws, session._settings.close_timeout))
+
+
+async def _ping(ws: WebSocket) -> None:
+    try:
+        await ws.ping()
+    except _SOCKET_LOST:
+        pass  # the reader sees the broken connection and reports it
+
+
+async def _shielded(coro: Any) -> Any:
+    """Run cleanup to its end even if the caller is cancelled meanwhile.
+
+    The cleanup is bounded by its own timeouts; a cancellation that arrives
+    meanwhile is re-raised once it is done.
+    """
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True  # ours, not the task's: shield() never cancels it
+            if task.done():
+                if task.cancelled():
+                    raise
+                result = task.result()
+                break
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

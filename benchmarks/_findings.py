@@ -20,7 +20,8 @@ OFFICIAL_NOTES: dict[str, str] = {
         "Official SDK: with 100 threads sharing one `httpx.Client`, the sync client loses "
         "a request or two per 5,000 to `[Errno 9] Bad file descriptor`; a run with any "
         "failed request counts as failed. The async client spends ~5.5 ms CPU per request "
-        "here (CPU column); not profiled."
+        "here (the whole process's CPU time, measured before CPU per request was "
+        "reported); not profiled."
     ),
     "B3": (
         "Official SDK, control mode (from reading sprites-py 0.7.2): it sends a stdin EOF "

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         metavar="F",
-        help="multiply B7's sessions and B8's sprites by F (e.g. 0.1 while developing)",
+        help="multiply each scenario's size (count, rounds, sessions, sprites) by F "
+        "(e.g. 0.05: a short trial run)",
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 1)")
     parser.add_argument(

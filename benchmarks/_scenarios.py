@@ -128,7 +128,7 @@ SPECS: tuple[Spec, ...] = (
         "B1",
         "Fleet reads: GET /v1/sprites/{name}",
         (RPS, WALL, CPU_OP, PEAK),
-        full={"count": 20_000, "concurrency": 100, "fleet": 10_000},
+        full={"count": 10_000, "concurrency": 100, "fleet": 10_000},
         quick={"count": 100, "concurrency": 10, "fleet": 1000},
         targets=(Target(RPS, 0.95, was=0.8),),
         scalable=("count",),
@@ -194,6 +194,7 @@ SPECS: tuple[Spec, ...] = (
         full={"count": 100, "rounds": 20},
         quick={"count": 10, "rounds": 1},
         variants=("direct", "control"),
+        timeout_full=90.0,
         targets=(
             Target(DONE, 1.0, "direct", completion=True),
             Target(DONE, 1.0, "control", completion=True),

@@ -84,7 +84,13 @@ class RawEvent(msgspec.Struct):
     time: str | None = None
 
 
+class RawEnvelope(msgspec.Struct):
+    type: str
+    args: dict[str, Any] = {}
+
+
 sprite_decoder = msgspec.json.Decoder(RawSprite)
+envelope_decoder = msgspec.json.Decoder(RawEnvelope)
 page_decoder = msgspec.json.Decoder(RawPage)
 event_decoder = msgspec.json.Decoder(RawEvent)
 _encode = msgspec.json.encode
@@ -228,13 +234,13 @@ class ControlSocket:
             elif msg.type is aiohttp.WSMsgType.TEXT:
                 text: str = msg.data
                 if text.startswith("control:"):
-                    env: dict[str, Any] = msgspec.json.decode(text[8:])
-                    if env.get("type") == "op.complete":
+                    env = envelope_decoder.decode(text[8:])
+                    if env.type == "op.complete":
                         if code is None:
-                            code = int(env.get("args", {}).get("exitCode", -1))
+                            code = int(env.args.get("exitCode", -1))
                         return code, b"".join(out)
-                    if env.get("type") == "op.error":
-                        raise ScenarioFailed(f"op.error: {env.get('args')}")
+                    if env.type == "op.error":
+                        raise ScenarioFailed(f"op.error: {env.args}")
             else:
                 raise ScenarioFailed(f"control socket ended mid-op ({msg.type.name})")
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
+import resource
+import stat
 import statistics
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +80,73 @@ def latency_metrics(samples: Sequence[float], wall: float) -> Metrics:
         "wall": wall,
         "completed": float(len(ordered)),
     }
+
+
+_cpu_at_start = [0.0]
+REGIONS: list[tuple[float, float]] = []
+"""(wall, CPU) of every timed region of this process, in order (the worker reads it)."""
+
+
+def region_start() -> float:
+    """Start the timed region: returns ``perf_counter()`` and notes the process CPU time."""
+    _cpu_at_start[0] = time.process_time()
+    return time.perf_counter()
+
+
+def region_stop(started: float) -> float:
+    """End the timed region begun by :func:`region_start`; returns its wall time.
+
+    The process CPU time (user + system, every thread) spent in the region is
+    recorded in :data:`REGIONS`, from which the worker derives CPU per operation.
+    """
+    wall = time.perf_counter() - started
+    REGIONS.append((wall, time.process_time() - _cpu_at_start[0]))
+    return wall
+
+
+def raise_fd_limit(wanted: int) -> tuple[int, int]:
+    """Raise this process's soft ``RLIMIT_NOFILE`` towards ``wanted`` (at most the hard limit).
+
+    Returns the (soft, hard) limits in force afterwards.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        soft = ceiling
+    return soft, hard
+
+
+def open_sockets() -> int:
+    """How many socket file descriptors this process holds (Linux ``/proc``; -1 elsewhere)."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return -1
+    count = 0
+    for fd in fds:
+        try:
+            if stat.S_ISSOCK(os.stat(f"/proc/self/fd/{fd}").st_mode):
+                count += 1
+        except OSError:
+            continue  # the listing's own descriptor, gone already
+    return count
+
+
+def other_tasks() -> int:
+    """Tasks of the running loop other than the current one."""
+    current = asyncio.current_task()
+    return sum(1 for t in asyncio.all_tasks() if t is not current and not t.done())
+
+
+async def leftovers(sockets_before: int) -> Metrics:
+    """Sockets and tasks still there once the client is closed (both must be 0)."""
+    for _ in range(3):
+        await asyncio.sleep(0)  # transports close on the next loop iteration
+    left = max(0, open_sockets() - sockets_before) if sockets_before >= 0 else 0
+    tasks = other_tasks()
+    expect(left == 0 and tasks == 0, f"left behind: {left} sockets, {tasks} tasks")
+    return {"sockets_left": float(left), "tasks_left": float(tasks)}
 
 
 def expect(condition: bool, message: str) -> None:

@@ -11,7 +11,7 @@ from importlib import metadata
 from typing import Any
 
 from ._findings import FINDINGS, OFFICIAL_NOTES
-from ._scenarios import DASH, OURS, TIMES, Metric, Spec, Target
+from ._scenarios import DASH, OURS, RAW, TIMES, Metric, Spec, Target, loop_of, on_loop
 
 Run = Mapping[str, Any]
 """One worker result (see ``_worker``), plus ``rep``."""
@@ -44,6 +44,22 @@ class Spread:
         if not values:
             return None
         return cls(statistics.median(values), min(values), max(values), len(values))
+
+    def as_json(self, values: Sequence[float]) -> dict[str, float | int]:
+        """Median, min, max, quartiles (``statistics.quantiles``, inclusive) and n."""
+        q1, q3 = (
+            statistics.quantiles(values, n=4, method="inclusive")[::2]
+            if len(values) > 1
+            else (self.median, self.median)
+        )
+        return {
+            "median": self.median,
+            "min": self.low,
+            "max": self.high,
+            "q1": q1,
+            "q3": q3,
+            "n": self.n,
+        }
 
     def fmt(self, digits: int, unit: str = "") -> str:
         u = f" {unit}" if unit and unit not in ("s", "ms", "µs", "MiB") else ""
@@ -135,7 +151,19 @@ def _cell(runs: Sequence[Run], metric: Metric) -> str:
     return cell
 
 
-def _target_row(spec: Spec, target: Target, results: Mapping[Key, Sequence[Run]]) -> list[str]:
+def _target_row(
+    spec: Spec, target: Target, results: Mapping[Key, Sequence[Run]], loops: Sequence[str] = ()
+) -> list[str]:
+    row = _target_row_on(spec, target, results)
+    for loop in loops:
+        other = _target_row_on(spec, target, results, loop)
+        row += [other[2], other[3], other[4], other[5]] if spec.id != "B2d" else ["—"] * 4
+    return row
+
+
+def _target_row_on(
+    spec: Spec, target: Target, results: Mapping[Key, Sequence[Run]], loop: str = "asyncio"
+) -> list[str]:
     v = target.variant
     name = spec.id + (f" {v}" if v else "")
     if spec.id == "B2d":
@@ -157,10 +185,10 @@ def _target_row(spec: Spec, target: Target, results: Mapping[Key, Sequence[Run]]
             official + _ratio_suffix(official_ratio),
             "—",
         ]
-    ours = results.get((spec.id, v, OURS), [])
-    ref = results.get((spec.id, v, target.reference), [])
-    offa = results.get((spec.id, v, "official-async"), [])
-    offs = results.get((spec.id, v, "official-sync"), [])
+    ours = results.get((spec.id, v, on_loop(OURS, loop)), [])
+    ref = results.get((spec.id, v, on_loop(target.reference, loop)), [])
+    offa = results.get((spec.id, v, on_loop("official-async", loop)), [])
+    offs = results.get((spec.id, v, on_loop("official-sync", loop)), [])
     if target.completion:
         return [
             name,
@@ -221,6 +249,72 @@ def _met_completion(runs: Sequence[Run]) -> str:
     return "**yes**" if ok == total else "**NO**"
 
 
+def _header(spec: Spec, metric: Metric) -> str:
+    if metric.key == "cpu_us_op":
+        return f"CPU per {spec.op} (µs)"
+    return f"{metric.label} ({metric.unit})"
+
+
+def _row_clients(
+    spec: Spec, results: Mapping[Key, Sequence[Run]], variant: str, extra: Sequence[str]
+) -> list[str]:
+    """Every client of the scenario on asyncio, then those run on each other loop."""
+    out = list(spec.clients)
+    for lp in extra:
+        out += [
+            on_loop(c, lp) for c in spec.clients if (spec.id, variant, on_loop(c, lp)) in results
+        ]
+    return out
+
+
+def _cell_vs_raw(client: str, runs: Sequence[Run], raw: Sequence[Run], metric: Metric) -> str:
+    """A figure, with its per-repetition ratio to raw unless it is raw's (or B2d's)."""
+    cell = _cell(runs, metric)
+    if loop_of(client)[0] in (RAW, "decode") or not raw:
+        return cell
+    spread = Spread.of(ratios(runs, raw, metric, metric))
+    if spread is None:
+        return cell
+    text = f"{spread.median:.2f}{TIMES}"
+    if spread.n > 1:
+        text += f" ({spread.low:.2f}{DASH}{spread.high:.2f})"
+    return f"{cell} [{text}]"
+
+
+def summary(specs: Sequence[Spec], results: Mapping[Key, Sequence[Run]]) -> list[dict[str, Any]]:
+    """For the JSON dump: every metric of every client, median and spread over
+    repetitions, and for clients other than raw the per-repetition ratios to
+    raw on the same loop (median, min, max, quartiles, n, and the ratios)."""
+    out: list[dict[str, Any]] = []
+    by_id = {spec.id: spec for spec in specs}
+    for (scenario, variant, client), runs in sorted(results.items()):
+        spec = by_id.get(scenario)
+        if spec is None:
+            continue
+        base, loop = loop_of(client)
+        raw = results.get((scenario, variant, on_loop(RAW, loop)), [])
+        for metric in spec.metrics:
+            vals = values(runs, metric)
+            spread = Spread.of(vals)
+            if spread is None:
+                continue
+            entry: dict[str, Any] = {
+                "scenario": scenario,
+                "variant": variant,
+                "client": base,
+                "loop": loop,
+                "metric": metric.key,
+                "unit": metric.unit,
+                "value": spread.as_json(vals),
+            }
+            rs = ratios(runs, raw, metric, metric) if base not in (RAW, "decode") else []
+            ratio = Spread.of(rs)
+            if ratio is not None:
+                entry["ratio_to_raw"] = {**ratio.as_json(rs), "per_rep": rs}
+            out.append(entry)
+    return out
+
+
 def render(
     specs: Sequence[Spec],
     results: Mapping[Key, Sequence[Run]],
@@ -233,8 +327,11 @@ def render(
     machine_info: Mapping[str, str],
     load_after: str,
     server_note: str,
+    loops: Sequence[str] = ("asyncio",),
+    scale: float = 1.0,
 ) -> str:
     """The whole RESULTS.md."""
+    extra = [lp for lp in loops if lp != "asyncio"]
     lines: list[str] = []
     add = lines.append
     add("# sprites-async benchmarks")
@@ -271,18 +368,27 @@ def render(
     add("the median with the min" + DASH + "max over repetitions; a target is met when the median")
     add("ratio is within it. Cells show the median over repetitions (min" + DASH + "max). The")
     add("official SDK's medians are shown beside ours, with their median ratio to raw in brackets.")
+    if extra:
+        add(f"The {', '.join(extra)} columns are the same clients on that event loop, against raw")
+        add("on the same loop (the server always runs on asyncio).")
     add("")
     columns = ["Scenario", "Target", "raw", "sprites-async", "ratio", "met?"]
     columns += ["official async", "official sync"]
+    for lp in extra:
+        columns += [f"raw ({lp})", f"sprites-async ({lp})", f"ratio ({lp})", f"met? ({lp})"]
     add("| " + " | ".join(columns) + " |")
-    add("|---|---|---|---|---|---|---|---|")
+    add("|" + "---|" * len(columns))
     missed: list[str] = []
     for spec in specs:
         for target in spec.targets:
-            row = _target_row(spec, target, results)
+            row = _target_row(spec, target, results, extra)
             add("| " + " | ".join(row) + " |")
             if row[5] == "**NO**":
                 missed.append(_missed_note(spec, target, row))
+            for i, lp in enumerate(extra):
+                if row[11 + 4 * i] == "**NO**":
+                    on = [f"{row[0]} on {lp}", row[1], "", "", row[10 + 4 * i]]
+                    missed.append(_missed_note(spec, target, on))
     add("")
     add("## Missed targets: what limits them")
     add("")
@@ -299,20 +405,26 @@ def render(
         add("")
         add(f"### {spec.id}: {spec.title}")
         add("")
-        params = ", ".join(f"{k}={v:,}" for k, v in spec.params(quick).items())
+        params = ", ".join(f"{k}={v:,}" for k, v in spec.params(quick, scale).items())
         add(f"Parameters: {params}.")
+        if spec.clients != ("decode",):
+            add("")
+            add(
+                "In brackets beside each figure of a client other than raw: its ratio to raw on "
+                "the same loop, the median of the per-repetition ratios (min" + DASH + "max)."
+            )
         add("")
         header = [
             "variant",
             "implementation",
-            *[f"{m.label} ({m.unit})" for m in spec.metrics],
+            *[_header(spec, m) for m in spec.metrics],
             "runs ok",
         ]
         add("| " + " | ".join(header) + " |")
         add("|" + "---|" * len(header))
         notes: list[str] = []
         for variant in spec.variants:
-            for client in spec.clients:
+            for client in _row_clients(spec, results, variant, extra):
                 runs = results.get((spec.id, variant, client), [])
                 ok, total, error, unsupported = _status(runs)
                 label = "all four decoders" if client == "decode" else client
@@ -321,7 +433,8 @@ def render(
                     reason = error or "not selected"
                     notes.append(f"- {variant or '—'} / {label}: not run — {reason}")
                 else:
-                    cells = [_cell(runs, m) for m in spec.metrics]
+                    raw = results.get((spec.id, variant, on_loop(RAW, loop_of(client)[1])), [])
+                    cells = [_cell_vs_raw(client, runs, raw, m) for m in spec.metrics]
                     if error is not None:
                         notes.append(f"- {variant or '—'} / {label}: failed — {error}")
                 add("| " + " | ".join([variant or "—", label, *cells, f"{ok}/{total}"]) + " |")

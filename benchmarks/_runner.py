@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ._procs import ROOT, BenchServer, run_worker, stop_workers
-from ._report import Key, Run, machine, render
-from ._scenarios import BY_ID, OURS, RAW, SPECS, Spec
+from ._report import Key, Run, machine, render, summary
+from ._scenarios import BY_ID, LOOPS, ON_LOOP, OURS, RAW, SPECS, Spec, on_loop
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SEED_FULL = 10_000
@@ -38,7 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="ID",
-        help="run only this scenario (B1, B2, B2d, B3, B4, B4s, B5, B6); repeatable",
+        help="run only this scenario (B1, B2, B2d, B3, B4, B4s, B5, B6, B7, B8); repeatable",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="uvloop: also run every async client on uvloop, in columns beside asyncio",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply each scenario's size (count, rounds, sessions, sprites) by F "
+        "(e.g. 0.05: a short trial run)",
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 1)")
     parser.add_argument(
@@ -64,7 +78,9 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _order(items: Sequence[str], rep: int, *, abba: bool = True) -> list[str]:
+def _order(
+    items: Sequence[str], rep: int, *, abba: bool = True, loop: str = "asyncio"
+) -> list[str]:
     """The run order of one repetition.
 
     sprites-async and raw, whose ratio is the target, run twice each in ABBA
@@ -74,7 +90,7 @@ def _order(items: Sequence[str], rep: int, *, abba: bool = True) -> list[str]:
     follow once each, in rotating order. Smoke runs (``abba=False``) run
     every implementation once.
     """
-    pair = [c for c in (RAW, OURS) if c in items]
+    pair = [c for c in (on_loop(RAW, loop), on_loop(OURS, loop)) if c in items]
     rest = [c for c in items if c not in pair]
     if rep % 2:
         pair.reverse()
@@ -85,14 +101,38 @@ def _order(items: Sequence[str], rep: int, *, abba: bool = True) -> list[str]:
     return [*pair, *reversed(pair), *rest] if twice else [*pair, *rest]
 
 
-def _job(spec: Spec, server: BenchServer, variant: str, client: str, quick: bool) -> dict[str, Any]:
-    ctx = {
-        "url": server.url,
-        "token": server.token,
-        "variant": variant,
-        "params": spec.params(quick),
+def _job(
+    spec: Spec,
+    server: BenchServer,
+    variant: str,
+    client_id: str,
+    quick: bool,
+    scale: float = 1.0,
+) -> dict[str, Any]:
+    params = spec.params(quick, scale)
+    rounds = params.pop("rounds", 1) if spec.id != "B2d" else 1
+    ctx = {"url": server.url, "token": server.token, "variant": variant, "params": params}
+    client, _, loop = client_id.partition(" @")
+    return {
+        "impl": client,
+        "scenario": spec.id,
+        "ctx": ctx,
+        "rounds": rounds,
+        "loop": loop or "asyncio",
+        "ops": spec.ops,
+        "ops_scale": spec.ops_scale,
     }
-    return {"impl": client, "scenario": spec.id, "ctx": ctx}
+
+
+def clients_on(spec: Spec, loops: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(loop, result keys of the scenario's clients on it) for every loop that has some."""
+    out = []
+    for loop in loops:
+        allowed = spec.clients if loop == "asyncio" else ON_LOOP[loop]
+        group = [on_loop(c, loop) for c in spec.clients if c in allowed]
+        if group:
+            out.append((loop, group))
+    return out
 
 
 def run_spec(
@@ -103,19 +143,23 @@ def run_spec(
     reps: int,
     jobs: int,
     results: dict[Key, list[Run]],
+    loops: Sequence[str] = ("asyncio",),
+    scale: float = 1.0,
 ) -> None:
-    """All repetitions of one scenario."""
+    """All repetitions of one scenario (on each loop in turn, within a repetition)."""
     timeout = spec.timeout_quick if quick else spec.timeout_full
     if not quick and RAW in spec.clients:
         # One unmeasured run first, so that nobody's first repetition pays for
         # the server's first touches (sprite directories, code paths, caches).
         for variant in spec.variants:
-            run_worker(_job(spec, server, variant, RAW, quick), timeout)
+            run_worker(_job(spec, server, variant, RAW, quick, scale), timeout)
+    groups = clients_on(spec, loops)
     planned = [
         (rep, variant, client)
         for rep in range(reps)
         for variant in spec.variants
-        for client in _order(spec.clients, rep, abba=not quick)
+        for loop, group in groups
+        for client in _order(group, rep, abba=not quick, loop=loop)
     ]
     skip: set[tuple[str, str]] = set()
 
@@ -123,7 +167,7 @@ def run_spec(
         rep, variant, client = item
         if (variant, client) in skip:
             return
-        run: dict[str, Any] = run_worker(_job(spec, server, variant, client, quick), timeout)
+        run: dict[str, Any] = run_worker(_job(spec, server, variant, client, quick, scale), timeout)
         run["rep"] = rep
         results.setdefault((spec.id, variant, client), []).append(run)
         if run.get("unsupported") or run.get("timeout"):
@@ -146,19 +190,26 @@ def run_spec(
 
 
 def run_all(
-    specs: Sequence[Spec], *, quick: bool, reps: int, jobs: int = 1
+    specs: Sequence[Spec],
+    *,
+    quick: bool,
+    reps: int,
+    jobs: int = 1,
+    loops: Sequence[str] = ("asyncio",),
+    scale: float = 1.0,
 ) -> dict[Key, list[Run]]:
     """Every selected scenario: a fresh server per scenario (one shared in quick mode)."""
     results: dict[Key, list[Run]] = {}
+    kw: dict[str, Any] = {"reps": reps, "jobs": jobs, "results": results, "loops": loops}
     if quick:
         events = max(spec.quick.get("events", 0) for spec in specs) or 100
         with BenchServer(seed=SEED_QUICK, events=events) as server:
             for spec in specs:
-                run_spec(spec, server, quick=True, reps=reps, jobs=jobs, results=results)
+                run_spec(spec, server, quick=True, scale=scale, **kw)
         return results
     for spec in specs:
         with BenchServer(seed=SEED_FULL, events=spec.full.get("events", 100)) as server:
-            run_spec(spec, server, quick=False, reps=reps, jobs=jobs, results=results)
+            run_spec(spec, server, quick=False, scale=scale, **kw)
     return results
 
 
@@ -182,8 +233,12 @@ def _server_note(seed: int) -> str:
         f"127.0.0.1), seeded with {seed:,} sprites, lingering 5 s after an exit frame as the real "
         "service does. Every measured client runs in its own fresh process per repetition; "
         "peak RSS is the process high-water mark reset just before the scenario starts "
-        "(imports excluded), CPU time is user+system of the whole client process over the "
-        "scenario."
+        "(imports excluded). CPU per operation is the client process's CPU time (user+system, "
+        "every thread; `time.process_time`) inside the timed region only, divided by the "
+        "operations done there (requests, pages, execs, MiB, events, sessions). Scenarios "
+        "with `rounds` repeat their timed region that many times per run (each round with "
+        "its own event loop and client) and add the rounds up, so that a repetition lasts "
+        "seconds and its ratio is steady."
     )
 
 
@@ -224,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if jobs < 1:
         _log("--jobs must be at least 1")
         return 2
+    if args.scale <= 0:
+        _log("--scale must be positive")
+        return 2
+    loops = ["asyncio"] if args.loop == "asyncio" else ["asyncio", args.loop]
     shown = ["python", "-m", "benchmarks", *(argv if argv is not None else sys.argv[1:])]
     meta: dict[str, Any] = {
         "command": shlex.join(shown),
@@ -234,10 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "jobs": jobs,
         "seed": SEED_QUICK if args.quick else SEED_FULL,
         "scenarios": [spec.id for spec in specs],
+        "loops": loops,
+        "scale": args.scale,
     }
     t0 = time.perf_counter()
     try:
-        results = run_all(specs, quick=args.quick, reps=reps, jobs=jobs)
+        results = run_all(
+            specs, quick=args.quick, reps=reps, jobs=jobs, loops=loops, scale=args.scale
+        )
     except KeyboardInterrupt:
         _log("interrupted; servers and workers stopped")
         return 130
@@ -248,7 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             {"scenario": s, "variant": v, "client": c, "runs": runs}
             for (s, v, c), runs in results.items()
         ]
-        args.json.write_text(json.dumps({"meta": meta, "results": dump}, indent=1))
+        stats = summary(specs, results)
+        args.json.write_text(
+            json.dumps({"meta": meta, "summary": stats, "results": dump}, indent=1)
+        )
     return _finish(args, meta, specs, results)
 
 
@@ -270,6 +336,8 @@ def _finish(
         machine_info=meta["machine"],
         load_after=meta["load_after"],
         server_note=_server_note(int(meta["seed"])),
+        loops=meta.get("loops", ["asyncio"]),
+        scale=float(meta.get("scale", 1.0)),
     )
     if meta.get("rerendered"):
         report = report.replace(

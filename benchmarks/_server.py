@@ -37,6 +37,8 @@ from sprites_async.emulator import EmulatorConfig, create_app, default_token
 from sprites_async.emulator._sprites import insert_sprite, new_record, seed_sprites
 from sprites_async.emulator._state import STATE_KEY, EmulatorState
 
+from ._common import raise_fd_limit
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 NDJSON_PREFIX = "ndjson-c"
@@ -125,7 +127,9 @@ async def serve(args: argparse.Namespace) -> None:
     parent = os.getppid()
     try:
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        # B7 opens 10,000 sessions at once: a short accept queue turns the
+        # overflow into SYN retransmits (1 s and more) on either client.
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=8192)
         await site.start()
         port = runner.addresses[0][1]
         line = {"url": f"http://127.0.0.1:{port}", "token": config.token, "pid": os.getpid()}
@@ -150,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--exit-linger", type=float, default=5.0, help="seconds after exit")
     parser.add_argument("--token", default=None)
     args = parser.parse_args(argv)
+    # B7 holds 10,000 sockets at once in this process: as many as the hard limit allows.
+    raise_fd_limit(1 << 20)
     asyncio.run(serve(args))
     return 0
 

@@ -1,9 +1,16 @@
-"""The raw transport: a bare aiohttp session or WebSocket doing the same wire work.
+"""The raw transport: the floor, a hand-written aiohttp + msgspec client per scenario.
 
-This is the physical limit of a Python client on this stack: no SDK layers,
-no retries, no error mapping; JSON is decoded by msgspec into bare Structs
-with the same fields and types as the SDK's models (datetimes included), so
-both sides deliver the same information.
+What a careful engineer would write by hand for each scenario, and nothing
+more: no SDK layers, no retries, no error mapping, no timers (no total or
+read timeout: ``ClientTimeout(total=None)``, so aiohttp arms no timer per
+request), no connector cap (``limit=0``; a scenario's own concurrency is the
+only bound), a WebSocket closed the way the SDK closes it (our close frame
+out, the connection dropped, the server's reply never awaited), pooled
+``/control`` sockets kept open past the timed region exactly where the
+SDK's pool keeps them, and JSON decoded by msgspec into bare Structs with
+the same fields and types as the SDK's models (datetimes included), so both
+sides deliver the same information. ``benchmarks/README.md`` says why this is
+a floor.
 """
 
 from __future__ import annotations
@@ -27,6 +34,11 @@ from ._common import (
     expect,
     failures,
     latency_metrics,
+    leftovers,
+    open_sockets,
+    raise_fd_limit,
+    region_start,
+    region_stop,
 )
 
 NAME = "raw"
@@ -72,17 +84,40 @@ class RawEvent(msgspec.Struct):
     time: str | None = None
 
 
+class RawEnvelope(msgspec.Struct):
+    type: str
+    args: dict[str, Any] = {}
+
+
 sprite_decoder = msgspec.json.Decoder(RawSprite)
+envelope_decoder = msgspec.json.Decoder(RawEnvelope)
 page_decoder = msgspec.json.Decoder(RawPage)
 event_decoder = msgspec.json.Decoder(RawEvent)
 _encode = msgspec.json.encode
 
 
-def _session(ctx: Ctx, limit: int = 100) -> aiohttp.ClientSession:
+NO_TIMERS = aiohttp.ClientTimeout(total=None)
+"""aiohttp's default is ``total=300, sock_connect=30``: a timer per request."""
+CLOSE_AND_GO = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0)
+"""``ws.close()`` sends the close frame and drops the connection at its first
+wait instead of waiting for the server's reply, as the SDK does (protocol
+reference section 12 item 11); aiohttp's default waits up to 10 s for it."""
+
+
+def _session(ctx: Ctx) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         headers={"Authorization": f"Bearer {ctx.token}"},
-        connector=aiohttp.TCPConnector(limit=limit),
+        connector=aiohttp.TCPConnector(limit=0),
         cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=NO_TIMERS,
+    )
+
+
+async def _ws(
+    session: aiohttp.ClientSession, url: str, params: Any = None
+) -> aiohttp.ClientWebSocketResponse[bool]:
+    return await session.ws_connect(
+        url, params=params, max_msg_size=0, autoclose=False, autoping=False, timeout=CLOSE_AND_GO
     )
 
 
@@ -92,7 +127,7 @@ def _session(ctx: Ctx, limit: int = 100) -> aiohttp.ClientSession:
 async def fleet_reads(ctx: Ctx) -> Metrics:
     """B1: ``count`` GET /v1/sprites/{name} with ``concurrency`` workers."""
     count, concurrency, fleet = ctx.p("count"), ctx.p("concurrency"), ctx.p("fleet")
-    async with _session(ctx, concurrency) as session:
+    async with _session(ctx) as session:
         base = ctx.url + "/v1/sprites/"
 
         async def worker(first: int) -> None:
@@ -104,16 +139,16 @@ async def fleet_reads(ctx: Ctx) -> Metrics:
                         raise ScenarioFailed(f"GET {name}: {resp.status}")
                 expect(sprite_decoder.decode(body).name == name, "wrong sprite")
 
-        started = time.perf_counter()
+        started = region_start()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        wall = time.perf_counter() - started
+        wall = region_stop(started)
     return {"wall": wall, "rps": count / wall, "completed": float(count)}
 
 
 async def list_all(ctx: Ctx) -> Metrics:
     """B2: walk every seeded sprite, 50 per page."""
     async with _session(ctx) as session:
-        started = time.perf_counter()
+        started = region_start()
         items = pages = 0
         token: str | None = None
         while True:
@@ -130,7 +165,7 @@ async def list_all(ctx: Ctx) -> Metrics:
             token = page.next_continuation_token
             if not (page.has_more and token):
                 break
-        wall = time.perf_counter() - started
+        wall = region_stop(started)
     expect(items == ctx.p("fleet"), f"listed {items} sprites, expected {ctx.p('fleet')}")
     return {"wall": wall, "items": float(items), "pages": float(pages)}
 
@@ -147,7 +182,7 @@ async def exec_direct(
 ) -> tuple[int, int, bytes]:
     """One command over ``/exec``: returns (exit code, stdout bytes, stdout if kept)."""
     url = f"{ctx.url}/v1/sprites/{sprite}/exec"
-    ws = await session.ws_connect(url, params=_exec_params(argv), max_msg_size=0, autoclose=False)
+    ws = await _ws(session, url, _exec_params(argv))
     out: list[bytes] = []
     size = 0
     try:
@@ -176,7 +211,7 @@ class ControlSocket:
     @classmethod
     async def open(cls, session: aiohttp.ClientSession, ctx: Ctx, sprite: str) -> ControlSocket:
         url = f"{ctx.url}/v1/sprites/{sprite}/control"
-        return cls(await session.ws_connect(url, max_msg_size=0, autoclose=False))
+        return cls(await _ws(session, url))
 
     async def run(self, argv: list[str]) -> tuple[int, bytes]:
         """Run one exec op; returns (exit code, stdout)."""
@@ -199,13 +234,13 @@ class ControlSocket:
             elif msg.type is aiohttp.WSMsgType.TEXT:
                 text: str = msg.data
                 if text.startswith("control:"):
-                    env: dict[str, Any] = msgspec.json.decode(text[8:])
-                    if env.get("type") == "op.complete":
+                    env = envelope_decoder.decode(text[8:])
+                    if env.type == "op.complete":
                         if code is None:
-                            code = int(env.get("args", {}).get("exitCode", -1))
+                            code = int(env.args.get("exitCode", -1))
                         return code, b"".join(out)
-                    if env.get("type") == "op.error":
-                        raise ScenarioFailed(f"op.error: {env.get('args')}")
+                    if env.type == "op.error":
+                        raise ScenarioFailed(f"op.error: {env.args}")
             else:
                 raise ScenarioFailed(f"control socket ended mid-op ({msg.type.name})")
 
@@ -220,7 +255,7 @@ async def exec_latency(ctx: Ctx) -> Metrics:
     samples: list[float] = []
     async with _session(ctx) as session:
         control: ControlSocket | None = None
-        started = time.perf_counter()
+        started = region_start()
         for _ in range(count):
             t0 = time.perf_counter()
             if ctx.variant == "control":
@@ -231,43 +266,53 @@ async def exec_latency(ctx: Ctx) -> Metrics:
                 code, _, out = await exec_direct(session, ctx, sprite, ["echo", "hi"])
             samples.append(time.perf_counter() - t0)
             expect(code == 0 and out == b"hi\n", f"echo hi gave {code} {out!r}")
-        wall = time.perf_counter() - started
+        wall = region_stop(started)
         if control is not None:
             await control.close()
     return latency_metrics(samples, wall)
 
 
-async def _one_exec(session: aiohttp.ClientSession, ctx: Ctx, sprite: str) -> None:
+async def _one_exec(
+    session: aiohttp.ClientSession, ctx: Ctx, sprite: str, kept: list[ControlSocket]
+) -> tuple[int, bytes]:
     if ctx.variant == "control":
+        # The SDK's pool keeps the socket for the sprite's next command and
+        # closes it when the client closes: so does this, after the timed region.
         control = await ControlSocket.open(session, ctx, sprite)
-        try:
-            code, out = await control.run(["echo", "hi"])
-        finally:
-            await control.close()
-    else:
-        code, _, out = await exec_direct(session, ctx, sprite, ["echo", "hi"])
-    expect(code == 0 and out == b"hi\n", f"echo hi gave {code} {out!r}")
+        kept.append(control)
+        return await control.run(["echo", "hi"])
+    code, _, out = await exec_direct(session, ctx, sprite, ["echo", "hi"])
+    return code, out
 
 
-async def _fan_out(ctx: Ctx, sprites: list[str]) -> Metrics:
-    completed = 0
+async def _fan_out(ctx: Ctx, sprites: list[str], concurrency: int = 0) -> Metrics:
+    """``echo hi`` on each of ``sprites``: all at once, or ``concurrency`` at a time."""
+    results: dict[int, tuple[int, bytes]] = {}
     errors: list[str] = []
-    async with _session(ctx, len(sprites)) as session:
+    kept: list[ControlSocket] = []
+    slots = asyncio.Semaphore(concurrency) if concurrency else None
+    async with _session(ctx) as session:
 
-        async def one(sprite: str) -> None:
-            nonlocal completed
+        async def one(i: int, sprite: str) -> None:
             try:
-                await _one_exec(session, ctx, sprite)
-                completed += 1
+                if slots is None:
+                    results[i] = await _one_exec(session, ctx, sprite, kept)
+                else:
+                    async with slots:
+                        results[i] = await _one_exec(session, ctx, sprite, kept)
             except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
+                errors.append(f"{sprite}: {type(exc).__name__}: {exc}")
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one(s) for s in sprites))
-        wall = time.perf_counter() - started
+        started = region_start()
+        await asyncio.gather(*(one(i, s) for i, s in enumerate(sprites)))
+        wall = region_stop(started)
+        for control in kept:
+            await control.close()
     if errors:
         raise ScenarioFailed(failures(errors, len(sprites), wall))
-    return {"wall": wall, "completed": float(completed)}
+    bad = [(sprites[i], r) for i, r in sorted(results.items()) if r != (0, b"hi\n")]
+    expect(not bad and len(results) == len(sprites), f"wrong results: {bad[:3]}")
+    return {"wall": wall, "completed": float(len(results))}
 
 
 async def fan_out(ctx: Ctx) -> Metrics:
@@ -280,14 +325,96 @@ async def contention(ctx: Ctx) -> Metrics:
     return await _fan_out(ctx, [CONTENTION_SPRITE] * ctx.p("count"))
 
 
+async def fleet_fan_out(ctx: Ctx) -> Metrics:
+    """B8: one ``echo hi`` on each of ``sprites`` sprites, ``concurrency`` at a time:
+    ``asyncio.gather`` behind a semaphore, results checked per sprite."""
+    names = [ctx.sprite(i) for i in range(ctx.p("sprites"))]
+    return await _fan_out(ctx, names, ctx.p("concurrency"))
+
+
+async def live_sessions(ctx: Ctx) -> Metrics:
+    """B7: ``sessions`` live ``cat`` sessions over ``/exec`` with stdin, all open at once.
+
+    Each is opened (all of them before any is fed), fed one line of its own,
+    read until that line is back, then sent stdin EOF and read to its exit
+    frame. Afterwards no socket and no task may be left.
+    """
+    count, spread = ctx.p("sessions"), ctx.p("sprites")
+    raise_fd_limit(count + 1024)
+    sockets_before = open_sockets()
+    codes: dict[int, int] = {}
+    errors: list[str] = []
+    opened_at: list[float] = []
+    all_open = asyncio.Event()
+    settled = 0
+    async with _session(ctx) as session:
+        base = f"{ctx.url}/v1/sprites/"
+
+        def settle() -> None:
+            nonlocal settled
+            settled += 1
+            if settled == count:
+                opened_at.append(time.perf_counter())
+                all_open.set()
+
+        async def one(i: int) -> None:
+            url = base + ctx.sprite(i % spread) + "/exec"
+            line = b"line %d\n" % i
+            try:
+                ws = await _ws(session, url, [("cmd", "cat"), ("path", "cat"), ("stdin", "true")])
+            except Exception as exc:
+                errors.append(f"open {i}: {type(exc).__name__}: {exc}")
+                settle()
+                return
+            settle()
+            try:
+                await all_open.wait()
+                await ws.send_bytes(b"\x00" + line)
+                out = b""
+                code: int | None = None
+                while code is None:
+                    msg = await ws.receive()
+                    if msg.type is not aiohttp.WSMsgType.BINARY:
+                        if msg.type is aiohttp.WSMsgType.TEXT:
+                            continue
+                        raise ScenarioFailed(f"session {i} ended early ({msg.type.name})")
+                    data: bytes = msg.data
+                    if data[0] == 1:
+                        out += data[1:]
+                        if out == line:
+                            await ws.send_bytes(b"\x04")  # stdin EOF: cat exits
+                    elif data[0] == 3:
+                        code = data[1]
+                expect(out == line, f"session {i} read {out!r}")
+                codes[i] = code
+            except Exception as exc:
+                errors.append(f"session {i}: {type(exc).__name__}: {exc}")
+            finally:
+                await ws.close()
+
+        started = region_start()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        wall = region_stop(started)
+    open_s = opened_at[0] - started if opened_at else wall
+    if errors:
+        raise ScenarioFailed(failures(errors, count, wall))
+    expect(len(codes) == count and set(codes.values()) == {0}, "wrong exit codes")
+    return {
+        "wall": wall,
+        "open_s": open_s,
+        "completed": float(len(codes)),
+        **await leftovers(sockets_before),
+    }
+
+
 async def stream_throughput(ctx: Ctx) -> Metrics:
     """B5: ``head -c N /dev/zero``, stdout consumed as it arrives."""
     size = ctx.p("bytes")
     argv = ["head", "-c", str(size), "/dev/zero"]
     async with _session(ctx) as session:
-        started = time.perf_counter()
+        started = region_start()
         code, got, _ = await exec_direct(session, ctx, ctx.sprite(0), argv, keep=False)
-        wall = time.perf_counter() - started
+        wall = region_stop(started)
     expect(code == 0 and got == size, f"got {got} bytes, exit {code}")
     return {"wall": wall, "mbps": size / wall / 1e6, "bytes": float(got)}
 
@@ -299,7 +426,7 @@ async def progress_stream(ctx: Ctx) -> Metrics:
     first: float | None = None
     last_type = ""
     async with _session(ctx) as session:
-        started = time.perf_counter()
+        started = region_start()
         async with session.post(url, data=b"{}", headers={"Content-Type": "application/json"}) as r:
             if r.status != 200:
                 raise ScenarioFailed(f"checkpoint: {r.status}")
@@ -318,7 +445,7 @@ async def progress_stream(ctx: Ctx) -> Metrics:
                 for event in batch:
                     events += 1
                     last_type = event.type
-        wall = time.perf_counter() - started
+        wall = region_stop(started)
     expect(events == ctx.p("events") and last_type == "complete", f"{events} events")
     return {
         "wall": wall,
@@ -336,6 +463,8 @@ SCENARIOS: dict[str, Scenario] = {
     "B4s": contention,
     "B5": stream_throughput,
     "B6": progress_stream,
+    "B7": live_sessions,
+    "B8": fleet_fan_out,
 }
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from sprites_async import SpritesClient
 from sprites_async.emulator import EmulatorConfig
-from tests.emulator.conftest import RunningEmulator, serve
+from tests._emulator import RunningEmulator, serve
 
 uvloop = pytest.importorskip("uvloop")
 

@@ -495,7 +495,7 @@ async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
 
     aiohttp's ``close()`` writes the frame, then waits for the peer's close
     frame. A peer that stopped reading never sends one (Fly's October 2025
-    ``pkg/wsexec`` once stdin is closed; Section 12 item 11), and waiting
+    ``pkg/wsexec`` once stdin is closed), and waiting
     for it costs every command its whole close timeout. A deadline of zero
     cuts that wait at its first suspension; aiohttp then closes the
     transport, which still flushes the close frame first.

@@ -18,6 +18,7 @@ from sprites_async import (
 )
 from sprites_async._config import ExecSettings
 from sprites_async._exec import ExecSessionInfo, KillEvent, OutputEvent
+from sprites_async._paging import ListPage
 from tests._emulator import no_leftovers
 from tests._fakes import Conn, FakeSprites, ndjson_response
 
@@ -46,6 +47,9 @@ async def test_list_attach_with_scrollback_and_exit(sprite: Any) -> None:
     assert isinstance(sessions[0], ExecSessionInfo)
     assert sessions[0].tty is True
     assert "sh" in sessions[0].command
+    # Lists like checkpoints.list()/services.list(): a one-page ListPage, or each entry.
+    assert isinstance(sessions, ListPage) and sessions.next_token is None
+    assert [s.id async for s in sprite.sessions.list()] == [session_id]
 
     async with sprite.sessions.attach(session_id) as proc:
         assert proc.info is not None

@@ -16,6 +16,7 @@ from sprites_async._models import (
     raw_of,
     salvage,
 )
+from sprites_async._paging import AsyncPaginator, ListPage
 from sprites_async._session import (
     ExtraBody,
     ExtraHeaders,
@@ -206,37 +207,47 @@ class ExecSessions:
     def __init__(self, sprite: Sprite) -> None:
         self._sprite = sprite
 
-    async def list(
+    def list(
         self,
         *,
         extra_headers: ExtraHeaders = None,
         extra_query: ExtraQuery = None,
         extra_body: ExtraBody = None,
-    ) -> list[ExecSessionInfo]:
-        """The sessions running now (an exited session disappears at once).
+    ) -> AsyncPaginator[ExecSessionInfo, ListPage[ExecSessionInfo]]:
+        """The sessions running now: ``await`` it, or ``async for`` it.
+
+        An exited session disappears at once. The server answers in one
+        piece, so awaiting gives the one page there is, a :class:`ListPage`
+        (a ``list`` of :class:`ExecSessionInfo`), as ``checkpoints.list()``
+        and ``services.list()`` do.
 
         Raises:
             APIError: Including a 200 answer that carries an ``error`` key.
         """
         sprite = self._sprite
-        resp = await sprite.client._request(
-            "GET",
-            sprite.path + "/exec",
-            operation="list sessions",
-            sprite=sprite.name,
-            options=request_options(extra_headers, extra_query, extra_body),
-        )
-        sessions, error = resp.parse(_decode_sessions)
-        if error:
-            raise APIError(
-                error,
-                status_code=resp.status,
-                body=resp.body,
-                headers=resp.headers,
+        options = request_options(extra_headers, extra_query, extra_body)
+
+        async def fetch(token: str | None) -> ListPage[ExecSessionInfo]:
+            resp = await sprite.client._request(
+                "GET",
+                sprite.path + "/exec",
                 operation="list sessions",
                 sprite=sprite.name,
+                options=options,
             )
-        return sessions
+            sessions, error = resp.parse(_decode_sessions)
+            if error:
+                raise APIError(
+                    error,
+                    status_code=resp.status,
+                    body=resp.body,
+                    headers=resp.headers,
+                    operation="list sessions",
+                    sprite=sprite.name,
+                )
+            return ListPage(sessions)
+
+        return AsyncPaginator(fetch)
 
     def attach(
         self,

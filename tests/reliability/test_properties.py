@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from sprites_async import APIError, ProtocolError, SpritesClient
 from sprites_async import _checkpoints as cps
-from sprites_async import _exec as ex
+from sprites_async._exec import _sessions as ex
 from sprites_async import _frames as f
 from sprites_async import _fs as sfs
 from sprites_async import _models as models

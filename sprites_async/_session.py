@@ -490,6 +490,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (``localhost`` or a loopback address): the emulator."""
+    return _is_loopback(urlsplit(url).hostname or "")
+
+
 def _resolve_ssl(value: SSLSetting) -> ssl_module.SSLContext | bool:
     """What the connector verifies TLS with: a context, True (system CAs) or False."""
     if value is False:

@@ -33,7 +33,6 @@ fake clock instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import time
@@ -51,10 +50,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar
-from urllib.parse import urlsplit
 
 from ._errors import APIError, RateLimitError, SpritesError
 from ._models import SpriteInfo
+from ._session import is_loopback_url
 from ._validation import check_labels, check_prefix
 
 # Types only: _sprites imports this module (for ``client.sprites.temporary``),
@@ -277,7 +276,7 @@ class CreationLimiter:
         """
         limiter = client._fleet_limiter
         if limiter is None:
-            if _is_local(client.base_url):
+            if is_loopback_url(client.base_url):
                 # A local emulator has no limit unless a test sets one, and
                 # then its 429s are retried: pacing would only slow tests.
                 limiter = cls(LOCAL_CREATION_LIMIT, 1.0, margin=0.0)
@@ -346,16 +345,6 @@ class CreationLimiter:
 
 LOCAL_CREATION_LIMIT = 1000
 """Creations per second the default limiter allows against a loopback URL (the emulator)."""
-
-
-def _is_local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ------------------------------------------------------------------- the fan-out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import socket
 import ssl
 import time
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from sprites_async._errors import APIError, SpritesConnectionError, SpritesError
+from sprites_async._session import is_loopback_url
 
 from . import EXIT_API, EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, Context, Handler, examples
 
@@ -385,7 +385,7 @@ class Doctor:
         client = ctx.client
         emulator = ctx.emulator
         assert client is not None
-        if emulator is None and not _is_loopback_url(client.base_url):
+        if emulator is None and not is_loopback_url(client.base_url):
             return
 
         async def check(step: Step) -> None:
@@ -435,16 +435,6 @@ class Doctor:
             label = "diagnosis:" if problem is not None else "result:"
             ctx.out.line(f"{ctx.out.bold(label)} {diagnosis}")
         return code
-
-
-def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def asdict_struct(obj: Any) -> dict[str, Any]:

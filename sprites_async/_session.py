@@ -24,7 +24,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import aiohttp
 import msgspec
@@ -39,17 +39,23 @@ from ._config import (
     TimeoutKind,
     Timeouts,
 )
-from ._errors import ClientClosedError, ProtocolError, SpritesConnectionError, SpritesTimeoutError
+from ._errors import ClientClosedError, ProtocolError, SpritesConnectionError
 from ._options import Params, RequestOptions, _body_and_headers, _with_body, _with_query
 from ._resource import AsyncResource
 from ._retry import _HANDSHAKE_RETRY_STATUSES, _always, _nothing, log_attempt, retrying
-from ._translate import _TIMEOUT_ERRORS, _api_error, _never_sent, _redact_request_info, _translate
+from ._translate import (
+    _TIMEOUT_ERRORS,
+    _api_error,
+    _never_sent,
+    _refused_upgrade,
+    _translate,
+    _wake_timeout,
+)
 from ._transport import (
     ProxySetting,
     SSLSetting,
     _client_timeouts,
     _Handshake,
-    _handshake,
     _open_session,
     _proxy_kwargs,
     _resolve_base_url,
@@ -57,7 +63,7 @@ from ._transport import (
     _resolve_ssl,
     _resolve_token,
     _Secret,
-    _timeout,
+    _upgrade,
     _user_agent,
 )
 from ._websocket import WebSocket
@@ -524,52 +530,32 @@ class BaseClient(AsyncResource):
         params = _with_query(params, options)
         _, send_headers = _body_and_headers(self._auth, None, None, None, headers, options)
         url = self.base_url + path
-        ws_timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
 
         async def once(attempt: int, started: float) -> tuple[WebSocket, CIMultiDictProxy[str]]:
             seen = _Handshake()
-            token = _handshake.set(seen)
             try:
-                async with _timeout(self.timeouts.wake):
-                    ws = await session.ws_connect(
-                        url,
-                        params=params,
-                        headers=send_headers,
-                        autoping=autoping,
-                        heartbeat=heartbeat,
-                        max_msg_size=max_msg_size,
-                        timeout=ws_timeout,
-                        autoclose=False,
-                        **self._proxy_kwargs,
-                    )
+                ws = await _upgrade(
+                    session,
+                    url,
+                    seen,
+                    self.timeouts.wake,
+                    params=params,
+                    headers=send_headers,
+                    autoping=autoping,
+                    heartbeat=heartbeat,
+                    max_msg_size=max_msg_size,
+                    **self._proxy_kwargs,
+                )
             except aiohttp.WSServerHandshakeError as exc:
-                _redact_request_info(exc)  # kept as the __cause__ of what is raised
                 log_attempt(self._telemetry, "GET", path, exc.status, started, attempt, exc.headers)
-                if exc.status >= 400:
-                    raise _api_error(
-                        "GET", path, exc.status, exc.headers, seen.body, operation, sprite
-                    ) from exc
-                raise SpritesConnectionError(
-                    f"WebSocket handshake failed with status {exc.status}",
-                    operation=operation,
-                    sprite=sprite,
-                    headers=exc.headers,
-                ) from exc
+                raise _refused_upgrade(exc, path, seen.body, operation, sprite) from exc
             except _TIMEOUT_ERRORS as exc:
                 if isinstance(exc, aiohttp.ClientError):
                     raise  # aiohttp's connect timeout: a transport failure
-                # Our wake timer: say so. Never retried (the command may have started).
-                where = f"sprite {sprite}" if sprite else path
-                error = SpritesTimeoutError(
-                    f"WebSocket handshake with {where} timed out after "
-                    f"{self.timeouts.wake} s (Timeouts.wake): the sprite may still be waking",
-                    operation=operation,
-                    sprite=sprite,
-                )
+                # Our wake timer: never retried (the command may have started).
+                error = _wake_timeout(path, operation, sprite, self.timeouts.wake)
                 log_attempt(self._telemetry, "GET", path, None, started, attempt, None, error=error)
                 raise error from exc
-            finally:
-                _handshake.reset(token)
             upgrade_headers = seen.headers if seen.headers is not None else _EMPTY_HEADERS
             log_attempt(self._telemetry, "GET", path, 101, started, attempt, upgrade_headers)
 
@@ -578,8 +564,7 @@ class BaseClient(AsyncResource):
                     exc, "GET", path, operation, sprite, headers=upgrade_headers, during=during
                 )
 
-            raw = cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)
-            return WebSocket(raw, translate), upgrade_headers
+            return WebSocket(ws, translate), upgrade_headers
 
         return await retrying(
             once,

@@ -75,6 +75,38 @@ def _api_error(
     return error
 
 
+def _refused_upgrade(
+    exc: aiohttp.WSServerHandshakeError,
+    path: str,
+    body: bytes,
+    operation: str,
+    sprite: str | None,
+) -> APIError | SpritesConnectionError:
+    """The error for a WebSocket upgrade the server did not accept (``body``: its answer)."""
+    _redact_request_info(exc)  # kept as the __cause__ of what is raised
+    if exc.status >= 400:
+        return _api_error("GET", path, exc.status, exc.headers, body, operation, sprite)
+    return SpritesConnectionError(
+        f"WebSocket handshake failed with status {exc.status}",
+        operation=operation,
+        sprite=sprite,
+        headers=exc.headers,
+    )
+
+
+def _wake_timeout(
+    path: str, operation: str, sprite: str | None, wake: float | None
+) -> SpritesTimeoutError:
+    """The error for a WebSocket handshake that outlived ``Timeouts.wake``."""
+    where = f"sprite {sprite}" if sprite else path
+    return SpritesTimeoutError(
+        f"WebSocket handshake with {where} timed out after "
+        f"{wake} s (Timeouts.wake): the sprite may still be waking",
+        operation=operation,
+        sprite=sprite,
+    )
+
+
 def _never_sent(exc: BaseException) -> bool:
     """Whether the request certainly never reached the server (safe to send again)."""
     return isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError))

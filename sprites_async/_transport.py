@@ -20,7 +20,7 @@ import ssl as ssl_module
 import sys
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, cast, get_args
 from urllib.parse import urlsplit
 from urllib.request import (  # type: ignore[attr-defined]  # not in typeshed, but public
     getproxies_environment,
@@ -292,6 +292,31 @@ class _ObservedResponse(aiohttp.ClientResponse):
                 except (aiohttp.ClientError, OSError):
                     pass
         return resp
+
+
+_WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
+
+
+async def _upgrade(
+    session: aiohttp.ClientSession,
+    url: str,
+    seen: _Handshake,
+    wake: float | None,
+    **kwargs: Any,
+) -> aiohttp.ClientWebSocketResponse[Literal[True]]:
+    """One WebSocket upgrade, bounded by ``wake``, observed into ``seen``.
+
+    ``seen`` gets the status and headers of the upgrade response and the
+    body of a refused one, which ``aiohttp.WSServerHandshakeError`` does not
+    keep. ``kwargs`` go to ``ws_connect``.
+    """
+    token = _handshake.set(seen)
+    try:
+        async with _timeout(wake):
+            ws = await session.ws_connect(url, timeout=_WS_TIMEOUT, autoclose=False, **kwargs)
+    finally:
+        _handshake.reset(token)
+    return cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)
 
 
 def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:

@@ -61,9 +61,9 @@ from ._proxy import (
     ProxyTargetUnreachableError,
 )
 from ._services import ServiceError, ServiceNotFoundError
-from ._session import DEFAULT_BASE_URL
 from ._sprites import Sprite
 from ._streams import EventOperation
+from ._transport import DEFAULT_BASE_URL
 from ._version import __version__
 
 __all__ = [

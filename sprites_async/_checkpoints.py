@@ -35,17 +35,17 @@ from ._models import (
     salvage_list,
     share_raw,
 )
-from ._paging import AsyncPaginator, ListPage
-from ._resource import SpriteResource
-from ._session import (
+from ._options import (
     ExtraBody,
     ExtraHeaders,
     ExtraQuery,
     RequestOptions,
-    Response,
     quote_segment,
     request_options,
 )
+from ._paging import AsyncPaginator, ListPage
+from ._resource import SpriteResource
+from ._session import Response
 from ._streams import EventOperation, EventTracker, NDJSONStream, OtherEvent, event_decoder
 from ._validation import check_id
 

@@ -62,11 +62,14 @@ from typing import TYPE_CHECKING, Any
 from ._config import ControlOptions, options_for
 from ._errors import APIError, ClientClosedError, SpritesConnectionError, SpritesTimeoutError
 from ._frames import decode_envelope
-from ._session import SOCKET_LOST, _timeout, quote_segment
+from ._options import quote_segment
+from ._translate import SOCKET_LOST
+from ._transport import _timeout
 from ._websocket import WSMsgType
 
 if TYPE_CHECKING:
-    from ._session import BaseClient, WebSocket
+    from ._session import BaseClient
+    from ._websocket import WebSocket
 
 __all__ = [
     "ControlLease",

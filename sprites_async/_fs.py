@@ -55,18 +55,19 @@ from ._models import (
     salvage_list,
     share_raw,
 )
-from ._resource import AsyncResource
-from ._session import (
+from ._options import (
     ExtraBody,
     ExtraHeaders,
     ExtraQuery,
     RequestOptions,
     request_options,
 )
+from ._resource import AsyncResource
 from ._validation import check_int, check_sprite_path
 
 if TYPE_CHECKING:
-    from ._session import Body, Response
+    from ._body import Body
+    from ._session import Response
     from ._sprites import Sprite
 
 __all__ = [

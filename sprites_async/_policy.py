@@ -25,8 +25,8 @@ from typing import Any, Literal
 import msgspec
 
 from ._models import LiberalDecoder, attach_raw, raw_of
+from ._options import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 from ._resource import SpriteResource
-from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 
 __all__ = ["DomainRule", "IncludeRule", "NetworkPolicy", "PolicyResource", "Rule"]
 

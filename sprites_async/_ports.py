@@ -19,14 +19,15 @@ import msgspec
 
 from ._control import close_now
 from ._errors import NotFoundError, SpritesConnectionError
+from ._options import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 from ._resource import AsyncResource
-from ._session import ExtraBody, ExtraHeaders, ExtraQuery, request_options
 from ._streams import OtherEvent, event_decoder
 from ._websocket import WSMsgType
 
 if TYPE_CHECKING:
-    from ._session import RequestOptions, WebSocket
+    from ._options import RequestOptions
     from ._sprites import Sprite
+    from ._websocket import WebSocket
 
 __all__ = [
     "PortClosed",

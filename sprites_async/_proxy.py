@@ -37,13 +37,15 @@ import msgspec
 from ._control import close_now
 from ._errors import SpritesConnectionError, SpritesTimeoutError
 from ._resource import AsyncResource
-from ._session import SOCKET_LOST
+from ._translate import SOCKET_LOST
 from ._validation import check_host, check_port
 from ._websocket import WSMessage, WSMsgType
 
 if TYPE_CHECKING:
-    from ._session import BaseClient, RequestOptions, WebSocket
+    from ._options import RequestOptions
+    from ._session import BaseClient
     from ._sprites import Sprite
+    from ._websocket import WebSocket
 
 __all__ = [
     "PortForward",

@@ -2,55 +2,35 @@
 
 All network I/O of the SDK goes through :meth:`BaseClient._request` (plain
 HTTP calls, whole body as bytes), :meth:`BaseClient._stream` (streamed
-bodies: NDJSON, file downloads, read through a :class:`Body`) and
+bodies: NDJSON, file downloads, read through a :class:`~._body.Body`) and
 :meth:`BaseClient._ws_connect` (WebSocket upgrades, used through a
 :class:`~sprites_async._websocket.WebSocket`). They add auth and client
-headers, apply timeouts, retry by one rule (:meth:`BaseClient._retrying`)
-and translate every aiohttp/OS error into the SDK's exceptions with one
-function (:func:`_translate`), also while a body or a socket is in use: no
-other module has an aiohttp exception to catch.
+headers, apply timeouts, retry by one rule (:func:`~._retry.retrying`) and
+translate every aiohttp/OS error into the SDK's exceptions with one
+function (:func:`~._translate._translate`), also while a body or a socket
+is in use: no other module has an aiohttp exception to catch.
+
+Around it: :mod:`._transport` (token, base URL, proxy, TLS, the aiohttp
+session), :mod:`._options` (query, ``extra_*`` arguments, path segments),
+:mod:`._translate`, :mod:`._retry`, :mod:`._body` and :mod:`._websocket`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextvars
-import copy
 import enum
-import ipaddress
 import logging
-import os
-import platform
-import ssl as ssl_module
-import sys
-import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Generic,
-    Literal,
-    NamedTuple,
-    TypeAlias,
-    TypeVar,
-    cast,
-    get_args,
-)
-from urllib.parse import quote, urlsplit
-from urllib.request import (  # type: ignore[attr-defined]  # not in typeshed, but public
-    getproxies_environment,
-    proxy_bypass_environment,
-)
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import aiohttp
 import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
+from ._body import Body
 from ._config import (
     IDEMPOTENT_METHODS,
     ControlOptions,
@@ -59,42 +39,46 @@ from ._config import (
     TimeoutKind,
     Timeouts,
 )
-from ._errors import (
-    APIError,
-    ClientClosedError,
-    ConfigurationError,
-    ProtocolError,
-    SpritesConnectionError,
-    SpritesError,
-    SpritesTimeoutError,
-    api_error_from_response,
-    parse_retry_after,
-)
+from ._errors import ClientClosedError, ProtocolError, SpritesConnectionError
+from ._options import Params, RequestOptions, _body_and_headers, _with_body, _with_query
 from ._resource import AsyncResource
-from ._version import __version__
-from ._websocket import WebSocket as WebSocket
+from ._retry import _HANDSHAKE_RETRY_STATUSES, _always, _nothing, log_attempt, retrying
+from ._translate import (
+    _TIMEOUT_ERRORS,
+    _api_error,
+    _never_sent,
+    _refused_upgrade,
+    _translate,
+    _wake_timeout,
+)
+from ._transport import (
+    ProxySetting,
+    SSLSetting,
+    _client_timeouts,
+    _Handshake,
+    _open_session,
+    _proxy_kwargs,
+    _resolve_base_url,
+    _resolve_proxy,
+    _resolve_ssl,
+    _resolve_token,
+    _Secret,
+    _upgrade,
+    _user_agent,
+)
+from ._websocket import WebSocket
 
 if TYPE_CHECKING:
-    from aiohttp.connector import Connection
-
     from ._control import ControlPool
     from ._proxy import Tunnels
     from ._telemetry import Telemetry
     from .fleet import CreationLimiter
 
-__all__ = ["DEFAULT_BASE_URL", "BaseClient", "RequestOptions", "Timeouts", "request_options"]
+__all__ = ["BaseClient", "Response"]
 
 logger = logging.getLogger("sprites_async")
 
 T = TypeVar("T")
-
-DEFAULT_BASE_URL = "https://api.sprites.dev"
-TOKEN_ENV_VARS = ("SPRITES_TOKEN", "SPRITE_TOKEN")
-BASE_URL_ENV_VAR = "SPRITES_API_URL"
-
-Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
-ProxySetting: TypeAlias = str | Literal[False] | None
-SSLSetting: TypeAlias = ssl_module.SSLContext | str | os.PathLike[str] | bool | None
 
 
 class Response(NamedTuple):
@@ -127,417 +111,10 @@ class Response(NamedTuple):
             ) from exc
 
 
-class Body:
-    """A response whose body is still streaming in: what the stream seam yields.
-
-    ``status`` and ``headers`` are the response's. Every read (``read``,
-    ``readany``, ``readchunk`` and the ``iter_*`` iterators) raises the SDK's
-    errors: a connection reset or a stall while the body streams in is a
-    :class:`SpritesConnectionError` (:class:`SpritesTimeoutError` for the
-    stall) with the operation, sprite and request ids of this response,
-    chained to what aiohttp raised.
-    """
-
-    __slots__ = ("_method", "_operation", "_path", "_resp", "_sprite", "headers", "status")
-
-    def __init__(
-        self,
-        resp: aiohttp.ClientResponse,
-        method: str,
-        path: str,
-        operation: str,
-        sprite: str | None,
-    ) -> None:
-        self._resp = resp
-        self._method = method
-        self._path = path
-        self._operation = operation
-        self._sprite = sprite
-        self.status: int = resp.status
-        self.headers: CIMultiDictProxy[str] = resp.headers
-
-    def __repr__(self) -> str:
-        return f"<Body {self._method} {self._path} status={self.status}>"
-
-    @property
-    def content(self) -> Body:
-        """This object, for code that reads aiohttp's ``response.content``."""
-        return self
-
-    @property
-    def total_bytes(self) -> int:
-        """Bytes of the body received so far."""
-        return self._resp.content.total_bytes
-
-    def _error(self, exc: BaseException) -> SpritesConnectionError:
-        return _translate(
-            exc,
-            self._method,
-            self._path,
-            self._operation,
-            self._sprite,
-            headers=self.headers,
-            during="reading the body",
-        )
-
-    async def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes of the body; the whole rest of it when ``n`` is -1."""
-        try:
-            if n < 0:
-                return await self._resp.read()
-            return await self._resp.content.read(n)
-        except _TRANSPORT_ERRORS as exc:
-            raise self._error(exc) from exc
-
-    async def readany(self) -> bytes:
-        """Whatever part of the body has arrived (waiting for some); b"" at its end."""
-        try:
-            return await self._resp.content.readany()
-        except _TRANSPORT_ERRORS as exc:
-            raise self._error(exc) from exc
-
-    async def readchunk(self) -> tuple[bytes, bool]:
-        """The next piece and whether it ends an HTTP chunk; ``(b"", False)`` at the end."""
-        try:
-            return await self._resp.content.readchunk()
-        except _TRANSPORT_ERRORS as exc:
-            raise self._error(exc) from exc
-
-    def iter_chunked(self, n: int) -> _Pieces[bytes]:
-        """The body in pieces of at most ``n`` bytes."""
-        return _Pieces(lambda: self.read(n), b"")
-
-    def iter_any(self) -> _Pieces[bytes]:
-        """The body in the pieces it arrives in."""
-        return _Pieces(self.readany, b"")
-
-    def iter_chunks(self) -> _Pieces[tuple[bytes, bool]]:
-        """``(data, end_of_http_chunk)`` pairs, as aiohttp's ``iter_chunks``."""
-        return _Pieces(self.readchunk, (b"", False))
-
-
-class _Pieces(Generic[T]):
-    """An async iterator over ``read()`` results until ``end`` comes.
-
-    A plain iterator, not an async generator: a caller that stops early
-    leaves nothing for the event loop to finalize.
-    """
-
-    __slots__ = ("_end", "_read")
-
-    def __init__(self, read: Callable[[], Awaitable[T]], end: T) -> None:
-        self._read = read
-        self._end = end
-
-    def __aiter__(self) -> _Pieces[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        piece = await self._read()
-        if piece == self._end:
-            raise StopAsyncIteration
-        return piece
-
-
 class _State(enum.Enum):
     UNOPENED = "unopened"  # no aiohttp session yet; it is made inside the running loop
     OPENED = "opened"
     CLOSED = "closed"  # aclose() ran; nothing may be used any more
-
-
-class _Handshake:
-    """What :class:`_ObservedResponse` saw of a WebSocket upgrade response."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.headers: CIMultiDictProxy[str] | None = None
-        self.body = b""
-
-
-# Set by _ws_connect around the upgrade so that _ObservedResponse can keep the
-# headers of the upgrade response and the body of a refused one, which
-# aiohttp's public WebSocket API does not expose.
-_handshake: contextvars.ContextVar[_Handshake | None] = contextvars.ContextVar(
-    "sprites_async_handshake", default=None
-)
-
-
-class _ObservedResponse(aiohttp.ClientResponse):
-    """Keeps the headers of a WebSocket upgrade response and the body of a refused one.
-
-    aiohttp's public WebSocket API exposes neither. A response class costs
-    one context-variable read per response; a ``TraceConfig`` would add a
-    round of signal coroutines to every request of the session.
-    """
-
-    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
-        resp = await super().start(connection)
-        seen = _handshake.get()
-        if seen is not None:
-            seen.status = self.status
-            seen.headers = self.headers
-            if self.status >= 400:
-                try:
-                    seen.body = await self.read()
-                except (aiohttp.ClientError, OSError):
-                    pass
-        return resp
-
-
-def _resolve_token(token: str | None) -> str:
-    if token is None:
-        for var in TOKEN_ENV_VARS:
-            value = os.environ.get(var)
-            if value:
-                token = value
-                break
-    if token is None:
-        raise ConfigurationError(
-            "no Sprites token: pass token=... or set SPRITES_TOKEN (or SPRITE_TOKEN)"
-        )
-    if not isinstance(token, str):
-        raise ConfigurationError("the token must be a string")
-    token = token.strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
-    if not token or any(c.isspace() for c in token):
-        raise ConfigurationError("the Sprites token is empty or contains whitespace")
-    return token
-
-
-def _resolve_base_url(base_url: str | None) -> str:
-    url = base_url or os.environ.get(BASE_URL_ENV_VAR) or DEFAULT_BASE_URL
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"base_url must start with http:// or https://, got {url!r}")
-    return url
-
-
-class _Secret(str):
-    """A header value that does not show itself in ``repr`` (of a dict of headers, say).
-
-    The header dicts the seams build live in their frames' locals, which
-    tracebacks with locals and error trackers print.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "'<redacted>'"
-
-
-class RequestOptions(NamedTuple):
-    """What a caller adds to one API call: ``extra_headers``, ``extra_query``, ``extra_body``.
-
-    Made by :func:`request_options` from the keyword arguments every public
-    call accepts, and applied by the seams, so that a field the service
-    added (or one only some official SDKs send) can be used before the SDK
-    models it.
-    """
-
-    headers: Mapping[str, str] | None = None
-    query: Sequence[tuple[str, str]] = ()
-    body: Mapping[str, object] | None = None
-
-    @property
-    def wire(self) -> bool:
-        """Whether they change the request line or headers (a pooled socket cannot)."""
-        return bool(self.headers) or bool(self.query)
-
-
-ExtraHeaders: TypeAlias = Mapping[str, str] | None
-ExtraQuery: TypeAlias = Mapping[str, object] | None
-ExtraBody: TypeAlias = Mapping[str, object] | None
-
-
-def request_options(
-    extra_headers: ExtraHeaders = None,
-    extra_query: ExtraQuery = None,
-    extra_body: ExtraBody = None,
-) -> RequestOptions | None:
-    """Check the three ``extra_*`` arguments of a call; None when there are none.
-
-    * ``extra_headers`` are sent with the request and win over the SDK's own
-      headers (``User-Agent``, ``Content-Type``, ``Range``...), except
-      ``Authorization``: the token is the client's (make another client for
-      another token), so setting it here is a ``ValueError``.
-    * ``extra_query`` parameters are appended to the SDK's (``True``/``False``
-      become ``true``/``false``; a list repeats the key).
-    * ``extra_body`` keys are merged over the JSON object the call sends.
-      A call without a JSON body (GET, streamed uploads, WebSockets) raises
-      ``TypeError`` before anything is sent.
-    """
-    if extra_headers is None and extra_query is None and extra_body is None:
-        return None
-    headers: dict[str, str] | None = None
-    if extra_headers is not None:
-        if not isinstance(extra_headers, Mapping):
-            raise TypeError("extra_headers must be a mapping of header names to strings")
-        headers = {}
-        for name, value in cast("Mapping[object, object]", extra_headers).items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError("extra_headers names and values must be strings")
-            if name.strip().lower() == "authorization":
-                raise ValueError(
-                    "extra_headers cannot set Authorization: the token belongs to the "
-                    "client (create a SpritesClient with that token)"
-                )
-            headers[name] = value
-    query: list[tuple[str, str]] = []
-    if extra_query is not None:
-        if not isinstance(extra_query, Mapping):
-            raise TypeError("extra_query must be a mapping of parameter names to values")
-        for key, given in extra_query.items():
-            for item in given if isinstance(given, (list, tuple)) else (given,):
-                query.append((str(key), _query_value(key, item)))
-    if extra_body is not None and not isinstance(extra_body, Mapping):
-        raise TypeError("extra_body must be a mapping of JSON keys to values")
-    return RequestOptions(headers or None, tuple(query), extra_body)
-
-
-def _query_value(key: object, value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    raise TypeError(f"extra_query[{key!r}]: expected str, int, float or bool, not {value!r}")
-
-
-def _with_query(params: Params, options: RequestOptions | None) -> Params:
-    if options is None or not options.query:
-        return params
-    if params is None:
-        return list(options.query)
-    base = list(params.items()) if isinstance(params, Mapping) else list(params)
-    return [*base, *options.query]
-
-
-def _with_body(json: bytes | None, options: RequestOptions | None, operation: str) -> bytes | None:
-    if options is None or options.body is None:
-        return json
-    if json is None:
-        raise TypeError(f"{operation}: extra_body needs a call that sends a JSON body")
-    merged = msgspec.json.decode(json)
-    if not isinstance(merged, dict):
-        raise TypeError(f"{operation}: extra_body needs a call whose JSON body is an object")
-    merged.update(options.body)
-    return msgspec.json.encode(merged)
-
-
-class _Proxy(NamedTuple):
-    """A resolved proxy: its URL without credentials, and the header carrying them."""
-
-    url: URL
-    headers: Mapping[str, str] | None
-
-
-def _resolve_proxy(proxy: ProxySetting, base_url: str) -> _Proxy | None:
-    """The proxy every call to ``base_url`` goes through, or None.
-
-    ``None`` reads the environment the way httpx, requests and Go's
-    ``http.ProxyFromEnvironment`` do: ``HTTPS_PROXY`` (or ``HTTP_PROXY`` for an
-    ``http://`` API, then ``ALL_PROXY``), lowercase names first, unless
-    ``NO_PROXY`` names the API host. As in Go (sprites-go), a loopback API
-    (a local emulator) never goes through an environment proxy. Every call
-    goes to one host, so this is decided once, not per request.
-    """
-    if proxy is False:
-        return None
-    parts = urlsplit(base_url)
-    if proxy is None:
-        env = getproxies_environment()
-        host = parts.hostname or ""
-        if not host or _is_loopback(host) or proxy_bypass_environment(host, env):
-            return None
-        scheme = parts.scheme
-        value = env.get(scheme) or env.get("all")
-        if not value:
-            return None
-        source = f"{scheme.upper()}_PROXY" if env.get(scheme) else "ALL_PROXY"
-    elif isinstance(proxy, str):
-        value, source = proxy, "proxy="
-    else:
-        raise TypeError(f"proxy must be a URL string, False or None, not {type(proxy).__name__}")
-    value = value.strip()
-    if "://" not in value:
-        value = "http://" + value  # what requests and curl assume for "host:port"
-    try:
-        url = URL(value)
-    except ValueError as exc:
-        raise ConfigurationError(f"{source}: not a proxy URL") from exc
-    if url.scheme != "http" or not url.host:
-        shown = url.with_user(None).with_password(None) if url.host else url.scheme + "://..."
-        raise ConfigurationError(
-            f"{source}: unsupported proxy {str(shown)!r}: only http:// proxies are supported "
-            "(https:// APIs are reached through a CONNECT tunnel in them)"
-        )
-    headers = None
-    if url.user is not None or url.password is not None:
-        userinfo = f"{url.user or ''}:{url.password or ''}".encode()
-        headers = {"Proxy-Authorization": "Basic " + base64.b64encode(userinfo).decode("ascii")}
-        url = url.with_user(None)  # the credentials travel in the header only
-    return _Proxy(url.with_path("").with_query(None).with_fragment(None), headers)
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url`` names this machine (``localhost`` or a loopback address): the emulator."""
-    return _is_loopback(urlsplit(url).hostname or "")
-
-
-def _resolve_ssl(value: SSLSetting) -> ssl_module.SSLContext | bool:
-    """What the connector verifies TLS with: a context, True (system CAs) or False."""
-    if value is False:
-        return False
-    if isinstance(value, ssl_module.SSLContext):
-        return value
-    if value is None or value is True:
-        cafile = os.environ.get("SSL_CERT_FILE") or None
-        capath = os.environ.get("SSL_CERT_DIR") or None
-        if cafile is None and capath is None:
-            return True
-        source = "SSL_CERT_FILE/SSL_CERT_DIR"
-    elif isinstance(value, (str, os.PathLike)):
-        cafile, capath, source = os.fspath(value), None, "ssl="
-    else:
-        raise TypeError(
-            "ssl must be an ssl.SSLContext, a CA bundle path, True, False or None, "
-            f"not {type(value).__name__}"
-        )
-    try:
-        return ssl_module.create_default_context(cafile=cafile, capath=capath)
-    except (OSError, ssl_module.SSLError) as exc:
-        raise ConfigurationError(f"{source}: cannot load CA certificates: {exc}") from exc
-
-
-def _user_agent() -> str:
-    return (
-        f"sprites-async/{__version__} (python/{platform.python_version()}; "
-        f"aiohttp/{aiohttp.__version__})"
-    )
-
-
-SOCKET_LOST: tuple[type[SpritesConnectionError], ...] = (
-    SpritesConnectionError,
-    SpritesTimeoutError,
-)
-"""What a read of a streamed :class:`Body` or a method of a seam
-:class:`WebSocket` raises when the connection breaks or stalls."""
-
-
-def quote_segment(value: str) -> str:
-    """Percent-encode one path segment (sprite names, ids, service names)."""
-    return quote(value, safe="")
 
 
 class BaseClient(AsyncResource):
@@ -576,13 +153,7 @@ class BaseClient(AsyncResource):
         self.base_url = _resolve_base_url(base_url)
         self._proxy = _resolve_proxy(proxy, self.base_url)
         self._ssl = _resolve_ssl(ssl)
-        # Per request, not per session: aiohttp's session-level proxy_auth is
-        # deprecated and it has no session-level proxy headers.
-        self._proxy_kwargs: dict[str, Any] = (
-            {"proxy": self._proxy.url, "proxy_headers": self._proxy.headers}
-            if self._proxy is not None
-            else {}
-        )
+        self._proxy_kwargs = _proxy_kwargs(self._proxy)
         if timeout is None:
             self.timeouts = Timeouts()
         elif isinstance(timeout, Timeouts):
@@ -604,15 +175,7 @@ class BaseClient(AsyncResource):
         # proxy, where an Authorization header becomes Proxy-Authorization and
         # the proxy would read the token.
         self._auth = {"Authorization": _Secret(f"Bearer {self._token}")}
-        self._client_timeouts = {
-            kind: aiohttp.ClientTimeout(
-                total=None,
-                connect=None,
-                sock_connect=self.timeouts.connect,
-                sock_read=self.timeouts.read_timeout(kind),
-            )
-            for kind in get_args(TimeoutKind)
-        }
+        self._client_timeouts = _client_timeouts(self.timeouts)
         self._state = _State.UNOPENED
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -704,32 +267,14 @@ class BaseClient(AsyncResource):
                     "create one client per event loop"
                 )
             return session
-        connector = aiohttp.TCPConnector(
-            limit=0,  # requests are bounded by _http_slots; WebSockets must not be
+        session = _open_session(
             limit_per_host=self.max_connections_per_host,
             keepalive_timeout=self._keepalive_timeout,
-            ttl_dns_cache=300,
             ssl=self._ssl,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
             headers=self._headers,
-            # Every plain request passes its own timeout; this default is what
-            # a WebSocket upgrade gets (aiohttp's ws_connect takes none), and
-            # there the read limit must not cut a cold sprite's slow 101: the
-            # handshake is bounded by Timeouts.wake in _ws_connect instead.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect),
-            trace_configs=self._trace_configs or None,
-            response_class=_ObservedResponse,
-            auto_decompress=True,
+            connect_timeout=self.timeouts.connect,
+            trace_configs=self._trace_configs,
         )
-        # aiohttp (3.10+) silently re-sends a GET/PUT/DELETE once when the
-        # connection drops, whatever the SDK decided: a PUT that starts a
-        # service or a WebSocket upgrade that starts a command must not go
-        # twice. The seams' one retry loop (_retrying) decides every repetition.
-        if hasattr(session, "_retry_connection"):
-            session._retry_connection = False
         self._session = session
         self._loop = loop
         self._state = _State.OPENED
@@ -738,9 +283,6 @@ class BaseClient(AsyncResource):
         return session
 
     # ---------------------------------------------------------------------- seams
-
-    def _url(self, path: str) -> str:
-        return self.base_url + path
 
     async def _request(
         self,
@@ -765,7 +307,7 @@ class BaseClient(AsyncResource):
         :class:`APIError`; connection failures raise
         :class:`SpritesConnectionError`/:class:`SpritesTimeoutError`.
         ``json`` is an already encoded JSON body. ``options`` (the caller's
-        ``extra_*`` arguments) are applied here. Retries: see :meth:`_retrying`.
+        ``extra_*`` arguments) are applied here. Retries: see :func:`~._retry.retrying`.
         """
         if self._telemetry is not None and not _traced:
             return await self._telemetry.request(
@@ -817,13 +359,15 @@ class BaseClient(AsyncResource):
             finally:
                 if slots is not None:
                     slots.release()
-            self._log(method, path, resp.status, started, attempt, resp.headers)
+            log_attempt(self._telemetry, method, path, resp.status, started, attempt, resp.headers)
             if resp.status < 400 and (ok is None or resp.status in ok):
                 return Response(resp.status, resp.headers, body, operation, sprite)
             raise _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
 
-        return await self._retrying(
+        return await retrying(
             once,
+            self.retry,
+            self._telemetry,
             method,
             path,
             operation,
@@ -857,7 +401,7 @@ class BaseClient(AsyncResource):
         the caller under an idle timeout (``stream_idle``), never a total one;
         its reads raise the SDK's errors. The response is released when the
         block exits, normally or not. Nothing is retried once the body is
-        yielded; before that, as :meth:`_retrying` says.
+        yielded; before that, as :func:`~._retry.retrying` says.
         """
         if self._telemetry is not None and not _traced:
             traced = self._telemetry.stream(
@@ -907,7 +451,7 @@ class BaseClient(AsyncResource):
                 timeout=client_timeout,
                 **self._proxy_kwargs,
             )
-            self._log(method, path, resp.status, started, attempt, resp.headers)
+            log_attempt(self._telemetry, method, path, resp.status, started, attempt, resp.headers)
             if resp.status < 400:
                 return resp
             try:
@@ -916,8 +460,10 @@ class BaseClient(AsyncResource):
                 resp.release()
             raise _api_error(method, path, resp.status, resp.headers, body, operation, sprite)
 
-        resp = await self._retrying(
+        resp = await retrying(
             once,
+            self.retry,
+            self._telemetry,
             method,
             path,
             operation,
@@ -984,65 +530,46 @@ class BaseClient(AsyncResource):
         params = _with_query(params, options)
         _, send_headers = _body_and_headers(self._auth, None, None, None, headers, options)
         url = self.base_url + path
-        ws_timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
 
         async def once(attempt: int, started: float) -> tuple[WebSocket, CIMultiDictProxy[str]]:
             seen = _Handshake()
-            token = _handshake.set(seen)
             try:
-                async with _timeout(self.timeouts.wake):
-                    ws = await session.ws_connect(
-                        url,
-                        params=params,
-                        headers=send_headers,
-                        autoping=autoping,
-                        heartbeat=heartbeat,
-                        max_msg_size=max_msg_size,
-                        timeout=ws_timeout,
-                        autoclose=False,
-                        **self._proxy_kwargs,
-                    )
+                ws = await _upgrade(
+                    session,
+                    url,
+                    seen,
+                    self.timeouts.wake,
+                    params=params,
+                    headers=send_headers,
+                    autoping=autoping,
+                    heartbeat=heartbeat,
+                    max_msg_size=max_msg_size,
+                    **self._proxy_kwargs,
+                )
             except aiohttp.WSServerHandshakeError as exc:
-                _redact_request_info(exc)  # kept as the __cause__ of what is raised
-                self._log("GET", path, exc.status, started, attempt, exc.headers)
-                if exc.status >= 400:
-                    raise _api_error(
-                        "GET", path, exc.status, exc.headers, seen.body, operation, sprite
-                    ) from exc
-                raise SpritesConnectionError(
-                    f"WebSocket handshake failed with status {exc.status}",
-                    operation=operation,
-                    sprite=sprite,
-                    headers=exc.headers,
-                ) from exc
+                log_attempt(self._telemetry, "GET", path, exc.status, started, attempt, exc.headers)
+                raise _refused_upgrade(exc, path, seen.body, operation, sprite) from exc
             except _TIMEOUT_ERRORS as exc:
                 if isinstance(exc, aiohttp.ClientError):
                     raise  # aiohttp's connect timeout: a transport failure
-                # Our wake timer: say so. Never retried (the command may have started).
-                where = f"sprite {sprite}" if sprite else path
-                error = SpritesTimeoutError(
-                    f"WebSocket handshake with {where} timed out after "
-                    f"{self.timeouts.wake} s (Timeouts.wake): the sprite may still be waking",
-                    operation=operation,
-                    sprite=sprite,
-                )
-                self._log("GET", path, None, started, attempt, None, error=error)
+                # Our wake timer: never retried (the command may have started).
+                error = _wake_timeout(path, operation, sprite, self.timeouts.wake)
+                log_attempt(self._telemetry, "GET", path, None, started, attempt, None, error=error)
                 raise error from exc
-            finally:
-                _handshake.reset(token)
             upgrade_headers = seen.headers if seen.headers is not None else _EMPTY_HEADERS
-            self._log("GET", path, 101, started, attempt, upgrade_headers)
+            log_attempt(self._telemetry, "GET", path, 101, started, attempt, upgrade_headers)
 
             def translate(exc: BaseException, during: str) -> SpritesConnectionError:
                 return _translate(
                     exc, "GET", path, operation, sprite, headers=upgrade_headers, during=during
                 )
 
-            raw = cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)
-            return WebSocket(raw, translate), upgrade_headers
+            return WebSocket(ws, translate), upgrade_headers
 
-        return await self._retrying(
+        return await retrying(
             once,
+            self.retry,
+            self._telemetry,
             "GET",
             path,
             operation,
@@ -1050,134 +577,6 @@ class BaseClient(AsyncResource):
             resend=_never_sent if retry_handshake else _nothing,
             statuses=_HANDSHAKE_RETRY_STATUSES if retry_handshake else (),
         )
-
-    async def _retrying(
-        self,
-        once: Callable[[int, float], Awaitable[T]],
-        method: str,
-        path: str,
-        operation: str,
-        sprite: str | None,
-        *,
-        resend: Callable[[BaseException], bool],
-        statuses: Container[int],
-    ) -> T:
-        """Call ``once(attempt, started)`` until an attempt succeeds: the seams' one retry loop.
-
-        An attempt ends in one of three ways:
-
-        * It returns: that is the result.
-        * It raises an :class:`APIError` (a refusal, logged by ``once``):
-          retried if its status is in ``statuses``, after the policy's backoff
-          or the server's ``Retry-After`` (the body's ``retry_after_seconds``
-          of a 429, the header of a 503); a ``Retry-After`` longer than the
-          policy allows is not waited for and the error is raised.
-        * It raises an aiohttp/OS error (the transport failed): translated to
-          :class:`SpritesConnectionError`/:class:`SpritesTimeoutError`, and
-          retried after the policy's backoff only if ``resend(exc)`` says the
-          request may go again (idempotent, or certainly never sent) and
-          another attempt could end otherwise (not a bad certificate or a
-          proxy's refusal).
-
-        Any other exception (the SDK's own errors, cancellation) ends the
-        call. Every attempt counts against ``retry.max_attempts``.
-        """
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            try:
-                return await once(attempt, started)
-            except APIError as error:
-                if error.status_code not in statuses:
-                    raise
-                delay = self._status_backoff(error, attempt)
-                if delay is None:
-                    raise
-            except SpritesError:
-                raise  # already decided (a handshake timeout, a refused upgrade)
-            except _TRANSPORT_ERRORS as exc:
-                delay = self._delay_or_raise(
-                    exc, method, path, operation, sprite, attempt, started, resend(exc)
-                )
-            await asyncio.sleep(delay)
-
-    def _status_backoff(self, error: APIError, attempt: int) -> float | None:
-        """The wait before retrying a request the server refused, or None to give up.
-
-        Honours ``Retry-After`` (the body's ``retry_after_seconds`` for 429s).
-        """
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is None and error.status_code == 503:
-            retry_after = parse_retry_after(CIMultiDict(error.headers).get("Retry-After"))
-        return self.retry.backoff(attempt, retry_after)
-
-    def _delay_or_raise(
-        self,
-        exc: BaseException,
-        method: str,
-        path: str,
-        operation: str,
-        sprite: str | None,
-        attempt: int,
-        started: float,
-        may_retry: bool,
-    ) -> float:
-        """After a transport failure: the wait before the next attempt, or raise.
-
-        The raised error is the SDK's translation of ``exc``, chained to it.
-        """
-        error = _translate(exc, method, path, operation, sprite)
-        self._log(method, path, None, started, attempt, None, error=error)
-        delay = self.retry.backoff(attempt) if may_retry and not _permanent(exc) else None
-        if delay is None:
-            raise error from exc
-        return delay
-
-    def _log(
-        self,
-        method: str,
-        path: str,
-        status: int | None,
-        started: float,
-        attempt: int,
-        headers: Mapping[str, str] | None,
-        *,
-        error: BaseException | None = None,
-    ) -> None:
-        if self._telemetry is not None:
-            self._telemetry.attempt(status, attempt, headers, method)
-        if not logger.isEnabledFor(logging.DEBUG if error is None else logging.INFO):
-            return
-        extra = {
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round((time.monotonic() - started) * 1000, 2),
-            "attempt": attempt,
-            "request_id": headers.get("x-request-id") if headers else None,
-            "fly_request_id": headers.get("fly-request-id") if headers else None,
-        }
-        if error is not None:
-            logger.info(
-                "%s %s failed (attempt %d): %s",
-                method,
-                path,
-                attempt,
-                error,
-                extra={"sprites": extra},
-            )
-        else:
-            logger.debug(
-                "%s %s -> %s in %.1f ms (attempt %d, request_id=%s)",
-                method,
-                path,
-                status,
-                extra["duration_ms"],
-                attempt,
-                extra["request_id"],
-                extra={"sprites": extra},
-            )
 
 
 def _load_telemetry(client: BaseClient, tracer_provider: Any, meter_provider: Any) -> Telemetry:
@@ -1190,187 +589,4 @@ def _load_telemetry(client: BaseClient, tracer_provider: Any, meter_provider: An
     return Telemetry(client, tracer_provider, meter_provider)
 
 
-# On Python 3.10 asyncio.TimeoutError is not the builtin TimeoutError.
-_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, TimeoutError)
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,
-    *_TIMEOUT_ERRORS,
-)
 _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-
-
-ROUTE_NOT_FOUND_CODE = "route_not_found"
-
-
-def _api_error(
-    method: str,
-    path: str,
-    status: int,
-    headers: Mapping[str, str] | None,
-    body: bytes,
-    operation: str,
-    sprite: str | None,
-) -> APIError:
-    """The :class:`APIError` for an error answer; a missing route says so.
-
-    A sprite server without a route (older than this SDK) answers like Go's
-    ``http.ServeMux``: 404 ``404 page not found``. Left as is, the message
-    would read like a missing file, service or checkpoint; the error gets
-    ``code="route_not_found"`` and a message naming the endpoint.
-    """
-    error = api_error_from_response(status, headers, body, operation=operation, sprite=sprite)
-    if status == 404 and body.strip() == b"404 page not found":
-        error.code = ROUTE_NOT_FOUND_CODE
-        error.message = (
-            f"the server has no {method} {path} endpoint (404 page not found): "
-            "the sprite (or the API) runs an older version without it"
-        )
-        error.args = (error.message,)
-    return error
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """Whether the request certainly never reached the server (safe to send again)."""
-    return isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError))
-
-
-def _always(exc: BaseException) -> bool:
-    """An idempotent request may be sent again whatever became of the last one."""
-    return True
-
-
-def _nothing(exc: BaseException) -> bool:
-    """A handshake whose caller retries nothing (a ``/control`` probe goes direct instead)."""
-    return False
-
-
-_HANDSHAKE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-"""Refused upgrades worth another attempt. Not 500: a sprite answers 500 when
-it could not start the command, and that may not be the whole story."""
-
-
-def _permanent(exc: BaseException) -> bool:
-    """Whether another attempt would fail the same way (bad certificate, proxy refusal)."""
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return True
-    return isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status not in (502, 503, 504)
-
-
-def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:
-    """``asyncio.timeout`` where it exists (3.11+), else ``async_timeout`` (an aiohttp
-    dependency on 3.10)."""
-    if delay is None:
-        return nullcontext()
-    if sys.version_info >= (3, 11):
-        return asyncio.timeout(delay)
-    import async_timeout  # type: ignore[import-not-found]  # Python 3.10 only
-
-    return async_timeout.timeout(delay)  # type: ignore[no-any-return]
-
-
-def _body_and_headers(
-    auth: Mapping[str, str],
-    json: bytes | None,
-    data: Any,
-    content_type: str | None,
-    headers: Mapping[str, str] | None,
-    options: RequestOptions | None = None,
-) -> tuple[Any, dict[str, str]]:
-    """The request body and every header it is sent with (a pre-encoded JSON body wins).
-
-    The caller's ``extra_headers`` win over the SDK's; the token wins over all.
-    """
-    out = dict(headers) if headers else {}
-    if json is not None:
-        data, content_type = json, "application/json"
-    if content_type is not None:
-        out["Content-Type"] = content_type
-    if options is not None and options.headers:
-        out.update(options.headers)
-    out.update(auth)
-    return data, out
-
-
-def _redact_request_info(exc: aiohttp.ClientResponseError) -> None:
-    """Hide the token in the request an aiohttp error keeps (its ``repr`` prints the headers).
-
-    Such errors (``WSServerHandshakeError``, ``TooManyRedirects``) stay reachable
-    as the ``__cause__`` of the SDK's error, so they must not carry the token.
-    """
-    info = exc.request_info
-    secret = [name for name in ("Authorization", "Proxy-Authorization") if name in info.headers]
-    if not secret:
-        return
-    headers = CIMultiDict(info.headers)
-    for name in secret:
-        headers[name] = "<redacted>"
-    exc.request_info = aiohttp.RequestInfo(
-        info.url, info.method, CIMultiDictProxy(headers), info.real_url
-    )
-    exc.args = (exc.request_info, *exc.args[1:])
-
-
-def _translate(
-    exc: BaseException,
-    method: str,
-    path: str,
-    operation: str,
-    sprite: str | None,
-    *,
-    headers: Mapping[str, str] | None = None,
-    during: str | None = None,
-) -> SpritesConnectionError:
-    """Map an aiohttp/OS error to the SDK's transport errors (the one boundary).
-
-    ``headers`` are those of the response whose body or WebSocket broke off
-    (the error carries their request ids); ``during`` names that step
-    (``"reading the body"``, ``"WebSocket send"``). An error this function
-    already made (a :class:`Body` read inside a caller's own ``except``)
-    comes back as a copy, so that ``raise ... from exc`` does not chain it
-    to itself.
-    """
-    if isinstance(exc, SpritesConnectionError):
-        return copy.copy(exc)
-    if isinstance(exc, aiohttp.ClientResponseError):
-        _redact_request_info(exc)  # it stays reachable as the new error's __cause__
-    where = f"{method} {path}: {during}" if during else f"{method} {path}"
-    if isinstance(exc, _TIMEOUT_ERRORS):
-        timeout_cls = (
-            _AsyncioTimeout if isinstance(exc, asyncio.TimeoutError) else SpritesTimeoutError
-        )
-        return timeout_cls(
-            f"{where} timed out", operation=operation, sprite=sprite, headers=headers
-        )
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        detail = (
-            f"TLS certificate verification failed for {exc.host}: {exc.certificate_error} "
-            "(a private CA? pass ssl= a CA bundle path or an ssl.SSLContext, or set SSL_CERT_FILE)"
-        )
-    elif isinstance(exc, aiohttp.ClientSSLError):
-        detail = f"TLS handshake with {exc.host} failed: {exc.os_error}"
-    elif isinstance(exc, aiohttp.ClientHttpProxyError):
-        detail = f"the proxy refused the tunnel: {exc.status} {exc.message}"
-        if exc.status == 407:
-            detail += " (check the credentials in the proxy URL, or HTTPS_PROXY)"
-    elif isinstance(exc, aiohttp.ClientProxyConnectionError):
-        detail = f"cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
-    else:
-        detail = str(exc) or type(exc).__name__
-    return SpritesConnectionError(
-        f"{where} failed: {detail}", operation=operation, sprite=sprite, headers=headers
-    )
-
-
-if sys.version_info >= (3, 11):
-    _AsyncioTimeout = SpritesTimeoutError
-else:
-
-    class _AsyncioTimeout(SpritesTimeoutError, asyncio.TimeoutError):
-        """A translated ``asyncio.TimeoutError`` that still is one.
-
-        From Python 3.11 ``asyncio.TimeoutError`` is the builtin
-        ``TimeoutError``, which every :class:`SpritesTimeoutError` is; on 3.10
-        they differ, and code that catches ``asyncio.TimeoutError`` around a
-        ``receive(timeout=...)`` of the seam's WebSocket must still see it.
-        """

@@ -15,8 +15,8 @@ import msgspec
 from ._errors import APIError, ConflictError, SpritesError
 from ._exec import DEFAULT_MAX_OUTPUT
 from ._models import SpriteConfig, SpriteInfo, SpritePage, decode_page, decode_sprite
+from ._options import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
 from ._paging import AsyncPaginator
-from ._session import ExtraBody, ExtraHeaders, ExtraQuery, quote_segment, request_options
 from ._validation import (
     check_labels,
     check_list_prefix,

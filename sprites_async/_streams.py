@@ -42,8 +42,10 @@ from ._models import DECODE_ERRORS, JSONDecoder, decode_any, salvage
 from ._resource import AsyncResource
 
 if TYPE_CHECKING:
+    from ._body import Body
     from ._config import TimeoutKind
-    from ._session import BaseClient, Body, Params, RequestOptions
+    from ._options import Params, RequestOptions
+    from ._session import BaseClient
 
 __all__ = [
     "NOT_FINAL",

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._exec import ExecSession
-    from ._session import BaseClient, Response, WebSocket
+    from ._session import BaseClient, Response
+    from ._websocket import WebSocket
 
 SCOPE = "sprites_async"
 

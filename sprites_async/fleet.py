@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, Ty
 
 from ._errors import APIError, RateLimitError, SpritesError
 from ._models import SpriteInfo
-from ._session import is_loopback_url
+from ._transport import is_loopback_url
 from ._validation import check_labels, check_prefix
 
 # Types only: _sprites imports this module (for ``client.sprites.temporary``),

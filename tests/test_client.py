@@ -230,7 +230,7 @@ async def test_retry_after_is_honoured(
         slept.append(delay)
         await real_sleep(0)
 
-    monkeypatch.setattr("sprites_async._session.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("sprites_async._retry.asyncio.sleep", fake_sleep)
     mock.get(url("/v1/sprites/alpha"), status=429, headers={"Retry-After": "7"}, payload={})
     mock.get(url("/v1/sprites/alpha"), payload=sprite_json())
     await client.sprites.get("alpha")

@@ -1,11 +1,14 @@
-"""Transport errors are named at one boundary: the seam (``_session.py``, ``_websocket.py``).
+"""Transport errors are named at one boundary: the seam modules (:data:`SEAM`).
 
-A module that catches an aiohttp exception class itself is a place where a
-raw aiohttp error can slip past the translation to the SDK's own errors;
-a module that uses aiohttp at all holds aiohttp objects whose failures the
-seam does not see. Outside the seam, modules read bodies through
-``_session.Body``, talk through ``_websocket.WebSocket`` (messages typed by
-``_websocket.WSMsgType``) and catch ``SOCKET_LOST``.
+The seam is the base client (``_session.py``), the aiohttp session it sends
+through (``_transport.py``), the one translation of aiohttp's errors
+(``_translate.py``) and the two wrappers it hands out (``_body.py``,
+``_websocket.py``). A module that catches an aiohttp exception class itself
+is a place where a raw aiohttp error can slip past the translation to the
+SDK's own errors; a module that uses aiohttp at all holds aiohttp objects
+whose failures the seam does not see. Outside the seam, modules read bodies
+through ``_body.Body``, talk through ``_websocket.WebSocket`` (messages typed
+by ``_websocket.WSMsgType``) and catch ``SOCKET_LOST``.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import sprites_async
 
 PACKAGE = Path(sprites_async.__file__).parent
 AIOHTTP_ERROR = re.compile(r"\baiohttp\.(?:client_exceptions\.)?\w*(?:Error|Exception)\b")
-SEAM = frozenset({"_session.py", "_websocket.py"})
+SEAM = frozenset({"_session.py", "_transport.py", "_translate.py", "_body.py", "_websocket.py"})
 
 
 def sdk_modules() -> Iterator[Path]:
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name in SEAM or "emulator" in path.parts:
+        relative = path.relative_to(PACKAGE)
+        if relative.as_posix() in SEAM or "emulator" in relative.parts:
             continue  # the emulator is a server and shares no code with the SDK
         yield path
 
@@ -72,3 +76,12 @@ from aiohttp import WSMsgType
 x: aiohttp.ClientResponse  # a comment about aiohttp.ClientError
 '''
     assert aiohttp_uses(source) == [2, 3, 4]
+
+
+def test_the_seam_is_named_by_path_and_exists() -> None:
+    checked = set(sdk_modules())
+    for name in SEAM:  # a renamed seam module must not leave a dead exemption
+        assert (PACKAGE / name).is_file(), name
+        assert PACKAGE / name not in checked
+    # exec's own _session.py is not the seam: a file name alone does not exempt it
+    assert PACKAGE / "_exec" / "_session.py" in checked

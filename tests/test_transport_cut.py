@@ -32,7 +32,7 @@ from sprites_async import (
 )
 from sprites_async._control import pool_for
 from sprites_async._proxy import ProxyError, open_connection
-from sprites_async._session import SOCKET_LOST
+from sprites_async._translate import SOCKET_LOST
 from sprites_async._websocket import WSMsgType
 from tests._mock import TOKEN
 

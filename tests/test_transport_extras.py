@@ -26,10 +26,10 @@ from sprites_async._checkpoints import CheckpointsResource
 from sprites_async._config import ExecSettings
 from sprites_async._exec import ExecSessions
 from sprites_async._fs import SpriteFS, SpritePath
+from sprites_async._options import request_options
 from sprites_async._policy import PolicyResource
 from sprites_async._ports import PortsResource
 from sprites_async._services import ServicesResource
-from sprites_async._session import request_options
 from sprites_async._sprites import Sprite, SpritesResource
 from sprites_async.emulator import EmulatorConfig, create_app
 from tests._emulator import RunningEmulator, serve

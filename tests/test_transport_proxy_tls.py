@@ -26,7 +26,7 @@ from aiohttp import web
 
 from sprites_async import ConfigurationError, RetryPolicy, SpritesClient, SpritesConnectionError
 from sprites_async._config import ExecSettings
-from sprites_async._session import _resolve_proxy
+from sprites_async._transport import _resolve_proxy
 from sprites_async.emulator import EmulatorConfig, create_app
 from sprites_async.emulator._sprites import insert_sprite, new_record
 from sprites_async.emulator._state import STATE_KEY, EmulatorState

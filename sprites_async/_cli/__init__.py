@@ -41,7 +41,7 @@ from sprites_async._errors import (
     SpritesConnectionError,
     SpritesError,
 )
-from sprites_async._session import BASE_URL_ENV_VAR, TOKEN_ENV_VARS
+from sprites_async._transport import BASE_URL_ENV_VAR, TOKEN_ENV_VARS
 from sprites_async._version import __version__
 
 from ._output import Output

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from sprites_async._errors import APIError, SpritesConnectionError, SpritesError
-from sprites_async._session import is_loopback_url
+from sprites_async._transport import is_loopback_url
 
 from . import EXIT_API, EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, Context, Handler, examples
 

@@ -23,7 +23,8 @@ from sprites_async._errors import (
     SpritesTimeoutError,
     command_start_error,
 )
-from sprites_async._session import SOCKET_LOST, RequestOptions
+from sprites_async._options import RequestOptions
+from sprites_async._translate import SOCKET_LOST
 from sprites_async._websocket import WSMsgType
 
 from ._buffers import OutputBuffers, _Flag
@@ -33,9 +34,9 @@ from ._request import ExecRequest
 
 if TYPE_CHECKING:
     from sprites_async._control import ControlLease
-    from sprites_async._session import WebSocket
     from sprites_async._sprites import Sprite
     from sprites_async._telemetry import ExecSpan
+    from sprites_async._websocket import WebSocket
 
     from ._session import ExecSession
 

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from sprites_async import _frames
 from sprites_async._errors import APIError, NotFoundError, SpritesTimeoutError
-from sprites_async._session import quote_segment
+from sprites_async._options import quote_segment
 
 from ._buffers import _Flag
 from ._connection import _SOCKET_LOST, _close_late_ws, _shielded
 from ._request import _start_error_of
 
 if TYPE_CHECKING:
-    from sprites_async._session import WebSocket
+    from sprites_async._websocket import WebSocket
 
     from ._session import ExecSession
 

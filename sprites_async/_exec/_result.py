@@ -13,7 +13,7 @@ from sprites_async._errors import (
     CommandFailedError,
     ExitStatusUnknownError,
 )
-from sprites_async._session import RequestOptions
+from sprites_async._options import RequestOptions
 from sprites_async._validation import check_max_output, check_stdin, check_timeout
 
 from ._buffers import DEFAULT_MAX_OUTPUT, _Collector

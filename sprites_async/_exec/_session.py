@@ -21,7 +21,7 @@ from sprites_async._errors import (
     SpritesConnectionError,
     SpritesError,
 )
-from sprites_async._session import RequestOptions
+from sprites_async._options import RequestOptions
 from sprites_async._streams import EventOperation
 from sprites_async._validation import check_size, check_stdin, signal_name
 
@@ -32,8 +32,8 @@ from ._handshake import open_session
 from ._request import ExecRequest, Stdin, _stdin_bytes
 
 if TYPE_CHECKING:
-    from sprites_async._session import WebSocket
     from sprites_async._sprites import Sprite
+    from sprites_async._websocket import WebSocket
 
 __all__ = ["ExecSession"]
 

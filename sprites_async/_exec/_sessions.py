@@ -16,14 +16,14 @@ from sprites_async._models import (
     raw_of,
     salvage,
 )
-from sprites_async._paging import AsyncPaginator, ListPage
-from sprites_async._session import (
+from sprites_async._options import (
     ExtraBody,
     ExtraHeaders,
     ExtraQuery,
     quote_segment,
     request_options,
 )
+from sprites_async._paging import AsyncPaginator, ListPage
 from sprites_async._streams import NOT_FINAL, EventOperation, NDJSONStream, NotFinal
 from sprites_async._validation import go_duration, signal_name
 

@@ -33,13 +33,13 @@ from hypothesis import strategies as st
 
 from sprites_async import APIError, ProtocolError, SpritesClient
 from sprites_async import _checkpoints as cps
-from sprites_async._exec import _sessions as ex
 from sprites_async import _frames as f
 from sprites_async import _fs as sfs
 from sprites_async import _models as models
 from sprites_async import _policy as pol
 from sprites_async import _services as svc
 from sprites_async._errors import api_error_from_response
+from sprites_async._exec import _sessions as ex
 from sprites_async._session import Response
 from sprites_async._streams import NDJSONDecoder
 from sprites_async.emulator._framing import exit_frame, stream_frame

@@ -505,13 +505,15 @@ async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
     ``close()`` follow.
     """
     for limit in (0.0, timeout):
+        if ws.closed:
+            # Checked before the first try too: a socket the reader already
+            # closed needs no timer set up for nothing.
+            return
         try:
             async with _timeout(limit):
                 await ws.close()
         except _CLOSE_ERRORS:
             pass
-        if ws.closed:
-            return
 
 
 def forget_sprite(client: BaseClient, sprite: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._events import ExecEvent, OutputEvent
 
@@ -64,8 +64,7 @@ class _Flag:
                 waiters.remove(fut)
 
 
-_NO_QUEUES: dict[int, deque[tuple[int, bytes]]] = {1: deque(maxlen=0), 2: deque(maxlen=0)}
-"""Output queues of a session whose output goes to a sink: always empty."""
+_READER_NAMES = {0: "the events", 1: "stdout", 2: "stderr"}
 
 
 class OutputBuffers:
@@ -79,15 +78,21 @@ class OutputBuffers:
     holds the socket back, so that nothing is lost before the caller starts
     reading. Output and events carry one sequence number, so that the event
     iterator gives them back in the order they arrived.
+
+    Thousands of sessions may be alive at once, most of them idle: a queue
+    is made when the first item for it arrives (a stream nobody writes to
+    never gets one), the events are a plain list (usually just the session
+    info), and who reads or wants what are bit masks, not sets.
     """
 
     __slots__ = (
-        "demand",
+        "_demand",
+        "_readers",
         "dropped",
         "held",
+        "max_events",
         "misc",
         "out",
-        "readers",
         "room",
         "seq",
         "size",
@@ -95,42 +100,50 @@ class OutputBuffers:
         "wake",
     )
 
-    def __init__(self, size: int, max_events: int, *, queues: bool = True) -> None:
+    def __init__(self, size: int, max_events: int) -> None:
         self.size = size
-        # With a sink (``exec()``) output never queues here: share empty ones.
-        self.out: dict[int, deque[tuple[int, bytes]]] = (
-            {1: deque(), 2: deque()} if queues else _NO_QUEUES
-        )
-        self.misc: deque[tuple[int, ExecEvent]] = deque(maxlen=max_events)
+        self.max_events = max_events
+        # Index 1: stdout, 2: stderr; None until that stream has output
+        # (with a sink, as for ``exec()``, output never comes here at all).
+        self.out: list[deque[tuple[int, bytes]] | None] = [None, None, None]
+        self.misc: list[tuple[int, ExecEvent]] | None = None
         # Per stream (index 1: stdout, 2: stderr): bytes queued, bytes dropped.
         self.held = [0, 0, 0]
         self.dropped = [0, 0, 0]
-        # Streams someone has asked for (the events ask for both), and how
-        # many wait() calls are pending: see must_pause.
-        self.demand: set[int] = set()
+        # Bit masks (1 << stream): the streams someone has asked for (the
+        # events ask for both), and the readers (0: the events) at work.
+        # ``waiting`` counts pending wait() calls: see must_pause.
+        self._demand = 0
+        self._readers = 0
         self.waiting = 0
         self.seq = 0
-        self.readers: set[int] = set()
         self.wake = _Flag()
         self.room = _Flag(on=True)
 
     def push(self, stream: int, data: bytes) -> None:
         """Queue output of a stream (the protocol's ``on_output``)."""
         self.seq += 1
-        self.out[stream].append((self.seq, data))
+        queue = self.out[stream]
+        if queue is None:
+            queue = self.out[stream] = deque()
+        queue.append((self.seq, data))
         self.held[stream] += len(data)
         self.wake.set()
 
     def push_event(self, event: ExecEvent) -> None:
         """Queue an event (session info, port); the oldest go beyond ``max_events``."""
         self.seq += 1
-        self.misc.append((self.seq, event))
+        misc = self.misc
+        if misc is None:
+            misc = self.misc = []
+        misc.append((self.seq, event))
+        if len(misc) > self.max_events:
+            del misc[0]  # rare (port events beyond the bound), and the list is short
         self.wake.set()
 
     def discard(self) -> None:
         """Forget the queued output: nobody will read it."""
-        for queue in self.out.values():
-            queue.clear()
+        self.out = [None, None, None]
         self.held = [0, 0, 0]
         self.room.set()
 
@@ -144,11 +157,14 @@ class OutputBuffers:
         if early >= size:
             return True
         held = self.held
-        interest = bool(self.demand) or self.waiting > 0
+        if held[1] < size and held[2] < size:
+            return False  # the common case: nothing is full
+        demand = self._demand
+        interest = bool(demand) or self.waiting > 0
         for stream in (1, 2):
             if held[stream] < size:
                 continue
-            if stream in self.demand or not interest:
+            if demand & (1 << stream) or not interest:
                 return True
             self._drop_oldest(stream)
         return False
@@ -172,8 +188,11 @@ class OutputBuffers:
         The reader may have paused on a full stream that it can now drop
         from instead (see :meth:`must_pause`).
         """
-        if not self.demand.issuperset(streams):
-            self.demand.update(streams)
+        mask = 0
+        for stream in streams:
+            mask |= 1 << stream
+        if self._demand & mask != mask:
+            self._demand |= mask
             self.room.set()
 
     def claim(self, reader: int) -> None:
@@ -181,10 +200,15 @@ class OutputBuffers:
 
         Two coroutines reading one stream would each get a random half of it.
         """
-        if reader in self.readers:
-            what = {0: "the events", 1: "stdout", 2: "stderr"}[reader]
+        bit = 1 << reader
+        if self._readers & bit:
+            what = _READER_NAMES[reader]
             raise RuntimeError(f"another coroutine is already reading {what} of this session")
-        self.readers.add(reader)
+        self._readers |= bit
+
+    def release(self, reader: int) -> None:
+        """The coroutine reading ``reader`` (see :meth:`claim`) is done with it."""
+        self._readers &= ~(1 << reader)
 
     def _consumed(self, stream: int, n: int) -> None:
         self.held[stream] -= n
@@ -202,19 +226,25 @@ class OutputBuffers:
 
     def pop_event(self) -> ExecEvent | None:
         """The oldest queued output or event of all, or None."""
-        best: deque[tuple[int, Any]] | None = None
-        for queue in (self.out[1], self.out[2], self.misc):
-            if queue and (best is None or queue[0][0] < best[0][0]):
-                best = queue
+        best: int | None = None  # 0: the events, else the stream
+        first = 0
+        misc = self.misc
+        if misc:
+            best, first = 0, misc[0][0]
+        for stream in (1, 2):
+            queue = self.out[stream]
+            if queue and (best is None or queue[0][0] < first):
+                best, first = stream, queue[0][0]
         if best is None:
             return None
-        _, item = best.popleft()
-        if best is self.misc:
-            event: ExecEvent = item
-            return event
-        stream = 1 if best is self.out[1] else 2
-        self._consumed(stream, len(item))
-        return OutputEvent(stream="stdout" if stream == 1 else "stderr", data=item)
+        if best == 0:
+            assert misc is not None
+            return misc.pop(0)[1]
+        queue = self.out[best]
+        assert queue is not None
+        _, data = queue.popleft()
+        self._consumed(best, len(data))
+        return OutputEvent(stream="stdout" if best == 1 else "stderr", data=data)
 
     async def wait_wake(self) -> None:
         """Wait for the next output, event or end."""

@@ -45,6 +45,10 @@ _SOCKET_LOST = SOCKET_LOST
 """What a send, ping, pong or receive raises once the connection is lost (the seam translates)."""
 
 
+_CAPABILITIES: dict[str, frozenset[str]] = {}
+"""``X-Sprite-Capabilities`` values seen, parsed (a few distinct values at most)."""
+
+
 class _RetryDirect(Exception):
     """The server refused the control op's start (``op.error``): nothing ran.
 
@@ -116,9 +120,7 @@ class _ExecConnection:
         self._sink = sink
         self._span: ExecSpan | None = None
         self.capabilities: frozenset[str] = frozenset()
-        self._buffers = OutputBuffers(
-            settings.buffer_size, settings.max_port_events, queues=sink is None
-        )
+        self._buffers = OutputBuffers(settings.buffer_size, settings.max_port_events)
         self._proto = ExecProtocol(
             tty=request.tty if request is not None else None,
             session_id=attach_id,
@@ -143,7 +145,13 @@ class _ExecConnection:
 
     def _set_capabilities(self, headers: Mapping[str, str]) -> None:
         raw = headers.get("X-Sprite-Capabilities", "")
-        self.capabilities = frozenset(c.strip().lower() for c in raw.split(",") if c.strip())
+        # One server sends one header value: share its set between sessions.
+        caps = _CAPABILITIES.get(raw)
+        if caps is None:
+            caps = frozenset(c.strip().lower() for c in raw.split(",") if c.strip())
+            if len(_CAPABILITIES) < 64:
+                _CAPABILITIES[raw] = caps
+        self.capabilities = caps
 
     def _begin(self, ws: WebSocket) -> None:
         self._ws = ws
@@ -320,21 +328,20 @@ class _ExecConnection:
 
     async def _wait_done(self, timeout: float | None) -> bool:
         assert self._finished is not None
-        if not self._finished.done():
-            await asyncio.wait({self._finished}, timeout=timeout)
-        return self._finished.done()
+        return await _first_done((self._finished,), timeout)
+
+    def _info_flag(self) -> _Flag:
+        # Made on first use: most sessions never wait for their session_info.
+        flag = self._info_seen
+        if flag is None:
+            flag = self._info_seen = _Flag(on=self._proto.info is not None)
+        return flag
 
     async def _session_id_soon(self) -> str | None:
-        if self._proto.session_id is None and self._info_seen is not None:
-            waiter = asyncio.ensure_future(self._info_seen.wait())
-            assert self._finished is not None
-            waiting: set[asyncio.Future[Any]] = {waiter, self._finished}
+        if self._proto.session_id is None and self._finished is not None:
+            waiter = asyncio.ensure_future(self._info_flag().wait())
             try:
-                await asyncio.wait(
-                    waiting,
-                    timeout=self._settings.session_info_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                await _first_done((waiter, self._finished), self._settings.session_info_timeout)
             finally:
                 waiter.cancel()
         return self._proto.session_id
@@ -354,7 +361,7 @@ class _ExecConnection:
         reader, pinger = self._reader, self._pinger
         if reader is not None and not reader.done() and self._is_done():
             # The exit is known and the reader is closing the socket: let it.
-            await asyncio.wait({reader}, timeout=self._settings.close_timeout + 0.5)
+            await _first_done((reader,), self._settings.close_timeout + 0.5)
         for task in (pinger, reader):
             if task is not None and not task.done():
                 task.cancel()
@@ -423,6 +430,38 @@ async def _ping(ws: WebSocket) -> None:
         await ws.ping()
     except _SOCKET_LOST:
         pass  # the reader sees the broken connection and reports it
+
+
+async def _first_done(futures: tuple[asyncio.Future[Any], ...], timeout: float | None) -> bool:
+    """Wait until one of ``futures`` is done or ``timeout`` passes; True if one is done.
+
+    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` without its sets: one
+    waiter future and one callback, which matters once per command. The
+    futures are never cancelled: a cancellation is the caller's alone.
+    """
+    for fut in futures:
+        if fut.done():
+            return True
+    if timeout is not None and timeout <= 0:
+        return False
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for fut in futures:
+        fut.add_done_callback(wake)
+    timer = None if timeout is None else loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for fut in futures:
+            fut.remove_done_callback(wake)
+    return any(fut.done() for fut in futures)
 
 
 async def _shielded(coro: Any) -> Any:

@@ -15,8 +15,7 @@ from sprites_async import _frames
 from sprites_async._errors import APIError, NotFoundError, SpritesTimeoutError
 from sprites_async._session import quote_segment
 
-from ._buffers import _Flag
-from ._connection import _SOCKET_LOST, _close_late_ws, _shielded
+from ._connection import _SOCKET_LOST, _close_late_ws, _first_done, _shielded
 from ._request import _start_error_of
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ async def open_session(session: ExecSession, prefer_control: bool) -> None:
     session._started = True
     loop = asyncio.get_running_loop()
     session._finished = loop.create_future()
-    session._info_seen = _Flag()
     if session._attach_id is not None:
         await _start_attach(session)
         return
@@ -44,7 +42,10 @@ async def open_session(session: ExecSession, prefer_control: bool) -> None:
     opened: asyncio.Future[None] = loop.create_future()
     session._reader = asyncio.ensure_future(_connect_and_read(session, opened))
     try:
-        await asyncio.shield(opened)
+        # Not asyncio.shield (a task's worth of futures): the wait never
+        # cancels ``opened``, so a cancellation here is the caller's.
+        await _first_done((opened,), None)
+        opened.result()
     except asyncio.CancelledError as exc:
         if session._span is not None:
             session._span.fail(exc)
@@ -171,9 +172,8 @@ async def _start_attach(session: ExecSession) -> None:
     session._begin(ws)
     loop = asyncio.get_running_loop()
     session._proto.connected(loop.time(), session._settings.session_info_timeout)
-    assert session._info_seen is not None
     assert session._finished is not None
-    waiter = asyncio.ensure_future(session._info_seen.wait())
+    waiter = asyncio.ensure_future(session._info_flag().wait())
     waiting: set[asyncio.Future[Any]] = {waiter, session._finished}
     deadline = session._proto.info_deadline
     try:

@@ -26,7 +26,14 @@ from sprites_async._streams import EventOperation
 from sprites_async._validation import check_size, check_stdin, signal_name
 
 from ._buffers import OutputStream
-from ._connection import _SOCKET_LOST, _drop_output, _ExecConnection, _RetryDirect, _shielded
+from ._connection import (
+    _SOCKET_LOST,
+    _drop_output,
+    _ExecConnection,
+    _first_done,
+    _RetryDirect,
+    _shielded,
+)
 from ._events import ExecEvent, ExitEvent, PortCallback, SessionInfoEvent
 from ._handshake import open_session
 from ._request import ExecRequest, Stdin, _stdin_bytes
@@ -81,7 +88,7 @@ class _ExecStreams(_ExecConnection):
                     return None
                 await buffers.wait_wake()
         finally:
-            buffers.readers.discard(stream)
+            buffers.release(stream)
 
     async def _next_event(self) -> ExecEvent | None:
         buffers = self._buffers
@@ -101,11 +108,12 @@ class _ExecStreams(_ExecConnection):
                     return None
                 await buffers.wait_wake()
         finally:
-            buffers.readers.discard(0)
+            buffers.release(0)
 
     async def _waiting_for(
-        self, futures: set[asyncio.Future[Any]], timeout: float | None
-    ) -> set[asyncio.Future[Any]]:
+        self, futures: tuple[asyncio.Future[Any], ...], timeout: float | None
+    ) -> bool:
+        """Wait for the first of ``futures`` (see ``_first_done``); False on the timeout."""
         # Nobody may be reading the output: while we wait, full streams
         # drop their oldest bytes instead of blocking the exit.
         buffers = self._buffers
@@ -113,13 +121,9 @@ class _ExecStreams(_ExecConnection):
         if self._sink is None:
             buffers.room.set()
         try:
-            done: set[asyncio.Future[Any]]
-            done, _ = await asyncio.wait(
-                futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            return await _first_done(futures, timeout)
         finally:
             buffers.waiting -= 1
-        return done
 
     def _outcome(self) -> int:
         if self._error is not None:
@@ -345,10 +349,9 @@ class ExecSession(_ExecStreams):
         """
         self._check_started()
         assert self._finished is not None
-        if not self._finished.done():
-            done = await self._waiting_for({self._finished}, timeout)
-            if not done:
-                raise TimeoutError(f"the command did not exit within {timeout} s")
+        # _waiting_for returns at once when it is done already.
+        if not await self._waiting_for((self._finished,), timeout):
+            raise TimeoutError(f"the command did not exit within {timeout} s")
         return self._outcome()
 
     async def complete(self, stdin: Stdin = None, *, timeout: float | None = None) -> int:
@@ -528,14 +531,12 @@ async def _until_closed(
     until: asyncio.Future[Any] = (
         session._reader if session._reader is not None else session._finished
     )
-    waiting: set[asyncio.Future[Any]] = {until}
-    if feeder is not None:
-        waiting.add(feeder)
+    waiting: tuple[asyncio.Future[Any], ...] = (until,) if feeder is None else (until, feeder)
     while not until.done():
         left = None if deadline is None else max(deadline - loop.time(), 0)
         done = await session._waiting_for(waiting, left)
-        if feeder is not None and feeder in done:
-            waiting.discard(feeder)
+        if feeder is not None and len(waiting) > 1 and feeder.done():
+            waiting = (until,)
             error = feeder.exception()
             if error is not None:
                 await _shielded(session.terminate())

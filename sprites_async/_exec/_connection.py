@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from sprites_async._config import ExecSettings, settings_for
@@ -159,7 +159,18 @@ class _ExecConnection:
 
     # ------------------------------------------------------------------- reading
 
-    async def _read_loop(self, ws: WebSocket) -> None:
+    async def _read_loop(
+        self,
+        ws: WebSocket | None,
+        connect: Callable[[], Awaitable[WebSocket | None]] | None = None,
+    ) -> None:
+        """Read the socket into the protocol until it decides; ``connect`` opens it first."""
+        if ws is None:
+            assert connect is not None
+            ws = await connect()
+            connect = None  # nothing of the handshake stays alive with the session
+            if ws is None:
+                return
         proto = self._proto
         buffers = self._buffers
         loop = asyncio.get_running_loop()

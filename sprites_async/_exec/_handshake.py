@@ -40,7 +40,10 @@ async def open_session(session: ExecSession, prefer_control: bool) -> None:
     # reaches us, so a caller cancelled meanwhile must still get hold of
     # the socket to stop what it started (see _cancelled_in_handshake).
     opened: asyncio.Future[None] = loop.create_future()
-    session._reader = asyncio.ensure_future(_connect_and_read(session, opened))
+    # One coroutine for the handshake and the reading: a frame less kept
+    # alive per live session than a handshake coroutine awaiting the reader.
+    connect = functools.partial(_connect, session, opened)
+    session._reader = asyncio.ensure_future(session._read_loop(None, connect))
     try:
         # Not asyncio.shield (a task's worth of futures): the wait never
         # cancels ``opened``, so a cancellation here is the caller's.
@@ -81,7 +84,8 @@ async def _start_on_lease(session: ExecSession) -> bool:
     return True
 
 
-async def _connect_and_read(session: ExecSession, opened: asyncio.Future[None]) -> None:
+async def _connect(session: ExecSession, opened: asyncio.Future[None]) -> WebSocket | None:
+    """The ``/exec`` handshake (in the reader task); None once ``opened`` has the error."""
     assert session._request is not None
     try:
         ws, headers = await session._client._ws_connect(
@@ -106,12 +110,12 @@ async def _connect_and_read(session: ExecSession, opened: asyncio.Future[None]) 
             opened.exception()  # start() re-raises it; never "not retrieved"
         if isinstance(exc, asyncio.CancelledError):
             raise
-        return
+        return None
     session._set_capabilities(headers)
     session._ws = ws
     if not opened.done():
         opened.set_result(None)
-    await session._read_loop(ws)
+    return ws
 
 
 async def _cancelled_in_handshake(session: ExecSession, opened: asyncio.Future[None]) -> None:

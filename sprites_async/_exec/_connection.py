@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -74,7 +75,7 @@ class _ExecConnection:
         "_attach_stdin",
         "_buffers",
         "_client",
-        "_dead",
+        "_cut",
         "_error",
         "_finished",
         "_info_seen",
@@ -92,6 +93,7 @@ class _ExecConnection:
         "_span",
         "_sprite",
         "_started",
+        "_watch_due",
         "_watchdog",
         "_ws",
         "capabilities",
@@ -135,8 +137,9 @@ class _ExecConnection:
         self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_due = math.inf
         self._paused = False
-        self._dead = False
+        self._cut: str | None = None  # why our timer cancelled the reader: "dead", "decided"
         self._finished: asyncio.Future[None] | None = None
         self._info_seen: _Flag | None = None
         self._error: BaseException | None = None
@@ -177,7 +180,8 @@ class _ExecConnection:
         closed_by_peer = False
         now = loop.time()
         proto.touch(now)
-        self._arm_tick(now)
+        self._watch_due = self._next_watch(now)
+        self._arm(loop)
         try:
             while not proto.done:
                 if self._sink is None and buffers.must_pause(proto.early_bytes):
@@ -187,23 +191,19 @@ class _ExecConnection:
                     await buffers.room.wait()
                     self._paused = False
                     proto.touch(loop.time())
+                    self._due(loop)
                     continue
-                deadline = proto.next_deadline()
-                try:
-                    if deadline is None:
-                        msg = await ws.receive()
-                    else:
-                        msg = await ws.receive(timeout=max(deadline - loop.time(), 0.001))
-                except (asyncio.TimeoutError, SpritesTimeoutError):
-                    # Our own receive timeout (the seam's socket wrapper may
-                    # raise it translated; on 3.10 that is no asyncio.TimeoutError).
-                    proto.timeout(loop.time())  # early wake-ups (clock rounding) do nothing
-                    continue
+                # No timeout here: the protocol's deadlines (exit grace,
+                # op.complete) are the timer's (see _tick), which costs a
+                # timer only when a deadline appears, not one per receive.
+                msg = await ws.receive()
                 kind = msg.type
                 if kind is WSMsgType.BINARY:
                     proto.receive_bytes(msg.data, loop.time())
+                    self._due(loop)
                 elif kind is WSMsgType.TEXT:
                     proto.receive_text(msg.data, loop.time())
+                    self._due(loop)
                 elif kind is WSMsgType.PING:
                     proto.touch(loop.time())
                     await ws.pong(msg.data)
@@ -213,20 +213,23 @@ class _ExecConnection:
                     closed_by_peer = True
                     break
         except asyncio.CancelledError:
-            if not self._dead:
+            if self._cut is None:
                 raise
-            # Cancelled by our own watchdog: a dead connection, not a caller's cancel.
+            # Cancelled by our own timer, not by a caller.
             task = asyncio.current_task()
             uncancel = getattr(task, "uncancel", None)  # Python 3.11+
             if uncancel is not None:
                 uncancel()
-            dead = SpritesTimeoutError(
-                f"no data and no pong for {self._settings.dead_after} s: connection is dead",
-                operation="exec",
-                sprite=self._sprite.name,
-            )
-            self._lost(f"the connection failed: {dead}", dead)
-            return
+            if self._cut == "dead":
+                dead = SpritesTimeoutError(
+                    f"no data and no pong for {self._settings.dead_after} s: connection is dead",
+                    operation="exec",
+                    sprite=self._sprite.name,
+                )
+                self._lost(f"the connection failed: {dead}", dead)
+                return
+            # "decided": a deadline ended it (the protocol is done); go on as
+            # after the frame that would have ended it.
         except Exception as exc:
             self._lost(f"the connection failed: {exc}", exc)
             return
@@ -241,31 +244,66 @@ class _ExecConnection:
             await close_now(ws, self._settings.close_timeout)
 
     def _tick(self) -> None:
-        # Pings and the dead-peer check share one timer per session, re-armed
-        # from the last frame's time: most commands end before it ever fires,
-        # and a timeout around every receive (or a timer each) costs more.
+        # Pings, the dead-peer check and the protocol's deadlines share one
+        # timer per session, re-armed from the last frame's time: most
+        # commands end before it ever fires, and a timeout around every
+        # receive (or a timer each) costs more.
         self._watchdog = None
         reader, ws = self._reader, self._ws
         if reader is None or reader.done() or self._shut or ws is None or ws.closed:
             return
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        proto = self._proto
         if self._paused:
-            self._proto.touch(now)
-        if self._proto.is_dead(now):
-            self._dead = True
-            reader.cancel()
-            return
-        if self._settings.ping_interval and (self._pinger is None or self._pinger.done()):
-            self._pinger = asyncio.ensure_future(_ping(ws))
-        self._arm_tick(now)
+            proto.touch(now)
+        else:
+            deadline = proto.next_deadline()
+            if deadline is not None and now >= deadline:
+                proto.timeout(now)
+                if proto.done:
+                    # Stop the receive: the reader settles on the decision.
+                    self._cut = "decided"
+                    reader.cancel()
+                    return
+        if now >= self._watch_due:
+            if proto.is_dead(now):
+                self._cut = "dead"
+                reader.cancel()
+                return
+            if self._settings.ping_interval and (self._pinger is None or self._pinger.done()):
+                self._pinger = asyncio.ensure_future(_ping(ws))
+            self._watch_due = self._next_watch(now)
+        self._arm(loop)
 
-    def _arm_tick(self, now: float) -> None:
+    def _next_watch(self, now: float) -> float:
+        # When to ping next or check for a dead peer (inf: never).
         delay = self._settings.ping_interval or None
         dead = self._proto.dead_deadline()
         if dead is not None:
             delay = dead - now if delay is None else min(delay, dead - now)
-        if delay is not None:
-            self._watchdog = asyncio.get_running_loop().call_later(delay, self._tick)
+        return math.inf if delay is None else now + delay
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        when = self._watch_due
+        if not self._paused:
+            deadline = self._proto.next_deadline()
+            if deadline is not None and deadline < when:
+                when = deadline
+        if when != math.inf:
+            self._watchdog = loop.call_at(when, self._tick)
+
+    def _due(self, loop: asyncio.AbstractEventLoop) -> None:
+        # After a frame: a protocol deadline earlier than the timer pulls it in.
+        deadline = self._proto.next_deadline()
+        if deadline is None:
+            return
+        timer = self._watchdog
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._watchdog = loop.call_at(deadline, self._tick)
 
     def _stop_ticking(self) -> None:
         timer, self._watchdog = self._watchdog, None

@@ -214,3 +214,56 @@ async def test_exec_max_output_none_keeps_everything(fake: FakeSprites) -> None:
         result = await client.sprite("box").exec("cmd", max_output=None)
     assert result.stderr == b"".join(bytes([i]) * frame for i in range(count))
     assert not result.truncated
+
+
+async def test_a_stream_gets_a_queue_only_once_it_has_output(fake: FakeSprites) -> None:
+    # Thousands of idle sessions may be alive at once: a stream that never
+    # has output (stderr here) never gets a queue, and stdout gets one only
+    # with its first output.
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        assert (await conn.recv())[0] == "bin"  # the stdin line
+        await conn.out(b"hi\n")
+        await conn.exit_frame(0)
+        await conn.client_closed()
+
+    fake.exec_script = script
+    async with fake.client() as client, client.sprite("box").process("cat") as proc:
+        assert await proc._session_id_soon() == "42"
+        assert proc._buffers.out == [None, None, None]
+        await proc.write(b"go\n")
+        assert await proc.stdout.read() == b"hi\n"
+        assert await proc.wait() == 0
+        assert proc._buffers.out[1] is not None
+        assert proc._buffers.out[2] is None
+
+
+async def test_exec_queues_no_output_in_the_session(
+    fake: FakeSprites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # exec() collects output through its sink: the session's queues stay unmade.
+    from sprites_async._exec._session import ExecSession
+
+    seen: list[list[Any]] = []
+    real = ExecSession.complete
+
+    async def complete(self: ExecSession, *args: Any, **kwargs: Any) -> int:
+        try:
+            return await real(self, *args, **kwargs)
+        finally:
+            seen.append(list(self._buffers.out))
+
+    monkeypatch.setattr(ExecSession, "complete", complete)
+
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        await conn.out(b"out")
+        await conn.out(b"err", stream=2)
+        await conn.exit_frame(0)
+        await conn.client_closed()
+
+    fake.exec_script = script
+    async with fake.client() as client:
+        result = await client.sprite("box").exec("x")
+    assert (result.stdout, result.stderr) == (b"out", b"err")
+    assert seen == [[None, None, None]]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ._events import ExecEvent, OutputEvent
 
@@ -48,6 +49,25 @@ class _Flag:
 
     def clear(self) -> None:
         self._on = False
+
+    def arm(self) -> asyncio.Future[None]:
+        """Clear the flag; a future done at the next :meth:`set` (see :meth:`disarm`).
+
+        A reader awaits it directly: no coroutine frame of ours stays alive
+        under each of thousands of waiting readers.
+        """
+        self._on = False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(fut)
+        return fut
+
+    def disarm(self, fut: asyncio.Future[None]) -> None:
+        """Forget a future of :meth:`arm` (once awaited, or cancelled)."""
+        waiters = self._waiters
+        if waiters is not None and fut in waiters:
+            waiters.remove(fut)
 
     async def wait(self) -> None:
         if self._on:
@@ -246,11 +266,6 @@ class OutputBuffers:
         self._consumed(best, len(data))
         return OutputEvent(stream="stdout" if best == 1 else "stderr", data=data)
 
-    async def wait_wake(self) -> None:
-        """Wait for the next output, event or end."""
-        self.wake.clear()
-        await self.wake.wait()
-
 
 class OutputStream:
     """One output stream of a live session: ``async for chunk in proc.stdout``.
@@ -269,11 +284,10 @@ class OutputStream:
     def __aiter__(self) -> OutputStream:
         return self
 
-    async def __anext__(self) -> bytes:
-        data = await self._session._next_output(self._id)
-        if data is None:
-            raise StopAsyncIteration
-        return data
+    def __anext__(self) -> Coroutine[Any, Any, bytes]:
+        # The session's coroutine itself (it raises StopAsyncIteration at
+        # the end): no frame of ours stays alive under a waiting reader.
+        return self._session._next_output(self._id)
 
     async def read(self) -> bytes:
         """Everything until the end of the stream."""

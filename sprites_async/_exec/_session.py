@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +72,8 @@ class _ExecStreams(_ExecConnection):
 
     # ---------------------------------------------------------------------- reading
 
-    async def _next_output(self, stream: int) -> bytes | None:
+    async def _next_output(self, stream: int) -> bytes:
+        """The next chunk of a stream; StopAsyncIteration at its end (``OutputStream``)."""
         self._check_started()
         buffers = self._buffers
         buffers.claim(stream)
@@ -85,12 +86,18 @@ class _ExecStreams(_ExecConnection):
                 if self._is_done():
                     if self._error is not None and not isinstance(self._error, _RetryDirect):
                         raise self._error
-                    return None
-                await buffers.wait_wake()
+                    raise StopAsyncIteration
+                # The next output, event or end.
+                woken = buffers.wake.arm()
+                try:
+                    await woken
+                finally:
+                    buffers.wake.disarm(woken)
         finally:
             buffers.release(stream)
 
-    async def _next_event(self) -> ExecEvent | None:
+    async def _next_event(self) -> ExecEvent:
+        """The next event; StopAsyncIteration after the exit (``async for event in proc``)."""
         buffers = self._buffers
         buffers.claim(0)
         buffers.want(1, 2)
@@ -105,8 +112,12 @@ class _ExecStreams(_ExecConnection):
                     if not self._exit_given and self._proto.exit_code is not None:
                         self._exit_given = True
                         return ExitEvent(exit_code=self._proto.exit_code)
-                    return None
-                await buffers.wait_wake()
+                    raise StopAsyncIteration
+                woken = buffers.wake.arm()
+                try:
+                    await woken
+                finally:
+                    buffers.wake.disarm(woken)
         finally:
             buffers.release(0)
 
@@ -501,11 +512,8 @@ class _EventIterator:
     def __aiter__(self) -> _EventIterator:
         return self
 
-    async def __anext__(self) -> ExecEvent:
-        event = await self._session._next_event()
-        if event is None:
-            raise StopAsyncIteration
-        return event
+    def __anext__(self) -> Coroutine[Any, Any, ExecEvent]:
+        return self._session._next_event()
 
 
 async def _consume(stream: EventOperation[Any, Any]) -> None:

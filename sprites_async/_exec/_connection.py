@@ -1,7 +1,7 @@
 """The asyncio side of one command's socket, read into its :class:`ExecProtocol`.
 
 :class:`_ExecConnection` reads the socket into the protocol, keeps one timer
-for pings and the dead-peer check, turns the protocol's outcome into the
+for pings, the dead-peer check and the protocol's deadlines, turns the protocol's outcome into the
 end of the wait (an exit code or a typed error), and closes the socket or
 returns it to the control pool. Which exit code a frame means is the
 protocol's business, never this module's. Opening the socket is

@@ -11,6 +11,7 @@ protocol's business, never this module's. Opening the socket is
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -46,6 +47,7 @@ _SOCKET_LOST = SOCKET_LOST
 """What a send, ping, pong or receive raises once the connection is lost (the seam translates)."""
 
 
+_NO_CAPABILITIES: frozenset[str] = frozenset()  # shared: ``frozenset()`` is a new object each time
 _CAPABILITIES: dict[str, frozenset[str]] = {}
 """``X-Sprite-Capabilities`` values seen, parsed (a few distinct values at most)."""
 
@@ -121,7 +123,7 @@ class _ExecConnection:
         settings = self._settings = settings or settings_for(sprite.client)
         self._sink = sink
         self._span: ExecSpan | None = None
-        self.capabilities: frozenset[str] = frozenset()
+        self.capabilities: frozenset[str] = _NO_CAPABILITIES
         self._buffers = OutputBuffers(settings.buffer_size, settings.max_port_events)
         self._proto = ExecProtocol(
             tty=request.tty if request is not None else None,
@@ -481,6 +483,11 @@ async def _ping(ws: WebSocket) -> None:
         pass  # the reader sees the broken connection and reports it
 
 
+def _wake(waiter: asyncio.Future[None], _: object = None) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 async def _first_done(futures: tuple[asyncio.Future[Any], ...], timeout: float | None) -> bool:
     """Wait until one of ``futures`` is done or ``timeout`` passes; True if one is done.
 
@@ -495,11 +502,8 @@ async def _first_done(futures: tuple[asyncio.Future[Any], ...], timeout: float |
         return False
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
+    # A partial, not a closure: lighter, and thousands may be waiting.
+    wake = functools.partial(_wake, waiter)
     for fut in futures:
         fut.add_done_callback(wake)
     timer = None if timeout is None else loop.call_later(timeout, wake)

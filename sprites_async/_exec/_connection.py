@@ -450,10 +450,35 @@ class _ExecConnection:
     async def _release(self) -> None:
         # The shield costs a task (and loop turns) per command: skip it when
         # there is nothing left that a cancellation could interrupt.
+        cancelled = False
+        reader = self._reader
+        if (
+            reader is not None
+            and not reader.done()
+            and self._is_done()
+            and not self._shut
+            and (self._pinger is None or self._pinger.done())
+        ):
+            # The usual end of a live session: the exit is known and the
+            # reader is closing the socket, which it does by itself within
+            # close_timeout. Wait for it here, without a task; a cancellation
+            # meanwhile is held back until it has ended (as _shielded does).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._settings.close_timeout + 0.5
+            while not reader.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    await _first_done((reader,), left)
+                except asyncio.CancelledError:
+                    cancelled = True
         if self._close_is_instant():
             await self._close()
         else:
             await _shielded(self._close())
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 _background_tasks: set[asyncio.Task[Any]] = set()

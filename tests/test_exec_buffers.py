@@ -11,7 +11,7 @@ import pytest
 
 from sprites_async import SpritesClient
 from sprites_async._config import ExecSettings
-from sprites_async._exec import DEFAULT_MAX_OUTPUT, OutputEvent, _Kept
+from sprites_async._exec import DEFAULT_MAX_OUTPUT, OutputEvent, _Collector, _Kept
 from tests._emulator import no_leftovers
 from tests._fakes import Conn, FakeSprites
 
@@ -171,6 +171,29 @@ def test_kept_output_is_the_head_and_the_tail_whatever_the_chunking() -> None:
             assert kept.value() == data[:head] + data[len(data) - tail :]
             assert kept.dropped == len(data) - limit
         assert kept.tail_len <= kept.tail_limit
+
+
+def test_a_single_chunk_is_given_back_without_a_copy() -> None:
+    # exec("echo", "hi"): one frame of output, kept and returned as is.
+    chunk = b"hi\n"
+    kept = _Kept(DEFAULT_MAX_OUTPUT)
+    kept.add(chunk)
+    assert kept.value() is chunk
+    kept.add(b"more")
+    assert kept.value() == b"hi\nmore"
+    # A mutable chunk is copied: its owner may reuse it.
+    buffer = bytearray(b"x")
+    other = _Kept(None)
+    other.add(buffer)
+    buffer[0] = ord("y")
+    assert other.value() == b"x"
+
+
+def test_exec_makes_a_keeper_only_for_streams_with_output() -> None:
+    collector = _Collector(DEFAULT_MAX_OUTPUT)
+    collector.add(1, b"out")
+    assert list(collector.streams) == [1]
+    assert (collector.value(1), collector.value(2), collector.dropped(2)) == (b"out", b"", 0)
 
 
 async def test_exec_output_is_bounded_by_default(fake: FakeSprites) -> None:

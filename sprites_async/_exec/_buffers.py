@@ -314,32 +314,45 @@ class _Kept:
     The first ``limit // 2`` bytes and the last ``limit - limit // 2`` are
     kept; what lies between is counted in ``dropped``. The start says what
     ran, the end why it failed (a build log's error is at its end).
+
+    Most commands print one small chunk: it is kept as the bytes it came in
+    and given back as is, with no copy; a buffer is made from the second chunk.
     """
 
     __slots__ = ("dropped", "head", "head_limit", "tail", "tail_len", "tail_limit")
 
     def __init__(self, limit: int | None) -> None:
-        self.head = bytearray()
+        self.head: bytes | bytearray = b""
         self.head_limit = limit // 2 if limit is not None else None
         self.tail_limit = limit - limit // 2 if limit is not None else 0
         # Chunks, not one bytearray: trimming its front would move the
-        # whole tail once per frame.
-        self.tail: deque[bytes] = deque()
+        # whole tail once per frame. Made once the head is full.
+        self.tail: deque[bytes] | None = None
         self.tail_len = 0
         self.dropped = 0
 
-    def add(self, data: bytes) -> None:
+    def _to_head(self, data: bytes) -> None:
         head = self.head
-        if self.head_limit is None:
+        if not head and type(data) is bytes:
+            self.head = data  # immutable: safe to keep without a copy
+        elif isinstance(head, bytearray):
             head += data
+        else:
+            self.head = bytearray(head) + data
+
+    def add(self, data: bytes) -> None:
+        if self.head_limit is None:
+            self._to_head(data)
             return
-        room = self.head_limit - len(head)
+        room = self.head_limit - len(self.head)
         if room > 0:
-            head += data[:room]
+            self._to_head(data[:room] if len(data) > room else data)
             data = data[room:]
         if not data:
             return
         tail = self.tail
+        if tail is None:
+            tail = self.tail = deque()
         tail.append(data)
         self.tail_len += len(data)
         excess = self.tail_len - self.tail_limit
@@ -356,22 +369,34 @@ class _Kept:
             excess -= cut
 
     def value(self) -> bytes:
-        return bytes(self.head) + b"".join(self.tail)
+        head = self.head
+        if not self.tail:
+            return head if type(head) is bytes else bytes(head)
+        return bytes(head) + b"".join(self.tail)
 
 
 class _Collector:
-    """What ``exec()`` keeps of each stream: head and tail within ``limit`` (see _Kept)."""
+    """What ``exec()`` keeps of each stream: head and tail within ``limit`` (see _Kept).
 
-    __slots__ = ("streams",)
+    A stream's keeper is made with its first output (stderr is mostly empty).
+    """
+
+    __slots__ = ("limit", "streams")
 
     def __init__(self, limit: int | None) -> None:
-        self.streams = {1: _Kept(limit), 2: _Kept(limit)}
+        self.limit = limit
+        self.streams: dict[int, _Kept] = {}
 
     def add(self, stream: int, data: bytes) -> None:
-        self.streams[stream].add(data)
+        kept = self.streams.get(stream)
+        if kept is None:
+            kept = self.streams[stream] = _Kept(self.limit)
+        kept.add(data)
 
     def value(self, stream: int) -> bytes:
-        return self.streams[stream].value()
+        kept = self.streams.get(stream)
+        return b"" if kept is None else kept.value()
 
     def dropped(self, stream: int) -> int:
-        return self.streams[stream].dropped
+        kept = self.streams.get(stream)
+        return 0 if kept is None else kept.dropped

@@ -84,7 +84,7 @@ logger = logging.getLogger("sprites_async")
 class ControlLease:
     """One pooled control socket, lent to one operation at a time."""
 
-    __slots__ = ("_idle_task", "_pool", "last_used", "sprite", "ws")
+    __slots__ = ("_idle_start", "_idle_task", "_pool", "last_used", "sprite", "ws")
 
     def __init__(self, pool: ControlPool, sprite: str, ws: WebSocket) -> None:
         self._pool = pool
@@ -92,6 +92,10 @@ class ControlLease:
         self.ws = ws
         self.last_used = 0.0
         self._idle_task: asyncio.Task[None] | None = None
+        # The idle watcher starts one loop turn after the release: a caller
+        # that takes the socket straight back (sequential commands) cancels
+        # this handle instead of a task that would never have read anything.
+        self._idle_start: asyncio.Handle | None = None
 
     def __repr__(self) -> str:
         return f"<ControlLease sprite={self.sprite!r} closed={self.ws.closed}>"
@@ -246,6 +250,9 @@ class ControlPool:
 
     async def _take(self, lease: ControlLease, *, idle: bool = True) -> bool:
         """Stop the idle watcher of ``lease``; False (and closed) if it is dead."""
+        start, lease._idle_start = lease._idle_start, None
+        if start is not None:
+            start.cancel()
         task, lease._idle_task = lease._idle_task, None
         try:
             if task is not None and not task.done():
@@ -376,15 +383,23 @@ class ControlPool:
             loop = asyncio.get_running_loop()
             lease.last_used = loop.time()
             state.idle.append(lease)
-            lease._idle_task = asyncio.ensure_future(self._watch_idle(lease))
+            lease._idle_start = loop.call_soon(self._start_watching, lease)
             if len(state.idle) > self.options.max_idle:
                 while len(state.idle) > self.options.drain_to:
                     self._discard(state.idle.popleft())
             return
         self._discard(lease)
 
+    def _start_watching(self, lease: ControlLease) -> None:
+        # Still idle (taking or discarding the lease cancels this call).
+        lease._idle_start = None
+        lease._idle_task = asyncio.ensure_future(self._watch_idle(lease))
+
     def _discard(self, lease: ControlLease) -> None:
         """Close ``lease`` and free its slot."""
+        start, lease._idle_start = lease._idle_start, None
+        if start is not None:
+            start.cancel()
         task, lease._idle_task = lease._idle_task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -508,13 +523,15 @@ async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
     ``close()`` follow.
     """
     for limit in (0.0, timeout):
+        if ws.closed:
+            # Checked before the first try too: a socket the reader already
+            # closed needs no timer set up for nothing.
+            return
         try:
             async with _timeout(limit):
                 await ws.close()
         except _CLOSE_ERRORS:
             pass
-        if ws.closed:
-            return
 
 
 def forget_sprite(client: BaseClient, sprite: str) -> None:

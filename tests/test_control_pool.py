@@ -454,3 +454,30 @@ async def test_idle_sockets_of_one_sprite_do_not_starve_another(exec_emu: Any) -
     assert result.stdout == b"two\n"
     assert pool_for(client).stats() == {"open": 1, "idle": 1, "waiting": 0}
     await no_leftovers(exec_emu, client)
+
+
+async def test_a_socket_taken_straight_back_starts_no_idle_watcher(
+    client: SpritesClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sequential commands: the idle watcher of a released socket starts a loop
+    # turn later, so the next command, taking it back at once, finds no task
+    # to cancel. One left idle afterwards is still watched.
+    pool = pool_for(client)
+    watched = 0
+    real = type(pool)._watch_idle
+
+    def watch(self: Any, lease: Any) -> Any:
+        # Counts watchers made, whether or not they ever ran.
+        nonlocal watched
+        watched += 1
+        return real(self, lease)
+
+    monkeypatch.setattr(type(pool), "_watch_idle", watch)
+    sprite = client.sprite("box")
+    for i in range(5):
+        assert (await sprite.exec("sh", "-c", f"exit {i}")).exit_code == i
+    assert pool.dials == 1
+    await asyncio.sleep(0.05)
+    assert watched == 1
+    lease = pool._sprites["box"].idle[0]
+    assert lease._idle_task is not None and not lease._idle_task.done()

@@ -11,7 +11,7 @@ import pytest
 
 from sprites_async import SpritesClient
 from sprites_async._config import ExecSettings
-from sprites_async._exec import DEFAULT_MAX_OUTPUT, OutputEvent, _Kept
+from sprites_async._exec import DEFAULT_MAX_OUTPUT, OutputEvent, _Collector, _Kept
 from tests._emulator import no_leftovers
 from tests._fakes import Conn, FakeSprites
 
@@ -173,6 +173,29 @@ def test_kept_output_is_the_head_and_the_tail_whatever_the_chunking() -> None:
         assert kept.tail_len <= kept.tail_limit
 
 
+def test_a_single_chunk_is_given_back_without_a_copy() -> None:
+    # exec("echo", "hi"): one frame of output, kept and returned as is.
+    chunk = b"hi\n"
+    kept = _Kept(DEFAULT_MAX_OUTPUT)
+    kept.add(chunk)
+    assert kept.value() is chunk
+    kept.add(b"more")
+    assert kept.value() == b"hi\nmore"
+    # A mutable chunk is copied: its owner may reuse it.
+    buffer = bytearray(b"x")
+    other = _Kept(None)
+    other.add(buffer)
+    buffer[0] = ord("y")
+    assert other.value() == b"x"
+
+
+def test_exec_makes_a_keeper_only_for_streams_with_output() -> None:
+    collector = _Collector(DEFAULT_MAX_OUTPUT)
+    collector.add(1, b"out")
+    assert list(collector.streams) == [1]
+    assert (collector.value(1), collector.value(2), collector.dropped(2)) == (b"out", b"", 0)
+
+
 async def test_exec_output_is_bounded_by_default(fake: FakeSprites) -> None:
     frame = 64 * 1024
     count = 320  # 20 MiB of stdout
@@ -214,3 +237,56 @@ async def test_exec_max_output_none_keeps_everything(fake: FakeSprites) -> None:
         result = await client.sprite("box").exec("cmd", max_output=None)
     assert result.stderr == b"".join(bytes([i]) * frame for i in range(count))
     assert not result.truncated
+
+
+async def test_a_stream_gets_a_queue_only_once_it_has_output(fake: FakeSprites) -> None:
+    # Thousands of idle sessions may be alive at once: a stream that never
+    # has output (stderr here) never gets a queue, and stdout gets one only
+    # with its first output.
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        assert (await conn.recv())[0] == "bin"  # the stdin line
+        await conn.out(b"hi\n")
+        await conn.exit_frame(0)
+        await conn.client_closed()
+
+    fake.exec_script = script
+    async with fake.client() as client, client.sprite("box").process("cat") as proc:
+        assert await proc._session_id_soon() == "42"
+        assert proc._buffers.out == [None, None, None]
+        await proc.write(b"go\n")
+        assert await proc.stdout.read() == b"hi\n"
+        assert await proc.wait() == 0
+        assert proc._buffers.out[1] is not None
+        assert proc._buffers.out[2] is None
+
+
+async def test_exec_queues_no_output_in_the_session(
+    fake: FakeSprites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # exec() collects output through its sink: the session's queues stay unmade.
+    from sprites_async._exec._session import ExecSession
+
+    seen: list[list[Any]] = []
+    real = ExecSession.complete
+
+    async def complete(self: ExecSession, *args: Any, **kwargs: Any) -> int:
+        try:
+            return await real(self, *args, **kwargs)
+        finally:
+            seen.append(list(self._buffers.out))
+
+    monkeypatch.setattr(ExecSession, "complete", complete)
+
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        await conn.out(b"out")
+        await conn.out(b"err", stream=2)
+        await conn.exit_frame(0)
+        await conn.client_closed()
+
+    fake.exec_script = script
+    async with fake.client() as client:
+        result = await client.sprite("box").exec("x")
+    assert (result.stdout, result.stderr) == (b"out", b"err")
+    assert seen == [[None, None, None]]

@@ -798,3 +798,45 @@ async def test_two_readers_of_one_stream_are_refused(fake: FakeSprites) -> None:
                 await proc.stdout.__anext__()
             assert await first == b"x"
             assert await proc.wait() == 0
+
+
+async def test_cancelled_while_the_reader_closes_the_socket(
+    fake: FakeSprites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leaving `async with` after the exit waits for the reader to close the
+    # socket (without a task of its own now): a cancellation meanwhile still
+    # lets the close finish before it is raised, and leaves nothing behind.
+    from sprites_async._exec import _connection
+
+    real = _connection.close_now
+
+    async def slow_close(ws: Any, timeout: float = 1.0) -> None:
+        await asyncio.sleep(0.3)
+        await real(ws, timeout)
+
+    monkeypatch.setattr(_connection, "close_now", slow_close)
+
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        await conn.exit_frame(0)
+        await conn.client_closed()
+
+    fake.exec_script = script
+    seen: list[Any] = []
+    async with fake.client() as client:
+
+        async def body() -> None:
+            async with client.sprite("box").process("true") as proc:
+                seen.append(proc)
+                assert await proc.wait() == 0
+
+        task = asyncio.ensure_future(body())
+        while not seen or not seen[0].done:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # inside __aexit__, waiting for the reader
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        proc = seen[0]
+        assert proc._reader.done() and proc._ws.closed
+        assert proc.exit_code == 0

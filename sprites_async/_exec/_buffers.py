@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ._events import ExecEvent, OutputEvent
@@ -49,6 +50,25 @@ class _Flag:
     def clear(self) -> None:
         self._on = False
 
+    def arm(self) -> asyncio.Future[None]:
+        """Clear the flag; a future done at the next :meth:`set` (see :meth:`disarm`).
+
+        A reader awaits it directly: no coroutine frame of ours stays alive
+        under each of thousands of waiting readers.
+        """
+        self._on = False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(fut)
+        return fut
+
+    def disarm(self, fut: asyncio.Future[None]) -> None:
+        """Forget a future of :meth:`arm` (once awaited, or cancelled)."""
+        waiters = self._waiters
+        if waiters is not None and fut in waiters:
+            waiters.remove(fut)
+
     async def wait(self) -> None:
         if self._on:
             return
@@ -64,8 +84,7 @@ class _Flag:
                 waiters.remove(fut)
 
 
-_NO_QUEUES: dict[int, deque[tuple[int, bytes]]] = {1: deque(maxlen=0), 2: deque(maxlen=0)}
-"""Output queues of a session whose output goes to a sink: always empty."""
+_READER_NAMES = {0: "the events", 1: "stdout", 2: "stderr"}
 
 
 class OutputBuffers:
@@ -79,15 +98,21 @@ class OutputBuffers:
     holds the socket back, so that nothing is lost before the caller starts
     reading. Output and events carry one sequence number, so that the event
     iterator gives them back in the order they arrived.
+
+    Thousands of sessions may be alive at once, most of them idle: a queue
+    is made when the first item for it arrives (a stream nobody writes to
+    never gets one), the events are a plain list (usually just the session
+    info), and who reads or wants what are bit masks, not sets.
     """
 
     __slots__ = (
-        "demand",
+        "_demand",
+        "_readers",
         "dropped",
         "held",
+        "max_events",
         "misc",
         "out",
-        "readers",
         "room",
         "seq",
         "size",
@@ -95,42 +120,50 @@ class OutputBuffers:
         "wake",
     )
 
-    def __init__(self, size: int, max_events: int, *, queues: bool = True) -> None:
+    def __init__(self, size: int, max_events: int) -> None:
         self.size = size
-        # With a sink (``exec()``) output never queues here: share empty ones.
-        self.out: dict[int, deque[tuple[int, bytes]]] = (
-            {1: deque(), 2: deque()} if queues else _NO_QUEUES
-        )
-        self.misc: deque[tuple[int, ExecEvent]] = deque(maxlen=max_events)
+        self.max_events = max_events
+        # Index 1: stdout, 2: stderr; None until that stream has output
+        # (with a sink, as for ``exec()``, output never comes here at all).
+        self.out: list[deque[tuple[int, bytes]] | None] = [None, None, None]
+        self.misc: list[tuple[int, ExecEvent]] | None = None
         # Per stream (index 1: stdout, 2: stderr): bytes queued, bytes dropped.
         self.held = [0, 0, 0]
         self.dropped = [0, 0, 0]
-        # Streams someone has asked for (the events ask for both), and how
-        # many wait() calls are pending: see must_pause.
-        self.demand: set[int] = set()
+        # Bit masks (1 << stream): the streams someone has asked for (the
+        # events ask for both), and the readers (0: the events) at work.
+        # ``waiting`` counts pending wait() calls: see must_pause.
+        self._demand = 0
+        self._readers = 0
         self.waiting = 0
         self.seq = 0
-        self.readers: set[int] = set()
         self.wake = _Flag()
         self.room = _Flag(on=True)
 
     def push(self, stream: int, data: bytes) -> None:
         """Queue output of a stream (the protocol's ``on_output``)."""
         self.seq += 1
-        self.out[stream].append((self.seq, data))
+        queue = self.out[stream]
+        if queue is None:
+            queue = self.out[stream] = deque()
+        queue.append((self.seq, data))
         self.held[stream] += len(data)
         self.wake.set()
 
     def push_event(self, event: ExecEvent) -> None:
         """Queue an event (session info, port); the oldest go beyond ``max_events``."""
         self.seq += 1
-        self.misc.append((self.seq, event))
+        misc = self.misc
+        if misc is None:
+            misc = self.misc = []
+        misc.append((self.seq, event))
+        if len(misc) > self.max_events:
+            del misc[0]  # rare (port events beyond the bound), and the list is short
         self.wake.set()
 
     def discard(self) -> None:
         """Forget the queued output: nobody will read it."""
-        for queue in self.out.values():
-            queue.clear()
+        self.out = [None, None, None]
         self.held = [0, 0, 0]
         self.room.set()
 
@@ -144,11 +177,14 @@ class OutputBuffers:
         if early >= size:
             return True
         held = self.held
-        interest = bool(self.demand) or self.waiting > 0
+        if held[1] < size and held[2] < size:
+            return False  # the common case: nothing is full
+        demand = self._demand
+        interest = bool(demand) or self.waiting > 0
         for stream in (1, 2):
             if held[stream] < size:
                 continue
-            if stream in self.demand or not interest:
+            if demand & (1 << stream) or not interest:
                 return True
             self._drop_oldest(stream)
         return False
@@ -172,8 +208,11 @@ class OutputBuffers:
         The reader may have paused on a full stream that it can now drop
         from instead (see :meth:`must_pause`).
         """
-        if not self.demand.issuperset(streams):
-            self.demand.update(streams)
+        mask = 0
+        for stream in streams:
+            mask |= 1 << stream
+        if self._demand & mask != mask:
+            self._demand |= mask
             self.room.set()
 
     def claim(self, reader: int) -> None:
@@ -181,10 +220,15 @@ class OutputBuffers:
 
         Two coroutines reading one stream would each get a random half of it.
         """
-        if reader in self.readers:
-            what = {0: "the events", 1: "stdout", 2: "stderr"}[reader]
+        bit = 1 << reader
+        if self._readers & bit:
+            what = _READER_NAMES[reader]
             raise RuntimeError(f"another coroutine is already reading {what} of this session")
-        self.readers.add(reader)
+        self._readers |= bit
+
+    def release(self, reader: int) -> None:
+        """The coroutine reading ``reader`` (see :meth:`claim`) is done with it."""
+        self._readers &= ~(1 << reader)
 
     def _consumed(self, stream: int, n: int) -> None:
         self.held[stream] -= n
@@ -202,24 +246,25 @@ class OutputBuffers:
 
     def pop_event(self) -> ExecEvent | None:
         """The oldest queued output or event of all, or None."""
-        best: deque[tuple[int, Any]] | None = None
-        for queue in (self.out[1], self.out[2], self.misc):
-            if queue and (best is None or queue[0][0] < best[0][0]):
-                best = queue
+        best: int | None = None  # 0: the events, else the stream
+        first = 0
+        misc = self.misc
+        if misc:
+            best, first = 0, misc[0][0]
+        for stream in (1, 2):
+            queue = self.out[stream]
+            if queue and (best is None or queue[0][0] < first):
+                best, first = stream, queue[0][0]
         if best is None:
             return None
-        _, item = best.popleft()
-        if best is self.misc:
-            event: ExecEvent = item
-            return event
-        stream = 1 if best is self.out[1] else 2
-        self._consumed(stream, len(item))
-        return OutputEvent(stream="stdout" if stream == 1 else "stderr", data=item)
-
-    async def wait_wake(self) -> None:
-        """Wait for the next output, event or end."""
-        self.wake.clear()
-        await self.wake.wait()
+        if best == 0:
+            assert misc is not None
+            return misc.pop(0)[1]
+        queue = self.out[best]
+        assert queue is not None
+        _, data = queue.popleft()
+        self._consumed(best, len(data))
+        return OutputEvent(stream="stdout" if best == 1 else "stderr", data=data)
 
 
 class OutputStream:
@@ -239,11 +284,10 @@ class OutputStream:
     def __aiter__(self) -> OutputStream:
         return self
 
-    async def __anext__(self) -> bytes:
-        data = await self._session._next_output(self._id)
-        if data is None:
-            raise StopAsyncIteration
-        return data
+    def __anext__(self) -> Coroutine[Any, Any, bytes]:
+        # The session's coroutine itself (it raises StopAsyncIteration at
+        # the end): no frame of ours stays alive under a waiting reader.
+        return self._session._next_output(self._id)
 
     async def read(self) -> bytes:
         """Everything until the end of the stream."""
@@ -270,32 +314,45 @@ class _Kept:
     The first ``limit // 2`` bytes and the last ``limit - limit // 2`` are
     kept; what lies between is counted in ``dropped``. The start says what
     ran, the end why it failed (a build log's error is at its end).
+
+    Most commands print one small chunk: it is kept as the bytes it came in
+    and given back as is, with no copy; a buffer is made from the second chunk.
     """
 
     __slots__ = ("dropped", "head", "head_limit", "tail", "tail_len", "tail_limit")
 
     def __init__(self, limit: int | None) -> None:
-        self.head = bytearray()
+        self.head: bytes | bytearray = b""
         self.head_limit = limit // 2 if limit is not None else None
         self.tail_limit = limit - limit // 2 if limit is not None else 0
         # Chunks, not one bytearray: trimming its front would move the
-        # whole tail once per frame.
-        self.tail: deque[bytes] = deque()
+        # whole tail once per frame. Made once the head is full.
+        self.tail: deque[bytes] | None = None
         self.tail_len = 0
         self.dropped = 0
 
-    def add(self, data: bytes) -> None:
+    def _to_head(self, data: bytes) -> None:
         head = self.head
-        if self.head_limit is None:
+        if not head and type(data) is bytes:
+            self.head = data  # immutable: safe to keep without a copy
+        elif isinstance(head, bytearray):
             head += data
+        else:
+            self.head = bytearray(head) + data
+
+    def add(self, data: bytes) -> None:
+        if self.head_limit is None:
+            self._to_head(data)
             return
-        room = self.head_limit - len(head)
+        room = self.head_limit - len(self.head)
         if room > 0:
-            head += data[:room]
+            self._to_head(data[:room] if len(data) > room else data)
             data = data[room:]
         if not data:
             return
         tail = self.tail
+        if tail is None:
+            tail = self.tail = deque()
         tail.append(data)
         self.tail_len += len(data)
         excess = self.tail_len - self.tail_limit
@@ -312,22 +369,34 @@ class _Kept:
             excess -= cut
 
     def value(self) -> bytes:
-        return bytes(self.head) + b"".join(self.tail)
+        head = self.head
+        if not self.tail:
+            return head if type(head) is bytes else bytes(head)
+        return bytes(head) + b"".join(self.tail)
 
 
 class _Collector:
-    """What ``exec()`` keeps of each stream: head and tail within ``limit`` (see _Kept)."""
+    """What ``exec()`` keeps of each stream: head and tail within ``limit`` (see _Kept).
 
-    __slots__ = ("streams",)
+    A stream's keeper is made with its first output (stderr is mostly empty).
+    """
+
+    __slots__ = ("limit", "streams")
 
     def __init__(self, limit: int | None) -> None:
-        self.streams = {1: _Kept(limit), 2: _Kept(limit)}
+        self.limit = limit
+        self.streams: dict[int, _Kept] = {}
 
     def add(self, stream: int, data: bytes) -> None:
-        self.streams[stream].add(data)
+        kept = self.streams.get(stream)
+        if kept is None:
+            kept = self.streams[stream] = _Kept(self.limit)
+        kept.add(data)
 
     def value(self, stream: int) -> bytes:
-        return self.streams[stream].value()
+        kept = self.streams.get(stream)
+        return b"" if kept is None else kept.value()
 
     def dropped(self, stream: int) -> int:
-        return self.streams[stream].dropped
+        kept = self.streams.get(stream)
+        return 0 if kept is None else kept.dropped

@@ -1,7 +1,7 @@
 """The asyncio side of one command's socket, read into its :class:`ExecProtocol`.
 
 :class:`_ExecConnection` reads the socket into the protocol, keeps one timer
-for pings and the dead-peer check, turns the protocol's outcome into the
+for pings, the dead-peer check and the protocol's deadlines, turns the protocol's outcome into the
 end of the wait (an exit code or a typed error), and closes the socket or
 returns it to the control pool. Which exit code a frame means is the
 protocol's business, never this module's. Opening the socket is
@@ -11,8 +11,10 @@ protocol's business, never this module's. Opening the socket is
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from sprites_async._config import ExecSettings, settings_for
@@ -46,6 +48,11 @@ _SOCKET_LOST = SOCKET_LOST
 """What a send, ping, pong or receive raises once the connection is lost (the seam translates)."""
 
 
+_NO_CAPABILITIES: frozenset[str] = frozenset()  # shared: ``frozenset()`` is a new object each time
+_CAPABILITIES: dict[str, frozenset[str]] = {}
+"""``X-Sprite-Capabilities`` values seen, parsed (a few distinct values at most)."""
+
+
 class _RetryDirect(Exception):
     """The server refused the control op's start (``op.error``): nothing ran.
 
@@ -71,7 +78,7 @@ class _ExecConnection:
         "_attach_stdin",
         "_buffers",
         "_client",
-        "_dead",
+        "_cut",
         "_error",
         "_finished",
         "_info_seen",
@@ -89,6 +96,7 @@ class _ExecConnection:
         "_span",
         "_sprite",
         "_started",
+        "_watch_due",
         "_watchdog",
         "_ws",
         "capabilities",
@@ -116,10 +124,8 @@ class _ExecConnection:
         settings = self._settings = settings or settings_for(sprite.client)
         self._sink = sink
         self._span: ExecSpan | None = None
-        self.capabilities: frozenset[str] = frozenset()
-        self._buffers = OutputBuffers(
-            settings.buffer_size, settings.max_port_events, queues=sink is None
-        )
+        self.capabilities: frozenset[str] = _NO_CAPABILITIES
+        self._buffers = OutputBuffers(settings.buffer_size, settings.max_port_events)
         self._proto = ExecProtocol(
             tty=request.tty if request is not None else None,
             session_id=attach_id,
@@ -134,8 +140,9 @@ class _ExecConnection:
         self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_due = math.inf
         self._paused = False
-        self._dead = False
+        self._cut: str | None = None  # why our timer cancelled the reader: "dead", "decided"
         self._finished: asyncio.Future[None] | None = None
         self._info_seen: _Flag | None = None
         self._error: BaseException | None = None
@@ -144,7 +151,13 @@ class _ExecConnection:
 
     def _set_capabilities(self, headers: Mapping[str, str]) -> None:
         raw = headers.get("X-Sprite-Capabilities", "")
-        self.capabilities = frozenset(c.strip().lower() for c in raw.split(",") if c.strip())
+        # One server sends one header value: share its set between sessions.
+        caps = _CAPABILITIES.get(raw)
+        if caps is None:
+            caps = frozenset(c.strip().lower() for c in raw.split(",") if c.strip())
+            if len(_CAPABILITIES) < 64:
+                _CAPABILITIES[raw] = caps
+        self.capabilities = caps
 
     def _begin(self, ws: WebSocket) -> None:
         self._ws = ws
@@ -152,14 +165,26 @@ class _ExecConnection:
 
     # ------------------------------------------------------------------- reading
 
-    async def _read_loop(self, ws: WebSocket) -> None:
+    async def _read_loop(
+        self,
+        ws: WebSocket | None,
+        connect: Callable[[], Awaitable[WebSocket | None]] | None = None,
+    ) -> None:
+        """Read the socket into the protocol until it decides; ``connect`` opens it first."""
+        if ws is None:
+            assert connect is not None
+            ws = await connect()
+            connect = None  # nothing of the handshake stays alive with the session
+            if ws is None:
+                return
         proto = self._proto
         buffers = self._buffers
         loop = asyncio.get_running_loop()
         closed_by_peer = False
         now = loop.time()
         proto.touch(now)
-        self._arm_tick(now)
+        self._watch_due = self._next_watch(now)
+        self._arm(loop)
         try:
             while not proto.done:
                 if self._sink is None and buffers.must_pause(proto.early_bytes):
@@ -169,23 +194,19 @@ class _ExecConnection:
                     await buffers.room.wait()
                     self._paused = False
                     proto.touch(loop.time())
+                    self._due(loop)
                     continue
-                deadline = proto.next_deadline()
-                try:
-                    if deadline is None:
-                        msg = await ws.receive()
-                    else:
-                        msg = await ws.receive(timeout=max(deadline - loop.time(), 0.001))
-                except (asyncio.TimeoutError, SpritesTimeoutError):
-                    # Our own receive timeout (the seam's socket wrapper may
-                    # raise it translated; on 3.10 that is no asyncio.TimeoutError).
-                    proto.timeout(loop.time())  # early wake-ups (clock rounding) do nothing
-                    continue
+                # No timeout here: the protocol's deadlines (exit grace,
+                # op.complete) are the timer's (see _tick), which costs a
+                # timer only when a deadline appears, not one per receive.
+                msg = await ws.receive()
                 kind = msg.type
                 if kind is WSMsgType.BINARY:
                     proto.receive_bytes(msg.data, loop.time())
+                    self._due(loop)
                 elif kind is WSMsgType.TEXT:
                     proto.receive_text(msg.data, loop.time())
+                    self._due(loop)
                 elif kind is WSMsgType.PING:
                     proto.touch(loop.time())
                     await ws.pong(msg.data)
@@ -195,20 +216,23 @@ class _ExecConnection:
                     closed_by_peer = True
                     break
         except asyncio.CancelledError:
-            if not self._dead:
+            if self._cut is None:
                 raise
-            # Cancelled by our own watchdog: a dead connection, not a caller's cancel.
+            # Cancelled by our own timer, not by a caller.
             task = asyncio.current_task()
             uncancel = getattr(task, "uncancel", None)  # Python 3.11+
             if uncancel is not None:
                 uncancel()
-            dead = SpritesTimeoutError(
-                f"no data and no pong for {self._settings.dead_after} s: connection is dead",
-                operation="exec",
-                sprite=self._sprite.name,
-            )
-            self._lost(f"the connection failed: {dead}", dead)
-            return
+            if self._cut == "dead":
+                dead = SpritesTimeoutError(
+                    f"no data and no pong for {self._settings.dead_after} s: connection is dead",
+                    operation="exec",
+                    sprite=self._sprite.name,
+                )
+                self._lost(f"the connection failed: {dead}", dead)
+                return
+            # "decided": a deadline ended it (the protocol is done); go on as
+            # after the frame that would have ended it.
         except Exception as exc:
             self._lost(f"the connection failed: {exc}", exc)
             return
@@ -223,31 +247,66 @@ class _ExecConnection:
             await close_now(ws, self._settings.close_timeout)
 
     def _tick(self) -> None:
-        # Pings and the dead-peer check share one timer per session, re-armed
-        # from the last frame's time: most commands end before it ever fires,
-        # and a timeout around every receive (or a timer each) costs more.
+        # Pings, the dead-peer check and the protocol's deadlines share one
+        # timer per session, re-armed from the last frame's time: most
+        # commands end before it ever fires, and a timeout around every
+        # receive (or a timer each) costs more.
         self._watchdog = None
         reader, ws = self._reader, self._ws
         if reader is None or reader.done() or self._shut or ws is None or ws.closed:
             return
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        proto = self._proto
         if self._paused:
-            self._proto.touch(now)
-        if self._proto.is_dead(now):
-            self._dead = True
-            reader.cancel()
-            return
-        if self._settings.ping_interval and (self._pinger is None or self._pinger.done()):
-            self._pinger = asyncio.ensure_future(_ping(ws))
-        self._arm_tick(now)
+            proto.touch(now)
+        else:
+            deadline = proto.next_deadline()
+            if deadline is not None and now >= deadline:
+                proto.timeout(now)
+                if proto.done:
+                    # Stop the receive: the reader settles on the decision.
+                    self._cut = "decided"
+                    reader.cancel()
+                    return
+        if now >= self._watch_due:
+            if proto.is_dead(now):
+                self._cut = "dead"
+                reader.cancel()
+                return
+            if self._settings.ping_interval and (self._pinger is None or self._pinger.done()):
+                self._pinger = asyncio.ensure_future(_ping(ws))
+            self._watch_due = self._next_watch(now)
+        self._arm(loop)
 
-    def _arm_tick(self, now: float) -> None:
+    def _next_watch(self, now: float) -> float:
+        # When to ping next or check for a dead peer (inf: never).
         delay = self._settings.ping_interval or None
         dead = self._proto.dead_deadline()
         if dead is not None:
             delay = dead - now if delay is None else min(delay, dead - now)
-        if delay is not None:
-            self._watchdog = asyncio.get_running_loop().call_later(delay, self._tick)
+        return math.inf if delay is None else now + delay
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        when = self._watch_due
+        if not self._paused:
+            deadline = self._proto.next_deadline()
+            if deadline is not None and deadline < when:
+                when = deadline
+        if when != math.inf:
+            self._watchdog = loop.call_at(when, self._tick)
+
+    def _due(self, loop: asyncio.AbstractEventLoop) -> None:
+        # After a frame: a protocol deadline earlier than the timer pulls it in.
+        deadline = self._proto.next_deadline()
+        if deadline is None:
+            return
+        timer = self._watchdog
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._watchdog = loop.call_at(deadline, self._tick)
 
     def _stop_ticking(self) -> None:
         timer, self._watchdog = self._watchdog, None
@@ -321,21 +380,20 @@ class _ExecConnection:
 
     async def _wait_done(self, timeout: float | None) -> bool:
         assert self._finished is not None
-        if not self._finished.done():
-            await asyncio.wait({self._finished}, timeout=timeout)
-        return self._finished.done()
+        return await _first_done((self._finished,), timeout)
+
+    def _info_flag(self) -> _Flag:
+        # Made on first use: most sessions never wait for their session_info.
+        flag = self._info_seen
+        if flag is None:
+            flag = self._info_seen = _Flag(on=self._proto.info is not None)
+        return flag
 
     async def _session_id_soon(self) -> str | None:
-        if self._proto.session_id is None and self._info_seen is not None:
-            waiter = asyncio.ensure_future(self._info_seen.wait())
-            assert self._finished is not None
-            waiting: set[asyncio.Future[Any]] = {waiter, self._finished}
+        if self._proto.session_id is None and self._finished is not None:
+            waiter = asyncio.ensure_future(self._info_flag().wait())
             try:
-                await asyncio.wait(
-                    waiting,
-                    timeout=self._settings.session_info_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                await _first_done((waiter, self._finished), self._settings.session_info_timeout)
             finally:
                 waiter.cancel()
         return self._proto.session_id
@@ -355,7 +413,7 @@ class _ExecConnection:
         reader, pinger = self._reader, self._pinger
         if reader is not None and not reader.done() and self._is_done():
             # The exit is known and the reader is closing the socket: let it.
-            await asyncio.wait({reader}, timeout=self._settings.close_timeout + 0.5)
+            await _first_done((reader,), self._settings.close_timeout + 0.5)
         for task in (pinger, reader):
             if task is not None and not task.done():
                 task.cancel()
@@ -393,10 +451,35 @@ class _ExecConnection:
     async def _release(self) -> None:
         # The shield costs a task (and loop turns) per command: skip it when
         # there is nothing left that a cancellation could interrupt.
+        cancelled = False
+        reader = self._reader
+        if (
+            reader is not None
+            and not reader.done()
+            and self._is_done()
+            and not self._shut
+            and (self._pinger is None or self._pinger.done())
+        ):
+            # The usual end of a live session: the exit is known and the
+            # reader is closing the socket, which it does by itself within
+            # close_timeout. Wait for it here, without a task; a cancellation
+            # meanwhile is held back until it has ended (as _shielded does).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._settings.close_timeout + 0.5
+            while not reader.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    await _first_done((reader,), left)
+                except asyncio.CancelledError:
+                    cancelled = True
         if self._close_is_instant():
             await self._close()
         else:
             await _shielded(self._close())
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 _background_tasks: set[asyncio.Task[Any]] = set()
@@ -424,6 +507,40 @@ async def _ping(ws: WebSocket) -> None:
         await ws.ping()
     except _SOCKET_LOST:
         pass  # the reader sees the broken connection and reports it
+
+
+def _wake(waiter: asyncio.Future[None], _: object = None) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _first_done(futures: tuple[asyncio.Future[Any], ...], timeout: float | None) -> bool:
+    """Wait until one of ``futures`` is done or ``timeout`` passes; True if one is done.
+
+    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` without its sets: one
+    waiter future and one callback, which matters once per command. The
+    futures are never cancelled: a cancellation is the caller's alone.
+    """
+    for fut in futures:
+        if fut.done():
+            return True
+    if timeout is not None and timeout <= 0:
+        return False
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    # A partial, not a closure: lighter, and thousands may be waiting.
+    wake = functools.partial(_wake, waiter)
+    for fut in futures:
+        fut.add_done_callback(wake)
+    timer = None if timeout is None else loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for fut in futures:
+            fut.remove_done_callback(wake)
+    return any(fut.done() for fut in futures)
 
 
 async def _shielded(coro: Any) -> Any:

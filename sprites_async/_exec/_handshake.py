@@ -15,8 +15,7 @@ from sprites_async import _frames
 from sprites_async._errors import APIError, NotFoundError, SpritesTimeoutError
 from sprites_async._options import quote_segment
 
-from ._buffers import _Flag
-from ._connection import _SOCKET_LOST, _close_late_ws, _shielded
+from ._connection import _SOCKET_LOST, _close_late_ws, _first_done, _shielded
 from ._request import _start_error_of
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ async def open_session(session: ExecSession, prefer_control: bool) -> None:
     session._started = True
     loop = asyncio.get_running_loop()
     session._finished = loop.create_future()
-    session._info_seen = _Flag()
     if session._attach_id is not None:
         await _start_attach(session)
         return
@@ -42,9 +40,15 @@ async def open_session(session: ExecSession, prefer_control: bool) -> None:
     # reaches us, so a caller cancelled meanwhile must still get hold of
     # the socket to stop what it started (see _cancelled_in_handshake).
     opened: asyncio.Future[None] = loop.create_future()
-    session._reader = asyncio.ensure_future(_connect_and_read(session, opened))
+    # One coroutine for the handshake and the reading: a frame less kept
+    # alive per live session than a handshake coroutine awaiting the reader.
+    connect = functools.partial(_connect, session, opened)
+    session._reader = asyncio.ensure_future(session._read_loop(None, connect))
     try:
-        await asyncio.shield(opened)
+        # Not asyncio.shield (a task's worth of futures): the wait never
+        # cancels ``opened``, so a cancellation here is the caller's.
+        await _first_done((opened,), None)
+        opened.result()
     except asyncio.CancelledError as exc:
         if session._span is not None:
             session._span.fail(exc)
@@ -80,7 +84,8 @@ async def _start_on_lease(session: ExecSession) -> bool:
     return True
 
 
-async def _connect_and_read(session: ExecSession, opened: asyncio.Future[None]) -> None:
+async def _connect(session: ExecSession, opened: asyncio.Future[None]) -> WebSocket | None:
+    """The ``/exec`` handshake (in the reader task); None once ``opened`` has the error."""
     assert session._request is not None
     try:
         ws, headers = await session._client._ws_connect(
@@ -105,12 +110,12 @@ async def _connect_and_read(session: ExecSession, opened: asyncio.Future[None]) 
             opened.exception()  # start() re-raises it; never "not retrieved"
         if isinstance(exc, asyncio.CancelledError):
             raise
-        return
+        return None
     session._set_capabilities(headers)
     session._ws = ws
     if not opened.done():
         opened.set_result(None)
-    await session._read_loop(ws)
+    return ws
 
 
 async def _cancelled_in_handshake(session: ExecSession, opened: asyncio.Future[None]) -> None:
@@ -171,9 +176,8 @@ async def _start_attach(session: ExecSession) -> None:
     session._begin(ws)
     loop = asyncio.get_running_loop()
     session._proto.connected(loop.time(), session._settings.session_info_timeout)
-    assert session._info_seen is not None
     assert session._finished is not None
-    waiter = asyncio.ensure_future(session._info_seen.wait())
+    waiter = asyncio.ensure_future(session._info_flag().wait())
     waiting: set[asyncio.Future[Any]] = {waiter, session._finished}
     deadline = session._proto.info_deadline
     try:

@@ -158,7 +158,7 @@ class ExecProtocol:
         self._clock = 0.0
         self.info_deadline: float | None = None
         self.early_bytes = 0
-        self._early: list[bytes] = []
+        self._early: list[bytes] | None = None  # made if bytes come before session_info
         self._acked = False
         self._complete: _frames.Envelope | None = None
         self._op_failed: str | None = None
@@ -264,6 +264,8 @@ class ExecProtocol:
     def _on_binary(self, data: bytes) -> None:
         tty = self.tty
         if tty is None:  # attached, session_info not seen yet: framing unknown
+            if self._early is None:
+                self._early = []
             self._early.append(data)
             self.early_bytes += len(data)
             return
@@ -309,9 +311,9 @@ class ExecProtocol:
             self.info = info
             self.info_deadline = None
         self.on_event(info)
-        early, self._early = self._early, []
+        early, self._early = self._early, None
         self.early_bytes = 0
-        for data in early:
+        for data in early or ():
             self._on_binary(data)
 
     def _on_envelope(self, env: _frames.Envelope) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,14 @@ from sprites_async._streams import EventOperation
 from sprites_async._validation import check_size, check_stdin, signal_name
 
 from ._buffers import OutputStream
-from ._connection import _SOCKET_LOST, _drop_output, _ExecConnection, _RetryDirect, _shielded
+from ._connection import (
+    _SOCKET_LOST,
+    _drop_output,
+    _ExecConnection,
+    _first_done,
+    _RetryDirect,
+    _shielded,
+)
 from ._events import ExecEvent, ExitEvent, PortCallback, SessionInfoEvent
 from ._handshake import open_session
 from ._request import ExecRequest, Stdin, _stdin_bytes
@@ -65,7 +72,8 @@ class _ExecStreams(_ExecConnection):
 
     # ---------------------------------------------------------------------- reading
 
-    async def _next_output(self, stream: int) -> bytes | None:
+    async def _next_output(self, stream: int) -> bytes:
+        """The next chunk of a stream; StopAsyncIteration at its end (``OutputStream``)."""
         self._check_started()
         buffers = self._buffers
         buffers.claim(stream)
@@ -78,12 +86,18 @@ class _ExecStreams(_ExecConnection):
                 if self._is_done():
                     if self._error is not None and not isinstance(self._error, _RetryDirect):
                         raise self._error
-                    return None
-                await buffers.wait_wake()
+                    raise StopAsyncIteration
+                # The next output, event or end.
+                woken = buffers.wake.arm()
+                try:
+                    await woken
+                finally:
+                    buffers.wake.disarm(woken)
         finally:
-            buffers.readers.discard(stream)
+            buffers.release(stream)
 
-    async def _next_event(self) -> ExecEvent | None:
+    async def _next_event(self) -> ExecEvent:
+        """The next event; StopAsyncIteration after the exit (``async for event in proc``)."""
         buffers = self._buffers
         buffers.claim(0)
         buffers.want(1, 2)
@@ -98,14 +112,19 @@ class _ExecStreams(_ExecConnection):
                     if not self._exit_given and self._proto.exit_code is not None:
                         self._exit_given = True
                         return ExitEvent(exit_code=self._proto.exit_code)
-                    return None
-                await buffers.wait_wake()
+                    raise StopAsyncIteration
+                woken = buffers.wake.arm()
+                try:
+                    await woken
+                finally:
+                    buffers.wake.disarm(woken)
         finally:
-            buffers.readers.discard(0)
+            buffers.release(0)
 
     async def _waiting_for(
-        self, futures: set[asyncio.Future[Any]], timeout: float | None
-    ) -> set[asyncio.Future[Any]]:
+        self, futures: tuple[asyncio.Future[Any], ...], timeout: float | None
+    ) -> bool:
+        """Wait for the first of ``futures`` (see ``_first_done``); False on the timeout."""
         # Nobody may be reading the output: while we wait, full streams
         # drop their oldest bytes instead of blocking the exit.
         buffers = self._buffers
@@ -113,13 +132,9 @@ class _ExecStreams(_ExecConnection):
         if self._sink is None:
             buffers.room.set()
         try:
-            done: set[asyncio.Future[Any]]
-            done, _ = await asyncio.wait(
-                futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            return await _first_done(futures, timeout)
         finally:
             buffers.waiting -= 1
-        return done
 
     def _outcome(self) -> int:
         if self._error is not None:
@@ -345,10 +360,9 @@ class ExecSession(_ExecStreams):
         """
         self._check_started()
         assert self._finished is not None
-        if not self._finished.done():
-            done = await self._waiting_for({self._finished}, timeout)
-            if not done:
-                raise TimeoutError(f"the command did not exit within {timeout} s")
+        # _waiting_for returns at once when it is done already.
+        if not await self._waiting_for((self._finished,), timeout):
+            raise TimeoutError(f"the command did not exit within {timeout} s")
         return self._outcome()
 
     async def complete(self, stdin: Stdin = None, *, timeout: float | None = None) -> int:
@@ -498,11 +512,8 @@ class _EventIterator:
     def __aiter__(self) -> _EventIterator:
         return self
 
-    async def __anext__(self) -> ExecEvent:
-        event = await self._session._next_event()
-        if event is None:
-            raise StopAsyncIteration
-        return event
+    def __anext__(self) -> Coroutine[Any, Any, ExecEvent]:
+        return self._session._next_event()
 
 
 async def _consume(stream: EventOperation[Any, Any]) -> None:
@@ -528,14 +539,12 @@ async def _until_closed(
     until: asyncio.Future[Any] = (
         session._reader if session._reader is not None else session._finished
     )
-    waiting: set[asyncio.Future[Any]] = {until}
-    if feeder is not None:
-        waiting.add(feeder)
+    waiting: tuple[asyncio.Future[Any], ...] = (until,) if feeder is None else (until, feeder)
     while not until.done():
         left = None if deadline is None else max(deadline - loop.time(), 0)
         done = await session._waiting_for(waiting, left)
-        if feeder is not None and feeder in done:
-            waiting.discard(feeder)
+        if feeder is not None and len(waiting) > 1 and feeder.done():
+            waiting = (until,)
             error = feeder.exception()
             if error is not None:
                 await _shielded(session.terminate())

@@ -148,7 +148,10 @@ def test_text_startup_lines_end_with_the_sandbox_status() -> None:
 
 @pytest.mark.parametrize(
     ("freezer", "words"),
-    [(True, "frozen by the cgroup freezer"), (False, "exec sessions stopped with SIGSTOP")],
+    [
+        (True, "frozen by the cgroup freezer"),
+        (False, "exec sessions and services stopped with SIGSTOP"),
+    ],
 )
 def test_status_line_says_how_warm_sprites_are_frozen(
     monkeypatch: pytest.MonkeyPatch, freezer: bool, words: str

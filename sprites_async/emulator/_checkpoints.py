@@ -4,8 +4,9 @@ A checkpoint is a snapshot of the sprite's root directory under
 ``sprite_dir(name)/checkpoints/<id>``, made in a worker thread, whose
 unchanged files are hard links to the previous snapshot's: creating costs
 a walk of the tree and a link per file plus the changed bytes, restoring a
-walk plus what differs (see "snapshots on disk" below). The live root never shares a file with a snapshot: a later
-write in the sprite would change the snapshot too. Under bubblewrap the
+walk plus what differs (see "snapshots on disk" below). The live root
+never shares a file with a snapshot: a later write in the sprite would
+change the snapshot too. Under bubblewrap the
 snapshots are mounted read-only at ``/.sprite/checkpoints`` (``_procs``).
 Metadata lives in SQLite, so both survive an emulator restart.
 

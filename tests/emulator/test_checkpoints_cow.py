@@ -264,6 +264,25 @@ def test_first_snapshot_and_a_lost_base_copy_everything(sprite: Path) -> None:
     assert os.lstat(v2 / "home/sprite/a.txt").st_nlink == 1
 
 
+def test_without_hard_links_every_checkpoint_is_a_full_copy(
+    sprite: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback on a filesystem that refuses hard links: right, at a full copy's cost."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    root = sprite / "root"
+    snap(sprite, "v1")
+    (root / "home/sprite/a.txt").write_text("changed")
+    v2 = snap(sprite, "v2")
+    assert manifest(v2) == manifest(root)
+    assert os.lstat(v2 / "home/sprite/src/deep/b.bin").st_nlink == 1
+    restore(sprite, "v1")
+    assert (root / "home/sprite/a.txt").read_text() == "alpha"
+
+
 def test_a_failed_snapshot_leaves_no_partial_tree_and_the_base_usable(
     sprite: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,7 @@ from sprites_async import RetryPolicy, SpritesClient
 from sprites_async.emulator import Emulator, EmulatorConfig
 from tests._emulator import EMU_TOKEN, RunningEmulator, serve
 from tests._fakes import FakeSprites
+from tests._leaks import open_sockets
 from tests._mock import BASE, TOKEN
 
 
@@ -175,29 +176,16 @@ def _no_leaked_processes() -> Iterator[None]:
         pytest.fail(f"test left child processes running: {names}")
 
 
-def _open_sockets() -> set[str]:
-    """Socket inodes this process holds open."""
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
-
-
 @pytest.fixture
 async def _no_leaked_tasks() -> AsyncIterator[None]:
-    sockets_before = _open_sockets()
+    sockets_before = open_sockets()
     yield
     current = asyncio.current_task()
     leftover: list[asyncio.Task[object]] = []
     leaked_sockets: set[str] = set()
     for _ in range(100):
         leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-        leaked_sockets = _open_sockets() - sockets_before
+        leaked_sockets = open_sockets() - sockets_before
         if not leftover and not leaked_sockets:
             return
         await asyncio.sleep(0.01)

@@ -9,7 +9,6 @@ so CI runs these.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,22 +18,11 @@ import pytest
 from sprites_async import SpritesClient
 from sprites_async.emulator import EmulatorConfig
 from tests._emulator import RunningEmulator, serve
+from tests._leaks import open_sockets
 
 uvloop = pytest.importorskip("uvloop")
 
 Flow = Callable[[RunningEmulator], Awaitable[None]]
-
-
-def _sockets() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
 
 
 @asynccontextmanager
@@ -57,13 +45,13 @@ def run_on_uvloop(tmp_path: Path, flow: Flow) -> None:
 
     async def main() -> None:
         assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
-        before = _sockets()
+        before = open_sockets()
         async with _emulator(tmp_path) as emu:
             await flow(emu)
         current = asyncio.current_task()
         for _ in range(200):
             tasks = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-            left = _sockets() - before
+            left = open_sockets() - before
             if not tasks and not left:
                 return
             await asyncio.sleep(0.01)

@@ -410,6 +410,26 @@ class Doctor:
 
         await self.step("emulator sandbox", check, timeout=10)
 
+        async def checkpoints(step: Step) -> None:
+            if emulator is not None:
+                method, line = await asyncio.to_thread(lambda: emulator.checkpoint_status)
+            else:
+                resp = await client._request(
+                    "GET", "/_emulator/sandbox", operation="emulator sandbox", ok=(200, 404)
+                )
+                doc = resp.parse(msgspec.json.decode) if resp.status == 200 else None
+                cps = doc.get("checkpoints") if isinstance(doc, dict) else None
+                if not isinstance(cps, dict):
+                    step.detail = "not reported (an older emulator, or not an emulator)"
+                    return
+                method, line = str(cps.get("method", "")), str(cps.get("status", ""))
+            step.data = {"method": method}
+            step.detail = line
+            if method != "hard-links":
+                step.status = "warn"
+
+        await self.step("emulator checkpoints", checkpoints, timeout=10)
+
     def _finish(self) -> int:
         ctx = self.ctx
         problem = self.problem

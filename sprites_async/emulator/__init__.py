@@ -166,6 +166,13 @@ class Emulator:
         """One line saying how sprite commands run; starts with ``WARNING`` when unsandboxed."""
         return sandbox_status(self.state.config.sandbox, jail_for(self.state))[1]
 
+    @property
+    def checkpoint_status(self) -> tuple[str, str]:
+        """``(method, one line)``: how checkpoints are made (``"hard-links"`` or ``"copy"``)."""
+        from ._checkpoints import checkpoint_method
+
+        return checkpoint_method(self.state.config.state_dir)
+
     # -- async use -------------------------------------------------------------
 
     async def start(self) -> Emulator:

@@ -17,9 +17,14 @@ can see that, and services keep running). The emulator's own helpers (the
 sprite's network namespace holder, ``slirp4netns``) run outside the
 sprite's cgroups and are never frozen: they hold no state of the sprite.
 Frozen processes are thawed before anything ends them (cold, delete,
-shutdown): a cgroup-v1-frozen process cannot even die. Going cold ends the
-sessions; services, which outlive a cold sprite here (``_supervisor``), are
-frozen again and resume on wake.
+shutdown): a cgroup-v1-frozen process cannot even die.
+
+Going cold is a stopped VM: every process ends. Sessions are terminated
+(detached ones too), services are stopped (not sticky), and with cgroups
+whatever else still runs in the sprite's cgroups (a daemon a command left
+behind) is killed. Waking a cold sprite boots it: its services start again in
+dependency order, except those the user stopped, before the waking request
+goes on.
 """
 
 from __future__ import annotations
@@ -38,6 +43,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sprites_async.emulator")
 
+_FREEZE_PASSES = 4
+
+
+def _sids(proc: Any) -> list[int]:
+    """The session ids a sprite process leads (its own and its inner shells')."""
+    own = getattr(proc, "_sids", None)
+    return list(own()) if callable(own) else [proc.pid]
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
@@ -52,6 +65,7 @@ class Lifecycle:
         self._active: dict[str, int] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._cooling: dict[str, asyncio.Task[Any]] = {}
+        self._booting: dict[str, asyncio.Task[None]] = {}
         self._frozen: dict[str, list[int]] = {}
         """Frozen sprites → the pids stopped by signal (empty: the cgroup freezer)."""
         self._closed = False
@@ -80,6 +94,15 @@ class Lifecycle:
         if name not in self._state.sprites:
             return False
         self.acquire(name)
+        booting = self._booting.get(name)
+        if booting is not None:
+            try:
+                # A request to a sprite that was cold meets its services up,
+                # as after a VM boot; shielded: other wakers wait on it too.
+                await asyncio.shield(booting)
+            except BaseException:
+                self.release(name)
+                raise
         return True
 
     def acquire(self, name: str) -> None:
@@ -91,9 +114,12 @@ class Lifecycle:
         self.thaw(name)
         rec = self._state.sprites.get(name)
         if rec is not None and rec.status != "running":
+            was_cold = rec.status == "cold"
             rec.status = "running"
             rec.last_running_at = utcnow()
             self._save(rec)
+            if was_cold and not self._closed and name not in self._booting:
+                self._booting[name] = self._state.spawn(self._boot(name))
 
     def release(self, name: str) -> None:
         """Drop an activity; the last one starts the idle timer."""
@@ -136,6 +162,7 @@ class Lifecycle:
             return
         from ._procs import proc_table, session_members
         from ._sandbox import existing_jail
+        from ._supervisor import supervisor_for
 
         jail = existing_jail(self._state)
         if jail is not None and jail.freeze(name):
@@ -147,13 +174,22 @@ class Lifecycle:
         for session in listing(name) if callable(listing) else []:
             if getattr(session, "inline", False):
                 continue  # answered by the emulator itself: no process
-            own = getattr(session.proc, "_sids", None)
-            sids.update(own() if callable(own) else [session.proc.pid])
+            sids.update(_sids(session.proc))
+        for proc in supervisor_for(self._state).processes(name):
+            sids.update(_sids(proc))
         stopped: list[int] = []
-        for info in session_members(proc_table(), sids):
-            with contextlib.suppress(OSError):
-                os.kill(info.pid, signal.SIGSTOP)
-                stopped.append(info.pid)
+        seen: set[int] = set()
+        # A process forked between the snapshot and its parent's stop would
+        # run on: look again until a pass finds nobody new.
+        for _ in range(_FREEZE_PASSES):
+            fresh = [i.pid for i in session_members(proc_table(), sids) if i.pid not in seen]
+            if not fresh:
+                break
+            for pid in fresh:
+                seen.add(pid)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
         self._frozen[name] = stopped
 
     def thaw(self, name: str) -> None:
@@ -207,18 +243,43 @@ class Lifecycle:
             rec.status = "cold"
             self._save(rec)
             self.thaw(name)
-            try:
-                await self._state.sessions.terminate_all(name)
-            except Exception:
-                # A background timer has nobody to report to; keep the clock going.
-                log.exception("ending the sessions of %s failed", name)
-            if name in self._state.sprites and not self.active(name):
-                # Services outlive a cold sprite here (``_supervisor``): they
-                # stay frozen and resume on wake, as they would restart.
-                self.freeze(name)
+            await self._stop_everything(name)
         finally:
             if self._cooling.get(name) is this:
                 del self._cooling[name]
+
+    async def _stop_everything(self, name: str) -> None:
+        """End every process of a sprite going cold (sessions, services, strays)."""
+        from ._sandbox import existing_jail
+        from ._supervisor import supervisor_for
+
+        try:
+            await self._state.sessions.terminate_all(name)
+        except Exception:
+            # A background timer has nobody to report to; keep the clock going.
+            log.exception("ending the sessions of %s failed", name)
+        try:
+            await supervisor_for(self._state).stop_all(name)
+        except Exception:
+            log.exception("stopping the services of %s failed", name)
+        jail = existing_jail(self._state)
+        if jail is not None:
+            jail.kill(name)
+
+    async def _boot(self, name: str) -> None:
+        from ._supervisor import supervisor_for
+
+        try:
+            cooling = self._cooling.get(name)
+            if cooling is not None:
+                # Woken (``activity``) while going cold: start after the stop.
+                await asyncio.shield(cooling)
+            await supervisor_for(self._state).start_all(name)
+        except Exception:
+            log.exception("starting the services of %s failed", name)
+        finally:
+            if self._booting.get(name) is asyncio.current_task():
+                del self._booting[name]
 
     def _save(self, rec: SpriteRecord) -> None:
         if self._state.sprites.get(rec.name) is rec:

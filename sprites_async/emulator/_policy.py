@@ -97,8 +97,18 @@ def _setup_sandbox(app: web.Application, state: EmulatorState) -> None:
         await jail.aclose()
 
     async def status(request: web.Request) -> web.StreamResponse:
+        from ._checkpoints import checkpoint_method
+
         sandboxed, line = sandbox_status(state.config.sandbox, jail)
-        return go_json({"mode": state.config.sandbox, "sandboxed": sandboxed, "status": line})
+        method, how = await asyncio.to_thread(checkpoint_method, state.config.state_dir)
+        return go_json(
+            {
+                "mode": state.config.sandbox,
+                "sandboxed": sandboxed,
+                "status": line,
+                "checkpoints": {"method": method, "status": how},
+            }
+        )
 
     state.sprite_deleted_hooks.append(forget)
     app.on_cleanup.append(close)

@@ -813,6 +813,11 @@ class Jail:
         if self._cgroups is not None:
             self._cgroups.thaw(sprite)
 
+    def kill(self, sprite: str) -> None:
+        """SIGKILL whatever still runs in the sprite's cgroups (no-op without cgroups)."""
+        if self._cgroups is not None:
+            self._cgroups.kill(sprite)
+
     def describe(self) -> str:
         """How sprites are bounded, in a few words."""
         lim = self.limits
@@ -939,4 +944,4 @@ def _freezing(jail: Jail) -> str:
     # process of the sprite; the fallback only stops exec sessions' processes.
     if jail.cgroups.can_freeze:
         return "frozen by the cgroup freezer"
-    return "exec sessions stopped with SIGSTOP (no cgroup freezer; services keep running)"
+    return "exec sessions and services stopped with SIGSTOP (no cgroup freezer)"

@@ -101,13 +101,9 @@ def setup(app: web.Application, state: EmulatorState) -> None:
     app.router.add_post(base + "/{svc}/restart", _restart)
     app.router.add_get(base + "/{svc}/logs", _logs, allow_head=False)
 
-    async def boot(app: web.Application) -> None:
-        await sup.boot()
-
     async def close(app: web.Application) -> None:
         await sup.aclose()
 
-    app.on_startup.append(boot)
     # Shutdown ends the follow streams before aiohttp waits for handlers;
     # cleanup covers apps that only run the cleanup phase.
     app.on_shutdown.append(close)

@@ -3,8 +3,8 @@
 One :class:`Supervisor` per emulator (:func:`supervisor_for`) keeps, per
 sprite, a :class:`ServiceRuntime` for every defined service. Definitions and
 the sticky "stopped by the user" flag live in SQLite (``emu_services``), so
-they survive an emulator restart, where services are started again in
-dependency order as a booting sprite would. Processes are started with the
+they survive an emulator restart; the services start again in dependency
+order when the sprite (cold after a restart) is first woken. Processes are started with the
 exec module's runner (:class:`~._procs.SpriteProcess`), so services run in the
 same sandbox as exec commands.
 
@@ -27,7 +27,10 @@ Choices where the protocol reference and the 2025 server source leave room:
   stderr combined, truncated on start once over 1 MiB) and kept in memory as
   typed lines for the logs endpoint; lines already in the file when the
   runtime is created are replayed as ``stdout``.
-* Services do not keep a sprite awake and keep running when it goes cold.
+* Services do not keep a sprite awake. Going cold stops them (not sticky)
+  and the wake that follows starts them again (``_lifecycle``), as a VM's
+  boot would; so does the first wake after an emulator restart, where every
+  sprite comes back cold.
 """
 
 from __future__ import annotations
@@ -406,6 +409,11 @@ class Supervisor:
         runtimes = self._sprites.get(sprite, {})
         return [rt.proc.pid for rt in runtimes.values() if rt.proc is not None]
 
+    def processes(self, sprite: str) -> list[SpriteProcess]:
+        """The sprite's running service processes (loaded runtimes only, as above)."""
+        runtimes = self._sprites.get(sprite, {})
+        return [rt.proc for rt in runtimes.values() if rt.proc is not None]
+
     def get(self, sprite: str, name: str) -> ServiceRuntime:
         """One runtime, or :class:`NotFound`."""
         rt = self.services(sprite).get(name)
@@ -781,13 +789,6 @@ class Supervisor:
         if forget:
             self._sprites.pop(sprite, None)
             self._db.execute("DELETE FROM emu_services WHERE sprite = ?", (sprite,))
-
-    async def boot(self) -> None:
-        """Start the stored services of every existing sprite (emulator startup)."""
-        rows = self._db.execute("SELECT DISTINCT sprite FROM emu_services").fetchall()
-        for (sprite,) in rows:
-            if sprite in self._state.sprites:
-                await self.start_all(sprite)
 
     async def aclose(self) -> None:
         """Kill every service process and end every task and stream (idempotent)."""

@@ -215,6 +215,45 @@ def test_writes_in_the_live_root_never_change_a_snapshot(sprite: Path) -> None:
     assert {cp: manifest(cp) for cp in (v1, v2)} == expected
 
 
+def _twin_dirs(home: Path) -> None:
+    """``p/f`` and ``q/f``: the same size, mode and mtime, other contents."""
+    for name, text in (("p", "from-p"), ("q", "from-q")):
+        (home / name).mkdir()
+        (home / name / "f").write_text(text)
+        os.utime(home / name / "f", ns=(1_000_000_000, 1_000_000_000))
+
+
+def _swap(home: Path) -> None:
+    # A directory's rename sets its own ctime, not its files'.
+    os.rename(home / "p", home / "tmp-p")
+    os.rename(home / "q", home / "p")
+    os.rename(home / "tmp-p", home / "q")
+
+
+def test_a_snapshot_sees_files_whose_directory_moved(sprite: Path) -> None:
+    home = sprite / "root" / "home" / "sprite"
+    _twin_dirs(home)
+    time.sleep(0.05)
+    snap(sprite, "v1")
+    _swap(home)
+    v2 = snap(sprite, "v2")
+    assert (v2 / "home/sprite/p/f").read_text() == "from-q"
+    assert (v2 / "home/sprite/q/f").read_text() == "from-p"
+    assert manifest(v2) == manifest(sprite / "root")
+
+
+def test_a_restore_sees_files_whose_directory_moved(sprite: Path) -> None:
+    home = sprite / "root" / "home" / "sprite"
+    _twin_dirs(home)
+    time.sleep(0.05)
+    v1 = snap(sprite, "v1")
+    _swap(home)
+    restore(sprite, "v1")
+    assert (home / "p/f").read_text() == "from-p"
+    assert (home / "q/f").read_text() == "from-q"
+    assert manifest(sprite / "root") == manifest(v1)
+
+
 def test_first_snapshot_and_a_lost_base_copy_everything(sprite: Path) -> None:
     root = sprite / "root"
     v1 = snap(sprite, "v1")
@@ -223,6 +262,25 @@ def test_first_snapshot_and_a_lost_base_copy_everything(sprite: Path) -> None:
     v2 = snap(sprite, "v2")
     assert manifest(v2) == manifest(root)
     assert os.lstat(v2 / "home/sprite/a.txt").st_nlink == 1
+
+
+def test_without_hard_links_every_checkpoint_is_a_full_copy(
+    sprite: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback on a filesystem that refuses hard links: right, at a full copy's cost."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    root = sprite / "root"
+    snap(sprite, "v1")
+    (root / "home/sprite/a.txt").write_text("changed")
+    v2 = snap(sprite, "v2")
+    assert manifest(v2) == manifest(root)
+    assert os.lstat(v2 / "home/sprite/src/deep/b.bin").st_nlink == 1
+    restore(sprite, "v1")
+    assert (root / "home/sprite/a.txt").read_text() == "alpha"
 
 
 def test_a_failed_snapshot_leaves_no_partial_tree_and_the_base_usable(
@@ -271,37 +329,76 @@ def test_changes_just_before_a_checkpoint_or_by_a_restore_count_once(sprite: Pat
     assert all(os.lstat(p).st_ctime_ns < mark for p in home.rglob("*") if not p.is_symlink())
 
 
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
 def test_a_failed_restore_leaves_the_live_root_as_it_was(
-    sprite: Path, monkeypatch: pytest.MonkeyPatch
+    sprite: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int
 ) -> None:
     root = sprite / "root"
-    v1 = snap(sprite, "v1")
+    snap(sprite, "v1")
+    mutate(root)
     (root / "home/sprite/new").write_text("only live")
+    os.chmod(root / "home/sprite/src", 0o750)  # a directory's own metadata too
     before = manifest(root)
-    files = sum(1 for entry in manifest(v1).values() if entry[0] == "file")
     real = _checkpoints._link_or_copy
     calls = 0
 
-    def failing_last(*args: Any) -> bool:
+    def failing(*args: Any) -> bool:
         nonlocal calls
         calls += 1
-        if calls == files:
+        if calls == fail_at:
             raise OSError(28, "No space left on device")
         return real(*args)
 
-    monkeypatch.setattr(_checkpoints, "_link_or_copy", failing_last)
+    monkeypatch.setattr(_checkpoints, "_link_or_copy", failing)
     with pytest.raises(OSError):
         restore(sprite, "v1")
-    assert calls == files
+    assert calls == fail_at
     assert manifest(root) == before
+    assert sorted(p.name for p in sprite.iterdir()) == ["checkpoint-base", "checkpoints", "root"]
+    monkeypatch.undo()
+    restore(sprite, "v1")  # and the next attempt works
+    assert manifest(root) == manifest(sprite / "checkpoints" / "v1")
+
+
+def test_a_restore_touches_only_what_differs(sprite: Path) -> None:
+    """In place: unchanged entries keep their inodes and their ctimes (nothing rewrote them)."""
+    root = sprite / "root"
+    v1 = snap(sprite, "v1")
+    (root / "home/sprite/a.txt").write_text("changed")
+    (root / "home/sprite/extra").mkdir()
+    kept = {
+        p: (os.lstat(p).st_ino, os.lstat(p).st_ctime_ns)
+        for p in (root / "home/sprite/src/deep/b.bin", root / "home/sprite/run.sh")
+    }
+    restore(sprite, "v1")
+    assert {p: (os.lstat(p).st_ino, os.lstat(p).st_ctime_ns) for p in kept} == kept
+    assert manifest(root) == manifest(v1)
+    trash = [p for p in sprite.iterdir() if p.name.startswith("root.trash-")]
+    assert len(trash) == 1  # what was replaced: the old a.txt and extra/
+    assert sorted(os.listdir(trash[0])) == ["1", "2"]
+    _checkpoints._remove_trash(sprite)
+    assert not any(p.name.startswith("root.trash-") for p in sprite.iterdir())
+
+
+def test_recover_finishes_a_restore_that_set_files_aside(sprite: Path) -> None:
+    root = sprite / "root"
+    v1 = snap(sprite, "v1")
+    (root / "home/sprite/a.txt").write_text("changed")
+    # The crash came after a live file was moved into the trash, before its copy.
+    trash = sprite / "root.trash-1"
+    trash.mkdir()
+    os.rename(root / "home/sprite/src/deep/b.bin", trash / "1")
+    (sprite / "restoring").write_text("v1\n")
+    _checkpoints.recover(sprite.parent.parent)
+    assert manifest(root) == manifest(v1)
     assert sorted(p.name for p in sprite.iterdir()) == ["checkpoint-base", "checkpoints", "root"]
 
 
 def test_recover_finishes_a_restore_that_moved_files_away(sprite: Path) -> None:
+    """The layout an older emulator's restore left (a half-built ``root.restoring``)."""
     root = sprite / "root"
     v1 = snap(sprite, "v1")
     (root / "home/sprite/a.txt").write_text("changed")
-    # The crash came after a live file was moved into the half-built tree.
     staging = sprite / "root.restoring"
     (staging / "home/sprite/src/deep").mkdir(parents=True)
     os.rename(root / "home/sprite/src/deep/b.bin", staging / "home/sprite/src/deep/b.bin")
@@ -312,6 +409,7 @@ def test_recover_finishes_a_restore_that_moved_files_away(sprite: Path) -> None:
 
 
 def test_recover_finishes_a_restore_stopped_between_the_renames(sprite: Path) -> None:
+    """The layout an older emulator's restore left between its two renames."""
     root = sprite / "root"
     v1 = snap(sprite, "v1")
     (root / "home/sprite/a.txt").write_text("changed")

@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from sprites_async.emulator import EmulatorConfig
-from sprites_async.emulator._procs import is_running, sandbox_available
+from sprites_async.emulator._procs import (
+    descendants,
+    is_running,
+    proc_table,
+    sandbox_available,
+)
 from sprites_async.emulator._sandbox import existing_jail
+from sprites_async.emulator._supervisor import supervisor_for
 from tests._emulator import RunningEmulator, serve
 from tests.emulator.exec_helpers import SPRITE, list_sessions, next_text, open_ws, run_ws
 
@@ -69,6 +75,48 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def proc_state(pid: int) -> str:
+    """The one-letter state of ``/proc/<pid>/stat`` (``T``: stopped by a signal)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""  # gone meanwhile
+    return raw[raw.rfind(b")") + 2 : raw.rfind(b")") + 3].decode()
+
+
+async def assert_frozen(emu: RunningEmulator, pids: list[int], mode: str) -> None:
+    """Every one of ``pids`` is frozen the way ``mode`` freezes (freezer file or state T).
+
+    Eventually: a child forked in the instant of the freeze may finish its
+    step (then it is a zombie), and a v1 freezer passes through FREEZING.
+    """
+    assert pids
+    if mode == "bwrap-cgroups":
+        jail = existing_jail(emu.state)
+        if jail is None or not jail.cgroups.can_freeze:
+            pytest.skip("the emulator cannot make a freezer cgroup here")
+        freezer = jail.cgroups._freezer(SPRITE)
+        assert freezer is not None
+        path, frozen, _ = freezer
+        await until(lambda: path.read_text().strip() == frozen, timeout=5)
+        procs = {int(p) for p in (path.parent / "cgroup.procs").read_text().split()}
+        # A zombie (a tick's ``sleep`` that just ended) has left its cgroup.
+        assert {pid for pid in pids if is_running(pid)} <= procs
+    else:
+
+        def all_stopped() -> bool:
+            return all(proc_state(pid) == "T" for pid in pids if is_running(pid))
+
+        await until(all_stopped, timeout=5)
+        assert any(is_running(pid) for pid in pids)
+
+
+def mode_of(request: pytest.FixtureRequest) -> str:
+    mode: str = request.node.callspec.params["emulator_config"]
+    return mode
+
+
 async def test_warm_freezes_and_wake_resumes_the_same_session(
     emu: RunningEmulator, sprite: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -76,11 +124,8 @@ async def test_warm_freezes_and_wake_resumes_the_same_session(
     await until(lambda: lines(sprite) >= 3)
     await until(lambda: emu.state.lifecycle.frozen(SPRITE))
     assert emu.state.sprites[SPRITE].status == "warm"
-    if request.node.callspec.params["emulator_config"] == "bwrap-cgroups":
-        jail = existing_jail(emu.state)
-        if jail is None or not jail.cgroups.active:
-            pytest.skip("the emulator cannot make cgroups here")
-        assert jail.cgroups._freezer(SPRITE) is not None
+    members = [int(session_id), *descendants(proc_table(), int(session_id))]
+    await assert_frozen(emu, members, mode_of(request))
     # A loop iteration under way when the freeze came may still land.
     await asyncio.sleep(0.3)
     frozen_at = lines(sprite)
@@ -93,6 +138,33 @@ async def test_warm_freezes_and_wake_resumes_the_same_session(
     await until(lambda: lines(sprite) >= frozen_at + 5)
     assert [s["id"] for s in await list_sessions(emu)] == [session_id]
     assert is_running(int(session_id))
+    assert "T" not in {proc_state(pid) for pid in members if is_running(pid)}
+
+
+async def test_warm_freezes_services_too_and_they_resume(
+    emu: RunningEmulator, sprite: Path, request: pytest.FixtureRequest
+) -> None:
+    url = f"{emu.url}/v1/sprites/{SPRITE}/services/tick?duration=100ms"
+    body = {"cmd": TICKER[0], "args": TICKER[1:]}
+    async with emu.http.put(url, json=body, headers=emu.auth) as resp:
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+    await until(lambda: lines(sprite) >= 3)
+    rt = supervisor_for(emu.state).get(SPRITE, "tick")
+    pid = rt.pid
+    assert pid is not None
+    await until(lambda: emu.state.lifecycle.frozen(SPRITE))
+    await assert_frozen(emu, [pid, *descendants(proc_table(), pid)], mode_of(request))
+    await asyncio.sleep(0.3)
+    frozen_at = lines(sprite)
+    await asyncio.sleep(1.0)
+    assert lines(sprite) - frozen_at <= 1
+
+    run = await run_ws(emu, ["true"])
+    assert run.exit_text == 0
+    await until(lambda: lines(sprite) >= frozen_at + 5)
+    assert rt.pid == pid  # the same process went on: resumed, not restarted
+    assert rt.restart_count == 0
 
 
 async def test_cold_ends_the_frozen_session(

@@ -5,10 +5,13 @@ These run whether or not bubblewrap is installed: its absence is simulated.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,7 +151,10 @@ def test_text_startup_lines_end_with_the_sandbox_status() -> None:
 
 @pytest.mark.parametrize(
     ("freezer", "words"),
-    [(True, "frozen by the cgroup freezer"), (False, "exec sessions stopped with SIGSTOP")],
+    [
+        (True, "frozen by the cgroup freezer"),
+        (False, "exec sessions and services stopped with SIGSTOP"),
+    ],
 )
 def test_status_line_says_how_warm_sprites_are_frozen(
     monkeypatch: pytest.MonkeyPatch, freezer: bool, words: str
@@ -160,3 +166,50 @@ def test_status_line_says_how_warm_sprites_are_frozen(
     sandboxed, line = sandbox_status("auto")
     assert sandboxed is True
     assert f"warm sprites: {words}" in line
+
+
+def _doctor_step(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str
+) -> dict[str, Any]:
+    with Emulator(sandbox="none", exit_linger=0.0) as emu:
+        monkeypatch.setenv("SPRITES_API_URL", emu.url)
+        monkeypatch.setenv("SPRITES_TOKEN", emu.token)
+        code = cli_main(["doctor", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == EXIT_OK
+    step: dict[str, Any] = {s["name"]: s for s in report["steps"]}[name]
+    return step
+
+
+def test_doctor_says_checkpoints_are_hard_link_snapshots(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    step = _doctor_step(monkeypatch, capsys, "emulator checkpoints")
+    assert step["status"] == "ok"
+    assert step["data"] == {"method": "hard-links"}
+    assert "hard-link snapshots" in step["detail"]
+    assert "no overlays" in step["detail"]
+    assert "reflinks" in step["detail"]
+
+
+def test_doctor_warns_when_checkpoints_fall_back_to_full_copies(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)  # a filesystem without hard links
+    step = _doctor_step(monkeypatch, capsys, "emulator checkpoints")
+    assert step["status"] == "warn"
+    assert step["data"] == {"method": "copy"}
+    assert "full copies" in step["detail"]
+    assert "Operation not permitted" in step["detail"]
+
+
+def test_the_embedded_emulator_reports_its_checkpoint_method(tmp_path: Path) -> None:
+    with Emulator(sandbox="none", exit_linger=0.0, state_dir=tmp_path / "state") as emu:
+        method, line = emu.checkpoint_status
+    assert method == "hard-links"
+    assert line.startswith("hard-link snapshots")
+    # The probe leaves nothing behind in the state directory.
+    assert not [p for p in (tmp_path / "state").iterdir() if p.name.startswith(".checkpoint")]

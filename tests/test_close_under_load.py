@@ -134,24 +134,9 @@ async def http_exec(client: SpritesClient, started: asyncio.Event, _: int) -> No
     await client.sprite("box").run_http("sh", "-c", "echo hi; exec sleep 30")
 
 
-async def forward(client: SpritesClient, started: asyncio.Event, port: int) -> None:
-    async with client.sprite("box").forward(port) as fwd:
-        reader, writer = await asyncio.open_connection("127.0.0.1", fwd.local_port)
-        try:
-            while True:
-                writer.write(b"ping")
-                await writer.drain()
-                if await reader.read(4) == b"":
-                    await asyncio.sleep(0.01)
-                started.set()
-        except ConnectionResetError:
-            return  # a tunnel broken by the closed client: the documented local reset
-        finally:
-            writer.close()
-
-
-async def open_connection(client: SpritesClient, started: asyncio.Event, port: int) -> None:
-    reader, writer = await client.sprite("box").open_connection(port)
+async def ping_until_reset(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, started: asyncio.Event
+) -> None:
     try:
         while True:
             writer.write(b"ping")
@@ -163,6 +148,17 @@ async def open_connection(client: SpritesClient, started: asyncio.Event, port: i
         return  # a tunnel broken by the closed client: the documented local reset
     finally:
         writer.close()
+
+
+async def forward(client: SpritesClient, started: asyncio.Event, port: int) -> None:
+    async with client.sprite("box").forward(port) as fwd:
+        reader, writer = await asyncio.open_connection("127.0.0.1", fwd.local_port)
+        await ping_until_reset(reader, writer, started)
+
+
+async def open_connection(client: SpritesClient, started: asyncio.Event, port: int) -> None:
+    reader, writer = await client.sprite("box").open_connection(port)
+    await ping_until_reset(reader, writer, started)
 
 
 async def logs_follow(client: SpritesClient, started: asyncio.Event, _: int) -> None:

@@ -17,12 +17,13 @@ of the session and the session can import it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import aiohttp
 from aiohttp import WSMessage, WSMsgType
+
+from ._translate import _TRANSPORT_ERRORS
 
 if TYPE_CHECKING:
     from ._errors import SpritesConnectionError
@@ -34,17 +35,11 @@ __all__ = ["Translate", "WSMessage", "WSMsgType", "WebSocket"]
 Translate: TypeAlias = "Callable[[BaseException, str], SpritesConnectionError]"
 """The seam's translation of a failure during one step (``"receive"``, ``"send"`` ...)."""
 
-# What aiohttp raises from an open socket's methods: ClientError (a reset,
-# a write to a closing transport), OSError and a receive deadline; sends
-# also RuntimeError (older aiohttp's "Cannot write to closing transport").
-# A RuntimeError from receive() is a second concurrent receive: a bug to
-# show, not a lost connection.
-_RECEIVE_FAILURES: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,
-    asyncio.TimeoutError,
-    TimeoutError,
-)
+# What an open socket's methods raise when the transport fails is what any
+# request raises (the seam's _TRANSPORT_ERRORS); sends also RuntimeError
+# (older aiohttp's "Cannot write to closing transport"). A RuntimeError from
+# receive() is a second concurrent receive: a bug to show, not a lost connection.
+_RECEIVE_FAILURES = _TRANSPORT_ERRORS
 _FAILURES: tuple[type[BaseException], ...] = (*_RECEIVE_FAILURES, RuntimeError)
 
 

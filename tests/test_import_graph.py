@@ -23,6 +23,10 @@ RESOURCES = (
     f"{PACKAGE}._sprites",
     f"{PACKAGE}._exec",
     f"{PACKAGE}._fs",
+    f"{PACKAGE}._fs_errors",
+    f"{PACKAGE}._fs_path",
+    f"{PACKAGE}._fs_tree",
+    f"{PACKAGE}._fs_types",
     f"{PACKAGE}._checkpoints",
     f"{PACKAGE}._services",
     f"{PACKAGE}._policy",
@@ -30,6 +34,8 @@ RESOURCES = (
     f"{PACKAGE}._proxy",
     f"{PACKAGE}._control",
     f"{PACKAGE}.fleet",
+    f"{PACKAGE}._fleet_limits",
+    f"{PACKAGE}._fleet_run",
     FACADE,
 )
 """Modules (or packages, with everything inside) that the base client must not load."""

@@ -213,6 +213,21 @@ def test_only_the_package_imports_the_facade() -> None:
     assert importers == [PACKAGE]
 
 
+def test_the_emulator_has_no_runtime_import_cycle() -> None:
+    # The emulator is an application, left out of the core's graph, but its
+    # modules form a layered whole too: shared state at the bottom, features
+    # above it. A module low down reaches one above through the state (a
+    # registry it fills in, as ``state.sessions`` and ``state.services``).
+    emulator = NOT_CORE[0]
+    graph = {
+        name: {t for t in targets if _within(t, [emulator])}
+        for name, targets in import_graph(ROOT).items()
+        if _within(name, [emulator])
+    }
+    assert len(graph) > 20  # the walk found the package
+    assert cycles(graph) == []
+
+
 # ------------------------------------------------------ the checker, on samples
 
 

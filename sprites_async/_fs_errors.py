@@ -15,9 +15,7 @@ from ._errors import (
     PermissionDeniedError,
     _rebuild_error,
 )
-from ._models import (
-    JSONDecoder,
-)
+from ._models import JSONDecoder
 
 # --------------------------------------------------------------------- errors
 

@@ -13,14 +13,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from ._errors import (
-    APIError,
-)
+from ._errors import APIError
 from ._fs_errors import SpriteFileNotFoundError, fs_error
 from ._fs_types import WriteResult, _decode_listing, _Listing, _write_result
-from ._options import (
-    RequestOptions,
-)
+from ._options import RequestOptions
 from ._validation import check_int, check_sprite_path
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 class _SpriteTree(_SpritePathBase):
-    """TREE"""
+    """Metadata, listing and changes to the tree; only :class:`SpritePath` is ever made."""
 
     __slots__ = ()
 

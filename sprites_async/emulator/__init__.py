@@ -169,7 +169,7 @@ class Emulator:
     @property
     def checkpoint_status(self) -> tuple[str, str]:
         """``(method, one line)``: how checkpoints are made (``"hard-links"`` or ``"copy"``)."""
-        from ._checkpoints import checkpoint_method
+        from ._fsprobe import checkpoint_method
 
         return checkpoint_method(self.state.config.state_dir)
 

@@ -162,7 +162,6 @@ class Lifecycle:
             return
         from ._procs import proc_table, session_members
         from ._sandbox import existing_jail
-        from ._supervisor import supervisor_for
 
         jail = existing_jail(self._state)
         if jail is not None and jail.freeze(name):
@@ -175,7 +174,7 @@ class Lifecycle:
             if getattr(session, "inline", False):
                 continue  # answered by the emulator itself: no process
             sids.update(_sids(session.proc))
-        for proc in supervisor_for(self._state).processes(name):
+        for proc in self._state.services.processes(name):
             sids.update(_sids(proc))
         stopped: list[int] = []
         seen: set[int] = set()
@@ -251,7 +250,6 @@ class Lifecycle:
     async def _stop_everything(self, name: str) -> None:
         """End every process of a sprite going cold (sessions, services, strays)."""
         from ._sandbox import existing_jail
-        from ._supervisor import supervisor_for
 
         try:
             await self._state.sessions.terminate_all(name)
@@ -259,7 +257,7 @@ class Lifecycle:
             # A background timer has nobody to report to; keep the clock going.
             log.exception("ending the sessions of %s failed", name)
         try:
-            await supervisor_for(self._state).stop_all(name)
+            await self._state.services.stop_all(name)
         except Exception:
             log.exception("stopping the services of %s failed", name)
         jail = existing_jail(self._state)
@@ -267,14 +265,12 @@ class Lifecycle:
             jail.kill(name)
 
     async def _boot(self, name: str) -> None:
-        from ._supervisor import supervisor_for
-
         try:
             cooling = self._cooling.get(name)
             if cooling is not None:
                 # Woken (``activity``) while going cold: start after the stop.
                 await asyncio.shield(cooling)
-            await supervisor_for(self._state).start_all(name)
+            await self._state.services.start_all(name)
         except Exception:
             log.exception("starting the services of %s failed", name)
         finally:

@@ -97,7 +97,7 @@ def _setup_sandbox(app: web.Application, state: EmulatorState) -> None:
         await jail.aclose()
 
     async def status(request: web.Request) -> web.StreamResponse:
-        from ._checkpoints import checkpoint_method
+        from ._fsprobe import checkpoint_method
 
         sandboxed, line = sandbox_status(state.config.sandbox, jail)
         method, how = await asyncio.to_thread(checkpoint_method, state.config.state_dir)

@@ -15,6 +15,13 @@ Work that keeps a sprite busy beyond one request holds
 an async callback in ``state.sprite_deleted_hooks`` (or
 ``sprite_created_hooks``). Sprite records are persisted by ``state.store``;
 after changing one in place call ``state.save_sprite(rec)``.
+
+This module sits at the bottom of the emulator's imports (below it only the
+lifecycle, the store, quirks and the process helpers). A module that needs a
+feature module above it goes through a registry on the state that the
+feature fills in (``state.sessions`` by ``_exec``, ``state.services`` by
+``_supervisor``), not through an import: the emulator has no import cycle
+(``tests/test_import_graph.py``).
 """
 
 from __future__ import annotations
@@ -27,19 +34,17 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 from aiohttp import web
 
+from ._lifecycle import Lifecycle
 from ._quirks import QuirkSet
 from ._sandbox import file_owner, prepare_root
-
-if TYPE_CHECKING:
-    from ._lifecycle import Lifecycle
-    from ._store import SpriteStore
+from ._store import SpriteRecord as SpriteRecord  # its home is the store; imported from here
+from ._store import SpriteStore
 
 SandboxMode = Literal["auto", "required", "bwrap", "none"]
 
@@ -154,24 +159,6 @@ class EmulatorConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class SpriteRecord:
-    """What the emulator knows about one sprite (mirrors the API's Sprite object)."""
-
-    id: str
-    name: str
-    organization: str
-    status: str
-    url: str
-    url_auth: str
-    created_at: datetime
-    updated_at: datetime
-    labels: list[str] = field(default_factory=list)
-    version: str | None = None
-    last_running_at: datetime | None = None
-    last_warming_at: datetime | None = None
-
-
 class SessionRegistry(Protocol):
     """What other modules need from the exec session manager (owned by ``_exec``)."""
 
@@ -187,6 +174,30 @@ class _NoSessions:
         return None
 
     async def aclose(self) -> None:
+        return None
+
+
+class ServiceRegistry(Protocol):
+    """What the lifecycle needs from the service supervisor (owned by ``_supervisor``)."""
+
+    def processes(self, sprite: str) -> list[Any]:
+        """The sprite's running service processes."""
+
+    async def start_all(self, sprite: str) -> None:
+        """Start the sprite's services (waking from cold)."""
+
+    async def stop_all(self, sprite: str) -> None:
+        """Kill the sprite's service processes (going cold)."""
+
+
+class _NoServices:
+    def processes(self, sprite: str) -> list[Any]:
+        return []
+
+    async def start_all(self, sprite: str) -> None:
+        return None
+
+    async def stop_all(self, sprite: str) -> None:
         return None
 
 
@@ -257,10 +268,6 @@ class EmulatorState:
     """Mutable state shared by all handlers of one emulator instance."""
 
     def __init__(self, config: EmulatorConfig, db: sqlite3.Connection) -> None:
-        # Imported here because both modules import this one.
-        from ._lifecycle import Lifecycle
-        from ._store import SpriteStore
-
         self.config = config
         self.faults = FaultConfig()
         self.quirks = QuirkSet(config.quirks)
@@ -268,6 +275,8 @@ class EmulatorState:
         self.db = db
         """SQLite connection (autocommit); each module creates its own tables."""
         self.sessions: SessionRegistry = _NoSessions()
+        self.services: ServiceRegistry = _NoServices()
+        """The service supervisor, once ``_supervisor`` has made it (at app setup)."""
         self.sprites: SpriteTable = SpriteTable()
         """Live sprite records by name, loaded from and saved to ``db`` by ``_sprites``."""
         self.background: set[asyncio.Task[Any]] = set()

@@ -1,13 +1,31 @@
-"""SQLite persistence of sprite records (the ``sprites`` table)."""
+"""Sprite records and their SQLite persistence (the ``sprites`` table)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from ._state import SpriteRecord
+
+@dataclass
+class SpriteRecord:
+    """What the emulator knows about one sprite (mirrors the API's Sprite object)."""
+
+    id: str
+    name: str
+    organization: str
+    status: str
+    url: str
+    url_auth: str
+    created_at: datetime
+    updated_at: datetime
+    labels: list[str] = field(default_factory=list)
+    version: str | None = None
+    last_running_at: datetime | None = None
+    last_warming_at: datetime | None = None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sprites (

@@ -341,7 +341,9 @@ def supervisor_for(state: EmulatorState) -> Supervisor:
     """The service supervisor of an emulator (created on first use)."""
     sup = _supervisors.get(state)
     if sup is None:
-        sup = _supervisors[state] = Supervisor(state)
+        # The lifecycle reaches it through the state: importing this module
+        # from there would close an import cycle.
+        sup = _supervisors[state] = state.services = Supervisor(state)
     return sup
 
 

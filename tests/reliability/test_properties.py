@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from sprites_async import APIError, ProtocolError, SpritesClient
 from sprites_async import _checkpoints as cps
 from sprites_async import _frames as f
-from sprites_async import _fs as sfs
+from sprites_async import _fs_types as sfs
 from sprites_async import _models as models
 from sprites_async import _policy as pol
 from sprites_async import _services as svc

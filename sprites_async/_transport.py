@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextvars
 import ipaddress
+import math
 import os
 import platform
 import ssl as ssl_module
@@ -294,13 +295,69 @@ class _ObservedResponse(aiohttp.ClientResponse):
         return resp
 
 
-_WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
+_WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0)
+"""No deadline on receive (the caller's), and no wait for the server's close reply.
+
+``ws_close=0`` ends ``close()``'s wait for the reply at its first suspension
+(a server that closed first has already replied): the SDK never waits for
+it, because a peer that stopped reading never sends one (section 12 of the
+protocol reference). One timer, where ``close_now``'s zero deadline around
+aiohttp's own ``ws_close`` wait cost two."""
+
+
+class _Slice:
+    """The handshakes whose wake deadline falls in one slice of time."""
+
+    __slots__ = ("expired", "tasks")
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.expired = False
+
+
+class _WakeDeadlines:
+    """Bounds WebSocket handshakes by ``Timeouts.wake`` with one timer per slice of time.
+
+    A timer per handshake (``asyncio.timeout``) costs a timer handle, a
+    timeout object and a context copy, kept in the loop's heap until its
+    deadline, for a deadline that almost never passes. Handshakes whose
+    deadlines fall in the same slice (a tenth of ``wake``, at most a second)
+    share one timer: each joins the slice's set of tasks and leaves it when
+    its handshake ends; the timer cancels the tasks still in it. A deadline
+    passes at most one slice late. One per client, made with its session.
+    """
+
+    __slots__ = ("_loop", "_slices")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slices: dict[float, _Slice] = {}
+
+    def join(self, task: asyncio.Task[Any], wake: float) -> _Slice:
+        """Put ``task`` under the deadline ``wake`` seconds from now (rounded up to its slice)."""
+        due = self._loop.time() + wake
+        step = min(1.0, wake / 10)
+        if step > 0:
+            due = math.ceil(due / step) * step
+        joined = self._slices.get(due)
+        if joined is None:
+            joined = self._slices[due] = _Slice()
+            self._loop.call_at(due, self._expire, due)
+        joined.tasks.add(task)
+        return joined
+
+    def _expire(self, due: float) -> None:
+        expired = self._slices.pop(due)
+        expired.expired = True
+        for task in expired.tasks:
+            task.cancel()
 
 
 async def _upgrade(
     session: aiohttp.ClientSession,
     url: str,
     seen: _Handshake,
+    deadlines: _WakeDeadlines | None,
     wake: float | None,
     **kwargs: Any,
 ) -> aiohttp.ClientWebSocketResponse[Literal[True]]:
@@ -308,15 +365,50 @@ async def _upgrade(
 
     ``seen`` gets the status and headers of the upgrade response and the
     body of a refused one, which ``aiohttp.WSServerHandshakeError`` does not
-    keep. ``kwargs`` go to ``ws_connect``.
+    keep. ``kwargs`` go to ``ws_connect``. A handshake that outlives ``wake``
+    raises ``asyncio.TimeoutError`` (not an aiohttp error: the seam tells the
+    two apart); ``deadlines`` is where its deadline waits (None: no limit).
     """
     token = _handshake.set(seen)
-    try:
-        async with _timeout(wake):
+    if deadlines is None or wake is None:
+        try:
             ws = await session.ws_connect(url, timeout=_WS_TIMEOUT, autoclose=False, **kwargs)
+        finally:
+            _handshake.reset(token)
+        return cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)
+    task = cast("asyncio.Task[Any]", asyncio.current_task())
+    cancelling = _cancelling(task)
+    joined = deadlines.join(task, wake)
+    try:
+        ws = await session.ws_connect(url, timeout=_WS_TIMEOUT, autoclose=False, **kwargs)
+    except asyncio.CancelledError:
+        if not joined.expired or not _cut_by_deadline(task, cancelling):
+            raise
+        raise asyncio.TimeoutError from None
+    else:
+        if joined.expired:
+            _cut_by_deadline(task, cancelling)  # cancelled as it ended: undo our count
     finally:
         _handshake.reset(token)
+        joined.tasks.discard(task)
     return cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)
+
+
+def _cancelling(task: asyncio.Task[Any]) -> int:
+    if sys.version_info >= (3, 11):
+        return task.cancelling()
+    return 0  # pragma: no cover - Python 3.10
+
+
+def _cut_by_deadline(task: asyncio.Task[Any], cancelling: int) -> bool:
+    """After our deadline cancelled ``task``: whether only we did (as ``asyncio.timeout`` tells).
+
+    On Python 3.10 tasks do not count cancellations; the deadline's is taken
+    to be the only one, as ``async_timeout`` does there.
+    """
+    if sys.version_info >= (3, 11):
+        return task.uncancel() <= cancelling
+    return True  # pragma: no cover - Python 3.10
 
 
 def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:

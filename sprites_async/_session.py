@@ -26,7 +26,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
 
 import aiohttp
 import msgspec
@@ -46,13 +46,13 @@ from ._options import Params, RequestOptions, _body_and_headers, _with_body, _wi
 from ._resource import AsyncResource
 from ._retry import _HANDSHAKE_RETRY_STATUSES, _always, _nothing, log_attempt, retrying
 from ._translate import (
-    _TIMEOUT_ERRORS,
     _api_error,
     _never_sent,
     _refused_upgrade,
     _wake_timeout,
 )
 from ._transport import (
+    _WS_TIMEOUT,
     ProxySetting,
     SSLSetting,
     _client_timeouts,
@@ -64,7 +64,7 @@ from ._transport import (
     _resolve_ssl,
     _resolve_token,
     _Secret,
-    _upgrade,
+    _upgrades,
     _user_agent,
     _WakeDeadlines,
 )
@@ -500,26 +500,34 @@ async def _handshake(
     started: float,
 ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
     """One attempt of :meth:`BaseClient._ws_connect` (``upgrade``: ``ws_connect``'s arguments)."""
-    seen = _Handshake()
+    task = cast("asyncio.Task[Any]", asyncio.current_task())
     wake = client.timeouts.wake
+    deadlines = client._wake_deadlines
+    deadline = deadlines.start(task, wake) if deadlines is not None and wake is not None else None
+    seen = _upgrades[task] = _Handshake()  # what _ObservedResponse keeps of the answer
     try:
-        ws = await _upgrade(
-            session, client.base_url + path, seen, client._wake_deadlines, wake, **upgrade
+        ws = await session.ws_connect(
+            client.base_url + path, timeout=_WS_TIMEOUT, autoclose=False, **upgrade
         )
     except aiohttp.WSServerHandshakeError as exc:
         log_attempt(client._telemetry, "GET", path, exc.status, started, attempt, exc.headers)
         raise _refused_upgrade(exc, path, seen.body, operation, sprite) from exc
-    except _TIMEOUT_ERRORS as exc:
-        if isinstance(exc, aiohttp.ClientError):
-            raise  # aiohttp's connect timeout: a transport failure
-        # Our wake deadline: never retried (the command may have started).
+    except asyncio.CancelledError:
+        if deadline is None or not deadline.end():
+            raise
+        # The wake deadline passed: never retried (the command may have started).
         error = _wake_timeout(path, operation, sprite, wake)
         log_attempt(client._telemetry, "GET", path, None, started, attempt, None, error=error)
-        raise error from exc
+        raise error from None
+    finally:
+        del _upgrades[task]
+        if deadline is not None:
+            deadline.end()
     headers = seen.headers if seen.headers is not None else _EMPTY_HEADERS
     log_attempt(client._telemetry, "GET", path, 101, started, attempt, headers)
     quiet = not upgrade["autoping"] and upgrade["heartbeat"] is None
-    return WebSocket(ws, path, operation, sprite, headers, quiet=quiet), headers
+    raw = cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)  # text frames decoded
+    return WebSocket(raw, path, operation, sprite, headers, quiet=quiet), headers
 
 
 def _load_telemetry(client: BaseClient, tracer_provider: Any, meter_provider: Any) -> Telemetry:

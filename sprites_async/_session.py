@@ -447,8 +447,10 @@ class BaseClient(AsyncResource):
         The socket is a :class:`WebSocket`: aiohttp's messages, and every
         failure of its methods translated here, with the upgrade's request ids.
         The handshake may wake a cold sprite, so it is bounded by the ``wake``
-        timeout. A refused upgrade raises the matching :class:`APIError` with
-        the server's body. With ``retry_handshake``, handshakes refused with
+        timeout (handshakes share a timer, so it may pass up to a tenth of
+        ``wake``, at most a second, late: see ``_WakeDeadlines``). A refused
+        upgrade raises the matching :class:`APIError` with the server's
+        body. With ``retry_handshake``, handshakes refused with
         429/502/503/504 or whose connection could not be made are retried by
         the policy: the server starts a command only when it accepts the
         upgrade, so those cannot have started one. A handshake that timed out

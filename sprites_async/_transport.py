@@ -302,9 +302,10 @@ _WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0)
 
 ``ws_close=0`` ends ``close()``'s wait for the reply at its first suspension
 (a server that closed first has already replied): the SDK never waits for
-it, because a peer that stopped reading never sends one (section 12 of the
-protocol reference). One timer, where ``close_now``'s zero deadline around
-aiohttp's own ``ws_close`` wait cost two."""
+it, because a peer that stopped reading (Fly's ``pkg/wsexec`` once stdin is
+closed) never sends one. A caller needs no zero deadline of its own around
+``close()`` for that; only a close frame stuck behind a full send buffer
+still needs a bound."""
 
 
 class _WakeDeadlines:

@@ -193,7 +193,8 @@ async def test_receive_on_a_quiet_socket_is_aiohttps_own_and_a_cut_is_a_message(
             )
             # No coroutine of ours around each message of an exec or control socket ...
             call = ws.receive()
-            assert call.cr_code.co_qualname == "ClientWebSocketResponse.receive"  # type: ignore[attr-defined]
+            code = call.cr_code  # type: ignore[attr-defined]
+            assert (code.co_name, "aiohttp" in code.co_filename) == ("receive", True)
             assert (await call).data == b"\x01hi\n"
             # ... and still no aiohttp error out of it: a lost connection is a message.
             msg = await asyncio.wait_for(ws.receive(), 10)
@@ -206,7 +207,7 @@ async def test_receive_on_a_quiet_socket_is_aiohttps_own_and_a_cut_is_a_message(
             assert (info.value.operation, info.value.request_id) == ("exec", "RID")
             ws3, _ = await c._ws_connect(path, operation="exec")
             call = ws3.receive()
-            assert call.cr_code.co_qualname == "WebSocket._receive"  # type: ignore[attr-defined]
+            assert call.cr_code.co_name == "_receive"  # type: ignore[attr-defined]
             call.close()  # type: ignore[attr-defined]
             for sock in (ws, ws2, ws3):
                 await sock.close()

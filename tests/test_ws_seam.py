@@ -259,7 +259,7 @@ async def test_handshakes_in_flight_share_one_wake_timer() -> None:
                 assert "Timeouts.wake" in str(result)
             assert not deadlines._slices
             current = asyncio.current_task()
-            assert current is not None and current.cancelling() == 0
+            assert current is not None and _transport._cancelling(current) == 0
 
 
 async def test_a_caller_cancelled_in_a_handshake_sees_its_cancellation() -> None:
@@ -298,7 +298,7 @@ async def test_a_deadline_and_a_cancellation_at_once_leave_the_cancellation() ->
                 loop.call_later(0.2, task.cancel)
             await asyncio.sleep(0.5)
         except asyncio.CancelledError:
-            outcome.append(("deadline alone", deadline.end(), task.cancelling()))
+            outcome.append(("deadline alone", deadline.end(), _transport._cancelling(task)))
             if also_cancelled:
                 await asyncio.sleep(1)  # the other cancellation is still pending
             return
@@ -324,7 +324,7 @@ async def test_a_deadline_that_passes_after_the_handshake_cancels_nothing() -> N
     deadline = deadlines.start(task, 0.05)
     assert deadline.end() is False
     await asyncio.sleep(0.2)  # the slice's timer fires with nobody left in it
-    assert task.cancelling() == 0
+    assert _transport._cancelling(task) == 0
     assert not deadlines._slices
 
 

@@ -58,6 +58,7 @@ async def retrying(
     *,
     resend: Callable[[BaseException], bool],
     statuses: Container[int],
+    failed: tuple[Exception, float] | None = None,
 ) -> T:
     """Call ``once(attempt, started)`` until an attempt succeeds: the seams' one retry loop.
 
@@ -78,35 +79,69 @@ async def retrying(
 
     Any other exception (the SDK's own errors, cancellation) ends the
     call. Every attempt counts against ``policy.max_attempts``.
+
+    ``failed`` is the error and start time of a first attempt the caller
+    made itself: a seam whose first attempt almost always succeeds (a
+    WebSocket handshake) awaits ``once(1, started)`` directly and enters
+    this loop only after it failed, which decides from there as if it had
+    made that attempt.
     """
     attempt = 0
     while True:
         attempt += 1
-        started = time.monotonic()
-        try:
-            return await once(attempt, started)
-        except APIError as error:
-            if error.status_code not in statuses:
-                raise
-            delay = status_backoff(policy, error, attempt)
-            if delay is None:
-                raise
-        except SpritesError:
-            raise  # already decided (a handshake timeout, a refused upgrade)
-        except _TRANSPORT_ERRORS as exc:
-            delay = transport_delay(
-                policy,
-                telemetry,
-                exc,
-                method,
-                path,
-                operation,
-                sprite,
-                attempt,
-                started,
-                resend(exc),
-            )
+        if failed is not None:
+            exc, started = failed
+            failed = None
+        else:
+            started = time.monotonic()
+            try:
+                return await once(attempt, started)
+            except Exception as error:
+                exc = error
+        delay = _next_delay(
+            exc,
+            policy,
+            telemetry,
+            method,
+            path,
+            operation,
+            sprite,
+            attempt,
+            started,
+            resend,
+            statuses,
+        )
+        if delay is None:
+            raise exc
         await asyncio.sleep(delay)
+
+
+def _next_delay(
+    exc: Exception,
+    policy: RetryPolicy,
+    telemetry: Telemetry | None,
+    method: str,
+    path: str,
+    operation: str,
+    sprite: str | None,
+    attempt: int,
+    started: float,
+    resend: Callable[[BaseException], bool],
+    statuses: Container[int],
+) -> float | None:
+    """The wait before the attempt after ``exc``; None to raise ``exc`` as it is.
+
+    A transport failure that is not retried raises its translation here.
+    """
+    if isinstance(exc, APIError):
+        if exc.status_code not in statuses:
+            return None
+        return status_backoff(policy, exc, attempt)
+    if isinstance(exc, SpritesError) or not isinstance(exc, _TRANSPORT_ERRORS):
+        return None  # already decided (a handshake timeout, a refused upgrade), or a bug
+    return transport_delay(
+        policy, telemetry, exc, method, path, operation, sprite, attempt, started, resend(exc)
+    )
 
 
 def status_backoff(policy: RetryPolicy, error: APIError, attempt: int) -> float | None:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
 
 import aiohttp
 import msgspec
@@ -39,19 +41,18 @@ from ._config import (
     TimeoutKind,
     Timeouts,
 )
-from ._errors import ClientClosedError, ProtocolError, SpritesConnectionError
+from ._errors import ClientClosedError, ProtocolError
 from ._options import Params, RequestOptions, _body_and_headers, _with_body, _with_query
 from ._resource import AsyncResource
 from ._retry import _HANDSHAKE_RETRY_STATUSES, _always, _nothing, log_attempt, retrying
 from ._translate import (
-    _TIMEOUT_ERRORS,
     _api_error,
     _never_sent,
     _refused_upgrade,
-    _translate,
     _wake_timeout,
 )
 from ._transport import (
+    _WS_TIMEOUT,
     ProxySetting,
     SSLSetting,
     _client_timeouts,
@@ -63,8 +64,9 @@ from ._transport import (
     _resolve_ssl,
     _resolve_token,
     _Secret,
-    _upgrade,
+    _upgrades,
     _user_agent,
+    _WakeDeadlines,
 )
 from ._websocket import WebSocket
 
@@ -180,6 +182,7 @@ class BaseClient(AsyncResource):
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http_slots: asyncio.Semaphore | None = None
+        self._wake_deadlines: _WakeDeadlines | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._telemetry: Telemetry | None = None
         if telemetry or tracer_provider is not None or meter_provider is not None:
@@ -277,6 +280,7 @@ class BaseClient(AsyncResource):
         )
         self._session = session
         self._loop = loop
+        self._wake_deadlines = _WakeDeadlines(loop)
         self._state = _State.OPENED
         if self.max_connections:
             self._http_slots = asyncio.Semaphore(self.max_connections)
@@ -299,7 +303,6 @@ class BaseClient(AsyncResource):
         idempotent: bool | None = None,
         ok: Container[int] | None = None,
         options: RequestOptions | None = None,
-        _traced: bool = False,
     ) -> Response:
         """Send one request and return its status, headers and whole body.
 
@@ -309,29 +312,6 @@ class BaseClient(AsyncResource):
         ``json`` is an already encoded JSON body. ``options`` (the caller's
         ``extra_*`` arguments) are applied here. Retries: see :func:`~._retry.retrying`.
         """
-        if self._telemetry is not None and not _traced:
-            return await self._telemetry.request(
-                self._request(
-                    method,
-                    path,
-                    operation=operation,
-                    sprite=sprite,
-                    params=params,
-                    json=json,
-                    data=data,
-                    content_type=content_type,
-                    timeout=timeout,
-                    idempotent=idempotent,
-                    ok=ok,
-                    options=options,
-                    _traced=True,
-                ),
-                method,
-                path,
-                operation,
-                sprite,
-                len(json or data or b""),
-            )
         session = self._ensure_session()
         json = _with_body(json, options, operation)
         params = _with_query(params, options)
@@ -392,7 +372,6 @@ class BaseClient(AsyncResource):
         timeout: TimeoutKind = "stream",
         idempotent: bool | None = None,
         options: RequestOptions | None = None,
-        _traced: bool = False,
     ) -> AsyncIterator[Body]:
         """Send a request and yield the response (a :class:`Body`) while its body streams in.
 
@@ -403,33 +382,6 @@ class BaseClient(AsyncResource):
         block exits, normally or not. Nothing is retried once the body is
         yielded; before that, as :func:`~._retry.retrying` says.
         """
-        if self._telemetry is not None and not _traced:
-            traced = self._telemetry.stream(
-                lambda body: self._stream(
-                    method,
-                    path,
-                    operation=operation,
-                    sprite=sprite,
-                    params=params,
-                    json=json,
-                    data=body,
-                    content_type=content_type,
-                    headers=headers,
-                    timeout=timeout,
-                    idempotent=idempotent,
-                    options=options,
-                    _traced=True,
-                ),
-                data,
-                len(json or b""),
-                method,
-                path,
-                operation,
-                sprite,
-            )
-            async with traced as traced_resp:
-                yield traced_resp
-            return
         session = self._ensure_session()
         json = _with_body(json, options, operation)
         params = _with_query(params, options)
@@ -489,85 +441,44 @@ class BaseClient(AsyncResource):
         max_msg_size: int = 16 * 1024 * 1024,
         retry_handshake: bool = True,
         options: RequestOptions | None = None,
-        _traced: bool = False,
     ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
         """Upgrade to a WebSocket; return it with the upgrade response headers.
 
         The socket is a :class:`WebSocket`: aiohttp's messages, and every
         failure of its methods translated here, with the upgrade's request ids.
         The handshake may wake a cold sprite, so it is bounded by the ``wake``
-        timeout. A refused upgrade raises the matching :class:`APIError` with
-        the server's body. With ``retry_handshake``, handshakes refused with
+        timeout (handshakes share a timer, so it may pass up to a tenth of
+        ``wake``, at most a second, late: see ``_WakeDeadlines``). A refused
+        upgrade raises the matching :class:`APIError` with the server's
+        body. With ``retry_handshake``, handshakes refused with
         429/502/503/504 or whose connection could not be made are retried by
         the policy: the server starts a command only when it accepts the
         upgrade, so those cannot have started one. A handshake that timed out
         or broke off after it was sent is never retried (it may have).
         """
-        if self._telemetry is not None and not _traced:
-            return cast(
-                "tuple[WebSocket, CIMultiDictProxy[str]]",
-                await self._telemetry.handshake(
-                    self._ws_connect(
-                        path,
-                        operation=operation,
-                        sprite=sprite,
-                        params=params,
-                        headers=headers,
-                        autoping=autoping,
-                        heartbeat=heartbeat,
-                        max_msg_size=max_msg_size,
-                        retry_handshake=retry_handshake,
-                        options=options,
-                        _traced=True,
-                    ),
-                    path,
-                    operation,
-                    sprite,
-                ),
-            )
         session = self._ensure_session()
-        _with_body(None, options, operation)  # a WebSocket upgrade has no body
-        params = _with_query(params, options)
+        if options is not None:
+            _with_body(None, options, operation)  # a WebSocket upgrade has no body
+            params = _with_query(params, options)
         _, send_headers = _body_and_headers(self._auth, None, None, None, headers, options)
-        url = self.base_url + path
-
-        async def once(attempt: int, started: float) -> tuple[WebSocket, CIMultiDictProxy[str]]:
-            seen = _Handshake()
-            try:
-                ws = await _upgrade(
-                    session,
-                    url,
-                    seen,
-                    self.timeouts.wake,
-                    params=params,
-                    headers=send_headers,
-                    autoping=autoping,
-                    heartbeat=heartbeat,
-                    max_msg_size=max_msg_size,
-                    **self._proxy_kwargs,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                log_attempt(self._telemetry, "GET", path, exc.status, started, attempt, exc.headers)
-                raise _refused_upgrade(exc, path, seen.body, operation, sprite) from exc
-            except _TIMEOUT_ERRORS as exc:
-                if isinstance(exc, aiohttp.ClientError):
-                    raise  # aiohttp's connect timeout: a transport failure
-                # Our wake timer: never retried (the command may have started).
-                error = _wake_timeout(path, operation, sprite, self.timeouts.wake)
-                log_attempt(self._telemetry, "GET", path, None, started, attempt, None, error=error)
-                raise error from exc
-            upgrade_headers = seen.headers if seen.headers is not None else _EMPTY_HEADERS
-            log_attempt(self._telemetry, "GET", path, 101, started, attempt, upgrade_headers)
-
-            def translate(exc: BaseException, during: str) -> SpritesConnectionError:
-                return _translate(
-                    exc, "GET", path, operation, sprite, headers=upgrade_headers, during=during
-                )
-
-            return WebSocket(ws, translate), upgrade_headers
-
+        upgrade: dict[str, Any] = {
+            "params": params,
+            "headers": send_headers,
+            "autoping": autoping,
+            "heartbeat": heartbeat,
+            "max_msg_size": max_msg_size,
+            **self._proxy_kwargs,
+        }
+        # The first attempt runs here, without the retry loop's frame: a
+        # handshake almost always succeeds at once, and thousands may be in
+        # flight. A failed one goes on in the loop, which decides from it.
+        started = time.monotonic()
+        try:
+            return await _handshake(self, session, path, operation, sprite, upgrade, 1, started)
+        except Exception as exc:
+            failed = (exc, started)
         return await retrying(
-            once,
+            functools.partial(_handshake, self, session, path, operation, sprite, upgrade),
             self.retry,
             self._telemetry,
             "GET",
@@ -576,7 +487,49 @@ class BaseClient(AsyncResource):
             sprite,
             resend=_never_sent if retry_handshake else _nothing,
             statuses=_HANDSHAKE_RETRY_STATUSES if retry_handshake else (),
+            failed=failed,
         )
+
+
+async def _handshake(
+    client: BaseClient,
+    session: aiohttp.ClientSession,
+    path: str,
+    operation: str,
+    sprite: str | None,
+    upgrade: dict[str, Any],
+    attempt: int,
+    started: float,
+) -> tuple[WebSocket, CIMultiDictProxy[str]]:
+    """One attempt of :meth:`BaseClient._ws_connect` (``upgrade``: ``ws_connect``'s arguments)."""
+    task = cast("asyncio.Task[Any]", asyncio.current_task())
+    wake = client.timeouts.wake
+    deadlines = client._wake_deadlines
+    deadline = deadlines.start(task, wake) if deadlines is not None and wake is not None else None
+    seen = _upgrades[task] = _Handshake()  # what _ObservedResponse keeps of the answer
+    try:
+        ws = await session.ws_connect(
+            client.base_url + path, timeout=_WS_TIMEOUT, autoclose=False, **upgrade
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        log_attempt(client._telemetry, "GET", path, exc.status, started, attempt, exc.headers)
+        raise _refused_upgrade(exc, path, seen.body, operation, sprite) from exc
+    except asyncio.CancelledError:
+        if deadline is None or not deadline.end():
+            raise
+        # The wake deadline passed: never retried (the command may have started).
+        error = _wake_timeout(path, operation, sprite, wake)
+        log_attempt(client._telemetry, "GET", path, None, started, attempt, None, error=error)
+        raise error from None
+    finally:
+        del _upgrades[task]
+        if deadline is not None:
+            deadline.end()
+    headers = seen.headers if seen.headers is not None else _EMPTY_HEADERS
+    log_attempt(client._telemetry, "GET", path, 101, started, attempt, headers)
+    quiet = not upgrade["autoping"] and upgrade["heartbeat"] is None
+    raw = cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)  # text frames decoded
+    return WebSocket(raw, path, operation, sprite, headers, quiet=quiet), headers
 
 
 def _load_telemetry(client: BaseClient, tracer_provider: Any, meter_provider: Any) -> Telemetry:
@@ -586,7 +539,9 @@ def _load_telemetry(client: BaseClient, tracer_provider: Any, meter_provider: An
         raise ImportError(
             "telemetry needs OpenTelemetry: pip install 'sprites-async[otel]'"
         ) from exc
-    return Telemetry(client, tracer_provider, meter_provider)
+    telemetry = Telemetry(client, tracer_provider, meter_provider)
+    telemetry.trace_seams(client)
+    return telemetry
 
 
 _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())

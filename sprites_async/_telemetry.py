@@ -35,6 +35,9 @@ from ._version import __version__
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from multidict import CIMultiDictProxy
+
+    from ._body import Body
     from ._exec import ExecSession
     from ._session import BaseClient, Response
     from ._websocket import WebSocket
@@ -110,6 +113,61 @@ class Telemetry:
             )
         clients.add(client)
 
+    # ----------------------------------------------------------------- seams
+
+    def trace_seams(self, client: BaseClient) -> None:
+        """Run every call of ``client``'s three seams under a span of its own.
+
+        The traced seams are set on the client itself, where they shadow its
+        methods: a client without telemetry runs the methods as they are,
+        with no test and no layer of ours in the way.
+        """
+        request, stream, ws_connect = client._request, client._stream, client._ws_connect
+
+        async def traced_request(
+            method: str,
+            path: str,
+            *,
+            operation: str,
+            sprite: str | None = None,
+            json: bytes | None = None,
+            data: bytes | None = None,
+            **kwargs: Any,
+        ) -> Response:
+            call = request(
+                method, path, operation=operation, sprite=sprite, json=json, data=data, **kwargs
+            )
+            return await self.request(
+                call, method, path, operation, sprite, len(json or data or b"")
+            )
+
+        def traced_stream(
+            method: str,
+            path: str,
+            *,
+            operation: str,
+            sprite: str | None = None,
+            json: bytes | None = None,
+            data: Any = None,
+            **kwargs: Any,
+        ) -> AbstractAsyncContextManager[Body]:
+            def open_stream(body: Any) -> AbstractAsyncContextManager[Body]:
+                return stream(
+                    method, path, operation=operation, sprite=sprite, json=json, data=body, **kwargs
+                )
+
+            return self.stream(open_stream, data, len(json or b""), method, path, operation, sprite)
+
+        async def traced_ws_connect(
+            path: str, *, operation: str, sprite: str | None = None, **kwargs: Any
+        ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
+            call = ws_connect(path, operation=operation, sprite=sprite, **kwargs)
+            return await self.handshake(call, path, operation, sprite)
+
+        client._request = traced_request  # type: ignore[method-assign]
+        client._stream = traced_stream  # type: ignore[method-assign,assignment]
+        client._ws_connect = traced_ws_connect  # type: ignore[method-assign]
+
     # ----------------------------------------------------------------- HTTP
 
     def _start(self, method: str, path: str, operation: str, sprite: str | None) -> Span:
@@ -173,14 +231,14 @@ class Telemetry:
     @asynccontextmanager
     async def stream(
         self,
-        open_stream: Callable[[Any], AbstractAsyncContextManager[Any]],
+        open_stream: Callable[[Any], AbstractAsyncContextManager[Body]],
         data: Any,
         json_size: int,
         method: str,
         path: str,
         operation: str,
         sprite: str | None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[Body]:
         """A streamed call: one span from the request to the block's exit.
 
         The span is current only while the request is sent (so that each
@@ -214,11 +272,11 @@ class Telemetry:
 
     async def handshake(
         self,
-        call: Awaitable[tuple[WebSocket, Mapping[str, str]]],
+        call: Awaitable[tuple[WebSocket, CIMultiDictProxy[str]]],
         path: str,
         operation: str,
         sprite: str | None,
-    ) -> Any:
+    ) -> tuple[WebSocket, CIMultiDictProxy[str]]:
         """A WebSocket upgrade (all its attempts) under a span of its own."""
         span = self._start("GET", path, operation, sprite)
         started = time.monotonic()

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextvars
 import ipaddress
+import math
 import os
 import platform
 import ssl as ssl_module
 import sys
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, get_args
 from urllib.parse import urlsplit
 from urllib.request import (  # type: ignore[attr-defined]  # not in typeshed, but public
     getproxies_environment,
@@ -264,25 +264,28 @@ class _Handshake:
         self.body = b""
 
 
-# Set by _ws_connect around the upgrade so that _ObservedResponse can keep the
-# headers of the upgrade response and the body of a refused one, which
-# aiohttp's public WebSocket API does not expose.
-_handshake: contextvars.ContextVar[_Handshake | None] = contextvars.ContextVar(
-    "sprites_async_handshake", default=None
-)
+_upgrades: dict[asyncio.Task[Any] | None, _Handshake] = {}
+"""The WebSocket upgrades in flight, by the task awaiting each (``_ws_connect``
+sets and removes its entry): what :class:`_ObservedResponse` fills in.
+
+Not a context variable: one set around the upgrade is copied into every
+handle asyncio makes meanwhile, among them the new connection's reader,
+which would keep it (and the :class:`_Handshake`) for the socket's life."""
 
 
 class _ObservedResponse(aiohttp.ClientResponse):
     """Keeps the headers of a WebSocket upgrade response and the body of a refused one.
 
     aiohttp's public WebSocket API exposes neither. A response class costs
-    one context-variable read per response; a ``TraceConfig`` would add a
-    round of signal coroutines to every request of the session.
+    one test per response (two lookups while upgrades are in flight); a
+    ``TraceConfig`` would add a round of signal coroutines to every request
+    of the session. aiohttp starts the response in the task that awaits the
+    upgrade, which is what :data:`_upgrades` is keyed by.
     """
 
     async def start(self, connection: Connection) -> aiohttp.ClientResponse:
         resp = await super().start(connection)
-        seen = _handshake.get()
+        seen = _upgrades.get(asyncio.current_task()) if _upgrades else None
         if seen is not None:
             seen.status = self.status
             seen.headers = self.headers
@@ -294,29 +297,95 @@ class _ObservedResponse(aiohttp.ClientResponse):
         return resp
 
 
-_WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
+_WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0)
+"""No deadline on receive (the caller's), and no wait for the server's close reply.
+
+``ws_close=0`` ends ``close()``'s wait for the reply at its first suspension
+(a server that closed first has already replied): the SDK never waits for
+it, because a peer that stopped reading (Fly's ``pkg/wsexec`` once stdin is
+closed) never sends one. A caller needs no zero deadline of its own around
+``close()`` for that; only a close frame stuck behind a full send buffer
+still needs a bound."""
 
 
-async def _upgrade(
-    session: aiohttp.ClientSession,
-    url: str,
-    seen: _Handshake,
-    wake: float | None,
-    **kwargs: Any,
-) -> aiohttp.ClientWebSocketResponse[Literal[True]]:
-    """One WebSocket upgrade, bounded by ``wake``, observed into ``seen``.
+class _WakeDeadlines:
+    """Bounds WebSocket handshakes by ``Timeouts.wake`` with one timer per slice of time.
 
-    ``seen`` gets the status and headers of the upgrade response and the
-    body of a refused one, which ``aiohttp.WSServerHandshakeError`` does not
-    keep. ``kwargs`` go to ``ws_connect``.
+    A timer per handshake (``asyncio.timeout``) costs a timer handle, a
+    timeout object and a context copy, kept in the loop's heap until its
+    deadline, for a deadline that almost never passes. Handshakes whose
+    deadlines fall in the same slice (a tenth of ``wake``, at most a second)
+    share one timer: each waits in the slice's set until its handshake ends;
+    the timer cancels the tasks still waiting. A deadline passes at most one
+    slice late. One per client, made with its session.
     """
-    token = _handshake.set(seen)
-    try:
-        async with _timeout(wake):
-            ws = await session.ws_connect(url, timeout=_WS_TIMEOUT, autoclose=False, **kwargs)
-    finally:
-        _handshake.reset(token)
-    return cast("aiohttp.ClientWebSocketResponse[Literal[True]]", ws)
+
+    __slots__ = ("_loop", "_slices")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slices: dict[float, set[_Deadline]] = {}
+
+    def start(self, task: asyncio.Task[Any], wake: float) -> _Deadline:
+        """Put ``task`` under a deadline ``wake`` seconds from now (rounded up to its slice)."""
+        due = self._loop.time() + wake
+        step = min(1.0, wake / 10)
+        if step > 0:
+            due = math.ceil(due / step) * step
+        waiting = self._slices.get(due)
+        if waiting is None:
+            waiting = self._slices[due] = set()
+            self._loop.call_at(due, self._expire, due)
+        deadline = _Deadline(task, waiting)
+        waiting.add(deadline)
+        return deadline
+
+    def _expire(self, due: float) -> None:
+        for deadline in self._slices.pop(due):
+            deadline.passed = True
+            deadline.task.cancel()
+
+
+class _Deadline:
+    """One handshake under a shared wake deadline (:class:`_WakeDeadlines`)."""
+
+    __slots__ = ("_cancelling", "_waiting", "passed", "task")
+
+    def __init__(self, task: asyncio.Task[Any], waiting: set[_Deadline]) -> None:
+        self.task = task
+        self._waiting: set[_Deadline] | None = waiting
+        self._cancelling = _cancelling(task)
+        self.passed = False
+
+    def end(self) -> bool:
+        """Stop waiting; whether the deadline passed and cancelled the task, alone.
+
+        A cancellation the deadline made is undone here, as ``asyncio.timeout``
+        does; if the task was cancelled by someone else too, that one stands
+        (False). Only the first call counts.
+        """
+        if self._waiting is None:
+            return False
+        self._waiting.discard(self)
+        self._waiting = None
+        return self.passed and _cut_by_deadline(self.task, self._cancelling)
+
+
+def _cancelling(task: asyncio.Task[Any]) -> int:
+    if sys.version_info >= (3, 11):
+        return task.cancelling()
+    return 0  # pragma: no cover - Python 3.10
+
+
+def _cut_by_deadline(task: asyncio.Task[Any], cancelling: int) -> bool:
+    """After our deadline cancelled ``task``: whether only we did (as ``asyncio.timeout`` tells).
+
+    On Python 3.10 tasks do not count cancellations; the deadline's is taken
+    to be the only one, as ``async_timeout`` does there.
+    """
+    if sys.version_info >= (3, 11):
+        return task.uncancel() <= cancelling
+    return True  # pragma: no cover - Python 3.10
 
 
 def _timeout(delay: float | None) -> AbstractAsyncContextManager[Any]:

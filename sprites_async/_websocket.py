@@ -11,29 +11,27 @@ seam translates it to (:class:`SpritesConnectionError`, or
 request ids of the upgrade, chained to the original. Cancellation passes
 through untouched.
 
-The seam hands the wrapper its translation, so this module imports nothing
-of the session and the session can import it.
+The socket keeps what its errors need (path, operation, sprite, the upgrade's
+headers) in slots of its own rather than in a closure per socket: an exec
+session holds one open socket for its whole life, and thousands may be open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import aiohttp
 from aiohttp import WSMessage, WSMsgType
 
-from ._translate import _TRANSPORT_ERRORS
+from ._translate import _TIMEOUT_ERRORS, _TRANSPORT_ERRORS, _translate
 
 if TYPE_CHECKING:
     from ._errors import SpritesConnectionError
 
     _Raw: TypeAlias = aiohttp.ClientWebSocketResponse[Literal[True]]
 
-__all__ = ["Translate", "WSMessage", "WSMsgType", "WebSocket"]
-
-Translate: TypeAlias = "Callable[[BaseException, str], SpritesConnectionError]"
-"""The seam's translation of a failure during one step (``"receive"``, ``"send"`` ...)."""
+__all__ = ["WSMessage", "WSMsgType", "WebSocket"]
 
 # What an open socket's methods raise when the transport fails is what any
 # request raises (the seam's _TRANSPORT_ERRORS); sends also RuntimeError
@@ -54,14 +52,41 @@ class WebSocket:
     or a cancellation.
     """
 
-    __slots__ = ("_translate", "_ws")
+    __slots__ = ("_headers", "_operation", "_path", "_quiet", "_sprite", "_ws")
 
-    def __init__(self, ws: _Raw, translate: Translate) -> None:
+    def __init__(
+        self,
+        ws: _Raw,
+        path: str,
+        operation: str,
+        sprite: str | None,
+        headers: Mapping[str, str],
+        *,
+        quiet: bool = False,
+    ) -> None:
         self._ws = ws
-        self._translate = translate
+        self._path = path
+        self._operation = operation
+        self._sprite = sprite
+        self._headers = headers
+        # Opened with autoping=False and no heartbeat: then aiohttp's receive()
+        # without a deadline never writes and never raises a transport error
+        # (see receive), so it needs no wrapper of ours.
+        self._quiet = quiet
 
     def __repr__(self) -> str:
         return f"<WebSocket closed={self._ws.closed} close_code={self._ws.close_code}>"
+
+    def _translate(self, exc: BaseException, during: str) -> SpritesConnectionError:
+        return _translate(
+            exc,
+            "GET",
+            self._path,
+            self._operation,
+            self._sprite,
+            headers=self._headers,
+            during=during,
+        )
 
     @property
     def closed(self) -> bool:
@@ -76,14 +101,32 @@ class WebSocket:
     def exception(self) -> BaseException | None:
         """What ended the socket abnormally, as the SDK's error; None otherwise."""
         exc = self._ws.exception()
-        if exc is None:
+        if exc is None or (
+            isinstance(exc, _TIMEOUT_ERRORS) and not isinstance(exc, aiohttp.ClientError)
+        ):
+            # A bare timeout is aiohttp's ws_close wait, cut on purpose by close().
             return None
         error = self._translate(exc, "WebSocket")
         error.__cause__ = exc
         return error
 
-    async def receive(self, timeout: float | None = None) -> WSMessage:
-        """The next message; ``timeout`` bounds the wait (SpritesTimeoutError)."""
+    def receive(self, timeout: float | None = None) -> Awaitable[WSMessage]:
+        """The next message; ``timeout`` bounds the wait (SpritesTimeoutError).
+
+        Used as ``await ws.receive()``. On a quiet socket (no autoping, no
+        heartbeat) without a ``timeout`` this is aiohttp's own ``receive()``,
+        with no coroutine of ours around each message (an idle session waits
+        in it for its whole life): there aiohttp turns every failure of the
+        connection into a ``CLOSED``/``ERROR`` message and raises only a
+        cancellation or the ``RuntimeError`` of a second concurrent receive.
+        A deadline (its ``asyncio.TimeoutError``) or an automatic pong (a
+        write that can fail) takes the translating path.
+        """
+        if timeout is None and self._quiet:
+            return self._ws.receive()
+        return self._receive(timeout)
+
+    async def _receive(self, timeout: float | None) -> WSMessage:
         try:
             return await self._ws.receive(timeout)
         except _RECEIVE_FAILURES as exc:
@@ -118,10 +161,15 @@ class WebSocket:
             raise self._translate(exc, "WebSocket pong") from exc
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
-        """Send a close frame and wait (aiohttp's ``ws_close`` bound) for the reply.
+        """Send a close frame and let the connection go: the reply is not awaited.
 
-        Returns False if the socket was already closed. Callers that must not
-        wait for the reply use ``close_now`` (``_control``).
+        The seam opens every socket with aiohttp's ``ws_close=0``: after our
+        close frame is written, aiohttp's wait for the server's reply ends at
+        its first suspension and the connection is closed (a server that
+        closed first has already replied). Returns False if the socket was
+        already closed. Writing the frame itself can still wait when the
+        peer stopped reading and the send buffer is full; callers that must
+        bound that too use ``close_now`` (``_control``).
         """
         try:
             return await self._ws.close(code=code, message=message)

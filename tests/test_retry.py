@@ -218,3 +218,60 @@ async def test_a_refused_upgrade_is_retried_only_when_it_cannot_have_started_a_c
         with pytest.raises(APIError):
             await _run(once, resend=_never_sent, statuses=_HANDSHAKE_RETRY_STATUSES)
         assert seen == [1]
+
+
+# ------------------------------------------------ a first attempt made by the caller
+
+
+async def test_the_loop_goes_on_from_a_first_attempt_the_caller_made(waits: list[float]) -> None:
+    # A handshake's first attempt runs outside the loop; its failure is
+    # decided as the loop's own first attempt would have been.
+    once, seen = _attempts("ok")
+    first = _refusal(503, {"Retry-After": "2"})
+    result = await retrying(
+        lambda attempt, started: once(attempt - 1, started),
+        POLICY,
+        None,
+        "GET",
+        "/v1/x",
+        "op",
+        "box",
+        resend=_always,
+        statuses=STATUSES,
+        failed=(first, 0.0),
+    )
+    assert result == "ok"
+    assert seen == [1] and waits == [2.0]  # the loop's next attempt is the second
+
+
+@pytest.mark.parametrize(
+    ("first", "raised"),
+    [
+        (_refusal(404), APIError),
+        (SpritesTimeoutError("handshake timed out", operation="op"), SpritesTimeoutError),
+        (aiohttp.ServerDisconnectedError(), SpritesConnectionError),
+        (ValueError("a bug"), ValueError),
+    ],
+)
+async def test_a_first_attempt_that_is_not_retried_is_raised_without_a_second(
+    waits: list[float], first: Exception, raised: type[Exception]
+) -> None:
+    once, seen = _attempts("ok")
+    with pytest.raises(raised) as info:
+        await retrying(
+            once,
+            POLICY,
+            None,
+            "GET",
+            "/v1/x",
+            "op",
+            "box",
+            resend=_never_sent,
+            statuses=_HANDSHAKE_RETRY_STATUSES,
+            failed=(first, 0.0),
+        )
+    if isinstance(info.value, SpritesConnectionError) and raised is SpritesConnectionError:
+        assert info.value.__cause__ is first  # translated, chained to what aiohttp raised
+    else:
+        assert info.value is first
+    assert seen == [] and waits == []

@@ -89,76 +89,86 @@ class NDJSONDecoder(Generic[T]):
         skipped: How many lines could not be decoded (and were skipped).
     """
 
-    __slots__ = ("_buf", "_decode", "_decode_lines", "_scan", "skipped", "what")
+    __slots__ = ("_decode", "_decode_lines", "_tail", "skipped", "what")
 
     def __init__(
         self,
         decode: Callable[[bytes], T],
         *,
         what: str = "NDJSON stream",
-        decode_lines: Callable[[bytes], list[T]] | None = None,
+        decode_lines: Callable[[bytes | memoryview], list[T]] | None = None,
     ) -> None:
         self._decode = decode
         # Decodes every complete line of a chunk in one call (msgspec's
         # ``decode_lines``); a chunk it refuses is redone line by line, so a
         # bad or unknown line is skipped alone and never hides its neighbours.
         self._decode_lines = decode_lines
-        self._buf = bytearray()
-        # Where the newline search resumes: a long line arriving in many
-        # small pieces must not be rescanned from its start each time.
-        self._scan = 0
+        # The start of a line whose newline has not come yet. Only it is
+        # copied: the complete lines of a chunk are decoded in place.
+        self._tail = bytearray()
         self.skipped = 0
         self.what = what
 
     def feed(self, data: bytes) -> list[T]:
         """Add bytes; return the objects of every line they completed."""
+        tail = self._tail
+        last = data.rfind(b"\n")
+        if last < 0:
+            tail += data  # amortised growth: a long line in small pieces stays linear
+            return []
         out: list[T] = []
-        if not data:
-            return out
-        buf = self._buf
-        buf += data
-        if self._decode_lines is not None:
-            last = buf.rfind(b"\n", self._scan)
-            if last < 0:
-                self._scan = len(buf)
-                return out
-            block = bytes(buf[: last + 1])
-            del buf[: last + 1]
-            self._scan = len(buf)
-            try:
-                return self._decode_lines(block)
-            except DECODE_ERRORS:
-                pass
-            for line in block.split(b"\n")[:-1]:
-                self._line(line, out)
-            return out
-        pos = 0
-        scan = self._scan
-        while True:
-            nl = buf.find(b"\n", scan)
-            if nl < 0:
-                break
-            self._line(bytes(buf[pos:nl]), out)
-            pos = scan = nl + 1
-        if pos:
-            del buf[:pos]
-        self._scan = len(buf)
+        start = 0
+        if tail:
+            # The line begun in earlier pieces ends in this one: decode it
+            # alone, so the rest of the chunk needs no copy.
+            start = data.find(b"\n") + 1
+            tail += memoryview(data)[:start]
+            head = bytes(tail)
+            tail.clear()
+            out = self._block(head)
+        end = last + 1
+        if start < end:
+            # Slicing would copy the chunk: tens of kilobytes when a stream
+            # is busy, and at that size every copy is a fresh mmap whose
+            # pages fault in. A view of it costs nothing.
+            whole = start == 0 and end == len(data)
+            events = self._block(data if whole else memoryview(data)[start:end])
+            if out:
+                out += events
+            else:
+                out = events
+        if end < len(data):
+            tail += memoryview(data)[end:]
         return out
 
     def finish(self) -> list[T]:
         """End of input: decode a last line that had no newline."""
         out: list[T] = []
-        if self._buf:
-            line = bytes(self._buf)
-            self._buf.clear()
-            self._scan = 0
+        if self._tail:
+            line = bytes(self._tail)
+            self._tail.clear()
             self._line(line, out)
         return out
 
     @property
     def pending(self) -> int:
         """Bytes of an unfinished line held in the buffer."""
-        return len(self._buf)
+        return len(self._tail)
+
+    def _block(self, block: bytes | memoryview) -> list[T]:
+        """Decode complete lines (``block`` ends with a newline)."""
+        if self._decode_lines is not None:
+            try:
+                return self._decode_lines(block)
+            except DECODE_ERRORS:
+                pass
+        out: list[T] = []
+        data = bytes(block)
+        pos = 0
+        while (nl := data.find(b"\n", pos)) >= 0:
+            self._line(data[pos:nl], out)
+            pos = nl + 1
+        return out
 
     def _line(self, line: bytes, out: list[T]) -> None:
         if line.endswith(b"\r"):
@@ -226,7 +236,7 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
             decoder = JSONDecoder(decoder)
         if isinstance(decoder, JSONDecoder):
             decode: Callable[[bytes], T] = decoder.decode
-            decode_lines: Callable[[bytes], list[T]] | None = decoder.decode_lines
+            decode_lines: Callable[[bytes | memoryview], list[T]] | None = decoder.decode_lines
         else:
             decode = decoder
             decode_lines = getattr(decoder, "decode_lines", None)

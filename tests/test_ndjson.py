@@ -346,3 +346,59 @@ async def test_async_resource_opens_on_entry_and_closes_on_any_exit() -> None:
         async with thing:
             raise KeyError("not swallowed")
     assert calls == ["open", "close", "open", "close"]
+
+
+def recording_decoder() -> tuple[NDJSONDecoder[Event], list[bytes]]:
+    calls: list[bytes] = []
+
+    def decode_lines(block: bytes | memoryview) -> list[Event]:
+        calls.append(bytes(block))
+        return decoder.decode_lines(block)
+
+    return NDJSONDecoder(decoder.decode, decode_lines=decode_lines), calls
+
+
+def test_batch_path_decodes_a_whole_chunk_in_place() -> None:
+    # A busy stream's chunks are tens of kilobytes: the complete lines are
+    # decoded where they lie, not copied into a buffer first.
+    seen: list[object] = []
+
+    def decode_lines(block: bytes | memoryview) -> list[Event]:
+        seen.append(block)
+        return decoder.decode_lines(block)
+
+    lines = NDJSONDecoder(decoder.decode, decode_lines=decode_lines)
+    chunk = b"".join(b'{"type":"progress","data":"%d"}\n' % i for i in range(50))
+    assert len(lines.feed(chunk)) == 50
+    assert seen[0] is chunk
+
+
+def test_batch_path_finishes_a_split_line_then_decodes_the_rest() -> None:
+    lines, calls = recording_decoder()
+    body = b"".join(b'{"type":"progress","data":"%d"}\n' % i for i in range(5))
+    cut = body.index(b"\n") - 3  # inside the first line
+    assert lines.feed(body[:cut]) == []
+    assert lines.pending == cut
+    events = lines.feed(body[cut:] + b'{"type":"comp')
+    assert [e.data for e in events if isinstance(e, Progress)] == ["0", "1", "2", "3", "4"]
+    first = body.index(b"\n") + 1
+    assert calls == [body[:first], body[first:]]  # the split line alone, then the rest
+    assert lines.pending == len(b'{"type":"comp')
+    assert lines.feed(b'lete"}') == []
+    assert lines.finish() == [Complete()]
+
+
+def test_batch_path_split_crlf_and_a_bad_line_in_the_rest() -> None:
+    lines, _ = recording_decoder()
+    out = lines.feed(b'{"type":"progress","data":"a"}\r')
+    out += lines.feed(b'\n{"type":"progress","data":"b"}\n{oops}\n{"type":"complete"}\n')
+    assert out == [Progress("a"), Progress("b"), Complete()]
+    assert lines.skipped == 1  # the bad line alone; its neighbours in the view survive
+    assert lines.pending == 0
+
+
+def test_line_path_with_bytearray_pieces() -> None:
+    lines = NDJSONDecoder(decoder.decode)
+    out = lines.feed(bytearray(b'{"type":"progress","data":"x"}\n{"type":'))
+    out += lines.feed(bytearray(b'"complete"}\n'))
+    assert out == [Progress("x"), Complete()]

@@ -65,6 +65,10 @@ R = TypeVar("R")
 E = TypeVar("E")
 
 
+PIECE_BYTES = 64 * 1024
+"""At most this much of a read body is decoded at a time (whole lines; a longer line whole)."""
+
+
 class NotFinal(enum.Enum):
     """Type of :data:`NOT_FINAL`."""
 
@@ -109,36 +113,38 @@ class NDJSONDecoder(Generic[T]):
         self.skipped = 0
         self.what = what
 
-    def feed(self, data: bytes) -> list[T]:
-        """Add bytes; return the objects of every line they completed."""
+    def feed(self, data: bytes, start: int = 0, end: int | None = None) -> list[T]:
+        """Add ``data[start:end]`` (read in place); return the objects of the lines it completed."""
+        if end is None:
+            end = len(data)
         tail = self._tail
-        last = data.rfind(b"\n")
+        last = data.rfind(b"\n", start, end)
         if last < 0:
-            tail += data  # amortised growth: a long line in small pieces stays linear
+            tail += memoryview(data)[start:end]  # a long line in small pieces stays linear
             return []
         out: list[T] = []
-        start = 0
         if tail:
             # The line begun in earlier pieces ends in this one: decode it
             # alone, so the rest of the chunk needs no copy.
-            start = data.find(b"\n") + 1
-            tail += memoryview(data)[:start]
+            first = data.find(b"\n", start, end) + 1
+            tail += memoryview(data)[start:first]
             head = bytes(tail)
             tail.clear()
             out = self._block(head)
-        end = last + 1
-        if start < end:
+            start = first
+        stop = last + 1
+        if start < stop:
             # Slicing would copy the chunk: tens of kilobytes when a stream
             # is busy, and at that size every copy is a fresh mmap whose
             # pages fault in. A view of it costs nothing.
-            whole = start == 0 and end == len(data)
-            events = self._block(data if whole else memoryview(data)[start:end])
+            whole = start == 0 and stop == len(data)
+            events = self._block(data if whole else memoryview(data)[start:stop])
             if out:
                 out += events
             else:
                 out = events
-        if end < len(data):
-            tail += memoryview(data)[end:]
+        if stop < end:
+            tail += memoryview(data)[stop:end]
         return out
 
     def finish(self) -> list[T]:
@@ -263,6 +269,9 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
         self._cm: AbstractAsyncContextManager[Body] | None = None
         self._resp: Body | None = None
         self._pending: deque[T] = deque()
+        # The body read last and how far it is decoded (see _next_piece).
+        self._chunk = b""
+        self._offset = 0
         self._started = False
         self._eof = False
         self._closed = False
@@ -318,6 +327,7 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
     async def _close(self, error: BaseException | None) -> None:
         self._closed = True
         self._eof = True
+        self._chunk = b""
         cm, self._cm = self._cm, None
         self._resp = None
         if cm is not None:
@@ -384,16 +394,41 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
             raise StreamError(f"{self._operation}: the stream ended without its final event")
 
     async def _read_more(self) -> list[T]:
-        await self._aopen()
+        chunk = self._chunk
+        if chunk:
+            return self._next_piece(chunk)
+        if not self._started:
+            await self._aopen()
         resp = self._resp
         if resp is None:  # closed, or replaced by on_api_error
             self._eof = True
             return []
         chunk = await resp.readany()  # a reset or stall raises the seam's typed error
         if chunk:
-            return self._lines.feed(chunk)
+            self._chunk = chunk
+            self._offset = 0
+            return self._next_piece(chunk)
         self._eof = True
         return self._lines.finish()
+
+    def _next_piece(self, chunk: bytes) -> list[T]:
+        """Decode the next lines of ``chunk``: up to :data:`PIECE_BYTES` of them.
+
+        A reader that fell behind gets hundreds of kilobytes in one read;
+        decoding them a piece at a time hands out the first events before
+        the rest is decoded, and keeps one piece's events alive, not the
+        chunk's. A line longer than a piece is decoded whole.
+        """
+        start = self._offset
+        end = len(chunk)
+        if end - start > PIECE_BYTES:
+            cut = chunk.rfind(b"\n", start, start + PIECE_BYTES) + 1
+            if cut > start:
+                end = cut
+        if end == len(chunk):
+            self._chunk = b""
+        self._offset = end
+        return self._lines.feed(chunk, start, end)
 
     async def _run(self) -> R:
         async with self:

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from sprites_async import NotFoundError, SpritesClient, StreamError
 from sprites_async._resource import AsyncResource
-from sprites_async._streams import NOT_FINAL, EventOperation, NDJSONDecoder, NDJSONStream, NotFinal
+from sprites_async._streams import (
+    NOT_FINAL,
+    PIECE_BYTES,
+    EventOperation,
+    NDJSONDecoder,
+    NDJSONStream,
+    NotFinal,
+)
 from tests._mock import TOKEN
 
 
@@ -402,3 +409,59 @@ def test_line_path_with_bytearray_pieces() -> None:
     out = lines.feed(bytearray(b'{"type":"progress","data":"x"}\n{"type":'))
     out += lines.feed(bytearray(b'"complete"}\n'))
     assert out == [Progress("x"), Complete()]
+
+
+@given(st.lists(st.integers(0, len(MIXED)), max_size=8), st.integers(0, len(MIXED)))
+def test_feeding_a_range_equals_feeding_its_slice(cuts: list[int], pad: int) -> None:
+    # The stream feeds a big read a range at a time; a range must decode as
+    # its bytes would, whatever surrounds it in the buffer.
+    bounds = sorted({0, len(MIXED), *cuts})
+    sliced = NDJSONDecoder(decoder.decode, decode_lines=decoder.decode_lines)
+    ranged = NDJSONDecoder(decoder.decode, decode_lines=decoder.decode_lines)
+    padded = b"x\n" * pad + MIXED + b"\n{junk"
+    base = 2 * pad
+    for a, b in itertools.pairwise(bounds):
+        assert ranged.feed(padded, base + a, base + b) == sliced.feed(MIXED[a:b])
+        assert ranged.pending == sliced.pending
+    assert ranged.finish() == sliced.finish()
+
+
+def big_body(count: int) -> bytes:
+    return b"".join(b'{"type":"progress","data":"%06d"}\n' % i for i in range(count))
+
+
+async def test_a_big_read_is_handed_out_in_pieces(serve: Callable[[Handler], object]) -> None:
+    # One write the client reads at once: the first events come out before
+    # the rest is decoded, and no batch holds more than a piece's lines.
+    count = PIECE_BYTES // 10
+    body = big_body(count) + b'{"type":"complete","data":"done"}\n'
+    async with await serve(chunked(body)) as client:  # type: ignore[misc]
+        stream = stream_of(client)
+        batches: list[list[Event]] = []
+        async with stream:
+            while batch := await stream.next_batch():
+                batches.append(batch)
+        line = len(b'{"type":"progress","data":"000000"}\n')
+        assert max(len(b) for b in batches) <= PIECE_BYTES // line
+        events = [e for b in batches for e in b]
+        assert [e.data for e in events] == [f"{i:06d}" for i in range(count)] + ["done"]
+        assert stream.result == "done"
+
+
+async def test_a_line_longer_than_a_piece_is_decoded_whole(
+    serve: Callable[[Handler], object],
+) -> None:
+    long = "y" * (3 * PIECE_BYTES)
+    body = (
+        big_body(3)
+        + msgspec.json.encode(Progress(long))
+        + b"\n"
+        + big_body(2)
+        + b'{"type":"complete","data":"done"}'
+    )
+    async with await serve(chunked(body)) as client:  # type: ignore[misc]
+        stream = stream_of(client)
+        async with stream:
+            events = [e async for e in stream]
+        expected = ["000000", "000001", "000002", long, "000000", "000001", "done"]
+        assert [e.data for e in events] == expected

@@ -422,8 +422,9 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
         start = self._offset
         end = len(chunk)
         if end - start > PIECE_BYTES:
-            cut = chunk.rfind(b"\n", start, start + PIECE_BYTES) + 1
-            if cut > start:
+            limit = start + PIECE_BYTES
+            cut = chunk.rfind(b"\n", start, limit) + 1 or chunk.find(b"\n", limit) + 1
+            if cut:
                 end = cut
         if end == len(chunk):
             self._chunk = b""

@@ -461,7 +461,9 @@ async def test_a_line_longer_than_a_piece_is_decoded_whole(
     )
     async with await serve(chunked(body)) as client:  # type: ignore[misc]
         stream = stream_of(client)
+        batches: list[list[Event]] = []
         async with stream:
-            events = [e async for e in stream]
+            while batch := await stream.next_batch():
+                batches.append(batch)
         expected = ["000000", "000001", "000002", long, "000000", "000001", "done"]
-        assert [e.data for e in events] == expected
+        assert [e.data for b in batches for e in b] == expected

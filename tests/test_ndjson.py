@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -448,22 +449,49 @@ async def test_a_big_read_is_handed_out_in_pieces(serve: Callable[[Handler], obj
         assert stream.result == "done"
 
 
-async def test_a_line_longer_than_a_piece_is_decoded_whole(
-    serve: Callable[[Handler], object],
-) -> None:
+class OneRead:
+    """Stands in for the stream seam: a body that arrives in the given reads."""
+
+    _telemetry = None
+
+    def __init__(self, *reads: bytes) -> None:
+        self.reads = list(reads)
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, method: str, path: str, **kw: object) -> AsyncIterator[OneRead]:
+        yield self
+
+    async def readany(self) -> bytes:
+        return self.reads.pop(0) if self.reads else b""
+
+
+async def batches_of(*reads: bytes) -> list[list[str]]:
+    stream = NDJSONStream(OneRead(*reads), "POST", "/s", decoder=decoder, operation="test")  # type: ignore[arg-type]
+    out: list[list[str]] = []
+    async with stream:
+        while batch := await stream.next_batch():
+            out.append([e.data if isinstance(e, Progress | Complete) else "?" for e in batch])
+    return out
+
+
+async def test_pieces_end_at_the_last_newline_within_the_limit() -> None:
+    line = len(b'{"type":"progress","data":"000000"}\n')
+    per_piece = PIECE_BYTES // line
+    count = 2 * per_piece + 5
+    batches = await batches_of(big_body(count))
+    assert [len(b) for b in batches] == [per_piece, per_piece, 5]
+    assert [d for b in batches for d in b] == [f"{i:06d}" for i in range(count)]
+
+
+async def test_a_line_longer_than_a_piece_is_decoded_whole() -> None:
     long = "y" * (3 * PIECE_BYTES)
-    body = (
-        big_body(3)
-        + msgspec.json.encode(Progress(long))
-        + b"\n"
-        + big_body(2)
-        + b'{"type":"complete","data":"done"}'
-    )
-    async with await serve(chunked(body)) as client:  # type: ignore[misc]
-        stream = stream_of(client)
-        batches: list[list[Event]] = []
-        async with stream:
-            while batch := await stream.next_batch():
-                batches.append(batch)
-        expected = ["000000", "000001", "000002", long, "000000", "000001", "done"]
-        assert [e.data for b in batches for e in b] == expected
+    body = big_body(3) + msgspec.json.encode(Progress(long)) + b"\n" + big_body(2)
+    batches = await batches_of(body + b'{"type":"complete","data":"done"}\n')
+    assert batches == [["000000", "000001", "000002"], [long], ["000000", "000001", "done"]]
+    # Split across reads, it is decoded whole too, once its newline comes.
+    cut = len(big_body(3)) + PIECE_BYTES
+    assert await batches_of(body[:cut], body[cut:]) == [
+        ["000000", "000001", "000002"],
+        [long],
+        ["000000", "000001"],
+    ]

@@ -199,7 +199,7 @@ class JSONDecoder(Generic[T]):
         except RecursionError as exc:
             raise msgspec.DecodeError(_TOO_DEEP) from exc
 
-    def decode_lines(self, data: bytes) -> list[T]:
+    def decode_lines(self, data: bytes | memoryview) -> list[T]:
         """Decode newline-delimited documents in one call (errors as :meth:`decode`)."""
         try:
             return self._decoder.decode_lines(data)

@@ -65,6 +65,10 @@ R = TypeVar("R")
 E = TypeVar("E")
 
 
+PIECE_BYTES = 64 * 1024
+"""At most this much of a read body is decoded at a time (whole lines; a longer line whole)."""
+
+
 class NotFinal(enum.Enum):
     """Type of :data:`NOT_FINAL`."""
 
@@ -89,76 +93,88 @@ class NDJSONDecoder(Generic[T]):
         skipped: How many lines could not be decoded (and were skipped).
     """
 
-    __slots__ = ("_buf", "_decode", "_decode_lines", "_scan", "skipped", "what")
+    __slots__ = ("_decode", "_decode_lines", "_tail", "skipped", "what")
 
     def __init__(
         self,
         decode: Callable[[bytes], T],
         *,
         what: str = "NDJSON stream",
-        decode_lines: Callable[[bytes], list[T]] | None = None,
+        decode_lines: Callable[[bytes | memoryview], list[T]] | None = None,
     ) -> None:
         self._decode = decode
         # Decodes every complete line of a chunk in one call (msgspec's
         # ``decode_lines``); a chunk it refuses is redone line by line, so a
         # bad or unknown line is skipped alone and never hides its neighbours.
         self._decode_lines = decode_lines
-        self._buf = bytearray()
-        # Where the newline search resumes: a long line arriving in many
-        # small pieces must not be rescanned from its start each time.
-        self._scan = 0
+        # The start of a line whose newline has not come yet. Only it is
+        # copied: the complete lines of a chunk are decoded in place.
+        self._tail = bytearray()
         self.skipped = 0
         self.what = what
 
-    def feed(self, data: bytes) -> list[T]:
-        """Add bytes; return the objects of every line they completed."""
+    def feed(self, data: bytes, start: int = 0, end: int | None = None) -> list[T]:
+        """Add ``data[start:end]`` (read in place); return the objects of the lines it completed."""
+        if end is None:
+            end = len(data)
+        tail = self._tail
+        last = data.rfind(b"\n", start, end)
+        if last < 0:
+            tail += memoryview(data)[start:end]  # a long line in small pieces stays linear
+            return []
         out: list[T] = []
-        if not data:
-            return out
-        buf = self._buf
-        buf += data
-        if self._decode_lines is not None:
-            last = buf.rfind(b"\n", self._scan)
-            if last < 0:
-                self._scan = len(buf)
-                return out
-            block = bytes(buf[: last + 1])
-            del buf[: last + 1]
-            self._scan = len(buf)
-            try:
-                return self._decode_lines(block)
-            except DECODE_ERRORS:
-                pass
-            for line in block.split(b"\n")[:-1]:
-                self._line(line, out)
-            return out
-        pos = 0
-        scan = self._scan
-        while True:
-            nl = buf.find(b"\n", scan)
-            if nl < 0:
-                break
-            self._line(bytes(buf[pos:nl]), out)
-            pos = scan = nl + 1
-        if pos:
-            del buf[:pos]
-        self._scan = len(buf)
+        if tail:
+            # The line begun in earlier pieces ends in this one: decode it
+            # alone, so the rest of the chunk needs no copy.
+            first = data.find(b"\n", start, end) + 1
+            tail += memoryview(data)[start:first]
+            head = bytes(tail)
+            tail.clear()
+            out = self._block(head)
+            start = first
+        stop = last + 1
+        if start < stop:
+            # Slicing would copy the chunk: tens of kilobytes when a stream
+            # is busy, and at that size every copy is a fresh mmap whose
+            # pages fault in. A view of it costs nothing.
+            whole = start == 0 and stop == len(data)
+            events = self._block(data if whole else memoryview(data)[start:stop])
+            if out:
+                out += events
+            else:
+                out = events
+        if stop < end:
+            tail += memoryview(data)[stop:end]
         return out
 
     def finish(self) -> list[T]:
         """End of input: decode a last line that had no newline."""
         out: list[T] = []
-        if self._buf:
-            line = bytes(self._buf)
-            self._buf.clear()
-            self._scan = 0
+        if self._tail:
+            line = bytes(self._tail)
+            self._tail.clear()
             self._line(line, out)
         return out
 
     @property
     def pending(self) -> int:
         """Bytes of an unfinished line held in the buffer."""
-        return len(self._buf)
+        return len(self._tail)
+
+    def _block(self, block: bytes | memoryview) -> list[T]:
+        """Decode complete lines (``block`` ends with a newline)."""
+        if self._decode_lines is not None:
+            try:
+                return self._decode_lines(block)
+            except DECODE_ERRORS:
+                pass
+        out: list[T] = []
+        data = bytes(block)
+        pos = 0
+        while (nl := data.find(b"\n", pos)) >= 0:
+            self._line(data[pos:nl], out)
+            pos = nl + 1
+        return out
 
     def _line(self, line: bytes, out: list[T]) -> None:
         if line.endswith(b"\r"):
@@ -226,7 +242,7 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
             decoder = JSONDecoder(decoder)
         if isinstance(decoder, JSONDecoder):
             decode: Callable[[bytes], T] = decoder.decode
-            decode_lines: Callable[[bytes], list[T]] | None = decoder.decode_lines
+            decode_lines: Callable[[bytes | memoryview], list[T]] | None = decoder.decode_lines
         else:
             decode = decoder
             decode_lines = getattr(decoder, "decode_lines", None)
@@ -253,6 +269,9 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
         self._cm: AbstractAsyncContextManager[Body] | None = None
         self._resp: Body | None = None
         self._pending: deque[T] = deque()
+        # The body read last and how far it is decoded (see _next_piece).
+        self._chunk = b""
+        self._offset = 0
         self._started = False
         self._eof = False
         self._closed = False
@@ -308,6 +327,7 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
     async def _close(self, error: BaseException | None) -> None:
         self._closed = True
         self._eof = True
+        self._chunk = b""
         cm, self._cm = self._cm, None
         self._resp = None
         if cm is not None:
@@ -374,16 +394,42 @@ class NDJSONStream(AsyncResource, Generic[T, R]):
             raise StreamError(f"{self._operation}: the stream ended without its final event")
 
     async def _read_more(self) -> list[T]:
-        await self._aopen()
+        chunk = self._chunk
+        if chunk:
+            return self._next_piece(chunk)
+        if not self._started:
+            await self._aopen()
         resp = self._resp
         if resp is None:  # closed, or replaced by on_api_error
             self._eof = True
             return []
         chunk = await resp.readany()  # a reset or stall raises the seam's typed error
         if chunk:
-            return self._lines.feed(chunk)
+            self._chunk = chunk
+            self._offset = 0
+            return self._next_piece(chunk)
         self._eof = True
         return self._lines.finish()
+
+    def _next_piece(self, chunk: bytes) -> list[T]:
+        """Decode the next lines of ``chunk``: up to :data:`PIECE_BYTES` of them.
+
+        A reader that fell behind gets hundreds of kilobytes in one read;
+        decoding them a piece at a time hands out the first events before
+        the rest is decoded, and keeps one piece's events alive, not the
+        chunk's. A line longer than a piece is decoded whole.
+        """
+        start = self._offset
+        end = len(chunk)
+        if end - start > PIECE_BYTES:
+            limit = start + PIECE_BYTES
+            cut = chunk.rfind(b"\n", start, limit) + 1 or chunk.find(b"\n", limit) + 1
+            if cut:
+                end = cut
+        if end == len(chunk):
+            self._chunk = b""
+        self._offset = end
+        return self._lines.feed(chunk, start, end)
 
     async def _run(self) -> R:
         async with self:

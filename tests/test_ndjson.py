@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +16,14 @@ from hypothesis import strategies as st
 
 from sprites_async import NotFoundError, SpritesClient, StreamError
 from sprites_async._resource import AsyncResource
-from sprites_async._streams import NOT_FINAL, EventOperation, NDJSONDecoder, NDJSONStream, NotFinal
+from sprites_async._streams import (
+    NOT_FINAL,
+    PIECE_BYTES,
+    EventOperation,
+    NDJSONDecoder,
+    NDJSONStream,
+    NotFinal,
+)
 from tests._mock import TOKEN
 
 
@@ -346,3 +354,144 @@ async def test_async_resource_opens_on_entry_and_closes_on_any_exit() -> None:
         async with thing:
             raise KeyError("not swallowed")
     assert calls == ["open", "close", "open", "close"]
+
+
+def recording_decoder() -> tuple[NDJSONDecoder[Event], list[bytes]]:
+    calls: list[bytes] = []
+
+    def decode_lines(block: bytes | memoryview) -> list[Event]:
+        calls.append(bytes(block))
+        return decoder.decode_lines(block)
+
+    return NDJSONDecoder(decoder.decode, decode_lines=decode_lines), calls
+
+
+def test_batch_path_decodes_a_whole_chunk_in_place() -> None:
+    # A busy stream's chunks are tens of kilobytes: the complete lines are
+    # decoded where they lie, not copied into a buffer first.
+    seen: list[object] = []
+
+    def decode_lines(block: bytes | memoryview) -> list[Event]:
+        seen.append(block)
+        return decoder.decode_lines(block)
+
+    lines = NDJSONDecoder(decoder.decode, decode_lines=decode_lines)
+    chunk = b"".join(b'{"type":"progress","data":"%d"}\n' % i for i in range(50))
+    assert len(lines.feed(chunk)) == 50
+    assert seen[0] is chunk
+
+
+def test_batch_path_finishes_a_split_line_then_decodes_the_rest() -> None:
+    lines, calls = recording_decoder()
+    body = b"".join(b'{"type":"progress","data":"%d"}\n' % i for i in range(5))
+    cut = body.index(b"\n") - 3  # inside the first line
+    assert lines.feed(body[:cut]) == []
+    assert lines.pending == cut
+    events = lines.feed(body[cut:] + b'{"type":"comp')
+    assert [e.data for e in events if isinstance(e, Progress)] == ["0", "1", "2", "3", "4"]
+    first = body.index(b"\n") + 1
+    assert calls == [body[:first], body[first:]]  # the split line alone, then the rest
+    assert lines.pending == len(b'{"type":"comp')
+    assert lines.feed(b'lete"}') == []
+    assert lines.finish() == [Complete()]
+
+
+def test_batch_path_split_crlf_and_a_bad_line_in_the_rest() -> None:
+    lines, _ = recording_decoder()
+    out = lines.feed(b'{"type":"progress","data":"a"}\r')
+    out += lines.feed(b'\n{"type":"progress","data":"b"}\n{oops}\n{"type":"complete"}\n')
+    assert out == [Progress("a"), Progress("b"), Complete()]
+    assert lines.skipped == 1  # the bad line alone; its neighbours in the view survive
+    assert lines.pending == 0
+
+
+def test_line_path_with_bytearray_pieces() -> None:
+    lines = NDJSONDecoder(decoder.decode)
+    out = lines.feed(bytearray(b'{"type":"progress","data":"x"}\n{"type":'))
+    out += lines.feed(bytearray(b'"complete"}\n'))
+    assert out == [Progress("x"), Complete()]
+
+
+@given(st.lists(st.integers(0, len(MIXED)), max_size=8), st.integers(0, len(MIXED)))
+def test_feeding_a_range_equals_feeding_its_slice(cuts: list[int], pad: int) -> None:
+    # The stream feeds a big read a range at a time; a range must decode as
+    # its bytes would, whatever surrounds it in the buffer.
+    bounds = sorted({0, len(MIXED), *cuts})
+    sliced = NDJSONDecoder(decoder.decode, decode_lines=decoder.decode_lines)
+    ranged = NDJSONDecoder(decoder.decode, decode_lines=decoder.decode_lines)
+    padded = b"x\n" * pad + MIXED + b"\n{junk"
+    base = 2 * pad
+    for a, b in itertools.pairwise(bounds):
+        assert ranged.feed(padded, base + a, base + b) == sliced.feed(MIXED[a:b])
+        assert ranged.pending == sliced.pending
+    assert ranged.finish() == sliced.finish()
+
+
+def big_body(count: int) -> bytes:
+    return b"".join(b'{"type":"progress","data":"%06d"}\n' % i for i in range(count))
+
+
+async def test_a_big_read_is_handed_out_in_pieces(serve: Callable[[Handler], object]) -> None:
+    # One write the client reads at once: the first events come out before
+    # the rest is decoded, and no batch holds more than a piece's lines.
+    count = PIECE_BYTES // 10
+    body = big_body(count) + b'{"type":"complete","data":"done"}\n'
+    async with await serve(chunked(body)) as client:  # type: ignore[misc]
+        stream = stream_of(client)
+        batches: list[list[Event]] = []
+        async with stream:
+            while batch := await stream.next_batch():
+                batches.append(batch)
+        line = len(b'{"type":"progress","data":"000000"}\n')
+        assert max(len(b) for b in batches) <= PIECE_BYTES // line
+        events = [e for b in batches for e in b]
+        assert [e.data for e in events] == [f"{i:06d}" for i in range(count)] + ["done"]
+        assert stream.result == "done"
+
+
+class OneRead:
+    """Stands in for the stream seam: a body that arrives in the given reads."""
+
+    _telemetry = None
+
+    def __init__(self, *reads: bytes) -> None:
+        self.reads = list(reads)
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, method: str, path: str, **kw: object) -> AsyncIterator[OneRead]:
+        yield self
+
+    async def readany(self) -> bytes:
+        return self.reads.pop(0) if self.reads else b""
+
+
+async def batches_of(*reads: bytes) -> list[list[str]]:
+    stream = NDJSONStream(OneRead(*reads), "POST", "/s", decoder=decoder, operation="test")  # type: ignore[arg-type]
+    out: list[list[str]] = []
+    async with stream:
+        while batch := await stream.next_batch():
+            out.append([e.data if isinstance(e, Progress | Complete) else "?" for e in batch])
+    return out
+
+
+async def test_pieces_end_at_the_last_newline_within_the_limit() -> None:
+    line = len(b'{"type":"progress","data":"000000"}\n')
+    per_piece = PIECE_BYTES // line
+    count = 2 * per_piece + 5
+    batches = await batches_of(big_body(count))
+    assert [len(b) for b in batches] == [per_piece, per_piece, 5]
+    assert [d for b in batches for d in b] == [f"{i:06d}" for i in range(count)]
+
+
+async def test_a_line_longer_than_a_piece_is_decoded_whole() -> None:
+    long = "y" * (3 * PIECE_BYTES)
+    body = big_body(3) + msgspec.json.encode(Progress(long)) + b"\n" + big_body(2)
+    batches = await batches_of(body + b'{"type":"complete","data":"done"}\n')
+    assert batches == [["000000", "000001", "000002"], [long], ["000000", "000001", "done"]]
+    # Split across reads, it is decoded whole too, once its newline comes.
+    cut = len(big_body(3)) + PIECE_BYTES
+    assert await batches_of(body[:cut], body[cut:]) == [
+        ["000000", "000001", "000002"],
+        [long],
+        ["000000", "000001"],
+    ]

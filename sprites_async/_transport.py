@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import math
 import os
@@ -178,9 +179,28 @@ def _resolve_ssl(value: SSLSetting) -> ssl_module.SSLContext | bool:
             f"not {type(value).__name__}"
         )
     try:
-        return ssl_module.create_default_context(cafile=cafile, capath=capath)
+        return _ca_context(cafile, capath, _mtime(cafile), _mtime(capath))
     except (OSError, ssl_module.SSLError) as exc:
         raise ConfigurationError(f"{source}: cannot load CA certificates: {exc}") from exc
+
+
+def _mtime(path: str | None) -> int | None:
+    try:
+        return None if path is None else os.stat(path).st_mtime_ns
+    except OSError:
+        return None  # create_default_context reports it
+
+
+# Loading a CA bundle costs ~20 ms of CPU (a fleet script making a client per
+# task, or a test suite making one per test, pays it each time), so clients
+# verifying against the same unchanged files share one context, as aiohttp's
+# default context is shared. The modification times in the key make an edited
+# bundle load anew. Failures are not cached (lru_cache keeps only returns).
+@functools.lru_cache(maxsize=8)
+def _ca_context(
+    cafile: str | None, capath: str | None, _cafile_mtime: int | None, _capath_mtime: int | None
+) -> ssl_module.SSLContext:
+    return ssl_module.create_default_context(cafile=cafile, capath=capath)
 
 
 def _user_agent() -> str:

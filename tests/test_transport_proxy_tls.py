@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -415,6 +416,36 @@ async def test_ssl_cert_file_is_honoured(
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_emu.ca_file))
     async with _client(tls_emu, ssl=None) as client:
         await client.sprites.get("box")
+
+
+def test_clients_share_the_context_of_an_unchanged_ca_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(trustme.CA().cert_pem.bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    first = SpritesClient("t", base_url="https://example.invalid")._ssl
+    assert isinstance(first, ssl.SSLContext)
+    assert SpritesClient("t", base_url="https://example.invalid")._ssl is first
+    assert SpritesClient("t", base_url="https://example.invalid", ssl=str(bundle))._ssl is first
+
+    # A bundle edited in place (a rotated CA) is loaded anew, not served stale.
+    other = trustme.CA()
+    bundle.write_bytes(other.cert_pem.bytes())
+    os.utime(bundle, ns=(0, bundle.stat().st_mtime_ns + 1_000_000))
+    fresh = SpritesClient("t", base_url="https://example.invalid")._ssl
+    assert isinstance(fresh, ssl.SSLContext) and fresh is not first
+    assert fresh.get_ca_certs() != first.get_ca_certs()
+
+
+def test_an_unreadable_ca_bundle_is_a_configuration_error_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="cannot load CA certificates"):
+            SpritesClient("t", base_url="https://example.invalid")
 
 
 async def test_verification_can_be_disabled(tls_emu: TLSEmulator) -> None:

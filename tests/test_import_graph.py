@@ -21,6 +21,8 @@ BASE_CLIENT = f"{PACKAGE}._session"
 FACADE = f"{PACKAGE}._client"
 RESOURCES = (
     f"{PACKAGE}._sprites",
+    f"{PACKAGE}._sprite",
+    f"{PACKAGE}._sprite_lifecycle",
     f"{PACKAGE}._exec",
     f"{PACKAGE}._fs",
     f"{PACKAGE}._fs_errors",

@@ -17,7 +17,14 @@ from ._sprite_lifecycle import _SpriteLifecycle
 from ._validation import check_path_name
 
 if TYPE_CHECKING:
+    from ._checkpoints import CheckpointsResource
     from ._client import SpritesClient
+    from ._exec import ExecResult, ExecSession, ExecSessions, PortCallback, Stdin
+    from ._fs import SpriteFS
+    from ._policy import PolicyResource
+    from ._ports import PortsResource
+    from ._proxy import PortForward
+    from ._services import ServicesResource
 
 __all__ = ["Sprite"]
 
@@ -69,15 +76,6 @@ class Sprite(_SpriteLifecycle):
         return sprite_path(self.name)
 
     # ------------------------------------------------------------------ commands
-
-    if TYPE_CHECKING:
-        from ._checkpoints import CheckpointsResource
-        from ._exec import ExecResult, ExecSession, ExecSessions, PortCallback, Stdin
-        from ._fs import SpriteFS
-        from ._policy import PolicyResource
-        from ._ports import PortsResource
-        from ._proxy import PortForward
-        from ._services import ServicesResource
 
     async def exec(
         self,

@@ -63,12 +63,18 @@ NO_IO = {
 def _public_methods() -> list[tuple[str, str, Callable[..., Any]]]:
     out = []
     for cls in RESOURCES:
-        for name, value in vars(cls).items():
-            if name.startswith("_") or not inspect.isfunction(value):
-                continue
-            if (cls.__name__, name) in NO_IO:
-                continue
-            out.append((cls.__name__, name, value))
+        seen: set[str] = set()
+        # Down the MRO: a public class may get its methods from private layers.
+        for layer in cls.__mro__[:-1]:
+            for name, value in vars(layer).items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                if name.startswith("_") or not inspect.isfunction(value):
+                    continue
+                if (cls.__name__, name) in NO_IO:
+                    continue
+                out.append((cls.__name__, name, value))
     return out
 
 

@@ -22,16 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from sprites_async._errors import (
     APIError,
@@ -41,36 +37,28 @@ from sprites_async._errors import (
     SpritesConnectionError,
     SpritesError,
 )
-from sprites_async._transport import BASE_URL_ENV_VAR, TOKEN_ENV_VARS
+from sprites_async._transport import BASE_URL_ENV_VAR
 from sprites_async._version import __version__
 
+from ._context import EXIT_API as EXIT_API
+from ._context import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    PROG,
+    Context,
+    Handler,
+    UsageError,
+    find_sprite_file,
+    read_sprite_file,
+    token_from_env,
+)
+from ._context import EXIT_CONNECTION as EXIT_CONNECTION
+from ._context import EXIT_OK as EXIT_OK
+from ._context import EXIT_USAGE as EXIT_USAGE
+from ._layout import place_words
 from ._output import Output
 
-if TYPE_CHECKING:
-    from sprites_async._client import SpritesClient
-    from sprites_async.emulator import Emulator
-
 __all__ = ["EXIT_API", "EXIT_CONNECTION", "EXIT_OK", "EXIT_USAGE", "main"]
-
-EXIT_OK = 0
-EXIT_API = 1
-EXIT_USAGE = 2
-EXIT_CONNECTION = 3
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-"""What a shell reports for a process that died of SIGPIPE (141 on Linux)."""
-
-SPRITE_FILE = ".sprite"
-PROG = "sprites-async"
-
-NO_TOKEN_HELP = (
-    "no Sprites token: set SPRITES_TOKEN (or SPRITE_TOKEN) to a token from "
-    "https://sprites.dev/account.\n"
-    "  To try things locally instead, add --emulator (a throw-away emulator for this one "
-    "command),\n"
-    "  or run `sprites-async emulator` in another terminal and export the two variables "
-    "it prints."
-)
 
 
 EPILOG = """\
@@ -94,80 +82,6 @@ examples:
   $ sprites-async create mybox
   $ sprites-async exec mybox -- uname -a
 """
-
-
-class UsageError(Exception):
-    """A mistake on the command line or in the local configuration (exit status 2)."""
-
-
-@dataclass
-class Context:
-    """What a command handler gets besides its arguments."""
-
-    out: Output
-    args: argparse.Namespace
-    client: SpritesClient | None = None
-    emulator: Emulator | None = None
-    sprite_file: Path | None = None
-    sprite_file_data: dict[str, Any] = field(default_factory=dict)
-    sprite_file_error: UsageError | None = None
-
-    def need_client(self) -> SpritesClient:
-        """The client, or the no-token usage error."""
-        if self.client is None:
-            raise UsageError(NO_TOKEN_HELP)
-        return self.client
-
-    def sprite_name(self, explicit: str | None = None) -> str:
-        """The sprite to act on: the argument, ``--sprite``, or the ``.sprite`` file."""
-        name = explicit or getattr(self.args, "sprite", None)
-        if name:
-            return str(name)
-        if self.sprite_file_error is not None:
-            raise self.sprite_file_error
-        found = self.sprite_file_data.get("sprite")
-        if isinstance(found, str) and found:
-            return found
-        raise UsageError(
-            "which sprite? pass its NAME, --sprite NAME, or write a .sprite file "
-            '({"organization": "...", "sprite": "..."}) in this folder or a parent'
-        )
-
-
-Handler = Callable[[Context], Awaitable[int]]
-
-
-# ---------------------------------------------------------------------- config
-
-
-def find_sprite_file(start: Path | None = None) -> Path | None:
-    """The nearest ``.sprite`` file in ``start`` (default: the cwd) or a parent."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / SPRITE_FILE
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_sprite_file(path: Path) -> dict[str, Any]:
-    """Parse a ``.sprite`` file; a usage error if it is not a JSON object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object with 'organization' and 'sprite'")
-    return data
-
-
-def token_from_env() -> tuple[str | None, str | None]:
-    """``(token, variable name)`` from the environment, or ``(None, None)``."""
-    for var in TOKEN_ENV_VARS:
-        value = os.environ.get(var, "").strip()
-        if value:
-            return value, var
-    return None, None
 
 
 # ---------------------------------------------------------------------- parser
@@ -324,92 +238,6 @@ def _double_dash(
     return None
 
 
-@dataclass(frozen=True)
-class Slot:
-    """A positional argument of a command that may also be preceded by the sprite's NAME."""
-
-    dest: str
-    metavar: str
-    required: bool = True
-    default: str | None = None
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The positional words of a command: ``[NAME] SLOT ...``.
-
-    A word more than the slots is the sprite's NAME (``checkpoint restore demo
-    v1``). ``prefer_name`` decides the ambiguous cases where the optional slots
-    are not all filled (``fs ls demo``: a sprite, ``fs ls /tmp``: a path).
-    """
-
-    slots: tuple[Slot, ...] = ()
-    name: bool = True
-    prefer_name: Callable[[list[str]], bool] | None = None
-
-    def usage(self) -> str:
-        """The positional part of the usage line."""
-        parts = ["[NAME]"] if self.name else []
-        parts += [s.metavar if s.required else f"[{s.metavar}]" for s in self.slots]
-        return " ".join(parts)
-
-
-def positionals(parser: argparse.ArgumentParser, layout: Layout) -> None:
-    """Give ``parser`` the positional words of ``layout`` (placed after parsing)."""
-    parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
-    parser.set_defaults(layout=layout)
-    parser.usage = f"%(prog)s [options] {layout.usage()}".rstrip()
-
-
-def examples(parser: argparse.ArgumentParser, *lines: str) -> None:
-    """Add an ``examples:`` section to the help; tests run every one of them."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    body = "\n".join(f"  $ {PROG} {line}" for line in lines)
-    parser.epilog = f"examples:\n{body}"
-
-
-def _place_words(args: argparse.Namespace, extra: list[str]) -> str | None:
-    """Put the positional words where they belong; an error message, or None."""
-    unknown = [w for w in extra if w.startswith("-") and w != "-"]
-    if unknown:
-        return f"unrecognized arguments: {' '.join(unknown)}"
-    layout: Layout | None = getattr(args, "layout", None)
-    if layout is None:
-        if args.command == "exec" and extra:
-            return "exec: give at most one sprite NAME before -- (exec [NAME] -- CMD ...)"
-        return f"unrecognized arguments: {' '.join(extra)}" if extra else None
-    words = [*args.words, *extra]
-    del args.words
-    slots = layout.slots
-    name = None
-    needed = sum(s.required for s in slots)
-    if layout.name and (
-        len(words) == len(slots) + 1
-        or (len(words) > needed and layout.prefer_name is not None and layout.prefer_name(words))
-    ):
-        name, words = words[0], words[1:]
-    if len(words) > len(slots):
-        extra_words = words[len(slots) + (1 if layout.name and name is None else 0) :]
-        return f"too many arguments: {' '.join(extra_words)} (usage: {layout.usage()})"
-    if len(words) < needed:
-        missing = [s.metavar for s in slots if s.required][len(words) :]
-        return f"missing {' '.join(missing)} (usage: {layout.usage()})"
-    optional = len(words) - needed  # how many optional slots get a word, left to right
-    for slot in slots:
-        if slot.required or optional > 0:
-            if not slot.required:
-                optional -= 1
-            setattr(args, slot.dest, words.pop(0))
-        else:
-            setattr(args, slot.dest, slot.default)
-    if name is not None:
-        given = getattr(args, "sprite", None)
-        if given and given != name:
-            return f"two sprites given: {name!r} and --sprite {given!r}"
-        args.sprite = name
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; return the exit status (``sys.exit(main())``)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -423,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     head, tail = _split_command(parser, args_list)
     try:
         args, extra = parser.parse_known_args(head)
-        problem = _place_words(args, extra)
+        problem = place_words(args, extra)
         if problem is not None:
             getattr(args, "parser", parser).error(problem)
     except SystemExit as exc:  # --help, --version, or a usage error

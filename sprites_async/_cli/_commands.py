@@ -14,18 +14,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import (
-    EXIT_API,
-    EXIT_OK,
-    PROG,
-    Context,
-    Handler,
-    Layout,
-    Slot,
-    UsageError,
-    examples,
-    positionals,
-)
+from ._context import EXIT_API, EXIT_OK, PROG, Context, Handler, UsageError
+from ._layout import Layout, Slot, examples, positionals
 
 if TYPE_CHECKING:
     from sprites_async._models import SpriteInfo

@@ -24,7 +24,16 @@ import msgspec
 from sprites_async._errors import APIError, SpritesConnectionError, SpritesError
 from sprites_async._transport import is_loopback_url
 
-from . import EXIT_API, EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, Context, Handler, examples
+from ._context import (
+    EXIT_API,
+    EXIT_CONNECTION,
+    EXIT_OK,
+    EXIT_USAGE,
+    Context,
+    Handler,
+    token_from_env,
+)
+from ._layout import examples
 
 __all__ = ["Step", "add_commands"]
 
@@ -270,8 +279,6 @@ class Doctor:
         return self._finish()
 
     async def _token(self) -> bool:
-        from . import token_from_env
-
         ctx = self.ctx
         token, var = token_from_env()
 

@@ -15,7 +15,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from sprites_async._errors import SpritesConnectionError
 
-from . import EXIT_INTERRUPTED, Context, Handler, UsageError, examples
+from ._context import EXIT_INTERRUPTED, Context, Handler, UsageError
+from ._layout import examples
 
 if TYPE_CHECKING:
     from sprites_async._exec import ExecSession

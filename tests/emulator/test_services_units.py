@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sprites_async.emulator._supervisor import (
-    MAX_LINE,
+from sprites_async.emulator._service_logs import MAX_LINE, Lines
+from sprites_async.emulator._service_model import (
     SUBSCRIBER_DEPTH,
     ServiceDef,
     Subscription,
-    _has_cycle,
-    _Lines,
     event,
+    has_cycle,
     parse_names,
     start_order,
     valid_name,
@@ -19,7 +18,7 @@ from sprites_async.emulator._supervisor import (
 
 
 def test_lines_split_across_chunks_and_strip_cr() -> None:
-    lines = _Lines()
+    lines = Lines()
     assert lines.feed(b"hel") == []
     assert lines.feed(b"lo\r\nwor") == ["hello"]
     assert lines.feed(b"ld\n\n") == ["world", ""]
@@ -29,7 +28,7 @@ def test_lines_split_across_chunks_and_strip_cr() -> None:
 
 
 def test_lines_cap_long_lines_and_replace_bad_utf8() -> None:
-    lines = _Lines()
+    lines = Lines()
     out = lines.feed(b"x" * (MAX_LINE + 10))
     assert out == ["x" * MAX_LINE]
     assert lines.flush() == ["x" * 10]
@@ -49,9 +48,9 @@ def test_start_order_puts_needs_first() -> None:
 
 
 def test_cycle_detection() -> None:
-    assert _has_cycle("a", defs(a=["b"], b=["c"], c=["a"]))
-    assert not _has_cycle("a", defs(a=["b", "c"], b=["c"], c=[]))
-    assert not _has_cycle("a", defs(a=["b"], b=["c"], c=["c2"], c2=[]))
+    assert has_cycle("a", defs(a=["b"], b=["c"], c=["a"]))
+    assert not has_cycle("a", defs(a=["b", "c"], b=["c"], c=[]))
+    assert not has_cycle("a", defs(a=["b"], b=["c"], c=["c2"], c2=[]))
 
 
 def test_subscription_cuts_off_a_slow_reader() -> None:

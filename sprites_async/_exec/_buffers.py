@@ -281,6 +281,18 @@ class OutputStream:
         self._session = session
         self._id = stream_id
 
+    def __eq__(self, other: object) -> bool:
+        # The session makes one on each access of ``proc.stdout``.
+        if not isinstance(other, OutputStream):
+            return NotImplemented
+        return self._session is other._session and self._id == other._id
+
+    def __hash__(self) -> int:
+        return hash((id(self._session), self._id))
+
+    def __repr__(self) -> str:
+        return f"<OutputStream {'stdout' if self._id == 1 else 'stderr'} of {self._session!r}>"
+
     def __aiter__(self) -> OutputStream:
         return self
 

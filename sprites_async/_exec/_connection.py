@@ -29,8 +29,8 @@ from sprites_async._options import RequestOptions
 from sprites_async._translate import SOCKET_LOST
 from sprites_async._websocket import WSMsgType
 
-from ._buffers import OutputBuffers, _Flag
-from ._events import ExecEvent, PortCallback, PortEvent, SessionInfoEvent
+from ._buffers import OutputBuffers
+from ._events import ExecEvent, PortCallback, PortEvent
 from ._protocol import ExecProtocol, Failure
 from ._request import ExecRequest
 
@@ -81,9 +81,9 @@ class _ExecConnection:
         "_cut",
         "_error",
         "_finished",
-        "_info_seen",
         "_lease",
         "_on_port",
+        "_opened",
         "_options",
         "_paused",
         "_pinger",
@@ -125,15 +125,17 @@ class _ExecConnection:
         self._sink = sink
         self._span: ExecSpan | None = None
         self.capabilities: frozenset[str] = _NO_CAPABILITIES
-        self._buffers = OutputBuffers(settings.buffer_size, settings.max_port_events)
+        buffers = self._buffers = OutputBuffers(settings.buffer_size, settings.max_port_events)
         self._proto = ExecProtocol(
             tty=request.tty if request is not None else None,
             session_id=attach_id,
             exit_grace=settings.exit_grace,
             op_complete_timeout=settings.op_complete_timeout,
             dead_after=settings.dead_after,
-            on_output=sink if sink is not None else self._buffers.push,
-            on_event=self._on_event,
+            on_output=sink if sink is not None else buffers.push,
+            # Not a method of ours: the protocol would hold the session, a
+            # reference cycle that only the garbage collector frees.
+            on_event=buffers.push_event if on_port is None else _PortEvents(buffers, on_port),
         )
         self._ws: WebSocket | None = None
         self._lease: ControlLease | None = None
@@ -144,7 +146,8 @@ class _ExecConnection:
         self._paused = False
         self._cut: str | None = None  # why our timer cancelled the reader: "dead", "decided"
         self._finished: asyncio.Future[None] | None = None
-        self._info_seen: _Flag | None = None
+        # The direct handshake's end (see _handshake.open_session), while it runs.
+        self._opened: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._started = False
         self._shut = False
@@ -168,13 +171,13 @@ class _ExecConnection:
     async def _read_loop(
         self,
         ws: WebSocket | None,
-        connect: Callable[[], Awaitable[WebSocket | None]] | None = None,
+        connect: Callable[[ExecSession], Awaitable[WebSocket | None]] | None = None,
     ) -> None:
         """Read the socket into the protocol until it decides; ``connect`` opens it first."""
         if ws is None:
             assert connect is not None
-            ws = await connect()
-            connect = None  # nothing of the handshake stays alive with the session
+            # Only ExecSession is ever instantiated.
+            ws = await connect(cast("ExecSession", self))
             if ws is None:
                 return
         proto = self._proto
@@ -313,19 +316,6 @@ class _ExecConnection:
         if timer is not None:
             timer.cancel()
 
-    def _on_event(self, event: ExecEvent) -> None:
-        self._buffers.push_event(event)
-        if isinstance(event, SessionInfoEvent):
-            if self._info_seen is not None:
-                self._info_seen.set()
-        elif isinstance(event, PortEvent) and self._on_port is not None:
-            try:
-                outcome = self._on_port(event)
-                if asyncio.iscoroutine(outcome):
-                    _background(outcome)
-            except Exception:
-                logger.exception("on_port callback failed")
-
     # ------------------------------------------------------------------- outcome
 
     def _lost(self, reason: str, cause: BaseException | None = None) -> None:
@@ -382,20 +372,25 @@ class _ExecConnection:
         assert self._finished is not None
         return await _first_done((self._finished,), timeout)
 
-    def _info_flag(self) -> _Flag:
-        # Made on first use: most sessions never wait for their session_info.
-        flag = self._info_seen
-        if flag is None:
-            flag = self._info_seen = _Flag(on=self._proto.info is not None)
-        return flag
+    async def _info_or_end(self, timeout: float | None) -> None:
+        """Wait until ``session_info`` came, the outcome is known, or ``timeout`` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # Every event and the outcome set ``wake``: no flag of its own per session.
+        wake = self._buffers.wake
+        while self._proto.info is None and not self._is_done():
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return
+            woken = wake.arm()
+            try:
+                await _first_done((woken,), left)
+            finally:
+                wake.disarm(woken)
 
     async def _session_id_soon(self) -> str | None:
         if self._proto.session_id is None and self._finished is not None:
-            waiter = asyncio.ensure_future(self._info_flag().wait())
-            try:
-                await _first_done((waiter, self._finished), self._settings.session_info_timeout)
-            finally:
-                waiter.cancel()
+            await self._info_or_end(self._settings.session_info_timeout)
         return self._proto.session_id
 
     def _check_started(self) -> None:
@@ -480,6 +475,30 @@ class _ExecConnection:
             await _shielded(self._close())
         if cancelled:
             raise asyncio.CancelledError
+
+
+class _PortEvents:
+    """The protocol's events with an ``on_port`` callback: queued, and ports called back.
+
+    Holds the buffers and the callback, never the session, so that a
+    session is freed by reference counting alone.
+    """
+
+    __slots__ = ("buffers", "on_port")
+
+    def __init__(self, buffers: OutputBuffers, on_port: PortCallback) -> None:
+        self.buffers = buffers
+        self.on_port = on_port
+
+    def __call__(self, event: ExecEvent) -> None:
+        self.buffers.push_event(event)
+        if isinstance(event, PortEvent):
+            try:
+                outcome = self.on_port(event)
+                if asyncio.iscoroutine(outcome):
+                    _background(outcome)
+            except Exception:
+                logger.exception("on_port callback failed")
 
 
 _background_tasks: set[asyncio.Task[Any]] = set()

@@ -204,7 +204,7 @@ class ExecSession(_ExecStreams):
         stderr: The stderr :class:`OutputStream` (empty with a TTY).
     """
 
-    __slots__ = ("_detached", "kill_on_exit", "stderr", "stdout")
+    __slots__ = ("_detached", "kill_on_exit")
 
     def __init__(
         self,
@@ -230,8 +230,6 @@ class ExecSession(_ExecStreams):
             options=options,
         )
         self.kill_on_exit = kill_on_exit
-        self.stdout = OutputStream(self, 1)
-        self.stderr = OutputStream(self, 2)
         self._stdin_closed = False
         self._exit_given = False
         self._detached = False
@@ -240,6 +238,19 @@ class ExecSession(_ExecStreams):
         argv = " ".join(self._request.argv) if self._request else f"attach {self._attach_id}"
         state = "exited" if self.exit_code is not None else "running" if self._started else "new"
         return f"<ExecSession {argv!r} session_id={self.session_id!r} {state}>"
+
+    # The streams are made on each access, not kept: a stream refers to its
+    # session, and a session keeping its streams would be a reference cycle
+    # (freed only by the garbage collector, thousands of them under load).
+    @property
+    def stdout(self) -> OutputStream:
+        """The stdout :class:`OutputStream` (TTY: the terminal output)."""
+        return OutputStream(self, 1)
+
+    @property
+    def stderr(self) -> OutputStream:
+        """The stderr :class:`OutputStream` (empty with a TTY)."""
+        return OutputStream(self, 2)
 
     @property
     def sprite(self) -> Sprite:

@@ -840,3 +840,22 @@ async def test_cancelled_while_the_reader_closes_the_socket(
         proc = seen[0]
         assert proc._reader.done() and proc._ws.closed
         assert proc.exit_code == 0
+
+
+async def test_aclose_from_another_task_ends_a_waiting_complete(fake: FakeSprites) -> None:
+    # complete() is woken by the reader itself at its end (no done callback
+    # on the task): a reader cancelled by aclose() must still wake it.
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        await conn.client_closed()
+
+    fake.exec_script = script
+    async with fake.client() as client:
+        proc = await box(client).process("sleep", "100").start()
+        waiting = asyncio.ensure_future(proc.complete())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await proc.aclose()
+        with pytest.raises(ExitStatusUnknownError):
+            await asyncio.wait_for(waiting, 10)
+        assert our_tasks() == []

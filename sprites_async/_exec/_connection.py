@@ -79,6 +79,7 @@ class _ExecConnection:
         "_buffers",
         "_client",
         "_cut",
+        "_end_waiters",
         "_error",
         "_finished",
         "_lease",
@@ -148,6 +149,7 @@ class _ExecConnection:
         self._finished: asyncio.Future[None] | None = None
         # The direct handshake's end (see _handshake.open_session), while it runs.
         self._opened: asyncio.Future[None] | None = None
+        self._end_waiters: list[asyncio.Future[None]] | None = None
         self._error: BaseException | None = None
         self._started = False
         self._shut = False
@@ -174,80 +176,86 @@ class _ExecConnection:
         connect: Callable[[ExecSession], Awaitable[WebSocket | None]] | None = None,
     ) -> None:
         """Read the socket into the protocol until it decides; ``connect`` opens it first."""
-        if ws is None:
-            assert connect is not None
-            # Only ExecSession is ever instantiated.
-            ws = await connect(cast("ExecSession", self))
-            if ws is None:
-                return
-        proto = self._proto
-        buffers = self._buffers
-        loop = asyncio.get_running_loop()
-        closed_by_peer = False
-        now = loop.time()
-        proto.touch(now)
-        self._watch_due = self._next_watch(now)
-        self._arm(loop)
         try:
-            while not proto.done:
-                if self._sink is None and buffers.must_pause(proto.early_bytes):
-                    # Not reading on purpose: the watchdog must not call that dead.
-                    self._paused = True
-                    buffers.room.clear()
-                    await buffers.room.wait()
-                    self._paused = False
-                    proto.touch(loop.time())
-                    self._due(loop)
-                    continue
-                # No timeout here: the protocol's deadlines (exit grace,
-                # op.complete) are the timer's (see _tick), which costs a
-                # timer only when a deadline appears, not one per receive.
-                msg = await ws.receive()
-                kind = msg.type
-                if kind is WSMsgType.BINARY:
-                    proto.receive_bytes(msg.data, loop.time())
-                    self._due(loop)
-                elif kind is WSMsgType.TEXT:
-                    proto.receive_text(msg.data, loop.time())
-                    self._due(loop)
-                elif kind is WSMsgType.PING:
-                    proto.touch(loop.time())
-                    await ws.pong(msg.data)
-                elif kind is WSMsgType.PONG:
-                    proto.touch(loop.time())
-                else:  # CLOSE, CLOSING, CLOSED, ERROR
-                    closed_by_peer = True
-                    break
-        except asyncio.CancelledError:
-            if self._cut is None:
-                raise
-            # Cancelled by our own timer, not by a caller.
-            task = asyncio.current_task()
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-            if self._cut == "dead":
-                dead = SpritesTimeoutError(
-                    f"no data and no pong for {self._settings.dead_after} s: connection is dead",
-                    operation="exec",
-                    sprite=self._sprite.name,
-                )
-                self._lost(f"the connection failed: {dead}", dead)
+            if ws is None:
+                assert connect is not None
+                # Only ExecSession is ever instantiated.
+                ws = await connect(cast("ExecSession", self))
+                if ws is None:
+                    return
+            proto = self._proto
+            buffers = self._buffers
+            loop = asyncio.get_running_loop()
+            closed_by_peer = False
+            now = loop.time()
+            proto.touch(now)
+            self._watch_due = self._next_watch(now)
+            self._arm(loop)
+            try:
+                while not proto.done:
+                    if self._sink is None and buffers.must_pause(proto.early_bytes):
+                        # Not reading on purpose: the watchdog must not call that dead.
+                        self._paused = True
+                        buffers.room.clear()
+                        await buffers.room.wait()
+                        self._paused = False
+                        proto.touch(loop.time())
+                        self._due(loop)
+                        continue
+                    # No timeout here: the protocol's deadlines (exit grace,
+                    # op.complete) are the timer's (see _tick), which costs a
+                    # timer only when a deadline appears, not one per receive.
+                    msg = await ws.receive()
+                    kind = msg.type
+                    if kind is WSMsgType.BINARY:
+                        proto.receive_bytes(msg.data, loop.time())
+                        self._due(loop)
+                    elif kind is WSMsgType.TEXT:
+                        proto.receive_text(msg.data, loop.time())
+                        self._due(loop)
+                    elif kind is WSMsgType.PING:
+                        proto.touch(loop.time())
+                        await ws.pong(msg.data)
+                    elif kind is WSMsgType.PONG:
+                        proto.touch(loop.time())
+                    else:  # CLOSE, CLOSING, CLOSED, ERROR
+                        closed_by_peer = True
+                        break
+            except asyncio.CancelledError:
+                if self._cut is None:
+                    raise
+                # Cancelled by our own timer, not by a caller.
+                task = asyncio.current_task()
+                uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+                if uncancel is not None:
+                    uncancel()
+                if self._cut == "dead":
+                    dead = SpritesTimeoutError(
+                        f"no data and no pong for {self._settings.dead_after} s: "
+                        "connection is dead",
+                        operation="exec",
+                        sprite=self._sprite.name,
+                    )
+                    self._lost(f"the connection failed: {dead}", dead)
+                    return
+                # "decided": a deadline ended it (the protocol is done); go on as
+                # after the frame that would have ended it.
+            except Exception as exc:
+                self._lost(f"the connection failed: {exc}", exc)
                 return
-            # "decided": a deadline ended it (the protocol is done); go on as
-            # after the frame that would have ended it.
-        except Exception as exc:
-            self._lost(f"the connection failed: {exc}", exc)
-            return
+            finally:
+                self._stop_ticking()
+            if not proto.done:
+                proto.receive_eof(ws.close_code, by_peer=closed_by_peer)
+            self._settle()
+            if not proto.control and not ws.closed:
+                # The server lingers ~5 s after the exit, or (pkg/wsexec) never
+                # answers a close: say goodbye and go.
+                await close_now(ws, self._settings.close_timeout)
         finally:
-            self._stop_ticking()
-        if not proto.done:
-            proto.receive_eof(ws.close_code, by_peer=closed_by_peer)
-        self._settle()
-        if not proto.control and not ws.closed:
-            # The server lingers ~5 s after the exit, or (pkg/wsexec) never
-            # answers a close: say goodbye and go.
-            await close_now(ws, self._settings.close_timeout)
+            # Those waiting for the end (_reader_end) are woken from here,
+            # not by a done callback on the task: a loop turn less.
+            self._wake_end_waiters()
 
     def _tick(self) -> None:
         # Pings, the dead-peer check and the protocol's deadlines share one
@@ -393,6 +401,31 @@ class _ExecConnection:
             await self._info_or_end(self._settings.session_info_timeout)
         return self._proto.session_id
 
+    async def _reader_end(self) -> None:
+        """Wait until the reader has ended (it closes a direct socket before it ends)."""
+        reader = self._reader
+        if reader is None or reader.done():
+            return
+        # Our own future, awaited directly: a cancellation of the caller
+        # cancels it alone, never the reader.
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._end_waiters
+        if waiters is None:
+            waiters = self._end_waiters = []
+        waiters.append(fut)
+        try:
+            await fut
+        finally:
+            waiters = self._end_waiters
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+
+    def _wake_end_waiters(self) -> None:
+        waiters, self._end_waiters = self._end_waiters, None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+
     def _check_started(self) -> None:
         if not self._started:
             raise RuntimeError("the session is not started: use 'async with sprite.process(...)'")
@@ -420,6 +453,8 @@ class _ExecConnection:
                     pass
                 except Exception:  # the reader reports through _settle
                     logger.debug("exec reader ended with an error", exc_info=True)
+        # A reader cancelled before its first step never ran its own wake-up.
+        self._wake_end_waiters()
         if self._finished is not None and not self._is_done():
             self._lost("the connection was closed before the command exited")
         lease, self._lease = self._lease, None

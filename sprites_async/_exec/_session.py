@@ -124,7 +124,10 @@ class _ExecStreams(_ExecConnection):
     async def _waiting_for(
         self, futures: tuple[asyncio.Future[Any], ...], timeout: float | None
     ) -> bool:
-        """Wait for the first of ``futures`` (see ``_first_done``); False on the timeout."""
+        """Wait for the first of ``futures`` (see ``_first_done``); False on the timeout.
+
+        With no ``futures``, wait for the reader's end (``timeout`` must be None).
+        """
         # Nobody may be reading the output: while we wait, full streams
         # drop their oldest bytes instead of blocking the exit.
         buffers = self._buffers
@@ -132,6 +135,9 @@ class _ExecStreams(_ExecConnection):
         if self._sink is None:
             buffers.room.set()
         try:
+            if not futures:
+                await self._reader_end()  # the reader itself wakes us: no timer, no callback
+                return True
             return await _first_done(futures, timeout)
         finally:
             buffers.waiting -= 1
@@ -551,6 +557,9 @@ async def _until_closed(
         session._reader if session._reader is not None else session._finished
     )
     waiting: tuple[asyncio.Future[Any], ...] = (until,) if feeder is None else (until, feeder)
+    if feeder is None and deadline is None and session._reader is not None:
+        # The usual ``exec()``: one wait, which the reader ends itself.
+        waiting = ()
     while not until.done():
         left = None if deadline is None else max(deadline - loop.time(), 0)
         done = await session._waiting_for(waiting, left)

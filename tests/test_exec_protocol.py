@@ -424,6 +424,35 @@ async def test_dead_peer_is_detected(fake: FakeSprites) -> None:
     assert time.monotonic() - start < 15  # dead_after, not the 30 s silence
 
 
+async def test_a_short_command_makes_no_timer_of_its_own(
+    fake: FakeSprites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pings and the dead-peer check start from one timer shared by all
+    # sessions, for those still running after the first period: a short
+    # command arms none of its own, a long one (below) still gets its own.
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        await conn.out(b"hi\n")
+        await conn.exit_frame(0)
+        await conn.client_closed()
+
+    fake.exec_script = script
+    loop = asyncio.get_running_loop()
+    armed: list[str] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        armed.append(getattr(callback, "__qualname__", ""))
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    async with fake.client(ping_interval=15.0, dead_after=45.0) as client:
+        for _ in range(3):
+            assert (await box(client).exec("echo", "hi")).stdout == b"hi\n"
+    assert [name for name in armed if "_tick" in name] == []
+    monkeypatch.undo()
+
+
 async def test_silent_live_command_survives_the_watchdog(fake: FakeSprites) -> None:
     async def script(conn: Conn) -> None:
         await conn.info()

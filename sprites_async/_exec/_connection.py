@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -89,6 +90,7 @@ class _ExecConnection:
         "_paused",
         "_pinger",
         "_proto",
+        "_pulling",
         "_reader",
         "_request",
         "_settings",
@@ -97,6 +99,7 @@ class _ExecConnection:
         "_span",
         "_sprite",
         "_started",
+        "_starter",
         "_watch_due",
         "_watchdog",
         "_ws",
@@ -145,6 +148,8 @@ class _ExecConnection:
         self._watchdog: asyncio.TimerHandle | None = None
         self._watch_due = math.inf
         self._paused = False
+        self._pulling = False
+        self._starter: _Starter | None = None  # while waiting there for its watchdog
         self._cut: str | None = None  # why our timer cancelled the reader: "dead", "decided"
         self._finished: asyncio.Future[None] | None = None
         # The direct handshake's end (see _handshake.open_session), while it runs.
@@ -189,8 +194,12 @@ class _ExecConnection:
             closed_by_peer = False
             now = loop.time()
             proto.touch(now)
-            self._watch_due = self._next_watch(now)
-            self._arm(loop)
+            self._watch_due = due = self._next_watch(now)
+            if due != math.inf:
+                # Most commands end within a second: their watchdog is
+                # started by one timer shared by all sessions, and only
+                # for those still running then (see _Starter).
+                _starter_for(loop).add(self, due - now)
             try:
                 while not proto.done:
                     if self._sink is None and buffers.must_pause(proto.early_bytes):
@@ -308,7 +317,20 @@ class _ExecConnection:
             self._watchdog = loop.call_at(when, self._tick)
 
     def _due(self, loop: asyncio.AbstractEventLoop) -> None:
-        # After a frame: a protocol deadline earlier than the timer pulls it in.
+        # After a frame: a protocol deadline earlier than the timer pulls it
+        # in, at the next loop turn rather than now. The frame that settles
+        # it (the exit frame right behind a text exit) is most often in the
+        # same read, so the reader is done before any timer is made.
+        if self._pulling or self._proto.next_deadline() is None:
+            return
+        self._pulling = True
+        loop.call_soon(self._pull_in)
+
+    def _pull_in(self) -> None:
+        self._pulling = False
+        reader = self._reader
+        if self._shut or self._proto.done or reader is None or reader.done():
+            return
         deadline = self._proto.next_deadline()
         if deadline is None:
             return
@@ -317,12 +339,23 @@ class _ExecConnection:
             if timer.when() <= deadline:
                 return
             timer.cancel()
-        self._watchdog = loop.call_at(deadline, self._tick)
+        self._watchdog = asyncio.get_running_loop().call_at(deadline, self._tick)
 
     def _stop_ticking(self) -> None:
         timer, self._watchdog = self._watchdog, None
         if timer is not None:
             timer.cancel()
+        starter, self._starter = self._starter, None
+        if starter is not None:
+            starter.pending.discard(self)
+
+    def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        # From _Starter: the command outlived its first period; a timer of
+        # its own from now on (unless a deadline made one already: its
+        # _tick arms the watch too).
+        reader = self._reader
+        if self._watchdog is None and reader is not None and not reader.done() and not self._shut:
+            self._arm(loop)
 
     # ------------------------------------------------------------------- outcome
 
@@ -534,6 +567,64 @@ class _PortEvents:
                     _background(outcome)
             except Exception:
                 logger.exception("on_port callback failed")
+
+
+_FIRST_PERIOD = 1.0
+"""Seconds a command runs before its watchdog gets a timer of its own (at most)."""
+
+
+class _Starter:
+    """One timer per event loop that starts the watchdogs of commands still running.
+
+    A timer per command, made at its start and cancelled at its end, costs
+    more than most commands do in the SDK (asyncio's timers are Python
+    objects, and thousands of them make every heap operation slower). The
+    sessions wait here in a set instead; when the shared timer fires, those
+    still running arm their own. It fires before any of them needs its
+    first ping or dead-peer check (within ``_FIRST_PERIOD``, or sooner).
+    """
+
+    __slots__ = ("loop", "pending", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: set[_ExecConnection] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, session: _ExecConnection, first: float) -> None:
+        """Start ``session``'s watchdog within ``first`` seconds unless it ends first."""
+        self.pending.add(session)
+        session._starter = self
+        when = self.loop.time() + min(first, _FIRST_PERIOD)
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self.timer = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        batch, self.pending = self.pending, set()
+        for session in batch:
+            session._starter = None
+            session._start_watch(self.loop)
+
+
+_starters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Starter] = (
+    weakref.WeakKeyDictionary()
+)
+_last_starter: list[_Starter | None] = [None]  # the last one used: no dict lookup per command
+
+
+def _starter_for(loop: asyncio.AbstractEventLoop) -> _Starter:
+    starter = _last_starter[0]
+    if starter is None or starter.loop is not loop:
+        starter = _starters.get(loop)
+        if starter is None:
+            starter = _starters[loop] = _Starter(loop)
+        _last_starter[0] = starter
+    return starter
 
 
 _background_tasks: set[asyncio.Task[Any]] = set()

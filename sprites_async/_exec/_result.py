@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sprites_async import _frames
+from sprites_async._config import control_enabled
 from sprites_async._errors import (
     APIError,
     CommandFailedError,
@@ -110,8 +111,6 @@ async def run(
     check_stdin(stdin)
     limit = check_max_output(max_output)
     seconds = check_timeout(timeout)
-    from sprites_async._config import control_enabled
-
     # Stdin and TTY use a direct socket: how stdin frames travel over a
     # control socket is not documented; everything else may borrow one.
     use_control = (

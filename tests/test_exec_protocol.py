@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from typing import Any
 
 import msgspec
@@ -888,3 +890,30 @@ async def test_aclose_from_another_task_ends_a_waiting_complete(fake: FakeSprite
         with pytest.raises(ExitStatusUnknownError):
             await asyncio.wait_for(waiting, 10)
         assert our_tasks() == []
+
+
+def test_the_shared_watchdog_timer_keeps_no_loop_alive() -> None:
+    # One starter per loop, in a registry keyed weakly by the loop: it must
+    # hold no reference to its loop (nor to a timer handle, which would).
+    from sprites_async._exec._connection import _starter_for
+
+    class Session:
+        _starter = None
+        started = False
+
+        def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.started = True
+
+    session = Session()
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        _starter_for(loop).add(loop, session, 0.01)  # type: ignore[arg-type]
+        _starter_for(loop).add(loop, Session(), 30.0)  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        return weakref.ref(loop)
+
+    loop_ref = asyncio.run(main())
+    gc.collect()
+    assert session.started
+    assert loop_ref() is None

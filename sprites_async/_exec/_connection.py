@@ -199,7 +199,7 @@ class _ExecConnection:
                 # Most commands end within a second: their watchdog is
                 # started by one timer shared by all sessions, and only
                 # for those still running then (see _Starter).
-                _starter_for(loop).add(self, due - now)
+                _starter_for(loop).add(loop, self, due - now)
             try:
                 while not proto.done:
                     if self._sink is None and buffers.must_pause(proto.early_bytes):
@@ -582,48 +582,49 @@ class _Starter:
     sessions wait here in a set instead; when the shared timer fires, those
     still running arm their own. It fires before any of them needs its
     first ping or dead-peer check (within ``_FIRST_PERIOD``, or sooner).
+
+    It keeps no reference to its loop (nor to a timer, which would hold
+    one): the registry below is keyed weakly by the loop. A session leaves
+    the set when its reader ends, which ``asyncio.run`` makes happen too.
     """
 
-    __slots__ = ("loop", "pending", "timer")
+    __slots__ = ("due", "pending")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.pending: set[_ExecConnection] = set()
-        self.timer: asyncio.TimerHandle | None = None
+        self.due = math.inf  # when the earliest timer armed (and not yet fired) fires
 
-    def add(self, session: _ExecConnection, first: float) -> None:
+    def add(self, loop: asyncio.AbstractEventLoop, session: _ExecConnection, first: float) -> None:
         """Start ``session``'s watchdog within ``first`` seconds unless it ends first."""
         self.pending.add(session)
         session._starter = self
-        when = self.loop.time() + min(first, _FIRST_PERIOD)
-        timer = self.timer
-        if timer is not None:
-            if timer.when() <= when:
-                return
-            timer.cancel()
-        self.timer = self.loop.call_at(when, self._fire)
+        when = loop.time() + min(first, _FIRST_PERIOD)
+        if when < self.due:
+            # A later timer still armed fires for nothing: cheaper than
+            # keeping its handle (and through it the loop) to cancel it.
+            self.due = when
+            loop.call_at(when, self._fire)
 
     def _fire(self) -> None:
-        self.timer = None
+        self.due = math.inf
         batch, self.pending = self.pending, set()
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
         for session in batch:
             session._starter = None
-            session._start_watch(self.loop)
+            session._start_watch(loop)
 
 
 _starters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Starter] = (
     weakref.WeakKeyDictionary()
 )
-_last_starter: list[_Starter | None] = [None]  # the last one used: no dict lookup per command
 
 
 def _starter_for(loop: asyncio.AbstractEventLoop) -> _Starter:
-    starter = _last_starter[0]
-    if starter is None or starter.loop is not loop:
-        starter = _starters.get(loop)
-        if starter is None:
-            starter = _starters[loop] = _Starter(loop)
-        _last_starter[0] = starter
+    starter = _starters.get(loop)
+    if starter is None:
+        starter = _starters[loop] = _Starter()
     return starter
 
 

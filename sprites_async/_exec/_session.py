@@ -301,7 +301,10 @@ class ExecSession(_ExecStreams):
     # ------------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> ExecSession:
-        await self.start()
+        if self._started or self._client._telemetry is not None:
+            await self.start()  # raises if started; or the span's way
+        else:
+            await open_session(self, False)  # start()'s work, without its frame
         return self
 
     async def __aexit__(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +20,9 @@ from sprites_async import (
     SpritesClient,
 )
 from sprites_async._config import ExecSettings
-from sprites_async._exec import OutputEvent, PortEvent
+from sprites_async._exec import ExecSession, OutputEvent, PortEvent
+from sprites_async._exec._buffers import OutputBuffers
+from sprites_async._exec._protocol import ExecProtocol
 from tests._emulator import no_leftovers
 
 SETTINGS = ExecSettings(kill_grace=1.0, kill_wait=2.0, exit_grace=1.0)
@@ -150,6 +154,41 @@ async def test_ports_reach_events_and_callback(sprite: Any) -> None:
         assert await proc.wait() == 0
     assert ports
     assert ports[0].port == port
+
+
+async def test_a_finished_command_is_freed_without_the_garbage_collector(sprite: Any) -> None:
+    # A reference cycle (the protocol holding a method of its session, a
+    # session keeping its streams) leaves every finished command, with its
+    # socket's objects, to the collector: GC time and memory under load.
+    ours = (ExecSession, ExecProtocol, OutputBuffers)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert (await sprite.exec("echo", "hi")).stdout == b"hi\n"
+        async with sprite.process("cat", on_port=lambda event: None) as proc:
+            await proc.write(b"x\n")
+            assert await anext_chunk(proc.stdout) == b"x\n"
+            await proc.close_stdin()
+            assert await proc.wait() == 0
+            assert proc.stdout == proc.stdout
+        freed = weakref.ref(proc)
+        del proc
+        await asyncio.sleep(0)
+        assert freed() is None
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage if isinstance(o, ours)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert cyclic == []
+
+
+async def anext_chunk(stream: Any) -> bytes:
+    async for chunk in stream:
+        return bytes(chunk)
+    return b""
 
 
 def aiter_events(proc: Any) -> Any:

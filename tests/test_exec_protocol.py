@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from typing import Any
 
 import msgspec
@@ -424,6 +426,35 @@ async def test_dead_peer_is_detected(fake: FakeSprites) -> None:
     assert time.monotonic() - start < 15  # dead_after, not the 30 s silence
 
 
+async def test_a_short_command_makes_no_timer_of_its_own(
+    fake: FakeSprites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pings and the dead-peer check start from one timer shared by all
+    # sessions, for those still running after the first period: a short
+    # command arms none of its own, a long one (below) still gets its own.
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        await conn.out(b"hi\n")
+        await conn.exit_frame(0)
+        await conn.client_closed()
+
+    fake.exec_script = script
+    loop = asyncio.get_running_loop()
+    armed: list[str] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        armed.append(getattr(callback, "__qualname__", ""))
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    async with fake.client(ping_interval=15.0, dead_after=45.0) as client:
+        for _ in range(3):
+            assert (await box(client).exec("echo", "hi")).stdout == b"hi\n"
+    assert [name for name in armed if "_tick" in name] == []
+    monkeypatch.undo()
+
+
 async def test_silent_live_command_survives_the_watchdog(fake: FakeSprites) -> None:
     async def script(conn: Conn) -> None:
         await conn.info()
@@ -840,3 +871,49 @@ async def test_cancelled_while_the_reader_closes_the_socket(
         proc = seen[0]
         assert proc._reader.done() and proc._ws.closed
         assert proc.exit_code == 0
+
+
+async def test_aclose_from_another_task_ends_a_waiting_complete(fake: FakeSprites) -> None:
+    # complete() is woken by the reader itself at its end (no done callback
+    # on the task): a reader cancelled by aclose() must still wake it.
+    async def script(conn: Conn) -> None:
+        await conn.info()
+        await conn.client_closed()
+
+    fake.exec_script = script
+    async with fake.client() as client:
+        proc = await box(client).process("sleep", "100").start()
+        waiting = asyncio.ensure_future(proc.complete())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await proc.aclose()
+        with pytest.raises(ExitStatusUnknownError):
+            await asyncio.wait_for(waiting, 10)
+        assert our_tasks() == []
+
+
+def test_the_shared_watchdog_timer_keeps_no_loop_alive() -> None:
+    # One starter per loop, in a registry keyed weakly by the loop: it must
+    # hold no reference to its loop (nor to a timer handle, which would).
+    from sprites_async._exec._connection import _starter_for
+
+    class Session:
+        _starter = None
+        started = False
+
+        def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.started = True
+
+    session = Session()
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        _starter_for(loop).add(loop, session, 0.01)  # type: ignore[arg-type]
+        _starter_for(loop).add(loop, Session(), 30.0)  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        return weakref.ref(loop)
+
+    loop_ref = asyncio.run(main())
+    gc.collect()
+    assert session.started
+    assert loop_ref() is None

@@ -127,9 +127,10 @@ class OutputBuffers:
         # (with a sink, as for ``exec()``, output never comes here at all).
         self.out: list[deque[tuple[int, bytes]] | None] = [None, None, None]
         self.misc: list[tuple[int, ExecEvent]] | None = None
-        # Per stream (index 1: stdout, 2: stderr): bytes queued, bytes dropped.
+        # Per stream (index 1: stdout, 2: stderr): bytes queued, and bytes
+        # dropped (made with the first drop: most sessions never drop any).
         self.held = [0, 0, 0]
-        self.dropped = [0, 0, 0]
+        self.dropped: list[int] | None = None
         # Bit masks (1 << stream): the streams someone has asked for (the
         # events ask for both), and the readers (0: the events) at work.
         # ``waiting`` counts pending wait() calls: see must_pause.
@@ -197,10 +198,15 @@ class OutputBuffers:
             _, data = queue.popleft()
             held[stream] -= len(data)
             dropped += len(data)
-        if dropped and not self.dropped[stream]:
+        if not dropped:
+            return
+        counts = self.dropped
+        if counts is None:
+            counts = self.dropped = [0, 0, 0]
+        if not counts[stream]:
             what = "stdout" if stream == 1 else "stderr"
             logger.debug("nobody reads %s of a session; dropping its oldest output", what)
-        self.dropped[stream] += dropped
+        counts[stream] += dropped
 
     def want(self, *streams: int) -> None:
         """Someone reads these streams now.
@@ -281,6 +287,18 @@ class OutputStream:
         self._session = session
         self._id = stream_id
 
+    def __eq__(self, other: object) -> bool:
+        # The session makes one on each access of ``proc.stdout``.
+        if not isinstance(other, OutputStream):
+            return NotImplemented
+        return self._session is other._session and self._id == other._id
+
+    def __hash__(self) -> int:
+        return hash((id(self._session), self._id))
+
+    def __repr__(self) -> str:
+        return f"<OutputStream {'stdout' if self._id == 1 else 'stderr'} of {self._session!r}>"
+
     def __aiter__(self) -> OutputStream:
         return self
 
@@ -305,7 +323,8 @@ class OutputStream:
         bytes once the other stream is read or :meth:`ExecSession.wait`
         waits, so that it never blocks them; 0 for a stream that is read.
         """
-        return self._session._buffers.dropped[self._id]
+        counts = self._session._buffers.dropped
+        return 0 if counts is None else counts[self._id]
 
 
 class _Kept:

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,8 +30,8 @@ from sprites_async._options import RequestOptions
 from sprites_async._translate import SOCKET_LOST
 from sprites_async._websocket import WSMsgType
 
-from ._buffers import OutputBuffers, _Flag
-from ._events import ExecEvent, PortCallback, PortEvent, SessionInfoEvent
+from ._buffers import OutputBuffers
+from ._events import ExecEvent, PortCallback, PortEvent
 from ._protocol import ExecProtocol, Failure
 from ._request import ExecRequest
 
@@ -79,15 +80,17 @@ class _ExecConnection:
         "_buffers",
         "_client",
         "_cut",
+        "_end_waiters",
         "_error",
         "_finished",
-        "_info_seen",
         "_lease",
         "_on_port",
+        "_opened",
         "_options",
         "_paused",
         "_pinger",
         "_proto",
+        "_pulling",
         "_reader",
         "_request",
         "_settings",
@@ -96,6 +99,7 @@ class _ExecConnection:
         "_span",
         "_sprite",
         "_started",
+        "_starter",
         "_watch_due",
         "_watchdog",
         "_ws",
@@ -125,15 +129,17 @@ class _ExecConnection:
         self._sink = sink
         self._span: ExecSpan | None = None
         self.capabilities: frozenset[str] = _NO_CAPABILITIES
-        self._buffers = OutputBuffers(settings.buffer_size, settings.max_port_events)
+        buffers = self._buffers = OutputBuffers(settings.buffer_size, settings.max_port_events)
         self._proto = ExecProtocol(
             tty=request.tty if request is not None else None,
             session_id=attach_id,
             exit_grace=settings.exit_grace,
             op_complete_timeout=settings.op_complete_timeout,
             dead_after=settings.dead_after,
-            on_output=sink if sink is not None else self._buffers.push,
-            on_event=self._on_event,
+            on_output=sink if sink is not None else buffers.push,
+            # Not a method of ours: the protocol would hold the session, a
+            # reference cycle that only the garbage collector frees.
+            on_event=buffers.push_event if on_port is None else _PortEvents(buffers, on_port),
         )
         self._ws: WebSocket | None = None
         self._lease: ControlLease | None = None
@@ -142,9 +148,13 @@ class _ExecConnection:
         self._watchdog: asyncio.TimerHandle | None = None
         self._watch_due = math.inf
         self._paused = False
+        self._pulling = False
+        self._starter: _Starter | None = None  # while waiting there for its watchdog
         self._cut: str | None = None  # why our timer cancelled the reader: "dead", "decided"
         self._finished: asyncio.Future[None] | None = None
-        self._info_seen: _Flag | None = None
+        # The direct handshake's end (see _handshake.open_session), while it runs.
+        self._opened: asyncio.Future[None] | None = None
+        self._end_waiters: list[asyncio.Future[None]] | None = None
         self._error: BaseException | None = None
         self._started = False
         self._shut = False
@@ -168,83 +178,93 @@ class _ExecConnection:
     async def _read_loop(
         self,
         ws: WebSocket | None,
-        connect: Callable[[], Awaitable[WebSocket | None]] | None = None,
+        connect: Callable[[ExecSession], Awaitable[WebSocket | None]] | None = None,
     ) -> None:
         """Read the socket into the protocol until it decides; ``connect`` opens it first."""
-        if ws is None:
-            assert connect is not None
-            ws = await connect()
-            connect = None  # nothing of the handshake stays alive with the session
-            if ws is None:
-                return
-        proto = self._proto
-        buffers = self._buffers
-        loop = asyncio.get_running_loop()
-        closed_by_peer = False
-        now = loop.time()
-        proto.touch(now)
-        self._watch_due = self._next_watch(now)
-        self._arm(loop)
         try:
-            while not proto.done:
-                if self._sink is None and buffers.must_pause(proto.early_bytes):
-                    # Not reading on purpose: the watchdog must not call that dead.
-                    self._paused = True
-                    buffers.room.clear()
-                    await buffers.room.wait()
-                    self._paused = False
-                    proto.touch(loop.time())
-                    self._due(loop)
-                    continue
-                # No timeout here: the protocol's deadlines (exit grace,
-                # op.complete) are the timer's (see _tick), which costs a
-                # timer only when a deadline appears, not one per receive.
-                msg = await ws.receive()
-                kind = msg.type
-                if kind is WSMsgType.BINARY:
-                    proto.receive_bytes(msg.data, loop.time())
-                    self._due(loop)
-                elif kind is WSMsgType.TEXT:
-                    proto.receive_text(msg.data, loop.time())
-                    self._due(loop)
-                elif kind is WSMsgType.PING:
-                    proto.touch(loop.time())
-                    await ws.pong(msg.data)
-                elif kind is WSMsgType.PONG:
-                    proto.touch(loop.time())
-                else:  # CLOSE, CLOSING, CLOSED, ERROR
-                    closed_by_peer = True
-                    break
-        except asyncio.CancelledError:
-            if self._cut is None:
-                raise
-            # Cancelled by our own timer, not by a caller.
-            task = asyncio.current_task()
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-            if self._cut == "dead":
-                dead = SpritesTimeoutError(
-                    f"no data and no pong for {self._settings.dead_after} s: connection is dead",
-                    operation="exec",
-                    sprite=self._sprite.name,
-                )
-                self._lost(f"the connection failed: {dead}", dead)
+            if ws is None:
+                assert connect is not None
+                # Only ExecSession is ever instantiated.
+                ws = await connect(cast("ExecSession", self))
+                if ws is None:
+                    return
+            proto = self._proto
+            buffers = self._buffers
+            loop = asyncio.get_running_loop()
+            closed_by_peer = False
+            now = loop.time()
+            proto.touch(now)
+            self._watch_due = due = self._next_watch(now)
+            if due != math.inf:
+                # Most commands end within a second: their watchdog is
+                # started by one timer shared by all sessions, and only
+                # for those still running then (see _Starter).
+                _starter_for(loop).add(loop, self, due - now)
+            try:
+                while not proto.done:
+                    if self._sink is None and buffers.must_pause(proto.early_bytes):
+                        # Not reading on purpose: the watchdog must not call that dead.
+                        self._paused = True
+                        buffers.room.clear()
+                        await buffers.room.wait()
+                        self._paused = False
+                        proto.touch(loop.time())
+                        self._due(loop)
+                        continue
+                    # No timeout here: the protocol's deadlines (exit grace,
+                    # op.complete) are the timer's (see _tick), which costs a
+                    # timer only when a deadline appears, not one per receive.
+                    msg = await ws.receive()
+                    kind = msg.type
+                    if kind is WSMsgType.BINARY:
+                        proto.receive_bytes(msg.data, loop.time())
+                        self._due(loop)
+                    elif kind is WSMsgType.TEXT:
+                        proto.receive_text(msg.data, loop.time())
+                        self._due(loop)
+                    elif kind is WSMsgType.PING:
+                        proto.touch(loop.time())
+                        await ws.pong(msg.data)
+                    elif kind is WSMsgType.PONG:
+                        proto.touch(loop.time())
+                    else:  # CLOSE, CLOSING, CLOSED, ERROR
+                        closed_by_peer = True
+                        break
+            except asyncio.CancelledError:
+                if self._cut is None:
+                    raise
+                # Cancelled by our own timer, not by a caller.
+                task = asyncio.current_task()
+                uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+                if uncancel is not None:
+                    uncancel()
+                if self._cut == "dead":
+                    dead = SpritesTimeoutError(
+                        f"no data and no pong for {self._settings.dead_after} s: "
+                        "connection is dead",
+                        operation="exec",
+                        sprite=self._sprite.name,
+                    )
+                    self._lost(f"the connection failed: {dead}", dead)
+                    return
+                # "decided": a deadline ended it (the protocol is done); go on as
+                # after the frame that would have ended it.
+            except Exception as exc:
+                self._lost(f"the connection failed: {exc}", exc)
                 return
-            # "decided": a deadline ended it (the protocol is done); go on as
-            # after the frame that would have ended it.
-        except Exception as exc:
-            self._lost(f"the connection failed: {exc}", exc)
-            return
+            finally:
+                self._stop_ticking()
+            if not proto.done:
+                proto.receive_eof(ws.close_code, by_peer=closed_by_peer)
+            self._settle()
+            if not proto.control and not ws.closed:
+                # The server lingers ~5 s after the exit, or (pkg/wsexec) never
+                # answers a close: say goodbye and go.
+                await close_now(ws, self._settings.close_timeout)
         finally:
-            self._stop_ticking()
-        if not proto.done:
-            proto.receive_eof(ws.close_code, by_peer=closed_by_peer)
-        self._settle()
-        if not proto.control and not ws.closed:
-            # The server lingers ~5 s after the exit, or (pkg/wsexec) never
-            # answers a close: say goodbye and go.
-            await close_now(ws, self._settings.close_timeout)
+            # Those waiting for the end (_reader_end) are woken from here,
+            # not by a done callback on the task: a loop turn less.
+            self._wake_end_waiters()
 
     def _tick(self) -> None:
         # Pings, the dead-peer check and the protocol's deadlines share one
@@ -297,7 +317,20 @@ class _ExecConnection:
             self._watchdog = loop.call_at(when, self._tick)
 
     def _due(self, loop: asyncio.AbstractEventLoop) -> None:
-        # After a frame: a protocol deadline earlier than the timer pulls it in.
+        # After a frame: a protocol deadline earlier than the timer pulls it
+        # in, at the next loop turn rather than now. The frame that settles
+        # it (the exit frame right behind a text exit) is most often in the
+        # same read, so the reader is done before any timer is made.
+        if self._pulling or self._proto.next_deadline() is None:
+            return
+        self._pulling = True
+        loop.call_soon(self._pull_in)
+
+    def _pull_in(self) -> None:
+        self._pulling = False
+        reader = self._reader
+        if self._shut or self._proto.done or reader is None or reader.done():
+            return
         deadline = self._proto.next_deadline()
         if deadline is None:
             return
@@ -306,25 +339,23 @@ class _ExecConnection:
             if timer.when() <= deadline:
                 return
             timer.cancel()
-        self._watchdog = loop.call_at(deadline, self._tick)
+        self._watchdog = asyncio.get_running_loop().call_at(deadline, self._tick)
 
     def _stop_ticking(self) -> None:
         timer, self._watchdog = self._watchdog, None
         if timer is not None:
             timer.cancel()
+        starter, self._starter = self._starter, None
+        if starter is not None:
+            starter.pending.discard(self)
 
-    def _on_event(self, event: ExecEvent) -> None:
-        self._buffers.push_event(event)
-        if isinstance(event, SessionInfoEvent):
-            if self._info_seen is not None:
-                self._info_seen.set()
-        elif isinstance(event, PortEvent) and self._on_port is not None:
-            try:
-                outcome = self._on_port(event)
-                if asyncio.iscoroutine(outcome):
-                    _background(outcome)
-            except Exception:
-                logger.exception("on_port callback failed")
+    def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        # From _Starter: the command outlived its first period; a timer of
+        # its own from now on (unless a deadline made one already: its
+        # _tick arms the watch too).
+        reader = self._reader
+        if self._watchdog is None and reader is not None and not reader.done() and not self._shut:
+            self._arm(loop)
 
     # ------------------------------------------------------------------- outcome
 
@@ -382,21 +413,51 @@ class _ExecConnection:
         assert self._finished is not None
         return await _first_done((self._finished,), timeout)
 
-    def _info_flag(self) -> _Flag:
-        # Made on first use: most sessions never wait for their session_info.
-        flag = self._info_seen
-        if flag is None:
-            flag = self._info_seen = _Flag(on=self._proto.info is not None)
-        return flag
+    async def _info_or_end(self, timeout: float | None) -> None:
+        """Wait until ``session_info`` came, the outcome is known, or ``timeout`` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # Every event and the outcome set ``wake``: no flag of its own per session.
+        wake = self._buffers.wake
+        while self._proto.info is None and not self._is_done():
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return
+            woken = wake.arm()
+            try:
+                await _first_done((woken,), left)
+            finally:
+                wake.disarm(woken)
 
     async def _session_id_soon(self) -> str | None:
         if self._proto.session_id is None and self._finished is not None:
-            waiter = asyncio.ensure_future(self._info_flag().wait())
-            try:
-                await _first_done((waiter, self._finished), self._settings.session_info_timeout)
-            finally:
-                waiter.cancel()
+            await self._info_or_end(self._settings.session_info_timeout)
         return self._proto.session_id
+
+    async def _reader_end(self) -> None:
+        """Wait until the reader has ended (it closes a direct socket before it ends)."""
+        reader = self._reader
+        if reader is None or reader.done():
+            return
+        # Our own future, awaited directly: a cancellation of the caller
+        # cancels it alone, never the reader.
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._end_waiters
+        if waiters is None:
+            waiters = self._end_waiters = []
+        waiters.append(fut)
+        try:
+            await fut
+        finally:
+            waiters = self._end_waiters
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+
+    def _wake_end_waiters(self) -> None:
+        waiters, self._end_waiters = self._end_waiters, None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
 
     def _check_started(self) -> None:
         if not self._started:
@@ -425,6 +486,8 @@ class _ExecConnection:
                     pass
                 except Exception:  # the reader reports through _settle
                     logger.debug("exec reader ended with an error", exc_info=True)
+        # A reader cancelled before its first step never ran its own wake-up.
+        self._wake_end_waiters()
         if self._finished is not None and not self._is_done():
             self._lost("the connection was closed before the command exited")
         lease, self._lease = self._lease, None
@@ -480,6 +543,89 @@ class _ExecConnection:
             await _shielded(self._close())
         if cancelled:
             raise asyncio.CancelledError
+
+
+class _PortEvents:
+    """The protocol's events with an ``on_port`` callback: queued, and ports called back.
+
+    Holds the buffers and the callback, never the session, so that a
+    session is freed by reference counting alone.
+    """
+
+    __slots__ = ("buffers", "on_port")
+
+    def __init__(self, buffers: OutputBuffers, on_port: PortCallback) -> None:
+        self.buffers = buffers
+        self.on_port = on_port
+
+    def __call__(self, event: ExecEvent) -> None:
+        self.buffers.push_event(event)
+        if isinstance(event, PortEvent):
+            try:
+                outcome = self.on_port(event)
+                if asyncio.iscoroutine(outcome):
+                    _background(outcome)
+            except Exception:
+                logger.exception("on_port callback failed")
+
+
+_FIRST_PERIOD = 1.0
+"""Seconds a command runs before its watchdog gets a timer of its own (at most)."""
+
+
+class _Starter:
+    """One timer per event loop that starts the watchdogs of commands still running.
+
+    A timer per command, made at its start and cancelled at its end, costs
+    more than most commands do in the SDK (asyncio's timers are Python
+    objects, and thousands of them make every heap operation slower). The
+    sessions wait here in a set instead; when the shared timer fires, those
+    still running arm their own. It fires before any of them needs its
+    first ping or dead-peer check (within ``_FIRST_PERIOD``, or sooner).
+
+    It keeps no reference to its loop (nor to a timer, which would hold
+    one): the registry below is keyed weakly by the loop. A session leaves
+    the set when its reader ends, which ``asyncio.run`` makes happen too.
+    """
+
+    __slots__ = ("due", "pending")
+
+    def __init__(self) -> None:
+        self.pending: set[_ExecConnection] = set()
+        self.due = math.inf  # when the earliest timer armed (and not yet fired) fires
+
+    def add(self, loop: asyncio.AbstractEventLoop, session: _ExecConnection, first: float) -> None:
+        """Start ``session``'s watchdog within ``first`` seconds unless it ends first."""
+        self.pending.add(session)
+        session._starter = self
+        when = loop.time() + min(first, _FIRST_PERIOD)
+        if when < self.due:
+            # A later timer still armed fires for nothing: cheaper than
+            # keeping its handle (and through it the loop) to cancel it.
+            self.due = when
+            loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.due = math.inf
+        batch, self.pending = self.pending, set()
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        for session in batch:
+            session._starter = None
+            session._start_watch(loop)
+
+
+_starters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Starter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _starter_for(loop: asyncio.AbstractEventLoop) -> _Starter:
+    starter = _starters.get(loop)
+    if starter is None:
+        starter = _starters[loop] = _Starter()
+    return starter
 
 
 _background_tasks: set[asyncio.Task[Any]] = set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sprites_async import _frames
 from sprites_async._errors import APIError, NotFoundError, SpritesTimeoutError
@@ -39,20 +39,18 @@ async def open_session(session: ExecSession, prefer_control: bool) -> None:
     # starts the command when it accepts the upgrade, before the 101
     # reaches us, so a caller cancelled meanwhile must still get hold of
     # the socket to stop what it started (see _cancelled_in_handshake).
-    opened: asyncio.Future[None] = loop.create_future()
     # One coroutine for the handshake and the reading: a frame less kept
     # alive per live session than a handshake coroutine awaiting the reader.
-    connect = functools.partial(_connect, session, opened)
-    session._reader = asyncio.ensure_future(session._read_loop(None, connect))
+    opened = session._opened = loop.create_future()
+    session._reader = asyncio.ensure_future(session._read_loop(None, _connect))
     try:
-        # Not asyncio.shield (a task's worth of futures): the wait never
-        # cancels ``opened``, so a cancellation here is the caller's.
-        await _first_done((opened,), None)
-        opened.result()
+        # Awaited directly, not through a waiter: a cancellation of the
+        # caller cancels ``opened`` alone, which _connect expects.
+        await opened
     except asyncio.CancelledError as exc:
         if session._span is not None:
             session._span.fail(exc)
-        await _cancelled_in_handshake(session, opened)
+        await _cancelled_in_handshake(session)
         raise
 
 
@@ -84,8 +82,8 @@ async def _start_on_lease(session: ExecSession) -> bool:
     return True
 
 
-async def _connect(session: ExecSession, opened: asyncio.Future[None]) -> WebSocket | None:
-    """The ``/exec`` handshake (in the reader task); None once ``opened`` has the error."""
+async def _connect(session: ExecSession) -> WebSocket | None:
+    """The ``/exec`` handshake (in the reader task); None once ``_opened`` has the error."""
     assert session._request is not None
     try:
         ws, headers = await session._client._ws_connect(
@@ -105,7 +103,8 @@ async def _connect(session: ExecSession, opened: asyncio.Future[None]) -> WebSoc
         if started is not None:
             started.__cause__ = exc
             exc = started
-        if not opened.done():
+        opened, session._opened = session._opened, None
+        if opened is not None and not opened.done():
             opened.set_exception(exc)
             opened.exception()  # start() re-raises it; never "not retrieved"
         if isinstance(exc, asyncio.CancelledError):
@@ -113,12 +112,14 @@ async def _connect(session: ExecSession, opened: asyncio.Future[None]) -> WebSoc
         return None
     session._set_capabilities(headers)
     session._ws = ws
-    if not opened.done():
+    # Dropped here: nothing of the handshake stays alive with the session.
+    opened, session._opened = session._opened, None
+    if opened is not None and not opened.done():
         opened.set_result(None)
     return ws
 
 
-async def _cancelled_in_handshake(session: ExecSession, opened: asyncio.Future[None]) -> None:
+async def _cancelled_in_handshake(session: ExecSession) -> None:
     """Stop a command whose ``/exec`` handshake was cancelled midway.
 
     The server starts the command when it accepts the upgrade, before the
@@ -129,11 +130,17 @@ async def _cancelled_in_handshake(session: ExecSession, opened: asyncio.Future[N
     """
     reader = session._reader
     assert reader is not None
-    if not opened.done():
-        await asyncio.wait({opened}, timeout=session._settings.kill_grace)
-    if not opened.done() or opened.cancelled() or opened.exception() is not None:
+    if session._ws is None and not reader.done():
+        # The caller's cancellation cancelled the first future: a new one,
+        # which _connect resolves just the same.
+        later = session._opened = asyncio.get_running_loop().create_future()
+        await _first_done((later, reader), session._settings.kill_grace)
+        if later.done() and not later.cancelled():
+            later.exception()  # the handshake's error: given up on, never "not retrieved"
+    if session._ws is None:
         # Never opened, or not in time: give up on it; a socket that
         # still opens after this is closed by _close_late_ws.
+        session._opened = None
         reader.cancel()
         reader.add_done_callback(functools.partial(_close_late_ws, session))
         return
@@ -176,21 +183,12 @@ async def _start_attach(session: ExecSession) -> None:
     session._begin(ws)
     loop = asyncio.get_running_loop()
     session._proto.connected(loop.time(), session._settings.session_info_timeout)
-    assert session._finished is not None
-    waiter = asyncio.ensure_future(session._info_flag().wait())
-    waiting: set[asyncio.Future[Any]] = {waiter, session._finished}
     deadline = session._proto.info_deadline
     try:
-        await asyncio.wait(
-            waiting,
-            timeout=None if deadline is None else deadline - loop.time(),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        await session._info_or_end(None if deadline is None else deadline - loop.time())
     except BaseException:
         await _shielded(session.aclose())
         raise
-    finally:
-        waiter.cancel()
     if session.info is None:
         error = session._error
         await _shielded(session.aclose())

@@ -31,7 +31,7 @@ def _stdin_bytes(stdin: Stdin) -> bytes | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per live session
 class ExecRequest:
     """A validated command: what goes on the wire."""
 

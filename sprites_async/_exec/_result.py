@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sprites_async import _frames
+from sprites_async._config import control_enabled
 from sprites_async._errors import (
     APIError,
     CommandFailedError,
@@ -19,6 +20,7 @@ from sprites_async._validation import check_max_output, check_stdin, check_timeo
 from ._buffers import DEFAULT_MAX_OUTPUT, _Collector
 from ._connection import _RetryDirect
 from ._events import PortCallback
+from ._handshake import open_session
 from ._request import ExecRequest, Stdin, _start_error_of, _stdin_bytes
 from ._session import ExecSession
 
@@ -110,8 +112,6 @@ async def run(
     check_stdin(stdin)
     limit = check_max_output(max_output)
     seconds = check_timeout(timeout)
-    from sprites_async._config import control_enabled
-
     # Stdin and TTY use a direct socket: how stdin frames travel over a
     # control socket is not documented; everything else may borrow one.
     use_control = (
@@ -126,7 +126,12 @@ async def run(
         try:
             # start() stops what it may have started if it is cancelled;
             # complete() terminates on timeout or cancellation, and closes.
-            await proc.start(prefer_control=use_control)
+            if sprite.client._telemetry is None:
+                # start() without its frame: one coroutine less per command
+                # in flight (start() is for the span's sake otherwise).
+                await open_session(proc, use_control)
+            else:
+                await proc.start(prefer_control=use_control)
             exit_code = await proc.complete(stdin, timeout=seconds)
         except _RetryDirect as exc:
             # Refused by op.error: it never ran, so another try is safe.

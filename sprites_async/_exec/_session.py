@@ -124,7 +124,10 @@ class _ExecStreams(_ExecConnection):
     async def _waiting_for(
         self, futures: tuple[asyncio.Future[Any], ...], timeout: float | None
     ) -> bool:
-        """Wait for the first of ``futures`` (see ``_first_done``); False on the timeout."""
+        """Wait for the first of ``futures`` (see ``_first_done``); False on the timeout.
+
+        With no ``futures``, wait for the reader's end (``timeout`` must be None).
+        """
         # Nobody may be reading the output: while we wait, full streams
         # drop their oldest bytes instead of blocking the exit.
         buffers = self._buffers
@@ -132,6 +135,9 @@ class _ExecStreams(_ExecConnection):
         if self._sink is None:
             buffers.room.set()
         try:
+            if not futures:
+                await self._reader_end()  # the reader itself wakes us: no timer, no callback
+                return True
             return await _first_done(futures, timeout)
         finally:
             buffers.waiting -= 1
@@ -204,7 +210,7 @@ class ExecSession(_ExecStreams):
         stderr: The stderr :class:`OutputStream` (empty with a TTY).
     """
 
-    __slots__ = ("_detached", "kill_on_exit", "stderr", "stdout")
+    __slots__ = ("_detached", "kill_on_exit")
 
     def __init__(
         self,
@@ -230,8 +236,6 @@ class ExecSession(_ExecStreams):
             options=options,
         )
         self.kill_on_exit = kill_on_exit
-        self.stdout = OutputStream(self, 1)
-        self.stderr = OutputStream(self, 2)
         self._stdin_closed = False
         self._exit_given = False
         self._detached = False
@@ -240,6 +244,19 @@ class ExecSession(_ExecStreams):
         argv = " ".join(self._request.argv) if self._request else f"attach {self._attach_id}"
         state = "exited" if self.exit_code is not None else "running" if self._started else "new"
         return f"<ExecSession {argv!r} session_id={self.session_id!r} {state}>"
+
+    # The streams are made on each access, not kept: a stream refers to its
+    # session, and a session keeping its streams would be a reference cycle
+    # (freed only by the garbage collector, thousands of them under load).
+    @property
+    def stdout(self) -> OutputStream:
+        """The stdout :class:`OutputStream` (TTY: the terminal output)."""
+        return OutputStream(self, 1)
+
+    @property
+    def stderr(self) -> OutputStream:
+        """The stderr :class:`OutputStream` (empty with a TTY)."""
+        return OutputStream(self, 2)
 
     @property
     def sprite(self) -> Sprite:
@@ -284,7 +301,10 @@ class ExecSession(_ExecStreams):
     # ------------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> ExecSession:
-        await self.start()
+        if self._started or self._client._telemetry is not None:
+            await self.start()  # raises if started; or the span's way
+        else:
+            await open_session(self, False)  # start()'s work, without its frame
         return self
 
     async def __aexit__(
@@ -540,6 +560,9 @@ async def _until_closed(
         session._reader if session._reader is not None else session._finished
     )
     waiting: tuple[asyncio.Future[Any], ...] = (until,) if feeder is None else (until, feeder)
+    if feeder is None and deadline is None and session._reader is not None:
+        # The usual ``exec()``: one wait, which the reader ends itself.
+        waiting = ()
     while not until.done():
         left = None if deadline is None else max(deadline - loop.time(), 0)
         done = await session._waiting_for(waiting, left)

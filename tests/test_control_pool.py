@@ -201,6 +201,36 @@ async def test_drain_above_max_idle(exec_emu: Any) -> None:
     await no_leftovers(exec_emu, client)
 
 
+async def test_drained_sockets_close_without_a_task_each(
+    exec_emu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst that ends above max_idle closes sockets as it checks them in:
+    # at once, not through a task per socket.
+    client = make_client(exec_emu, max_idle=2, drain_to=1)
+    pool = pool_for(client)
+    closers = 0
+    real = type(pool)._close_ws
+
+    def close_ws(self: Any, ws: Any) -> Any:
+        nonlocal closers
+        closers += 1
+        return real(self, ws)
+
+    monkeypatch.setattr(type(pool), "_close_ws", close_ws)
+    sprite = client.sprite("box")
+    results = await asyncio.gather(*(sprite.exec("sleep", "0.1") for _ in range(6)))
+    assert [r.exit_code for r in results] == [0] * 6
+    assert pool.dials == 6
+    assert pool.stats("box")["idle"] <= 2
+    assert closers == 0
+    for _ in range(100):
+        if len(exec_emu.state.sessions.sockets) <= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(exec_emu.state.sessions.sockets) <= 2  # the server saw them go
+    await no_leftovers(exec_emu, client)
+
+
 async def test_client_close_closes_the_pool(exec_emu: Any) -> None:
     client = make_client(exec_emu)
     await asyncio.gather(*(client.sprite("box").exec("true") for _ in range(5)))

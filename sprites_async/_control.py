@@ -57,11 +57,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._config import ControlOptions, options_for
-from ._errors import APIError, ClientClosedError, SpritesConnectionError, SpritesTimeoutError
+from ._errors import APIError, ClientClosedError, SpritesConnectionError
 from ._frames import decode_envelope
 from ._options import quote_segment
 from ._translate import SOCKET_LOST
@@ -151,6 +152,7 @@ class ControlPool:
         self._waiters: deque[_Waiter] = deque()
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None  # the next idle_timeout check
         self.dials = 0
         """Sockets dialled so far (for tests and metrics)."""
 
@@ -400,6 +402,11 @@ class ControlPool:
             lease.last_used = loop.time()
             state.idle.append(lease)
             lease._idle_start = loop.call_soon(self._start_watching, lease)
+            if self._sweep is None:
+                # Every socket idle now expires after this one: one timer for all.
+                self._sweep = loop.call_at(
+                    lease.last_used + self.options.idle_timeout, self._expire_idle
+                )
             if len(state.idle) > self.options.max_idle:
                 while len(state.idle) > self.options.drain_to:
                     self._discard(state.idle.popleft())
@@ -480,19 +487,15 @@ class ControlPool:
                 waiter.future.set_result(_UNSUPPORTED)
 
     async def _watch_idle(self, lease: ControlLease) -> None:
-        """Answer pings, ignore chatter, and drop the socket if it closes or idles out."""
+        """Answer pings, ignore chatter, and drop the socket if the server closes it.
+
+        No receive timeout: ``idle_timeout`` is the pool's one timer
+        (:meth:`_expire_idle`), not a timer per idle socket.
+        """
         ws = lease.ws
-        loop = asyncio.get_running_loop()
-        deadline = lease.last_used + self.options.idle_timeout
         try:
             while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    msg = await ws.receive(timeout=left)
-                except SpritesTimeoutError:
-                    break
+                msg = await ws.receive()
                 if msg.type is WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type is WSMsgType.TEXT:
@@ -509,12 +512,35 @@ class ControlPool:
             lease._idle_task = None
             self._discard(lease)
 
+    def _expire_idle(self) -> None:
+        """Close the sockets idle for ``idle_timeout``, then wait for the next one to be."""
+        self._sweep = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.options.idle_timeout
+        now = loop.time()
+        due = math.inf
+        for state in list(self._sprites.values()):
+            idle = state.idle  # least recently used on the left
+            while idle and idle[0].last_used + timeout <= now:
+                self._discard(idle[0])
+            if idle:
+                due = min(due, idle[0].last_used + timeout)
+        if due != math.inf:
+            # Not sooner than an eighth of idle_timeout: a scan of the pool per
+            # expiring socket would cost more than the timers this saves.
+            self._sweep = loop.call_at(max(due, now + timeout / 8), self._expire_idle)
+
     async def _close_ws(self, ws: WebSocket) -> None:
         await close_now(ws, self.options.close_timeout)
 
     async def aclose(self) -> None:
         """Close every idle socket and fail every waiter. Idempotent."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if not waiter.future.done():

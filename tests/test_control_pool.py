@@ -19,6 +19,7 @@ from sprites_async import (
 )
 from sprites_async._config import ControlOptions, ExecSettings
 from sprites_async._control import pool_for
+from sprites_async._websocket import WebSocket
 from tests._emulator import no_leftovers
 from tests._fakes import Conn, FakeSprites, ndjson_response, our_tasks
 
@@ -175,6 +176,35 @@ async def test_idle_sockets_are_closed_after_a_while(exec_emu: Any) -> None:
     assert not exec_emu.state.sessions.sockets  # closed on the server side too
     await sprite.exec("true")
     assert pool.dials == 2
+    await no_leftovers(exec_emu, client)
+
+
+async def test_idle_sockets_share_one_timer(exec_emu: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Idle sockets expire through one pool timer, not a receive timeout each
+    # (a timer per socket is what a fan-out over many sprites would pay).
+    for name in ("box2", "box3"):
+        exec_emu.add_sprite(name)
+    client = make_client(exec_emu, idle_timeout=0.3)
+    timeouts: list[float | None] = []
+    real = WebSocket.receive
+
+    def receive(self: WebSocket, timeout: float | None = None) -> Any:
+        timeouts.append(timeout)
+        return real(self, timeout)
+
+    monkeypatch.setattr(WebSocket, "receive", receive)
+    pool = pool_for(client)
+    for name in ("box", "box2", "box3"):
+        assert (await client.sprite(name).exec("true")).exit_code == 0
+    await asyncio.sleep(0.05)
+    assert pool.stats()["idle"] == 3
+    assert all(lease._idle_task is not None for s in pool._sprites.values() for lease in s.idle)
+    assert set(timeouts) == {None}
+    for _ in range(100):
+        if pool.stats()["open"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
     await no_leftovers(exec_emu, client)
 
 

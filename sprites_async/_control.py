@@ -55,12 +55,14 @@ Turn the pool off for a client with ``client.control = False`` (or pass
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._config import ControlOptions, options_for
-from ._errors import APIError, ClientClosedError, SpritesConnectionError, SpritesTimeoutError
+from ._errors import APIError, ClientClosedError, SpritesConnectionError
 from ._frames import decode_envelope
 from ._options import quote_segment
 from ._translate import SOCKET_LOST
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ControlLease",
     "ControlPool",
+    "close_at_once",
     "close_now",
     "pool_for",
 ]
@@ -116,6 +119,7 @@ _DIAL = _Sentinel("dial")  # a slot was reserved for the waiter: go and dial
 _UNSUPPORTED = _Sentinel("unsupported")  # /control failed for the sprite: go direct
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)  # distinct classes on Python 3.10
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_TIMEOUTS, *SOCKET_LOST)
+_CUT_CLOSE: tuple[type[BaseException], ...] = (asyncio.CancelledError, StopIteration, *SOCKET_LOST)
 
 
 class _Waiter:
@@ -148,6 +152,7 @@ class ControlPool:
         self._waiters: deque[_Waiter] = deque()
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None  # the next idle_timeout check
         self.dials = 0
         """Sockets dialled so far (for tests and metrics)."""
 
@@ -204,7 +209,11 @@ class ControlPool:
         while True:
             while state.idle:
                 lease = state.idle.pop()  # most recently used: least likely to be stale
-                if await self._take(lease):
+                if lease._idle_task is None:
+                    # Not watched yet (taken back within a loop turn): nothing to wait for.
+                    if self._take_unwatched(lease):
+                        return lease
+                elif await self._take(lease):
                     return lease
             if state.supported is False:
                 if loop.time() < state.probe_at:
@@ -213,8 +222,8 @@ class ControlPool:
             if state.supported is None and state.probe is not None:
                 # Another caller is finding out whether /control works: wait for
                 # that verdict instead of dialling more sockets into an endpoint
-                # that may hang. wait(): our cancellation must not cancel it.
-                await asyncio.wait({state.probe})
+                # that may hang. Our cancellation must not cancel it.
+                await _verdict(state.probe)
                 continue
             if not self._has_room(state) and state.count < self.options.max_per_sprite:
                 self._evict_idle(sprite)  # the client-wide limit is held by idle sockets
@@ -247,6 +256,15 @@ class ControlPool:
                 continue
             # A slot is reserved for us.
             return await self._dial(sprite, state)
+
+    def _take_unwatched(self, lease: ControlLease) -> bool:
+        start, lease._idle_start = lease._idle_start, None
+        if start is not None:
+            start.cancel()
+        if lease.ws.closed:
+            self._release(lease, False)
+            return False
+        return True
 
     async def _take(self, lease: ControlLease, *, idle: bool = True) -> bool:
         """Stop the idle watcher of ``lease``; False (and closed) if it is dead."""
@@ -372,7 +390,7 @@ class ControlPool:
                     self._waiters.remove(waiter)
                     waiter.future.set_result(lease)
                     return
-            if any(
+            if self._waiters and any(
                 not w.future.done() and self._state(w.sprite).count < self.options.max_per_sprite
                 for w in self._waiters
             ):
@@ -384,6 +402,11 @@ class ControlPool:
             lease.last_used = loop.time()
             state.idle.append(lease)
             lease._idle_start = loop.call_soon(self._start_watching, lease)
+            if self._sweep is None:
+                # Every socket idle now expires after this one: one timer for all.
+                self._sweep = loop.call_at(
+                    lease.last_used + self.options.idle_timeout, self._expire_idle
+                )
             if len(state.idle) > self.options.max_idle:
                 while len(state.idle) > self.options.drain_to:
                     self._discard(state.idle.popleft())
@@ -400,18 +423,31 @@ class ControlPool:
         start, lease._idle_start = lease._idle_start, None
         if start is not None:
             start.cancel()
-        task, lease._idle_task = lease._idle_task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
         state = self._state(lease.sprite)
-        try:
+        if lease in state.idle:  # not remove() + ValueError: that formats the lease
             state.idle.remove(lease)
-        except ValueError:
-            pass
         self._free_slot(lease.sprite)
-        closer = asyncio.ensure_future(self._close_ws(lease.ws))
-        self._closing.add(closer)
-        closer.add_done_callback(self._closing.discard)
+        task, lease._idle_task = lease._idle_task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            # Its watcher is inside receive(), which must end before the
+            # socket can close without waiting: close it once the watcher
+            # has stopped (aclose() waits for that too).
+            task.cancel()
+            self._closing.add(task)
+            task.add_done_callback(functools.partial(self._watcher_stopped, lease.ws))
+            return
+        self._close(lease.ws)
+
+    def _watcher_stopped(self, ws: WebSocket, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        self._close(ws)
+
+    def _close(self, ws: WebSocket) -> None:
+        # Most sockets close at once: a task only for one that must wait.
+        if not close_at_once(ws):
+            closer = asyncio.ensure_future(self._close_ws(ws))
+            self._closing.add(closer)
+            closer.add_done_callback(self._closing.discard)
 
     def _free_slot(self, sprite: str) -> None:
         state = self._state(sprite)
@@ -451,19 +487,15 @@ class ControlPool:
                 waiter.future.set_result(_UNSUPPORTED)
 
     async def _watch_idle(self, lease: ControlLease) -> None:
-        """Answer pings, ignore chatter, and drop the socket if it closes or idles out."""
+        """Answer pings, ignore chatter, and drop the socket if the server closes it.
+
+        No receive timeout: ``idle_timeout`` is the pool's one timer
+        (:meth:`_expire_idle`), not a timer per idle socket.
+        """
         ws = lease.ws
-        loop = asyncio.get_running_loop()
-        deadline = lease.last_used + self.options.idle_timeout
         try:
             while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    msg = await ws.receive(timeout=left)
-                except SpritesTimeoutError:
-                    break
+                msg = await ws.receive()
                 if msg.type is WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type is WSMsgType.TEXT:
@@ -480,12 +512,35 @@ class ControlPool:
             lease._idle_task = None
             self._discard(lease)
 
+    def _expire_idle(self) -> None:
+        """Close the sockets idle for ``idle_timeout``, then wait for the next one to be."""
+        self._sweep = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.options.idle_timeout
+        now = loop.time()
+        due = math.inf
+        for state in list(self._sprites.values()):
+            idle = state.idle  # least recently used on the left
+            while idle and idle[0].last_used + timeout <= now:
+                self._discard(idle[0])
+            if idle:
+                due = min(due, idle[0].last_used + timeout)
+        if due != math.inf:
+            # Not sooner than an eighth of idle_timeout: a scan of the pool per
+            # expiring socket would cost more than the timers this saves.
+            self._sweep = loop.call_at(max(due, now + timeout / 8), self._expire_idle)
+
     async def _close_ws(self, ws: WebSocket) -> None:
         await close_now(ws, self.options.close_timeout)
 
     async def aclose(self) -> None:
         """Close every idle socket and fail every waiter. Idempotent."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if not waiter.future.done():
@@ -495,6 +550,26 @@ class ControlPool:
                 self._discard(state.idle.pop())
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+
+async def _verdict(probe: asyncio.Future[None]) -> None:
+    """Wait for ``probe`` to be done without cancelling it when we are cancelled.
+
+    ``asyncio.wait({probe})`` without its sets and its second future: up to
+    a hundred callers of a sprite wait here for its first dial.
+    """
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    wake = functools.partial(_wake, waiter)
+    probe.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        probe.remove_done_callback(wake)
+
+
+def _wake(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _says_nothing_about_control(exc: APIError) -> bool:
@@ -514,7 +589,7 @@ async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
     aiohttp's ``close()`` writes the frame, then waits for the peer's close
     frame. A peer that stopped reading never sends one (Fly's October 2025
     ``pkg/wsexec`` once stdin is closed), and waiting
-    for it costs every command its whole close timeout. A deadline of zero
+    for it costs every command its whole close timeout. :func:`close_at_once`
     cuts that wait at its first suspension; aiohttp then closes the
     transport, which still flushes the close frame first.
 
@@ -522,16 +597,41 @@ async def close_now(ws: WebSocket, timeout: float = 1.0) -> None:
     it the close, so the frame is not out yet) does a second, bounded
     ``close()`` follow.
     """
-    for limit in (0.0, timeout):
-        if ws.closed:
-            # Checked before the first try too: a socket the reader already
-            # closed needs no timer set up for nothing.
-            return
-        try:
-            async with _timeout(limit):
-                await ws.close()
-        except _CLOSE_ERRORS:
-            pass
+    if close_at_once(ws):
+        return
+    try:
+        async with _timeout(timeout):
+            await ws.close()
+    except _CLOSE_ERRORS:
+        pass
+
+
+def close_at_once(ws: WebSocket) -> bool:
+    """Close ``ws`` without suspending, if that can be done; True once it is closed.
+
+    What a zero deadline around ``ws.close()`` does, without its timer, its
+    task wake-up and its loop turn (this runs once per command): the close
+    runs up to its first suspension, by which point the close frame is
+    written and only the peer's reply is awaited, and is cancelled there,
+    exactly as a task cancels its coroutine; aiohttp then drops the
+    connection, flushing the frame first. False when the close had to wait
+    for something else: another task still inside ``receive()``, which must
+    hand the socket over first (:func:`close_now` then waits a bounded time).
+    """
+    if ws.closed:
+        return True
+    closing = ws.close()
+    try:
+        closing.send(None)
+    except StopIteration:
+        return True
+    except _CLOSE_ERRORS:
+        return ws.closed
+    try:
+        closing.throw(asyncio.CancelledError())
+    except _CUT_CLOSE:
+        pass
+    return ws.closed
 
 
 def forget_sprite(client: BaseClient, sprite: str) -> None:

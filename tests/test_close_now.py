@@ -87,3 +87,22 @@ async def test_close_while_another_task_is_receiving(deaf: DeafServer) -> None:
         assert time.monotonic() - started < 1.5  # bounded by the timeout, not the server
         msg = await asyncio.wait_for(receiver, 2)
         assert msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.CLOSE)
+
+
+async def test_close_now_finishes_without_suspending(deaf: DeafServer) -> None:
+    # No other task receives: the close needs no timer and no loop turn (it
+    # runs once per command), and the close frame still reaches the server.
+    deaf.send_exit = False
+    async with make_client(deaf) as client:
+        ws, _ = await client._ws_connect(
+            "/v1/sprites/box/exec", operation="exec", params=[("cmd", "x")], autoping=False
+        )
+        closing = close_now(ws, 30.0)
+        with pytest.raises(StopIteration):
+            closing.send(None)  # it never yields to the loop
+        assert ws.closed
+    for _ in range(100):
+        if deaf.seen:
+            break
+        await asyncio.sleep(0.02)
+    assert deaf.seen == [(WSMsgType.CLOSE, 1000)]

@@ -19,6 +19,7 @@ from sprites_async import (
 )
 from sprites_async._config import ControlOptions, ExecSettings
 from sprites_async._control import pool_for
+from sprites_async._websocket import WebSocket
 from tests._emulator import no_leftovers
 from tests._fakes import Conn, FakeSprites, ndjson_response, our_tasks
 
@@ -178,6 +179,35 @@ async def test_idle_sockets_are_closed_after_a_while(exec_emu: Any) -> None:
     await no_leftovers(exec_emu, client)
 
 
+async def test_idle_sockets_share_one_timer(exec_emu: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Idle sockets expire through one pool timer, not a receive timeout each
+    # (a timer per socket is what a fan-out over many sprites would pay).
+    for name in ("box2", "box3"):
+        exec_emu.add_sprite(name)
+    client = make_client(exec_emu, idle_timeout=0.3)
+    timeouts: list[float | None] = []
+    real = WebSocket.receive
+
+    def receive(self: WebSocket, timeout: float | None = None) -> Any:
+        timeouts.append(timeout)
+        return real(self, timeout)
+
+    monkeypatch.setattr(WebSocket, "receive", receive)
+    pool = pool_for(client)
+    for name in ("box", "box2", "box3"):
+        assert (await client.sprite(name).exec("true")).exit_code == 0
+    await asyncio.sleep(0.05)
+    assert pool.stats()["idle"] == 3
+    assert all(lease._idle_task is not None for s in pool._sprites.values() for lease in s.idle)
+    assert set(timeouts) == {None}
+    for _ in range(100):
+        if pool.stats()["open"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
+    await no_leftovers(exec_emu, client)
+
+
 async def test_idle_socket_closed_by_the_server_is_pruned(exec_emu: Any) -> None:
     client = make_client(exec_emu)
     sprite = client.sprite("box")
@@ -198,6 +228,36 @@ async def test_drain_above_max_idle(exec_emu: Any) -> None:
     sprite = client.sprite("box")
     await asyncio.gather(*(sprite.exec("sleep", "0.1") for _ in range(8)))
     assert pool_for(client).stats("box")["idle"] <= 4
+    await no_leftovers(exec_emu, client)
+
+
+async def test_drained_sockets_close_without_a_task_each(
+    exec_emu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst that ends above max_idle closes sockets as it checks them in:
+    # at once, not through a task per socket.
+    client = make_client(exec_emu, max_idle=2, drain_to=1)
+    pool = pool_for(client)
+    closers = 0
+    real = type(pool)._close_ws
+
+    def close_ws(self: Any, ws: Any) -> Any:
+        nonlocal closers
+        closers += 1
+        return real(self, ws)
+
+    monkeypatch.setattr(type(pool), "_close_ws", close_ws)
+    sprite = client.sprite("box")
+    results = await asyncio.gather(*(sprite.exec("sleep", "0.1") for _ in range(6)))
+    assert [r.exit_code for r in results] == [0] * 6
+    assert pool.dials == 6
+    assert pool.stats("box")["idle"] <= 2
+    assert closers == 0
+    for _ in range(100):
+        if len(exec_emu.state.sessions.sockets) <= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(exec_emu.state.sessions.sockets) <= 2  # the server saw them go
     await no_leftovers(exec_emu, client)
 
 

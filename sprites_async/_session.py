@@ -154,7 +154,7 @@ class BaseClient(AsyncResource):
         self._token = _resolve_token(token)
         self.base_url = _resolve_base_url(base_url)
         self._proxy = _resolve_proxy(proxy, self.base_url)
-        self._ssl = _resolve_ssl(ssl)
+        self._ssl = _resolve_ssl(ssl, tls=self.base_url.startswith("https:"))
         self._proxy_kwargs = _proxy_kwargs(self._proxy)
         if timeout is None:
             self.timeouts = Timeouts()

@@ -159,13 +159,23 @@ def is_loopback_url(url: str) -> bool:
     return _is_loopback(urlsplit(url).hostname or "")
 
 
-def _resolve_ssl(value: SSLSetting) -> ssl_module.SSLContext | bool:
-    """What the connector verifies TLS with: a context, True (system CAs) or False."""
+def _resolve_ssl(value: SSLSetting, *, tls: bool = True) -> ssl_module.SSLContext | bool:
+    """What the connector verifies TLS with: a context, True (system CAs) or False.
+
+    ``tls`` False says the client never negotiates TLS (a plain-HTTP base
+    URL, such as the local emulator's; proxies are plain HTTP too): then
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are not loaded, which would cost
+    ~20 ms of CPU and a few MiB per client for certificates no connection
+    uses. A value given explicitly is still
+    checked, so a wrong path fails the same way whatever the URL.
+    """
     if value is False:
         return False
     if isinstance(value, ssl_module.SSLContext):
         return value
     if value is None or value is True:
+        if not tls:
+            return True
         cafile = os.environ.get("SSL_CERT_FILE") or None
         capath = os.environ.get("SSL_CERT_DIR") or None
         if cafile is None and capath is None:

@@ -448,6 +448,20 @@ def test_an_unreadable_ca_bundle_is_a_configuration_error_every_time(
             SpritesClient("t", base_url="https://example.invalid")
 
 
+def test_a_plain_http_client_loads_no_ca_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The local emulator: no connection negotiates TLS, so a bundle that would
+    # cost ~20 ms per client (or does not even exist) is not read.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    assert SpritesClient("t", base_url="http://127.0.0.1:1")._ssl is True
+    # An explicit bundle is still checked; an https:// client reads the variable.
+    with pytest.raises(ConfigurationError, match="cannot load CA certificates"):
+        SpritesClient("t", base_url="http://127.0.0.1:1", ssl=str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigurationError, match="SSL_CERT_FILE"):
+        SpritesClient("t", base_url="https://127.0.0.1:1")
+
+
 async def test_verification_can_be_disabled(tls_emu: TLSEmulator) -> None:
     async with _client(tls_emu, ssl=False) as client:
         await client.sprites.get("box")

@@ -7,8 +7,8 @@ The report prints the note for every target a run missed (a missed target
 without a note says so). The full run of 2026-12-04 22:09 UTC met every
 target of the first round (issue 9) against the old, looser floor. Round two
 (issue 15) tightened the floor and the targets and added B7/B8; the notes below
-come from small profiling runs (scale 0.2 and scripts against the benchmark
-server), not from a full run.
+come from small profiling runs (scale 0.2-0.25, scripts against the benchmark
+server, instruction counts under valgrind), not from a full run.
 The notes written for the misses of the 2026-11-23 run (B3, B4 memory,
 B6 c50: a task per exec for the reader, pinger, shield and pool watcher, a
 timeout around every frame, an instance dict and three ``asyncio.Event`` per
@@ -22,69 +22,109 @@ from __future__ import annotations
 
 FINDINGS: dict[tuple[str, str, str], str] = {
     ("B3", "direct", "median_ms"): (
-        "cProfile and counts per exec, 2026-12-07, 1,500 sequential `echo hi` against "
-        "`benchmarks._server` (branch h-perf): sprites-async runs 10.4 loop turns, 18 "
-        "callbacks, 8 futures, 5 timers and 1 task per exec; raw 7.5, 12, 4.3, 0 and 0. "
-        "CPU per exec, ours and raw interleaved in one process (3 x 1,000): 738 vs 624 us "
-        "(1.18x; 780 vs 646 before this round's cuts). Where the rest goes: (1) the "
-        "handshake runs in the reader task, because a caller cancelled mid-handshake must "
-        "still get the socket to stop what the server started: that costs the task and "
-        "about 3 loop turns (its start, the caller's wake-up after the 101, the wake-up "
-        "at the end); (2) timers raw does not have: the session seam's `Timeouts.wake` "
-        "around the handshake, and at the close both `close_now`'s own zero timeout and "
-        "aiohttp's `ws_close=2.0` timer (raw passes `ws_close=0`, one timer); (3) the "
-        "seam's layers: `_ws_connect` -> `_retrying` -> `once` per handshake and a "
-        "wrapper coroutine around every `receive()`. What it would take: in the seam, "
-        "`ws_close=0` for exec sockets (then `close_now` needs no timer of its own), "
-        "no wake timer when `Timeouts.wake` is None, translating receive errors without "
-        "a wrapper coroutine; in the exec package, a handshake that survives its "
-        "caller's cancellation without a task (aiohttp has none: an upgrade of our own "
-        "on an `asyncio.Protocol`), and reading `exec()`'s frames in the caller's task."
+        "Instruction counts (valgrind, the difference between 250 and 50 sequential `echo hi`, "
+        "direct), 2026-12-08: 1.495M instructions per exec against raw's 1.07-1.09M (1.40x; "
+        "1.52x before this round, 1.56x in the SDK before the redesign); 1,179 Python calls per "
+        "exec against raw's 760. The same socket loop through the session seam with no exec "
+        "package costs 1.195M, so the seam is about a quarter of the gap and the exec package "
+        "the rest. This round cut the seam's handshake from 9.5-12 to 4.3-4.5 us of CPU (one "
+        "coroutine per attempt, shared wake timers, no closure per socket, no close wait) and "
+        "the exec package's reference cycles (a finished exec leaves 7 objects for the garbage "
+        "collector instead of 75; GC time per exec 17 -> 2.3 us) and its timer per command. "
+        "What is left: the reader task (a caller cancelled mid-handshake must still get the "
+        "socket to stop what the server started, so the handshake cannot run in the caller's "
+        "task), the protocol's typed decoding of every frame, the session and result objects. "
+        "What it would take: an upgrade of our own on an `asyncio.Protocol` that survives the "
+        "caller's cancellation without a task, and reading `exec()`'s frames in the caller's "
+        "task."
     ),
     ("B3", "control", "median_ms"): (
-        "cProfile and counts per exec, 2026-12-07, 3,000 sequential `echo hi` over one "
-        "pooled `/control` socket (branch h-perf): loop turns are alike (4.2 ours, 4.5 "
-        "raw); CPU per exec interleaved with raw (3 x 2,000) is 229 vs 166 us (1.38x; "
-        "255 vs 167 before this round, which removed the idle watcher's task per "
-        "command, the receive timeouts after the exit, `asyncio.wait` and the output "
-        "queues). What is left is Python work raw does not do: a reader task per "
-        "command and the caller's wake-up when it ends; building the command "
-        "(`ExecRequest` ~1.8 us, `ExecSession` with its protocol and buffers ~3.4 us, "
-        "the output collector ~1.8 us, `ExecResult` ~1.1 us); the layers of `run` -> "
-        "`start` -> `open_session` -> `acquire` and `complete` -> `_until_closed`; the "
-        "protocol decoding every text frame into typed messages (`session_info`, "
-        "`op.ack`, the text exit, `op.complete`), where raw only looks for "
-        "`op.complete`; and the seam's wrapper coroutine per `receive()`. What it "
-        "would take: one long-lived reader per control socket that feeds the current "
-        "operation's protocol and watches the socket while idle (no task per command, "
-        "no watcher to cancel), the caller awaiting one future."
+        "cProfile and counts, 2026-12-08, sequential `echo hi` over one pooled `/control` "
+        "socket: CPU per exec 241-247 us against raw's 152 (1.6x). The pool itself costs 2.6 us "
+        "per acquire and release. The rest is the exec package's per-command work: a reader task "
+        "per command and the caller's wake-up when it ends, two timers, the protocol decoding "
+        "every text frame into typed messages (`session_info`, `op.ack`, the text exit, "
+        "`op.complete`; raw looks only for `op.complete`), the session, output collector and "
+        "result objects. What it would take: one long-lived reader per control socket that "
+        "feeds the current command's protocol and watches the socket while it is idle (no task "
+        "per command, no idle watcher per pooled socket), the caller awaiting one future."
+    ),
+    ("B4", "control", "wall"): (
+        "Same per-command work as the B3 control note (a reader task and two timers per "
+        "command, typed decoding of every control frame); with 500 commands at once the "
+        "500 first dials also wait for the one probe dial that tells whether `/control` is "
+        "served (kept on purpose: a hanging `/control` then holds one socket, not 500). CPU "
+        "per exec fell this round (1.37x -> 1.21x raw, pooled medians of 8 repetitions); the "
+        "wall ratio moves between 0.9x and 1.5x from one repetition to the next on this "
+        "machine."
+    ),
+    ("B4", "direct", "rss_growth_mb"): (
+        "tracemalloc, 2026-12-08: the Python heap per exec while 500 handshakes are in flight "
+        "is 21.9 KiB against raw's 14.8 (24.4 in the SDK before the redesign). Per live exec: "
+        "the reader task with its registration ~900 B, its `_read_loop` frame 336 B, the "
+        "session, protocol and buffers ~700 B, the `WebSocket` wrapper 80 B, the per-request "
+        "`Authorization` header dicts ~170 B (kept per request on purpose: as a session "
+        "default header aiohttp would copy it into a proxy's CONNECT request). The rest is "
+        "aiohttp's, which raw holds too. What it would take: no reader task per exec (see the "
+        "B3 direct note)."
+    ),
+    ("B4", "control", "rss_growth_mb"): (
+        "As for direct (see that note): per command a reader task, its frame and the "
+        "session, protocol and buffers that raw does not keep."
+    ),
+    ("B4s", "direct", "wall"): (
+        "100 commands on one sprite at once, direct: CPU per exec is 1.17-1.19x raw (pooled "
+        "medians, 2026-12-08; 1.33x before the redesign). The wall ratio of a 100-command burst "
+        "is 50-60 ms against the machine's scheduling noise: 0.86-1.28x across 8 repetitions. "
+        "Where the CPU goes: as in the B3 direct note."
+    ),
+    ("B4s", "control", "wall"): (
+        "Profile, 2026-12-08, 20 rounds of 100 commands on one sprite over `/control`: 100 "
+        "sockets are dialled by the SDK and by raw alike, but the SDK's other 99 dials start "
+        "only when the probe dial has answered (4-5 ms, ~8% of a 57 ms round; kept on "
+        "purpose, see the B4 control note); the pool keeps at most 20 idle sockets and closes "
+        "the rest as they are checked in (0.88 closes per command inside the timed region, "
+        "~10% of the CPU; with no cap the SDK uses 445 us per command instead of 490-505). "
+        "Tasks per command 2.4 (raw 1): the exec reader and idle watchers; timers: the probe "
+        "timeout and the exec package's two. This round removed a task and a timer per closed "
+        "socket and the idle watchers' receive timeouts (one pool timer now). What it would "
+        "take: the long-lived reader of the B3 control note, and closing surplus idle sockets "
+        "after a short delay instead of at check-in (the next burst would re-use them)."
+    ),
+    ("B6", "c50", "eps"): (
+        "2026-12-08: met when the SDK reads the stream with its heap in the same state as raw. "
+        "With `SSL_CERT_FILE`/`SSL_CERT_DIR` set, each client used to load the CA bundle (also "
+        "for plain-HTTP URLs), and the heap left behind made every large read (120-300 KB "
+        "chunks when the reader falls behind) page-fault: ~840 minor faults per 20,000-event "
+        "stream against 1, and 0.53 against 0.38 us of CPU per event. A plain-HTTP client no "
+        "longer loads a bundle, and the decoder decodes each read's lines in place. Left: one "
+        "async-generator step per event (~100 ns against raw's 34 ns plain loop)."
     ),
     ("B7", "", "rss_kib_op"): (
-        "tracemalloc, 2026-12-07, 1,000 sessions of the B7 scenario against "
-        "`benchmarks._server` (branch h-perf), sampled every 20 ms: the Python heap "
-        "holds 17.8 KiB per session once all are open (raw 13.8) and peaks at ~21-24 "
-        "KiB while the handshakes are in flight (raw 14.6). Per handshake in flight: "
-        "the session seam ~2.1 KiB (the `_ws_connect`, `_retrying` and `once` "
-        "coroutines, the handshake context token, closures), the exec package ~1.9 KiB "
-        "(the `_ws_connect(...)` coroutine with its arguments and query list, the "
-        "reader task, the `opened` future and its wait), and aiohttp's request state, "
-        "which raw holds too. This round removed the output queues made up front (2.5 "
-        "KiB per idle session: now made with a stream's first output), the reader sets "
-        "(bit masks now), the flags and futures made before they are needed, the "
-        "handshake coroutine kept under every reader, our frames under a waiting "
-        "`async for chunk in proc.stdout`, and a frozenset per session: B7 went from "
-        "1.65x to 1.42x RSS per session. The garbage collector adds to CPU: ours "
-        "allocates ~1.7x raw's tracked objects per session (242 vs 140 young "
-        "collections for 1,000 sessions; 201 vs 64 us of GC per session). What it "
-        "would take: fewer layers in the seam's handshake (one coroutine, no closures "
-        "per socket), and a handshake that needs no task of its own."
+        "tracemalloc and gc counts, 2026-12-08, 1,000-2,000 live sessions against "
+        "`benchmarks._server`: the Python heap holds 17.96 KiB per live session against raw's "
+        "13.78, and 85.9 objects tracked by the garbage collector against 52.8 (94.7 before "
+        "this round). Per session: the reader task with its registration ~900 B, its "
+        "`_read_loop` frame 336 B, the session, protocol and buffers ~700 B, the `WebSocket` "
+        "wrapper 80 B, the per-request `Authorization` header dicts ~170 B. This round: the "
+        "seam keeps 90 B per open socket instead of 818 (no context copy, no closure), the "
+        "protocol holds no bound method of its session, output streams are made on access. "
+        "What it would take: no reader task per session (the B3 direct note), or a reader "
+        "shared by many sessions."
     ),
     ("B7", "", "open_s"): (
-        "Met in some runs, missed in others at scale 0.2 (1.11-1.23x over four runs "
-        "on this shared machine). Opening a session costs what a B3 direct handshake "
-        "costs (see that note): the reader task it runs in, the seam's layers and its "
-        "wake timer; with 1,000s at once the garbage collector's full collections, "
-        "which scan every live session, add to it."
+        "Met in some runs, missed in others (1.11-1.23x at scale 0.2-0.25). Opening a "
+        "session costs what a B3 direct handshake costs (see that note); with thousands at "
+        "once the garbage collector's full collections, which scan every live session, add "
+        "to it."
+    ),
+    ("B8", "control", "wall"): (
+        "Profile, 2026-12-08 (callgrind, 200 sprites): 3.12M instructions per exec (3.41M "
+        "before this round). Each of the 1,000 sprites gets its own control socket (its first "
+        "dial is also the probe of its `/control` support), then an idle-watcher task per "
+        "pooled socket until the client closes; raw keeps its sockets without watching them. "
+        "What it would take: the long-lived reader of the B3 control note (it is also the idle "
+        "watcher)."
     ),
 }
 """Why a target is missed, from a profile: keyed (scenario, variant, metric key)."""

@@ -450,8 +450,16 @@ async def test_dependency_order_and_delete_conflict(emu: RunningEmulator) -> Non
 
 
 async def test_signal_spellings_and_errors(emu: RunningEmulator) -> None:
-    await sh(emu, "web", f'trap "echo hup" HUP; {LOOP}')
+    await sh(emu, "web", f'trap "echo hup" HUP; echo trapped; {LOOP}')
     url = f"{base(emu)}/signal"
+
+    async def ready() -> bool:
+        _, events, _ = await call(emu, "GET", f"{base(emu)}/web/logs")
+        return "trapped" in lines(events)
+
+    # A HUP that reaches the shell before its trap is set ends it (a loaded
+    # machine can take longer than the create stream's 200 ms to get there).
+    await wait_for(ready, what="the trap set")
     for count, spelling in enumerate(("HUP", "SIGHUP", "hup"), 1):
         status, text, _ = await call(emu, "POST", url, json={"name": "web", "signal": spelling})
         assert (status, text) == (204, "")

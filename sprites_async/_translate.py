@@ -119,6 +119,11 @@ def _permanent(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status not in (502, 503, 504)
 
 
+def _is_bare_timeout(exc: BaseException) -> bool:
+    """A timeout of our own deadline, not aiohttp's (its timeouts are also ``ClientError``s)."""
+    return isinstance(exc, _TIMEOUT_ERRORS) and not isinstance(exc, aiohttp.ClientError)
+
+
 def _redact_request_info(exc: aiohttp.ClientResponseError) -> None:
     """Hide the token in the request an aiohttp error keeps (its ``repr`` prints the headers).
 

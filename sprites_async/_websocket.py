@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 import aiohttp
 from aiohttp import WSMessage, WSMsgType
 
-from ._translate import _TIMEOUT_ERRORS, _TRANSPORT_ERRORS, _translate
+from ._translate import _TRANSPORT_ERRORS, _is_bare_timeout, _translate
 
 if TYPE_CHECKING:
     from ._errors import SpritesConnectionError
@@ -101,9 +101,7 @@ class WebSocket:
     def exception(self) -> BaseException | None:
         """What ended the socket abnormally, as the SDK's error; None otherwise."""
         exc = self._ws.exception()
-        if exc is None or (
-            isinstance(exc, _TIMEOUT_ERRORS) and not isinstance(exc, aiohttp.ClientError)
-        ):
+        if exc is None or _is_bare_timeout(exc):
             # A bare timeout is aiohttp's ws_close wait, cut on purpose by close().
             return None
         error = self._translate(exc, "WebSocket")
